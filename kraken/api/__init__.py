@@ -1,0 +1,1 @@
+"""Klein applications, one class per HTTP surface."""

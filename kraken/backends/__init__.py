@@ -1,0 +1,1 @@
+"""Storage backends behind IBackend, and namespace routing."""

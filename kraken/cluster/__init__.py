@@ -1,0 +1,1 @@
+"""Hash rings, host lists and health checks."""

@@ -1,0 +1,1 @@
+"""Shared HTTP pieces: the client factory and error mapping."""

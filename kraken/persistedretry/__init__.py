@@ -1,0 +1,1 @@
+"""Durable retry queues on SQLite."""

@@ -1,0 +1,1 @@
+"""Twisted protocols: peer wire protocol and HTTP clients of the tracker."""

@@ -1,0 +1,1 @@
+"""One module per daemon: makeService(options, reactor) -> MultiService."""

@@ -1,0 +1,1 @@
+"""Multi-process and multi-host system tests."""

@@ -1,0 +1,8 @@
+"""
+twistd plugins for the Kraken daemons.
+
+Only lazy ServiceMakers live here, so that ``twistd --help`` does not import
+the daemons.  Each daemon's issue adds its own line, e.g.::
+
+    kraken_agent = ServiceMaker("Kraken agent", "kraken.services.agent", "...", "kraken-agent")
+"""
