@@ -21,8 +21,6 @@ import hashlib
 import json
 import os
 from collections.abc import Iterable, Mapping
-
-
 from typing import IO, Any, Final
 
 from attrs import field, frozen
