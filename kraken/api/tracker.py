@@ -1,0 +1,242 @@
+"""
+The tracker's HTTP API (DESIGN 6): announces, metainfo, health, readiness and metrics.
+
+Routes:
+
+- ``POST /announce/{infohash}``: record the announcing peer, answer peers best
+  first (:mod:`kraken.peers.handout`) and the announce interval;
+- ``GET /namespace/{ns}/blobs/{digest}/metainfo``: the owner origin's answer
+  (200 JSON, 202 "ask again", 404), cached in-process (200 for 5 min, other
+  codes 1 s) with concurrent identical requests collapsed into one origin
+  request, as nginx with ``proxy_cache_lock`` did in front of the Go tracker;
+  503 when no origin answers;
+- ``GET /health`` (the process answers), ``GET /readiness`` (503 when no origin
+  answers), ``GET /metrics`` (Prometheus text).
+
+Bad input never reaches the store: a malformed infohash or digest is a 400,
+a bad announce body a 400 naming the field, a body over 64 KiB a 413.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from typing import Any, ClassVar, Final
+from urllib.parse import unquote
+
+from attrs import define, field
+from klein import Klein
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.iweb import IRequest
+from twisted.web.resource import IResource
+
+from kraken.core import Digest, InfoHash
+from kraken.http.errors import CORE_ERRORS, APIError, install_error_handler
+from kraken.http.request_body import json_response, read_json
+from kraken.peers.announce import AnnounceRequest, AnnounceResponse, InvalidAnnounce
+from kraken.peers.cache import CollapsingCache
+from kraken.peers.handout import DEFAULT_HANDOUT_LIMIT, hand_out
+from kraken.peers.origins import IOriginCluster, MetaInfoAnswer, OriginUnavailable
+from kraken.peers.store import IPeerStore
+
+#: Largest announce body accepted (issue 4: 413 beyond).
+MAX_ANNOUNCE_BODY: Final = 64 * 1024
+DEFAULT_ANNOUNCE_INTERVAL: Final = 3.0
+METAINFO_OK_TTL: Final = 300.0
+METAINFO_OTHER_TTL: Final = 1.0
+MAX_NAMESPACE_LENGTH: Final = 255
+
+
+class InvalidNamespace(ValueError):
+    """A namespace that is empty, too long, or could escape a path."""
+
+
+def check_namespace(namespace: str) -> str:
+    """Return ``namespace`` if it is safe to pass on (no traversal, no control characters)."""
+    if not namespace or len(namespace) > MAX_NAMESPACE_LENGTH:
+        raise InvalidNamespace(f"namespace: must be 1..{MAX_NAMESPACE_LENGTH} characters")
+    if any(ord(c) < 0x20 or c == "\x7f" for c in namespace):
+        raise InvalidNamespace(f"namespace: {namespace!r} contains control characters")
+    if any(part in ("", ".", "..") for part in namespace.split("/")):
+        raise InvalidNamespace(f"namespace: {namespace!r} has an empty, '.' or '..' component")
+    return namespace
+
+
+TRACKER_ERRORS: Final = CORE_ERRORS.extended({InvalidAnnounce: 400, InvalidNamespace: 400})
+
+
+@define
+class TrackerMetrics:
+    """The tracker's Prometheus metrics, in a registry of their own (one per app)."""
+
+    registry: CollectorRegistry = field(factory=CollectorRegistry)
+    announces: Counter = field(init=False)
+    handed_out: Histogram = field(init=False)
+    announce_seconds: Histogram = field(init=False)
+    metainfo_lookups: Counter = field(init=False)
+    metainfo_answers: Counter = field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        r = self.registry
+        self.announces = Counter(
+            "kraken_tracker_announces", "Announces received, by outcome", ["result"], registry=r
+        )
+        self.handed_out = Histogram(
+            "kraken_tracker_peers_handed_out",
+            "Peers in an announce answer (agents and origins)",
+            buckets=(0, 1, 2, 5, 10, 20, 30, 40, 50, 55, 60, 100),
+            registry=r,
+        )
+        self.announce_seconds = Histogram(
+            "kraken_tracker_announce_seconds",
+            "Time to answer an announce",
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+            registry=r,
+        )
+        self.metainfo_lookups = Counter(
+            "kraken_tracker_metainfo_cache_lookups",
+            "Metainfo cache lookups: hit, miss (asks an origin) or joined (waits for one)",
+            ["kind"],
+            registry=r,
+        )
+        self.metainfo_answers = Counter(
+            "kraken_tracker_metainfo_answers",
+            "Metainfo answers by HTTP status",
+            ["status"],
+            registry=r,
+        )
+
+
+def _metainfo_ttl(answer: MetaInfoAnswer) -> float:
+    return METAINFO_OK_TTL if answer.status == 200 else METAINFO_OTHER_TTL
+
+
+@define
+class TrackerAPI:
+    """The tracker's Klein application; mount :meth:`resource`."""
+
+    app: ClassVar[Klein] = Klein()
+    install_error_handler(app, TRACKER_ERRORS)
+    log: ClassVar[Logger] = Logger()
+
+    peers: IPeerStore
+    origins: IOriginCluster
+    clock: IReactorTime
+    interval_seconds: float = DEFAULT_ANNOUNCE_INTERVAL
+    handout_limit: int = DEFAULT_HANDOUT_LIMIT
+    metrics: TrackerMetrics = field(factory=TrackerMetrics)
+    rng: random.Random = field(factory=random.Random)
+    _metainfo: CollapsingCache[tuple[str, Digest], MetaInfoAnswer] = field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._metainfo = CollapsingCache(
+            self.clock,
+            _metainfo_ttl,
+            observe=lambda kind: self.metrics.metainfo_lookups.labels(kind).inc(),
+        )
+
+    def resource(self) -> IResource:
+        """The ``twisted.web`` resource serving this API."""
+        return self.app.resource()
+
+    @app.route("/health", methods=["GET"])
+    def health(self, request: IRequest) -> bytes:
+        """The process is up."""
+        return b"OK\n"
+
+    @app.route("/readiness", methods=["GET"])
+    async def readiness(self, request: IRequest) -> bytes:
+        """Ready when at least one origin answers its health check."""
+        if not await self.origins.ready():
+            raise APIError(503, "no origin answers its health check")
+        return b"OK\n"
+
+    @app.route("/metrics", methods=["GET"])
+    def prometheus(self, request: IRequest) -> bytes:
+        """Prometheus text exposition of :class:`TrackerMetrics`."""
+        request.setHeader(b"Content-Type", CONTENT_TYPE_LATEST.encode("ascii"))  # type: ignore[no-untyped-call]
+        return generate_latest(self.metrics.registry)
+
+    @app.route("/announce/<infohash>", methods=["POST"])
+    async def announce(self, request: IRequest, infohash: str) -> bytes:
+        """Record the announcing peer; answer peers best first and the interval."""
+        started = time.perf_counter()
+        try:
+            ih = InfoHash.parse(infohash)
+            body = read_json(request, MAX_ANNOUNCE_BODY)  # type: ignore[arg-type]
+            req = AnnounceRequest.from_dict(body, ih)
+        except Exception:
+            self.metrics.announces.labels("invalid").inc()
+            raise
+        try:
+            await self.peers.update_peer(ih, req.peer)
+        except Exception:
+            self.log.failure(
+                "could not store the announce of {peer} for {infohash}",
+                peer=req.peer.peer_id,
+                infohash=ih,
+            )
+        agents = await self._agents(ih)
+        origins = await self._origin_peers(req.digest)
+        peers = hand_out(req.peer, agents, origins, self.handout_limit, self.rng)
+        self.metrics.announces.labels("ok").inc()
+        self.metrics.handed_out.observe(len(peers))
+        self.metrics.announce_seconds.observe(time.perf_counter() - started)
+        response = AnnounceResponse(tuple(peers), self.interval_seconds)
+        return json_response(request, response.to_dict())  # type: ignore[arg-type]
+
+    async def _agents(self, ih: InfoHash) -> list[Any]:
+        try:
+            # One more than the limit, so that dropping the requester still leaves the limit.
+            return list(await self.peers.get_peers(ih, self.handout_limit + 1))
+        except Exception:
+            self.log.failure("could not read the peers of {infohash}", infohash=ih)
+            return []
+
+    async def _origin_peers(self, digest: Digest) -> list[Any]:
+        try:
+            return list(await self.origins.origin_peers(digest))
+        except OriginUnavailable as e:
+            self.log.warn(
+                "announce of {digest} without origins: {error}", digest=digest, error=str(e)
+            )
+        except Exception:
+            self.log.failure("could not find the origins of {digest}", digest=digest)
+        return []
+
+    @app.route("/namespace/<path:namespace>/blobs/<digest>/metainfo", methods=["GET"])
+    async def metainfo(self, request: IRequest, namespace: str, digest: str) -> bytes:
+        """The owner origin's metainfo answer, cached and collapsed."""
+        d = Digest.parse(digest)
+        ns = check_namespace(unquote(namespace))
+        answer = await self._metainfo.get((ns, d), lambda: self._ask_origins(ns, d))
+        self.metrics.metainfo_answers.labels(str(answer.status)).inc()
+        if answer.status == 200:
+            request.setHeader(b"Content-Type", b"application/json")  # type: ignore[no-untyped-call]
+            return answer.body
+        if answer.status == 202:
+            request.setResponseCode(202)  # type: ignore[no-untyped-call]
+            return b""
+        if answer.status == 404:
+            raise APIError(404, f"blob {d} not found in namespace {ns!r}")
+        raise APIError(answer.status, answer.body.decode("utf-8", "replace"))
+
+    def _ask_origins(self, ns: str, d: Digest) -> Deferred[MetaInfoAnswer]:
+        def unavailable(failure: Failure) -> MetaInfoAnswer:
+            failure.trap(OriginUnavailable)  # type: ignore[no-untyped-call]
+            self.log.warn(
+                "metainfo of {digest}: {error}", digest=d, error=failure.getErrorMessage()
+            )
+            return MetaInfoAnswer(503, f"no origin answered for {d}".encode())
+
+        return self.origins.metainfo(ns, d).addErrback(unavailable)

@@ -1,0 +1,123 @@
+"""
+The announce exchange between an agent and a tracker (DESIGN 6), as validated values.
+
+Request, ``POST /announce/{infohash}``::
+
+    {"name": "<digest hex>", "digest": "sha256:<hex>", "infohash": "<hex>",
+     "peer": {"peer_id": "<40 hex>", "ip": "10.0.0.1", "port": 16001,
+              "origin": false, "complete": false}}
+
+Response: ``{"peers": [<peer>, ...], "interval_seconds": 3}``.
+
+Unlike the Go tracker's, ids are hex strings and the interval is in seconds
+(Go sent ``[20]byte`` arrays and nanoseconds).  Parsing never trusts the
+network: every error is an :class:`InvalidAnnounce` whose message starts
+with the offending field.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from attrs import frozen
+
+from kraken.core import Digest, InfoHash, InvalidDigest, InvalidPeerInfo, PeerInfo
+
+
+class InvalidAnnounce(ValueError):
+    """An announce request or response that is malformed; the message names the field."""
+
+
+@frozen
+class AnnounceRequest:
+    """An agent's announce of one torrent."""
+
+    digest: Digest
+    infohash: InfoHash
+    peer: PeerInfo
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON body."""
+        return {
+            "name": self.digest.hex,
+            "digest": str(self.digest),
+            "infohash": self.infohash.hex,
+            "peer": self.peer.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, obj: object, infohash: InfoHash | None = None) -> AnnounceRequest:
+        """
+        Validate a request body; ``infohash`` is the one in the URL, which the body must match.
+        """
+        if not isinstance(obj, dict):
+            raise InvalidAnnounce("body: expected a JSON object")
+        for key in ("digest", "infohash", "peer"):
+            if key not in obj:
+                raise InvalidAnnounce(f"{key}: missing")
+        raw_digest = obj["digest"]
+        if not isinstance(raw_digest, str):
+            raise InvalidAnnounce(f"digest: expected a string, got {raw_digest!r}")
+        try:
+            digest = Digest.parse(raw_digest)
+        except InvalidDigest as e:
+            raise InvalidAnnounce(f"digest: {e}") from None
+        name = obj.get("name", digest.hex)
+        if name != digest.hex:
+            raise InvalidAnnounce(f"name: {name!r} is not the hex of digest {digest}")
+        raw_ih = obj["infohash"]
+        if not isinstance(raw_ih, str):
+            raise InvalidAnnounce(f"infohash: expected a string, got {raw_ih!r}")
+        try:
+            ih = InfoHash.parse(raw_ih)
+        except InvalidDigest as e:
+            raise InvalidAnnounce(f"infohash: {e}") from None
+        if infohash is not None and ih != infohash:
+            raise InvalidAnnounce(f"infohash: {ih} in the body is not {infohash} of the URL")
+        try:
+            peer = PeerInfo.from_dict(obj["peer"])
+        except InvalidPeerInfo as e:
+            raise InvalidAnnounce(f"peer.{e}") from None
+        return cls(digest, ih, peer)
+
+
+@frozen
+class AnnounceResponse:
+    """The tracker's answer: peers best first, and when to announce again."""
+
+    peers: tuple[PeerInfo, ...]
+    interval_seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON body."""
+        return {
+            "peers": [p.to_dict() for p in self.peers],
+            "interval_seconds": self.interval_seconds,
+        }
+
+    @classmethod
+    def from_dict(cls, obj: object) -> AnnounceResponse:
+        """Validate a response body (what the agent's client does with a tracker's answer)."""
+        if not isinstance(obj, dict):
+            raise InvalidAnnounce("body: expected a JSON object")
+        peers = obj.get("peers")
+        if peers is None:
+            peers = []
+        if not isinstance(peers, list):
+            raise InvalidAnnounce(f"peers: expected a list, got {peers!r}")
+        parsed = []
+        for i, p in enumerate(peers):
+            try:
+                parsed.append(PeerInfo.from_dict(p))
+            except InvalidPeerInfo as e:
+                raise InvalidAnnounce(f"peers[{i}].{e}") from None
+        interval = obj.get("interval_seconds")
+        if (
+            not isinstance(interval, int | float)
+            or isinstance(interval, bool)
+            or not 0 < interval <= 3600
+        ):
+            raise InvalidAnnounce(
+                f"interval_seconds: expected 0 < seconds <= 3600, got {interval!r}"
+            )
+        return cls(tuple(parsed), float(interval))

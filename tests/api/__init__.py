@@ -1,0 +1,1 @@
+"""Tests for :mod:`kraken.api`: the Klein applications of every daemon."""

@@ -1,0 +1,394 @@
+"""
+The tracker's Klein API through StubTreq: announces, metainfo, health, readiness, metrics, errors.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from treq.testing import StubTreq
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
+
+from kraken.api.tracker import MAX_ANNOUNCE_BODY, InvalidNamespace, TrackerAPI, check_namespace
+from kraken.core import Digest, InfoHash, MetaInfo, PeerID, PeerInfo
+from kraken.peers.origins import IOriginCluster, MetaInfoAnswer, OriginUnavailable
+from kraken.peers.store import MemoryPeerStore
+
+BLOB = b"hello kraken" * 1000
+INFO = MetaInfo.of_bytes(BLOB, 4096)
+DIGEST = INFO.digest
+IH = INFO.infohash
+ORIGIN = PeerInfo(PeerID.from_address("10.1.0.1", 15001), "10.1.0.1", 15001, True, True)
+
+
+@implementer(IOriginCluster)
+class FakeOrigins:
+    """An IOriginCluster whose answers the test controls, counting metainfo calls."""
+
+    def __init__(self) -> None:
+        self.peers: list[PeerInfo] | Exception = [ORIGIN]
+        self.is_ready = True
+        self.metainfo_calls: list[tuple[str, Digest]] = []
+        self.answers: list[Deferred[MetaInfoAnswer]] = []
+
+    def origin_peers(self, digest: Digest) -> Deferred[list[PeerInfo]]:
+        if isinstance(self.peers, Exception):
+            return fail(self.peers)
+        return succeed(list(self.peers))
+
+    def metainfo(self, namespace: str, digest: Digest) -> Deferred[MetaInfoAnswer]:
+        self.metainfo_calls.append((namespace, digest))
+        d: Deferred[MetaInfoAnswer] = Deferred()
+        self.answers.append(d)
+        return d
+
+    def ready(self) -> Deferred[bool]:
+        return succeed(self.is_ready)
+
+
+class BrokenStore:
+    """A peer store whose every call fails (Redis down)."""
+
+    def update_peer(self, infohash: Any, peer: Any) -> Deferred[None]:
+        return fail(ConnectionError("redis is down"))
+
+    def get_peers(self, infohash: Any, limit: int) -> Deferred[list[PeerInfo]]:
+        return fail(ConnectionError("redis is down"))
+
+
+def agent(n: int, complete: bool = False) -> PeerInfo:
+    """Agent number ``n``."""
+    return PeerInfo(PeerID(f"{n:040x}"), "10.0.0.1", 16001 + n, complete=complete)
+
+
+def announce_body(peer: PeerInfo, digest: Digest = DIGEST, ih: InfoHash = IH) -> dict[str, Any]:
+    """A valid announce body."""
+    return {"name": digest.hex, "digest": str(digest), "infohash": ih.hex, "peer": peer.to_dict()}
+
+
+class TrackerAPITestCase(SynchronousTestCase):
+    """Shared set-up: an API over a memory store and fake origins."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.store = MemoryPeerStore(self.clock)
+        self.origins = FakeOrigins()
+        self.api = TrackerAPI(self.store, self.origins, self.clock, interval_seconds=3)
+        self.treq = StubTreq(self.api.resource())
+
+    def request(self, method: str, path: str, **kwargs: Any) -> tuple[int, bytes, Any]:
+        """Send a request, flush, return (status, body, headers)."""
+        d = self.treq.request(method, "http://tracker" + path, **kwargs)
+        self.treq.flush()
+        response = self.successResultOf(d)
+        body = self.successResultOf(response.content())
+        return response.code, body, response.headers
+
+    def announce(self, body: Any, ih: str = IH.hex) -> tuple[int, bytes]:
+        """POST an announce (a dict is sent as JSON, bytes as they are)."""
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        code, content, _ = self.request("POST", f"/announce/{ih}", data=data)
+        return code, content
+
+    def peers_of(self, peer: PeerInfo) -> list[PeerInfo]:
+        """Announce ``peer`` and return the peers handed out (asserting a 200)."""
+        code, content = self.announce(announce_body(peer))
+        self.assertEqual(code, 200, content)
+        answer = json.loads(content)
+        self.assertEqual(answer["interval_seconds"], 3)
+        return [PeerInfo.from_dict(p) for p in answer["peers"]]
+
+
+class AnnounceTests(TrackerAPITestCase):
+    """POST /announce/{infohash}."""
+
+    def test_first_announce_gets_origins(self) -> None:
+        """The first agent of a torrent is handed the origins, and is stored."""
+        self.assertEqual(self.peers_of(agent(1)), [ORIGIN])
+        self.assertEqual(self.successResultOf(self.store.get_peers(IH, 9)), [agent(1)])
+
+    def test_order_and_no_self(self) -> None:
+        """Complete agents, then origins, then incomplete agents; never the requester."""
+        self.peers_of(agent(1, complete=True))
+        self.peers_of(agent(2))
+        got = self.peers_of(agent(3))
+        self.assertEqual(got, [agent(1, complete=True), ORIGIN, agent(2)])
+
+    def test_complete_requester_gets_nobody(self) -> None:
+        """A complete agent's announce is recorded and answered with an empty list."""
+        self.peers_of(agent(2))
+        self.assertEqual(self.peers_of(agent(1, complete=True)), [])
+        self.assertIn(agent(1, complete=True), self.successResultOf(self.store.get_peers(IH, 9)))
+
+    def test_limit_fifty(self) -> None:
+        """With 80 agents stored, 50 agents plus the origin are handed out."""
+        for n in range(80):
+            self.successResultOf(self.store.update_peer(IH, agent(n)))
+        got = self.peers_of(agent(100))
+        self.assertEqual(len(got), 51)
+        self.assertEqual(sum(p.origin for p in got), 1)
+        self.assertNotIn(agent(100).peer_id, [p.peer_id for p in got])
+
+    def test_limit_with_requester_in_sample(self) -> None:
+        """With exactly 51 agents including the requester, the other 50 are all handed out."""
+        for n in range(51):
+            self.successResultOf(self.store.update_peer(IH, agent(n)))
+        got = self.peers_of(agent(0))
+        self.assertEqual(len([p for p in got if not p.origin]), 50)
+
+    def test_origins_down(self) -> None:
+        """When no origin answers, the announce still answers with agents."""
+        self.origins.peers = OriginUnavailable("all down")
+        self.peers_of(agent(1))
+        self.assertEqual(self.peers_of(agent(2)), [agent(1)])
+
+    def test_store_down(self) -> None:
+        """When the store fails, the announce still answers with the origins."""
+        api = TrackerAPI(BrokenStore(), self.origins, self.clock)  # type: ignore[arg-type]
+        self.treq = StubTreq(api.resource())
+        self.assertEqual(self.peers_of(agent(1)), [ORIGIN])
+        self.assertEqual(len(self.flushLoggedErrors(ConnectionError)), 2)
+
+    def test_metrics_count_announces(self) -> None:
+        """/metrics reports ok and invalid announces and handout sizes."""
+        self.peers_of(agent(1))
+        self.announce(b"{")
+        code, body, headers = self.request("GET", "/metrics")
+        self.assertEqual(code, 200)
+        self.assertTrue(headers.getRawHeaders("content-type")[0].startswith("text/plain"))
+        self.assertIn(b'kraken_tracker_announces_total{result="ok"} 1.0', body)
+        self.assertIn(b'kraken_tracker_announces_total{result="invalid"} 1.0', body)
+        self.assertIn(b"kraken_tracker_peers_handed_out_count 1.0", body)
+
+    def test_get_not_allowed(self) -> None:
+        """GET on the announce route is a 405."""
+        code, _, _ = self.request("GET", f"/announce/{IH.hex}")
+        self.assertEqual(code, 405)
+
+
+class BadAnnounceTests(TrackerAPITestCase):
+    """Bad announces get a 400 naming the field (413 when too big) and store nothing."""
+
+    def assertRejected(self, body: Any, status: int, mentions: str, ih: str = IH.hex) -> None:
+        """``body`` is rejected with ``status`` and a message containing ``mentions``."""
+        code, content = self.announce(body, ih)
+        self.assertEqual(code, status, content)
+        self.assertIn(mentions, content.decode())
+        self.assertEqual(self.store.torrent_count(), 0)
+
+    def with_peer(self, **changes: Any) -> dict[str, Any]:
+        """A valid body with fields of ``peer`` replaced (None deletes)."""
+        body = announce_body(agent(1))
+        for key, value in changes.items():
+            if value is None:
+                del body["peer"][key]
+            else:
+                body["peer"][key] = value
+        return body
+
+    def test_bad_infohash_in_url(self) -> None:
+        """A URL infohash that is not 64 lowercase hex is a 400."""
+        self.assertRejected(announce_body(agent(1)), 400, "infohash", ih="xyz")
+        self.assertRejected(announce_body(agent(1)), 400, "infohash", ih=IH.hex.upper())
+
+    def test_infohash_mismatch(self) -> None:
+        """A body infohash different from the URL's is a 400 naming infohash."""
+        self.assertRejected(announce_body(agent(1)), 400, "infohash", ih="c" * 64)
+
+    def test_bad_json(self) -> None:
+        """A body that is not JSON, or not an object, is a 400."""
+        self.assertRejected(b"{not json", 400, "JSON")
+        self.assertRejected(b"\xff\xfe", 400, "JSON")
+        self.assertRejected([1, 2], 400, "body")
+
+    def test_bad_digest(self) -> None:
+        """A malformed digest or a name that does not match it is a 400 naming the field."""
+        body = announce_body(agent(1))
+        body["digest"] = "sha256:1234"
+        self.assertRejected(body, 400, "digest")
+        body = announce_body(agent(1))
+        body["digest"] = 42
+        self.assertRejected(body, 400, "digest")
+        body = announce_body(agent(1))
+        body["name"] = "0" * 64
+        self.assertRejected(body, 400, "name")
+
+    def test_missing_fields(self) -> None:
+        """Each missing required field is named."""
+        for key in ("digest", "infohash", "peer"):
+            body = announce_body(agent(1))
+            del body[key]
+            self.assertRejected(body, 400, f"{key}: missing")
+        for key in ("peer_id", "ip", "port"):
+            self.assertRejected(self.with_peer(**{key: None}), 400, f"peer.{key}: missing")
+
+    def test_wrong_types(self) -> None:
+        """Wrong JSON types in the peer are a 400 naming the field."""
+        self.assertRejected(self.with_peer(port="16001"), 400, "peer.port")
+        self.assertRejected(self.with_peer(port=True), 400, "peer.port")
+        self.assertRejected(self.with_peer(complete="yes"), 400, "peer.complete")
+        self.assertRejected(self.with_peer(peer_id="zz"), 400, "peer.peer_id")
+        body = announce_body(agent(1))
+        body["peer"] = "me"
+        self.assertRejected(body, 400, "peer")
+
+    def test_port_out_of_range(self) -> None:
+        """Ports outside 1..65535 are a 400 naming peer.port."""
+        self.assertRejected(self.with_peer(port=0), 400, "peer.port")
+        self.assertRejected(self.with_peer(port=65536), 400, "peer.port")
+
+    def test_ip_not_an_address(self) -> None:
+        """An ip that is not an IP address (e.g. a host name) is a 400 naming peer.ip."""
+        self.assertRejected(self.with_peer(ip="example.com"), 400, "peer.ip")
+        self.assertRejected(self.with_peer(ip="10.0.0.256"), 400, "peer.ip")
+
+    def test_too_large(self) -> None:
+        """A body over 64 KiB is a 413, even if it is otherwise valid JSON."""
+        body = announce_body(agent(1))
+        body["padding"] = "x" * MAX_ANNOUNCE_BODY
+        self.assertRejected(body, 413, "limit")
+
+    def test_just_under_limit_accepted(self) -> None:
+        """A valid body just under 64 KiB is accepted (the limit is not off by much)."""
+        body = announce_body(agent(1))
+        body["padding"] = ""
+        size = len(json.dumps(body).encode())
+        body["padding"] = "x" * (MAX_ANNOUNCE_BODY - size)
+        self.assertEqual(len(json.dumps(body).encode()), MAX_ANNOUNCE_BODY)
+        code, content = self.announce(body)
+        self.assertEqual(code, 200, content)
+
+
+class MetaInfoTests(TrackerAPITestCase):
+    """GET /namespace/{ns}/blobs/{digest}/metainfo."""
+
+    path = f"/namespace/library%2Fubuntu/blobs/{DIGEST}/metainfo"
+
+    def get(self, path: str | None = None) -> Deferred[Any]:
+        """Start a GET without waiting for it."""
+        return self.treq.get("http://tracker" + (path or self.path))
+
+    def answer(self, answer: MetaInfoAnswer, index: int = -1) -> None:
+        """Fire the fake origin's pending metainfo answer."""
+        self.origins.answers[index].callback(answer)
+        self.treq.flush()
+
+    def result(self, d: Deferred[Any]) -> tuple[int, bytes]:
+        """Status and body of a finished request."""
+        self.treq.flush()
+        response = self.successResultOf(d)
+        return response.code, self.successResultOf(response.content())
+
+    def test_ok_passed_through_and_cached(self) -> None:
+        """A 200 is passed through, served from cache for 5 min, then asked again."""
+        d = self.get()
+        self.assertNoResult(d)
+        self.assertEqual(self.origins.metainfo_calls, [("library/ubuntu", DIGEST)])
+        self.answer(MetaInfoAnswer(200, INFO.to_json()))
+        code, body = self.result(d)
+        self.assertEqual((code, MetaInfo.from_json(body)), (200, INFO))
+        self.clock.advance(299)
+        self.assertEqual(self.result(self.get())[0], 200)
+        self.assertEqual(len(self.origins.metainfo_calls), 1)
+        self.clock.advance(1)
+        self.assertNoResult(self.get())
+        self.assertEqual(len(self.origins.metainfo_calls), 2)
+
+    def test_accepted_cached_one_second(self) -> None:
+        """A 202 is passed through with an empty body and cached for 1 s only."""
+        d = self.get()
+        self.answer(MetaInfoAnswer(202))
+        self.assertEqual(self.result(d), (202, b""))
+        self.assertEqual(self.result(self.get()), (202, b""))
+        self.assertEqual(len(self.origins.metainfo_calls), 1)
+        self.clock.advance(1)
+        self.assertNoResult(self.get())
+        self.assertEqual(len(self.origins.metainfo_calls), 2)
+
+    def test_not_found(self) -> None:
+        """A 404 from the origin is a 404 naming the blob."""
+        d = self.get()
+        self.answer(MetaInfoAnswer(404))
+        code, body = self.result(d)
+        self.assertEqual(code, 404)
+        self.assertIn(str(DIGEST), body.decode())
+
+    def test_no_origin(self) -> None:
+        """When no origin answers, the tracker answers 503, and asks again after 1 s."""
+        d = self.get()
+        self.origins.answers[0].errback(OriginUnavailable("all refused"))
+        self.assertEqual(self.result(d)[0], 503)
+        self.assertEqual(self.result(self.get())[0], 503)
+        self.assertEqual(len(self.origins.metainfo_calls), 1)
+        self.clock.advance(1)
+        self.get()
+        self.assertEqual(len(self.origins.metainfo_calls), 2)
+
+    def test_collapsing(self) -> None:
+        """100 concurrent identical requests cost one origin request and all get the answer."""
+        pending = [self.get() for _ in range(100)]
+        for d in pending:
+            self.assertNoResult(d)
+        self.assertEqual(len(self.origins.metainfo_calls), 1)
+        self.answer(MetaInfoAnswer(200, INFO.to_json()))
+        for d in pending:
+            self.assertEqual(self.result(d), (200, INFO.to_json()))
+        _, body, _ = self.request("GET", "/metrics")
+        self.assertIn(b'kraken_tracker_metainfo_cache_lookups_total{kind="joined"} 99.0', body)
+        self.assertIn(b'kraken_tracker_metainfo_cache_lookups_total{kind="miss"} 1.0', body)
+
+    def test_different_keys_not_collapsed(self) -> None:
+        """Requests for another namespace or digest are separate origin requests."""
+        self.get()
+        self.get(f"/namespace/other/blobs/{DIGEST}/metainfo")
+        self.get(f"/namespace/library%2Fubuntu/blobs/sha256:{'0' * 64}/metainfo")
+        self.assertEqual(len(self.origins.metainfo_calls), 3)
+
+    def test_bad_digest(self) -> None:
+        """A malformed digest is a 400 and never reaches an origin."""
+        for bad in ("sha256:abc", "md5:" + "0" * 32, "0" * 64, "sha256:" + "A" * 64):
+            code, body, _ = self.request("GET", f"/namespace/ns/blobs/{bad}/metainfo")
+            self.assertEqual(code, 400, bad)
+            self.assertIn("digest", body.decode())
+        self.assertEqual(self.origins.metainfo_calls, [])
+
+    def test_bad_namespace(self) -> None:
+        """A namespace with '..' components is a 400 naming it."""
+        code, body, _ = self.request("GET", f"/namespace/a%2F..%2Fb/blobs/{DIGEST}/metainfo")
+        self.assertEqual(code, 400)
+        self.assertIn("namespace", body.decode())
+        self.assertEqual(self.origins.metainfo_calls, [])
+
+    def test_check_namespace(self) -> None:
+        """check_namespace accepts repository names and rejects traversal and control bytes."""
+        self.assertEqual(check_namespace("library/ubuntu"), "library/ubuntu")
+        for bad in ("", "..", "a/../b", "/abs", "a//b", "a\nb", "x" * 256):
+            self.assertRaises(InvalidNamespace, check_namespace, bad)
+
+
+class HealthTests(TrackerAPITestCase):
+    """GET /health and /readiness."""
+
+    def test_health(self) -> None:
+        """/health answers 200 whatever the origins do."""
+        self.origins.is_ready = False
+        self.assertEqual(self.request("GET", "/health")[0], 200)
+
+    def test_readiness(self) -> None:
+        """/readiness is 200 when an origin answers, 503 when none does."""
+        self.assertEqual(self.request("GET", "/readiness")[0], 200)
+        self.origins.is_ready = False
+        self.assertEqual(self.request("GET", "/readiness")[0], 503)
+
+    def test_unknown_route(self) -> None:
+        """An unknown path is a 404."""
+        self.assertEqual(self.request("GET", "/nope")[0], 404)
+
+    def test_registries_are_per_app(self) -> None:
+        """Two apps in one process keep separate metrics (no global registry clash)."""
+        other = TrackerAPI(self.store, self.origins, self.clock)
+        self.assertIsNot(other.metrics.registry, self.api.metrics.registry)
