@@ -100,8 +100,10 @@ class IHostList(Interface):
         """
         The current members.
 
-        After a host list has produced its first snapshot, this never fails:
-        an implementation that cannot refresh answers its last snapshot.
+        Fails with :class:`HostListUnavailable` only while the list has never
+        had a snapshot (e.g. DNS has not answered yet).  After the first
+        snapshot it never fails: a list that cannot refresh answers its last
+        snapshot.
         """
 
 
@@ -126,8 +128,10 @@ class DNSHostList:
     The name is looked up again at most once per ``ttl`` seconds (counted
     from the start of the last attempt, successful or not), and only when
     someone asks.  Concurrent callers share one lookup.  A lookup that fails,
-    times out or finds no address keeps the last snapshot.  Build one with
-    :meth:`create`, which fails fast when the first lookup fails.
+    times out or finds no address keeps the last snapshot.  Until the first
+    successful lookup, :meth:`resolve` fails with :class:`HostListUnavailable`.
+    :meth:`create` builds one and fails fast when the first lookup fails; the
+    plain constructor suits a service that would rather keep retrying.
     """
 
     log = Logger()
@@ -163,15 +167,7 @@ class DNSHostList:
         if ttl < 0 or timeout <= 0:
             raise ValueError(f"DNS host list {address!r}: ttl and timeout must be positive")
         hosts = cls(name, port, lookup, clock, ttl, timeout)
-
-        def first(snapshot: frozenset[str]) -> DNSHostList:
-            if not snapshot:
-                raise HostListUnavailable(
-                    f"DNS host list {address!r}: first lookup failed: {hosts._last_error}"
-                )
-            return hosts
-
-        return hosts.resolve().addCallback(first)
+        return hosts.resolve().addCallback(lambda _: hosts)
 
     def resolve(self) -> Deferred[frozenset[str]]:
         """The members, looked up again if the last attempt is older than ``ttl``."""
@@ -179,9 +175,9 @@ class DNSHostList:
         if self._waiting is not None:
             waiter: Deferred[frozenset[str]] = Deferred()
             self._waiting.append(waiter)
-            return waiter
+            return waiter.addCallback(self._available)
         if self._attempted_at is not None and now - self._attempted_at < self.ttl:
-            return succeed(self._snapshot)
+            return succeed(self._snapshot).addCallback(self._available)
         self._attempted_at = now
         self._waiting = []
         try:
@@ -190,7 +186,15 @@ class DNSHostList:
             looked_up = fail()
         looked_up.addTimeout(self.timeout, self.clock)
         result: Deferred[frozenset[str]] = looked_up.addCallbacks(self._found, self._not_found)
-        return result.addBoth(self._wake)
+        return result.addBoth(self._wake).addCallback(self._available)
+
+    def _available(self, snapshot: frozenset[str]) -> frozenset[str]:
+        if not snapshot:
+            raise HostListUnavailable(
+                f"DNS host list {join_host_port(self.name, self.port)!r} has no members yet: "
+                f"lookup failed: {self._last_error}"
+            )
+        return snapshot
 
     def _found(self, addresses: Sequence[str]) -> frozenset[str]:
         snapshot = frozenset(join_host_port(a, self.port) for a in addresses)

@@ -21,7 +21,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from kraken.cluster.health import IHealthFilter
-from kraken.cluster.hostlist import IHostList
+from kraken.cluster.hostlist import HostListUnavailable, IHostList
 
 DEFAULT_REFRESH_INTERVAL = 10.0
 
@@ -103,7 +103,10 @@ class Membership(Service):
                 self.log.failure("membership watcher {watcher!r} failed", watcher=watcher)
 
     def _refresh_failed(self, reason: Failure) -> None:
-        self.log.failure("cluster membership refresh failed; keeping the last one", reason)
+        if isinstance(reason.value, HostListUnavailable):
+            self.log.warn("cluster has no members yet: {error}", error=reason.getErrorMessage())
+        else:
+            self.log.failure("cluster membership refresh failed; keeping the last one", reason)
 
     def _wake(self, _: object) -> None:
         waiting, self._waiting = self._waiting or [], None

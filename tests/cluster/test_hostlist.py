@@ -197,13 +197,38 @@ class DNSHostListTests(HostListTestsMixin, SynchronousTestCase):
         self.assertEqual(self.successResultOf(second), expected)
 
     def test_lookup_timeout(self) -> None:
-        """A lookup that never answers times out and the snapshot is kept."""
-        hosts = DNSHostList("origin.example", 80, self.lookup, self.clock, timeout=2.0)
+        """A lookup that never answers times out after ``timeout`` and keeps the snapshot."""
+        hosts = self.create(ttl=5.0)
+        hosts.timeout = 2.0
+        self.clock.advance(5)
         resolved = hosts.resolve()
         self.clock.advance(1.9)
         self.assertNoResult(resolved)
         self.clock.advance(0.1)
-        self.assertEqual(self.successResultOf(resolved), frozenset())
+        self.assertEqual(self.successResultOf(resolved), self.expected)
+
+    def test_first_lookup_timeout(self) -> None:
+        """A first lookup that never answers fails create() after ``timeout``."""
+        created = DNSHostList.create("origin.example:80", self.lookup, self.clock, timeout=2.0)
+        self.assertNoResult(created)
+        self.clock.advance(2.0)
+        reason = self.failureResultOf(created, HostListUnavailable)
+        self.assertIn("origin.example:80", str(reason.value))
+
+    def test_unavailable_until_first_answer(self) -> None:
+        """Built directly, the list fails resolve() until a lookup succeeds, then works."""
+        hosts = DNSHostList("origin.example", 80, self.lookup, self.clock)
+        resolved = hosts.resolve()
+        waiting = hosts.resolve()
+        self.lookup.fail()
+        self.failureResultOf(resolved, HostListUnavailable)
+        self.failureResultOf(waiting, HostListUnavailable)
+        self.failureResultOf(hosts.resolve(), HostListUnavailable)
+        self.assertEqual(len(self.lookup.calls), 1)
+        self.clock.advance(5)
+        resolved = hosts.resolve()
+        self.lookup.answer("10.0.0.7")
+        self.assertEqual(self.successResultOf(resolved), frozenset({"10.0.0.7:80"}))
 
     def test_ipv6_addresses_bracketed(self) -> None:
         """IPv6 answers become [addr]:port members."""

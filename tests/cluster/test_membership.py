@@ -12,6 +12,7 @@ from zope.interface.verify import verifyObject
 
 from kraken.cluster import (
     ActiveHealthFilter,
+    HostListUnavailable,
     IHealthFilter,
     IHostList,
     Membership,
@@ -171,6 +172,18 @@ class MembershipTests(SynchronousTestCase):
         self.hosts.hosts = frozenset({"x:1"})
         self.clock.advance(10)
         self.assertEqual(m.members, frozenset({"x:1"}))
+
+    def test_unavailable_host_list_warns(self) -> None:
+        """A host list with no members yet is a warning, not a logged error, and retried."""
+        self.hosts.pending = []
+        m = self.membership()
+        self.start(m)
+        self.hosts.pending.pop().errback(HostListUnavailable("no DNS answer yet"))
+        self.assertEqual(self.flushLoggedErrors(), [])
+        self.assertEqual(m.members, frozenset())
+        self.clock.advance(10)
+        self.hosts.pending.pop().callback(frozenset({"a:1"}))
+        self.assertEqual(m.members, frozenset({"a:1"}))
 
     def test_concurrent_refresh_shares(self) -> None:
         """A refresh asked for while one is running waits for it instead of starting another."""
