@@ -1,0 +1,684 @@
+"""
+The peer wire protocol on Twisted, driving the sans-IO :class:`~kraken.torrent.scheduler.Scheduler`.
+
+Frames are ``Int32StringReceiver`` strings (docs/protocol.md); the raw bytes
+after a PIECE_PAYLOAD header are not framed: the protocol switches to raw
+mode and copies them into one preallocated ``bytearray``.  Verifying
+(sha256) and writing a received piece, and reading a piece to send, run in a
+thread through the injected ``run_blocking``; the reactor thread only copies
+bytes between the socket and buffers.  Sending is a push producer writing
+chunks and pausing when the transport's buffer is full.
+
+:class:`PeerNode` performs the engine's actions; :class:`PeerFactory` builds
+protocols for a listening port; :func:`threadpool_runner` and
+:func:`synchronous_runner` make ``run_blocking`` functions.
+"""
+
+from __future__ import annotations
+
+import random
+import struct
+from collections.abc import Callable, Sequence
+from typing import Any, Final, TypeVar
+
+from attrs import frozen
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTCP, IReactorTime
+from twisted.internet.protocol import Factory
+from twisted.internet.task import LoopingCall
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.protocols.basic import Int32StringReceiver
+from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
+from zope.interface import implementer
+
+from kraken.core import InfoHash, MetaInfo, PeerInfo
+from kraken.torrent.actions import (
+    Action,
+    Announce,
+    Close,
+    Commit,
+    ConnId,
+    Dial,
+    Send,
+    SendPiece,
+    TorrentDropped,
+)
+from kraken.torrent.archive import (
+    IArchive,
+    IPieceStorage,
+    PieceHashMismatch,
+    verify_and_write,
+)
+from kraken.torrent.bandwidth import MAX_CHUNK, BandwidthLimiter
+from kraken.torrent.dispatch import PayloadVerdict
+from kraken.torrent.messages import (
+    MAX_FRAME,
+    Handshake,
+    MalformedMessage,
+    Message,
+    PiecePayload,
+    decode,
+)
+from kraken.torrent.scheduler import HandshakeRejected, Scheduler
+
+T = TypeVar("T")
+
+#: Runs a blocking function off the reactor thread: ``run_blocking(f, *args) -> Deferred``.
+BlockingRunner = Callable[..., Deferred[Any]]
+
+#: Seconds each side waits for the other's handshake.
+HANDSHAKE_TIMEOUT: Final = 5.0
+#: Chunk written per step when no bandwidth limit applies (fewer, bigger writes).
+UNLIMITED_CHUNK: Final = 1024 * 1024
+_HEADER = struct.Struct(">I")
+
+
+def threadpool_runner(reactor: Any, pool: ThreadPool) -> BlockingRunner:
+    """``run_blocking`` over a started ThreadPool (deferToThreadPool)."""
+
+    def run(f: Callable[..., T], *args: Any) -> Deferred[T]:
+        return deferToThreadPool(reactor, pool, f, *args)
+
+    return run
+
+
+def synchronous_runner(f: Callable[..., T], *args: Any) -> Deferred[T]:
+    """``run_blocking`` that runs in the calling thread (tests and in-memory swarms)."""
+    return defer.maybeDeferred(f, *args)
+
+
+#: Opens a TCP connection of ``protocol`` to ``peer``; fires when connected.
+Connector = Callable[[PeerInfo, "PeerProtocol"], Deferred[Any]]
+#: Announces to the tracker; fires with (peers, interval seconds).
+Announcer = Callable[[Announce], Deferred[tuple[Sequence[PeerInfo], float]]]
+
+
+@frozen
+class _Opened:
+    storage: IPieceStorage
+    have: Any
+    complete: bool
+
+
+def _open_storage(storage: IPieceStorage) -> _Opened:
+    return _Opened(storage, storage.bitfield(), storage.complete())
+
+
+def _why(reason: Failure | None) -> str:
+    return "connection lost" if reason is None else str(reason.value)
+
+
+@implementer(IPushProducer)
+class _PieceSender:
+    """Streams one piece's bytes (already read) to the transport, honouring back-pressure."""
+
+    def __init__(self, proto: PeerProtocol, index: int, data: bytes) -> None:
+        self.proto = proto
+        self.index = index
+        self.data = data
+        self.offset = 0
+        self.paused = False
+        self.waiting: IDelayedCall | None = None
+        self.done = False
+
+    def start(self) -> None:
+        transport = self.proto.raw_transport()
+        transport.registerProducer(self, True)
+        self.proto.write_frame(PiecePayload(self.index, len(self.data)).encode())
+        self._run()
+
+    def _run(self) -> None:
+        self.waiting = None
+        node = self.proto.node
+        limited = node.bandwidth.limited
+        chunk = MAX_CHUNK if limited else UNLIMITED_CHUNK
+        transport = self.proto.raw_transport()
+        while not self.paused and not self.done and transport is not None:
+            end = min(self.offset + chunk, len(self.data))
+            n = end - self.offset
+            if limited:
+                delay = node.bandwidth.send_delay(n)
+                if delay > 0:
+                    self.waiting = node.reactor.callLater(delay, self._send_after_wait, end)
+                    return
+            self._write(end)
+        return
+
+    def _send_after_wait(self, end: int) -> None:
+        self.waiting = None
+        self._write(end)
+        if not self.paused:
+            self._run()
+
+    def _write(self, end: int) -> None:
+        transport = self.proto.raw_transport()
+        piece = self.data[self.offset : end]
+        self.offset = end
+        if self.offset >= len(self.data):
+            self.done = True
+            self.data = b""
+        transport.write(piece)
+        if self.done:
+            transport.unregisterProducer()
+            self.proto.piece_sent(self.index)
+
+    def pauseProducing(self) -> None:
+        """The transport's buffer is full."""
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        """The transport drained."""
+        self.paused = False
+        if self.waiting is None and not self.done:
+            self._run()
+
+    def stopProducing(self) -> None:
+        """The connection is closing."""
+        self.done = True
+        self.data = b""
+        if self.waiting is not None and self.waiting.active():
+            self.waiting.cancel()
+        self.waiting = None
+
+
+class PeerProtocol(Int32StringReceiver):
+    """One peer connection (either direction); framing plus raw piece payloads."""
+
+    MAX_LENGTH = MAX_FRAME
+    log = Logger()
+
+    def __init__(self, node: PeerNode, dial: Dial | None = None) -> None:
+        self.node = node
+        self.dial = dial
+        self.conn: ConnId | None = dial.conn if dial is not None else None
+        self.infohash: InfoHash | None = dial.infohash if dial is not None else None
+        #: "handshake", "opening" (acceptor looking the blob up), "active", "closed".
+        self.state = "handshake"
+        self._buffer = b""
+        self._raw: bytearray | None = None
+        self._raw_view: memoryview | None = None
+        self._raw_index = -1
+        self._raw_left = 0
+        self._raw_pos = 0
+        self._timer: IDelayedCall | None = None
+        self._sender: _PieceSender | None = None
+        self._send_queue: list[int] = []
+
+    def raw_transport(self) -> Any:
+        """The transport (a TCP or in-memory one: producers, pause, abort)."""
+        return self.transport
+
+    def write_frame(self, body: bytes) -> None:
+        """Write one length-prefixed frame."""
+        self.raw_transport().write(_HEADER.pack(len(body)) + body)
+
+    # -- connection lifecycle --------------------------------------------------
+
+    def connectionMade(self) -> None:
+        """Dialler: send our handshake.  Both: wait for the other's, with a timeout."""
+        self._timer = self.node.reactor.callLater(
+            self.node.handshake_timeout, self._handshake_timeout
+        )
+        if self.dial is not None:
+            if self.dial.conn not in self.node.scheduler.conns:
+                self.close("dial cancelled")
+                return
+            self.write_frame(self.node.scheduler.handshake_for(self.dial.infohash).encode())
+
+    def _handshake_timeout(self) -> None:
+        self._timer = None
+        self.fail("handshake timed out")
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        """Tell the engine unless it closed us; a partial payload is dropped."""
+        self._cancel_timer()
+        self._raw = self._raw_view = None
+        if self._sender is not None:
+            self._sender.stopProducing()
+            self._sender = None
+        was = self.state
+        self.state = "closed"
+        if self.conn is not None and self.node.protocols.get(self.conn) is self:
+            del self.node.protocols[self.conn]
+            if was == "active":
+                self.node.run(self.node.scheduler.conn_lost(self.conn, _why(reason)))
+            else:
+                self.node.run(self.node.scheduler.dial_failed(self.conn, _why(reason)))
+
+    def close(self, reason: str, abort: bool = False) -> None:
+        """Close from our side (the engine already forgot this connection)."""
+        if self.state == "closed":
+            return
+        self.log.debug("closing peer connection: {reason}", reason=reason)
+        self.state = "closed"
+        self._cancel_timer()
+        self._raw = self._raw_view = None
+        if self.transport is not None:
+            if abort:
+                self.raw_transport().abortConnection()
+            else:
+                self.raw_transport().loseConnection()
+
+    def fail(self, reason: str) -> None:
+        """A protocol violation or a handshake failure: report to the engine and abort."""
+        if self.state == "closed":
+            return
+        if self.conn is not None and self.node.protocols.get(self.conn) is self:
+            if self.state == "active":
+                actions = self.node.scheduler.protocol_error(self.conn, reason)
+            else:
+                del self.node.protocols[self.conn]
+                actions = self.node.scheduler.dial_failed(self.conn, reason)
+            self.node.run(actions)
+        self.close(reason, abort=True)
+
+    # -- receiving -------------------------------------------------------------
+
+    def lengthLimitExceeded(self, length: int) -> None:
+        """A frame longer than MAX_LENGTH: the peer is broken or hostile."""
+        self.fail(f"frame of {length} bytes exceeds {self.MAX_LENGTH}")
+
+    def dataReceived(self, data: bytes) -> None:
+        """Split frames; in raw mode copy payload bytes straight into the piece buffer."""
+        view = memoryview(data)
+        if self._raw_left and self.node.bandwidth.ingress is not None:
+            delay = self.node.bandwidth.receive_delay(len(data))
+            if delay > 0 and self.transport is not None:
+                self.raw_transport().pauseProducing()
+                self.node.reactor.callLater(delay, self._resume_reading)
+        while view and self.state != "closed":
+            if self._raw_left:
+                n = min(self._raw_left, len(view))
+                if self._raw_view is not None:
+                    self._raw_view[self._raw_pos : self._raw_pos + n] = view[:n]
+                self._raw_pos += n
+                self._raw_left -= n
+                view = view[n:]
+                if not self._raw_left:
+                    self._payload_done()
+                continue
+            if self._buffer:
+                buf = self._buffer + view.tobytes()
+                view = memoryview(buf)
+                self._buffer = b""
+            if len(view) < 4:
+                self._buffer = view.tobytes()
+                return
+            (length,) = _HEADER.unpack_from(view)
+            if length > self.MAX_LENGTH:
+                self.lengthLimitExceeded(length)
+                return
+            if len(view) < 4 + length:
+                self._buffer = view.tobytes()
+                return
+            frame = view[4 : 4 + length].tobytes()
+            view = view[4 + length :]
+            self.stringReceived(frame)
+
+    def _resume_reading(self) -> None:
+        if self.state != "closed" and self.transport is not None:
+            self.raw_transport().resumeProducing()
+
+    def stringReceived(self, string: bytes) -> None:
+        """One frame body."""
+        try:
+            msg = decode(string)
+        except MalformedMessage as e:
+            self.fail(str(e))
+            return
+        if self.state == "handshake":
+            if not isinstance(msg, Handshake):
+                self.fail(f"expected a handshake, got {type(msg).__name__}")
+                return
+            self._cancel_timer()
+            if self.dial is not None:
+                self.state = "active"
+                assert self.conn is not None
+                self.node.run(self.node.scheduler.dial_succeeded(self.conn, msg))
+            else:
+                self.state = "opening"
+                self.node.incoming(self, msg)
+            return
+        if self.state != "active" or self.conn is None:
+            self.fail(f"{type(msg).__name__} before the handshake completed")
+            return
+        if isinstance(msg, PiecePayload):
+            self._payload_start(msg)
+            return
+        self.node.run(self.node.scheduler.message(self.conn, msg))
+
+    def _payload_start(self, msg: PiecePayload) -> None:
+        assert self.conn is not None
+        verdict, actions = self.node.scheduler.payload_start(self.conn, msg.index, msg.length)
+        self.node.run(actions)
+        if verdict == PayloadVerdict.REJECT or self.state == "closed":
+            return
+        self._raw_index = msg.index
+        self._raw_left = msg.length
+        self._raw_pos = 0
+        if verdict == PayloadVerdict.RECEIVE:
+            self._raw = bytearray(msg.length)
+            self._raw_view = memoryview(self._raw)
+        else:
+            self._raw = self._raw_view = None
+        if not msg.length:
+            self._payload_done()
+
+    def _payload_done(self) -> None:
+        assert self.conn is not None and self.infohash is not None
+        data, index = self._raw, self._raw_index
+        self._raw_view = None
+        self._raw = None
+        if data is None:
+            return
+        verdict, actions = self.node.scheduler.payload_end(self.conn, index)
+        if verdict == PayloadVerdict.ACCEPT:
+            self.node.write_piece(self.conn, self.infohash, index, data)
+        self.node.run(actions)
+
+    # -- sending ---------------------------------------------------------------
+
+    def send_message(self, msg: Message) -> None:
+        """Frame and write a control message."""
+        if self.state != "closed" and self.transport is not None:
+            self.write_frame(msg.encode())
+
+    def send_piece(self, index: int) -> None:
+        """Read the piece off the reactor thread, then stream it."""
+        storage = self.node.storages.get(self.infohash) if self.infohash else None
+        if storage is None:
+            self.piece_failed_to_send(index, "torrent not open")
+            return
+        d = self.node.run_blocking(storage.read_piece, index)
+        d.addCallbacks(
+            lambda data: self._stream(index, data),
+            lambda f: self.piece_failed_to_send(index, str(f.value)),
+        )
+
+    def _stream(self, index: int, data: bytes) -> None:
+        if self.state == "closed":
+            return
+        self._sender = _PieceSender(self, index, data)
+        self._sender.start()
+
+    def piece_sent(self, index: int) -> None:
+        """The sender finished writing a piece."""
+        self._sender = None
+        if self.conn is not None and self.state == "active":
+            self.node.run(self.node.scheduler.piece_sent(self.conn, index))
+
+    def piece_failed_to_send(self, index: int, reason: str) -> None:
+        """Reading the piece failed."""
+        if self.conn is not None and self.state == "active":
+            self.node.run(self.node.scheduler.send_failed(self.conn, index, reason))
+
+
+class PeerNode:
+    """Runs a Scheduler on a reactor: performs its actions, reports results back."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor: Any,
+        scheduler: Scheduler,
+        archive: IArchive,
+        run_blocking: BlockingRunner,
+        *,
+        connector: Connector | None = None,
+        announcer: Announcer | None = None,
+        bandwidth: BandwidthLimiter | None = None,
+        handshake_timeout: float = HANDSHAKE_TIMEOUT,
+        tick_interval: float = 1.0,
+    ) -> None:
+        self.reactor = reactor
+        self.scheduler = scheduler
+        self.archive = archive
+        self.run_blocking = run_blocking
+        self.connector = connector or self._tcp_connector
+        self.announcer = announcer
+        self.bandwidth = bandwidth or BandwidthLimiter()
+        self.handshake_timeout = handshake_timeout
+        self.tick_interval = tick_interval
+        self.protocols: dict[ConnId, PeerProtocol] = {}
+        self.storages: dict[InfoHash, IPieceStorage] = {}
+        self._creating: dict[InfoHash, list[Deferred[IPieceStorage]]] = {}
+        self._ticker: LoopingCall | None = None
+
+    # -- lifecycle -------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the engine's timer."""
+        self._ticker = LoopingCall(self.tick)
+        self._ticker.clock = self.reactor
+        self._ticker.start(self.tick_interval, now=False)
+
+    def stop(self) -> None:
+        """Stop the timer, close every connection, fail waiting downloads."""
+        if self._ticker is not None and self._ticker.running:
+            self._ticker.stop()
+        self.run(self.scheduler.stop())
+
+    def tick(self) -> None:
+        """One engine timer step."""
+        self.run(self.scheduler.tick())
+
+    def factory(self) -> PeerFactory:
+        """A factory for a listening port."""
+        return PeerFactory(self)
+
+    # -- downloads ---------------------------------------------------------------
+
+    def download(self, namespace: str, metainfo: MetaInfo) -> Deferred[IPieceStorage]:
+        """Download a blob (or join the running download); fires with its storage when final."""
+        h = metainfo.infohash
+        result: Deferred[IPieceStorage] = Deferred()
+        if self.scheduler.has_torrent(h):
+            self._wait(h, result)
+            return result
+        waiting = self._creating.get(h)
+        if waiting is not None:
+            waiting.append(result)
+            return result
+        self._creating[h] = [result]
+
+        def created(opened: _Opened) -> None:
+            self.storages[h] = opened.storage
+            waiters = self._creating.pop(h)
+            actions = self.scheduler.add_torrent(
+                metainfo, namespace, opened.have, complete=opened.complete
+            )
+            for w in waiters:
+                self._wait(h, w)
+            self.run(actions)
+
+        def failed(f: Failure) -> None:
+            for w in self._creating.pop(h):
+                w.errback(f)
+
+        d = self.run_blocking(lambda: _open_storage(self.archive.create(namespace, metainfo)))
+        d.addCallbacks(created, failed)
+        return result
+
+    def _wait(self, h: InfoHash, result: Deferred[IPieceStorage]) -> None:
+        def done(error: BaseException | None) -> None:
+            if error is None:
+                result.callback(self.storages[h])
+            else:
+                result.errback(error)
+
+        t = self.scheduler.torrents[h]
+        self.run(
+            self.scheduler.add_torrent(
+                t.metainfo, t.namespace, t.dispatcher.have, complete=t.complete, waiter=done
+            )
+        )
+
+    # -- incoming connections ----------------------------------------------------
+
+    def incoming(self, proto: PeerProtocol, hs: Handshake) -> None:
+        """An incoming handshake: open the blob if needed, then accept or close."""
+        h = hs.infohash
+        if self.scheduler.has_torrent(h):
+            self._accept(proto, hs)
+            return
+
+        def opened(result: _Opened | None) -> None:
+            if proto.state == "closed":
+                return
+            if result is None or result.storage.metainfo.infohash != h:
+                proto.close(f"unknown blob {hs.digest} / torrent {h}", abort=True)
+                return
+            if not self.scheduler.has_torrent(h):
+                self.storages[h] = result.storage
+                self.run(
+                    self.scheduler.add_torrent(
+                        result.storage.metainfo,
+                        hs.namespace,
+                        result.have,
+                        complete=result.complete,
+                    )
+                )
+            self._accept(proto, hs)
+
+        def lookup() -> _Opened | None:
+            storage = self.archive.open(hs.namespace, hs.digest)
+            return None if storage is None else _open_storage(storage)
+
+        d = self.run_blocking(lookup)
+        d.addCallbacks(opened, lambda f: proto.close(f"lookup failed: {f.value}", abort=True))
+
+    def _accept(self, proto: PeerProtocol, hs: Handshake) -> None:
+        try:
+            conn, actions = self.scheduler.accept(hs)
+        except HandshakeRejected as e:
+            proto.close(str(e), abort=True)
+            return
+        proto.conn = conn
+        proto.infohash = hs.infohash
+        proto.state = "active"
+        self.protocols[conn] = proto
+        proto.send_message(self.scheduler.handshake_for(hs.infohash))
+        self.run(actions)
+
+    # -- actions -------------------------------------------------------------------
+
+    def run(self, actions: list[Action]) -> None:
+        """Perform the engine's actions in order."""
+        for a in actions:
+            if isinstance(a, Send):
+                proto = self.protocols.get(a.conn)
+                if proto is not None:
+                    proto.send_message(a.message)
+            elif isinstance(a, SendPiece):
+                proto = self.protocols.get(a.conn)
+                if proto is not None:
+                    proto.send_piece(a.index)
+            elif isinstance(a, Close):
+                proto = self.protocols.pop(a.conn, None)
+                if proto is not None:
+                    proto.close(a.reason, abort=a.blacklisted)
+            elif isinstance(a, Dial):
+                self._dial(a)
+            elif isinstance(a, Announce):
+                self._announce(a)
+            elif isinstance(a, Commit):
+                self._commit(a.infohash)
+            elif isinstance(a, TorrentDropped):
+                self.storages.pop(a.infohash, None)
+
+    def _dial(self, action: Dial) -> None:
+        proto = PeerProtocol(self, action)
+        self.protocols[action.conn] = proto
+
+        def failed(f: Failure) -> None:
+            if self.protocols.get(action.conn) is proto:
+                del self.protocols[action.conn]
+                self.run(self.scheduler.dial_failed(action.conn, str(f.value)))
+
+        self.connector(action.peer, proto).addErrback(failed)
+
+    def _tcp_connector(self, peer: PeerInfo, proto: PeerProtocol) -> Deferred[Any]:
+        reactor: IReactorTCP = self.reactor
+        endpoint = TCP4ClientEndpoint(reactor, peer.ip, peer.port, timeout=self.handshake_timeout)
+        d: Deferred[Any] = connectProtocol(endpoint, proto)  # type: ignore[no-untyped-call]
+        return d
+
+    def _announce(self, action: Announce) -> None:
+        if self.announcer is None:
+            self.run(self.scheduler.announce_failed(action.infohash))
+            return
+        d = self.announcer(action)
+        d.addCallbacks(
+            lambda r: self.run(self.scheduler.announce_result(action.infohash, r[0], r[1])),
+            lambda f: self.run(self.scheduler.announce_failed(action.infohash)),
+        )
+
+    def _commit(self, h: InfoHash) -> None:
+        storage = self.storages.get(h)
+        if storage is None:
+            self.run(self.scheduler.commit_failed(h, "storage not open"))
+            return
+        d = self.run_blocking(storage.commit)
+        d.addCallbacks(
+            lambda _: self.run(self.scheduler.commit_done(h)),
+            lambda f: self.run(self.scheduler.commit_failed(h, str(f.value))),
+        )
+
+    def write_piece(self, conn: ConnId, h: InfoHash, index: int, data: bytearray) -> None:
+        """Verify and write a received piece off the reactor thread, then report."""
+        storage = self.storages.get(h)
+        if storage is None:
+            self.run(self.scheduler.piece_failed(conn, h, index, bad_data=False, reason="not open"))
+            return
+
+        def failed(f: Failure) -> None:
+            bad = isinstance(f.value, PieceHashMismatch)
+            if not bad:
+                self.log.failure("writing piece {index} of {h}", f, index=index, h=h)
+            self.run(self.scheduler.piece_failed(conn, h, index, bad_data=bad, reason=str(f.value)))
+
+        d = self.run_blocking(verify_and_write, storage, index, data)
+        d.addCallbacks(lambda _: self.run(self.scheduler.piece_written(conn, h, index)), failed)
+
+
+class PeerFactory(Factory):
+    """Builds acceptor protocols of a node for a listening port."""
+
+    def __init__(self, node: PeerNode) -> None:
+        self.node = node
+
+    def buildProtocol(self, addr: Any) -> PeerProtocol:
+        """A new incoming connection."""
+        proto = PeerProtocol(self.node)
+        proto.factory = self
+        return proto
+
+
+def make_scheduler(
+    peer_id: Any, reactor: IReactorTime, rng: random.Random | None = None, **config: Any
+) -> Scheduler:
+    """A Scheduler on the reactor's clock (convenience for services and tests)."""
+    from kraken.torrent.actions import EngineConfig
+
+    return Scheduler(peer_id, reactor.seconds, rng or random.Random(), EngineConfig(**config))
+
+
+__all__ = [
+    "HANDSHAKE_TIMEOUT",
+    "PeerFactory",
+    "PeerNode",
+    "PeerProtocol",
+    "make_scheduler",
+    "synchronous_runner",
+    "threadpool_runner",
+]

@@ -1,0 +1,124 @@
+"""
+What the engine asks its driver to do, and its configuration.
+
+Every engine method returns a list of these actions; the driver (Twisted
+protocol, simulator or test) performs them in order and reports results
+back as further method calls.
+"""
+
+from __future__ import annotations
+
+from typing import NewType
+
+from attrs import frozen
+
+from kraken.core import Digest, InfoHash, PeerInfo
+from kraken.torrent.messages import Message
+
+#: Engine-allocated identity of one connection (pending or active).
+ConnId = NewType("ConnId", int)
+
+
+@frozen
+class EngineConfig:
+    """Tunables of the engine (DESIGN 5); times in seconds."""
+
+    max_conns_per_torrent: int = 10
+    pipeline_limit: int = 3
+    origin_pipeline_limit: int = 5
+    #: Endgame starts when this many pieces or fewer are missing (None: pipeline_limit).
+    endgame_threshold: int | None = None
+    request_min_timeout: float = 4.0
+    request_timeout_per_mib: float = 4.0
+    blacklist_duration: float = 30.0
+    conn_idle_timeout: float = 30.0
+    conn_lifetime: float = 3600.0
+    seeder_tti: float = 300.0
+    leecher_tti: float = 300.0
+    announce_interval: float = 3.0
+    complete_announce_interval: float = 30.0
+    max_announce_interval: float = 60.0
+    #: Requests a peer may have queued with us before it counts as abuse.
+    max_upload_queue: int = 64
+    #: Whether this node announces to a tracker (origins do not).
+    announce: bool = True
+    #: Whether this node is an origin (advertised in the handshake).
+    origin: bool = False
+
+    def endgame(self) -> int:
+        """The effective endgame threshold."""
+        return self.pipeline_limit if self.endgame_threshold is None else self.endgame_threshold
+
+    def request_timeout(self, piece_length: int) -> float:
+        """max(min timeout, per-MiB timeout x piece MiB)."""
+        return max(
+            self.request_min_timeout,
+            self.request_timeout_per_mib * piece_length / (1024 * 1024),
+        )
+
+
+@frozen
+class Send:
+    """Send a control message on a connection."""
+
+    conn: ConnId
+    message: Message
+
+
+@frozen
+class SendPiece:
+    """Read piece ``index`` (off the reactor thread) and stream it as PIECE_PAYLOAD.
+
+    Report ``piece_sent`` or ``send_failed`` when done; the engine sends at most one
+    piece at a time per connection.
+    """
+
+    conn: ConnId
+    infohash: InfoHash
+    index: int
+
+
+@frozen
+class Close:
+    """Close a connection; the engine has already forgotten it."""
+
+    conn: ConnId
+    reason: str
+    blacklisted: bool = False
+
+
+@frozen
+class Dial:
+    """Open a connection to ``peer`` for a torrent and send our handshake."""
+
+    conn: ConnId
+    infohash: InfoHash
+    peer: PeerInfo
+
+
+@frozen
+class Announce:
+    """Announce to the tracker; report ``announce_result`` or ``announce_failed``."""
+
+    infohash: InfoHash
+    digest: Digest
+    namespace: str
+    complete: bool
+
+
+@frozen
+class Commit:
+    """Every piece is stored: make the blob final; report ``commit_done`` or ``commit_failed``."""
+
+    infohash: InfoHash
+
+
+@frozen
+class TorrentDropped:
+    """The engine no longer tracks this torrent (idle); the driver may release its storage."""
+
+    infohash: InfoHash
+    complete: bool
+
+
+Action = Send | SendPiece | Close | Dial | Announce | Commit | TorrentDropped

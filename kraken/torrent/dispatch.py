@@ -1,0 +1,391 @@
+"""
+Piece dispatch for one torrent: who has what, what to request from whom.
+
+Invariants, kept after every method returns (and checked by hypothesis in
+tests/torrent/test_dispatch_properties.py):
+
+- no peer has more outstanding requests than its pipeline limit;
+- no request is outstanding for a piece we have, or to a peer lacking it;
+- outside endgame no piece is requested from two peers; never twice from one;
+- every missing piece not being written is requested from some peer
+  whenever a connected peer has it, has spare pipeline and has not failed it
+  recently.
+
+Selection is rarest first (fewest connected peers have it) with a random
+tie-break.  Endgame (few pieces missing) requests a piece from several
+peers and cancels the others when one copy has been written.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from collections import deque
+from collections.abc import Callable, Iterable
+
+from kraken.core import Bitfield, InfoHash, MetaInfo, PeerID
+from kraken.torrent.actions import Action, Close, ConnId, EngineConfig, Send, SendPiece
+from kraken.torrent.messages import AnnouncePiece, CancelPiece, Error, ErrorCode, PieceRequest
+
+
+class PayloadVerdict:
+    """What to do with the raw bytes following a PIECE_PAYLOAD header."""
+
+    RECEIVE = "receive"  # read the bytes into a buffer, then call payload_end
+    ACCEPT = "accept"  # verify and write the received bytes, report piece_written/failed
+    DISCARD = "discard"  # read and throw away (a duplicate or a cancelled request)
+    REJECT = "reject"  # protocol violation: the engine has closed the connection
+
+
+class PeerState:
+    """What we know of one connected peer of this torrent."""
+
+    __slots__ = (
+        "bitfield",
+        "conn",
+        "created",
+        "failed",
+        "forgiven",
+        "last_progress",
+        "limit",
+        "origin",
+        "peer_id",
+        "pending",
+        "receiving",
+        "sending",
+        "uploads",
+    )
+
+    def __init__(
+        self,
+        conn: ConnId,
+        peer_id: PeerID,
+        bitfield: Bitfield,
+        *,
+        origin: bool,
+        limit: int,
+        now: float,
+    ) -> None:
+        self.conn = conn
+        self.peer_id = peer_id
+        self.bitfield = bitfield
+        self.origin = origin
+        self.limit = limit
+        #: index -> deadline of our outstanding requests to this peer.
+        self.pending: dict[int, float] = {}
+        #: cancelled or expired requests whose payload we still tolerate.
+        self.forgiven: set[int] = set()
+        #: index -> when this peer failed (timeout, error) a request for it.
+        self.failed: dict[int, float] = {}
+        self.uploads: deque[int] = deque()
+        #: index of the payload whose raw bytes are arriving now.
+        self.receiving: int | None = None
+        self.sending: int | None = None
+        self.created = now
+        self.last_progress = now
+
+
+class PieceDispatcher:
+    """Request and serve pieces of one torrent among its connected peers."""
+
+    def __init__(
+        self,
+        infohash: InfoHash,
+        metainfo: MetaInfo,
+        have: Bitfield,
+        config: EngineConfig,
+        *,
+        rng: random.Random,
+        now: Callable[[], float],
+    ) -> None:
+        if have.length != metainfo.num_pieces:
+            raise ValueError(f"bitfield of {have.length} for {metainfo.num_pieces} pieces")
+        self.infohash = infohash
+        self.metainfo = metainfo
+        self.have = have.copy()
+        self.config = config
+        self._rng = rng
+        self._now = now
+        self.missing: set[int] = set(have.missing())
+        #: pieces whose bytes were accepted and are being verified/written -> from whom.
+        self.writing: dict[int, ConnId] = {}
+        #: index -> connections with an outstanding request for it.
+        self.requested: dict[int, set[ConnId]] = {}
+        self.avail = [0] * metainfo.num_pieces
+        self.peers: dict[ConnId, PeerState] = {}
+        self.timeout = config.request_timeout(metainfo.piece_length)
+
+    # -- queries ---------------------------------------------------------------
+
+    @property
+    def complete(self) -> bool:
+        """Whether every piece has been written."""
+        return not self.missing
+
+    def endgame(self) -> bool:
+        """Whether duplicate requests are allowed."""
+        return len(self.missing) <= self.config.endgame()
+
+    def interesting(self, peer: PeerState) -> bool:
+        """Whether either side has something the other lacks."""
+        return self.have.has_any_not_in(peer.bitfield) or peer.bitfield.has_any_not_in(self.have)
+
+    def _failed_recently(self, peer: PeerState, index: int, now: float) -> bool:
+        when = peer.failed.get(index)
+        if when is None:
+            return False
+        if now - when >= self.config.blacklist_duration:
+            del peer.failed[index]
+            return False
+        return True
+
+    def eligible(self, peer: PeerState, index: int, now: float) -> bool:
+        """Whether ``index`` may be requested from ``peer`` now (ignoring its quota)."""
+        if index not in self.missing or index in self.writing or index in peer.pending:
+            return False
+        if index not in peer.bitfield or self._failed_recently(peer, index, now):
+            return False
+        return self.endgame() or not self.requested.get(index)
+
+    # -- peers -----------------------------------------------------------------
+
+    def add_peer(
+        self, conn: ConnId, peer_id: PeerID, bitfield: Bitfield, origin: bool
+    ) -> list[Action]:
+        """A connection became active; request what it has."""
+        limit = self.config.origin_pipeline_limit if origin else self.config.pipeline_limit
+        now = self._now()
+        peer = PeerState(conn, peer_id, bitfield.copy(), origin=origin, limit=limit, now=now)
+        self.peers[conn] = peer
+        for i in peer.bitfield:
+            self.avail[i] += 1
+        return self._fill(peer)
+
+    def remove_peer(self, conn: ConnId) -> list[Action]:
+        """A connection is gone: its requests go to other peers."""
+        peer = self.peers.pop(conn, None)
+        if peer is None:
+            return []
+        for i in peer.bitfield:
+            self.avail[i] -= 1
+        for i in peer.pending:
+            self.requested[i].discard(conn)
+        return self.fill_all()
+
+    def _violation(self, peer: PeerState, reason: str) -> list[Action]:
+        return [Close(peer.conn, reason, blacklisted=True)]
+
+    # -- requesting ------------------------------------------------------------
+
+    def _fill(self, peer: PeerState) -> list[Action]:
+        quota = peer.limit - len(peer.pending)
+        if quota <= 0 or not self.missing:
+            return []
+        now = self._now()
+        rand = self._rng.random
+        candidates = [
+            (self.avail[i], rand(), i) for i in self.missing if self.eligible(peer, i, now)
+        ]
+        chosen = heapq.nsmallest(quota, candidates)
+        actions: list[Action] = []
+        deadline = now + self.timeout
+        for _, _, i in chosen:
+            peer.pending[i] = deadline
+            peer.forgiven.discard(i)
+            self.requested.setdefault(i, set()).add(peer.conn)
+            actions.append(Send(peer.conn, PieceRequest(i)))
+        return actions
+
+    def fill_all(self) -> list[Action]:
+        """Give every peer with spare pipeline as many requests as it can take."""
+        actions: list[Action] = []
+        if not self.missing:
+            return actions
+        for peer in list(self.peers.values()):
+            actions.extend(self._fill(peer))
+        return actions
+
+    def expire(self) -> list[Action]:
+        """Requests past their deadline are retried on other peers."""
+        now = self._now()
+        expired = False
+        for peer in self.peers.values():
+            for i, deadline in list(peer.pending.items()):
+                if deadline <= now:
+                    del peer.pending[i]
+                    self.requested[i].discard(peer.conn)
+                    peer.forgiven.add(i)
+                    peer.failed[i] = now
+                    expired = True
+        return self.fill_all() if expired else []
+
+    # -- messages from the peer ------------------------------------------------
+
+    def _index_ok(self, index: int) -> bool:
+        return 0 <= index < self.metainfo.num_pieces
+
+    def on_announce(self, conn: ConnId, index: int) -> list[Action]:
+        """The peer has a new piece."""
+        peer = self.peers.get(conn)
+        if peer is None:
+            return []
+        if not self._index_ok(index):
+            return self._violation(peer, f"announced piece {index} out of range")
+        if peer.bitfield.set(index):
+            self.avail[index] += 1
+        return self._fill(peer)
+
+    def on_complete(self, conn: ConnId) -> list[Action]:
+        """The peer has every piece."""
+        peer = self.peers.get(conn)
+        if peer is None:
+            return []
+        for i in list(peer.bitfield.missing()):
+            peer.bitfield.set(i)
+            self.avail[i] += 1
+        if self.complete:
+            return [Close(conn, "both sides complete")]
+        return self._fill(peer)
+
+    def on_error(self, conn: ConnId, index: int) -> list[Action]:
+        """The peer cannot serve our request for ``index``."""
+        peer = self.peers.get(conn)
+        if peer is None or index not in peer.pending:
+            return []
+        del peer.pending[index]
+        self.requested[index].discard(conn)
+        peer.failed[index] = self._now()
+        return self.fill_all()
+
+    def on_request(self, conn: ConnId, index: int) -> list[Action]:
+        """The peer asks us for a piece."""
+        peer = self.peers.get(conn)
+        if peer is None:
+            return []
+        if not self._index_ok(index):
+            return self._violation(peer, f"request for piece {index} out of range")
+        if index not in self.have:
+            return [Send(conn, Error(index, ErrorCode.PIECE_UNAVAILABLE, "piece not here"))]
+        if index == peer.sending or index in peer.uploads:
+            return []
+        if len(peer.uploads) >= self.config.max_upload_queue:
+            return self._violation(peer, f"more than {len(peer.uploads)} requests queued")
+        peer.uploads.append(index)
+        return self._next_upload(peer)
+
+    def on_cancel(self, conn: ConnId, index: int) -> list[Action]:
+        """The peer no longer wants ``index``."""
+        peer = self.peers.get(conn)
+        if peer is not None and index in peer.uploads:
+            peer.uploads.remove(index)
+        return []
+
+    def _next_upload(self, peer: PeerState) -> list[Action]:
+        if peer.sending is not None or not peer.uploads:
+            return []
+        peer.sending = peer.uploads.popleft()
+        return [SendPiece(peer.conn, self.infohash, peer.sending)]
+
+    def piece_sent(self, conn: ConnId, index: int) -> list[Action]:
+        """The driver finished streaming a piece to the peer."""
+        peer = self.peers.get(conn)
+        if peer is None or peer.sending != index:
+            return []
+        peer.sending = None
+        peer.last_progress = self._now()
+        if peer.bitfield.set(index):
+            self.avail[index] += 1
+        return self._next_upload(peer)
+
+    def send_failed(self, conn: ConnId, index: int, reason: str) -> list[Action]:
+        """Reading a piece to send failed: tell the peer, go on with the next."""
+        peer = self.peers.get(conn)
+        if peer is None or peer.sending != index:
+            return []
+        peer.sending = None
+        return [Send(conn, Error(index, ErrorCode.READ_FAILED, reason)), *self._next_upload(peer)]
+
+    # -- payloads --------------------------------------------------------------
+
+    def payload_start(self, conn: ConnId, index: int, length: int) -> tuple[str, list[Action]]:
+        """
+        A PIECE_PAYLOAD header arrived: RECEIVE, DISCARD or REJECT its bytes.
+
+        After RECEIVE the driver reads the bytes and calls :meth:`payload_end`; the
+        request stays outstanding until then, so a peer vanishing mid-payload leaves
+        nothing behind but a request to retry elsewhere.
+        """
+        peer = self.peers.get(conn)
+        if peer is None:
+            return PayloadVerdict.DISCARD, []
+        if not self._index_ok(index):
+            return PayloadVerdict.REJECT, self._violation(peer, f"payload {index} out of range")
+        if length != self.metainfo.piece_size(index):
+            expected = self.metainfo.piece_size(index)
+            return PayloadVerdict.REJECT, self._violation(
+                peer, f"payload {index} of {length} bytes, expected {expected}"
+            )
+        if peer.receiving is not None:
+            return PayloadVerdict.REJECT, self._violation(peer, "payload inside a payload")
+        if index not in peer.pending and index not in peer.forgiven:
+            return PayloadVerdict.REJECT, self._violation(peer, f"unrequested payload {index}")
+        if index not in self.missing or index in self.writing:
+            self._settle_request(peer, index)
+            return PayloadVerdict.DISCARD, self._fill(peer)
+        peer.receiving = index
+        return PayloadVerdict.RECEIVE, []
+
+    def _settle_request(self, peer: PeerState, index: int) -> None:
+        if peer.pending.pop(index, None) is not None:
+            self.requested[index].discard(peer.conn)
+        peer.forgiven.discard(index)
+
+    def payload_end(self, conn: ConnId, index: int) -> tuple[str, list[Action]]:
+        """All bytes of a RECEIVEd payload are in: ACCEPT (verify and write) or DISCARD."""
+        peer = self.peers.get(conn)
+        if peer is None or peer.receiving != index:
+            return PayloadVerdict.DISCARD, []
+        peer.receiving = None
+        self._settle_request(peer, index)
+        if index not in self.missing or index in self.writing:
+            return PayloadVerdict.DISCARD, self._fill(peer)
+        self.writing[index] = conn
+        return PayloadVerdict.ACCEPT, self._fill(peer)
+
+    def piece_written(self, conn: ConnId, index: int) -> list[Action]:
+        """A received piece was verified and stored."""
+        if self.writing.get(index) != conn:
+            return []
+        del self.writing[index]
+        self.missing.discard(index)
+        self.have.set(index)
+        actions: list[Action] = []
+        peer = self.peers.get(conn)
+        if peer is not None:
+            peer.last_progress = self._now()
+        for other in self.requested.pop(index, set()):
+            other_peer = self.peers[other]
+            del other_peer.pending[index]
+            other_peer.forgiven.add(index)
+            actions.append(Send(other, CancelPiece(index)))
+        for p in self.peers.values():
+            actions.append(Send(p.conn, AnnouncePiece(index)))
+        actions.extend(self.fill_all())
+        return actions
+
+    def piece_failed(self, conn: ConnId, index: int, bad_data: bool, reason: str) -> list[Action]:
+        """A received piece failed its hash (``bad_data``) or could not be written."""
+        if self.writing.get(index) != conn:
+            return []
+        del self.writing[index]
+        peer = self.peers.get(conn)
+        if peer is not None:
+            peer.failed[index] = self._now()
+            if bad_data:
+                # The owner of this dispatcher removes the peer, which refills the others.
+                return self._violation(peer, f"piece {index}: {reason}")
+        return self.fill_all()
+
+    def connections(self) -> Iterable[ConnId]:
+        """Active connections of this torrent."""
+        return list(self.peers)
