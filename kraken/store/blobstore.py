@@ -943,8 +943,12 @@ class BlobReader:
         return _pread_exactly(self.fd, max(0, min(length, self.size - offset)), offset)
 
     def stream(self) -> BinaryIO:
-        """A new file object reading from the start, independent of other streams; close it."""
-        return os.fdopen(os.dup(self.fd), "rb")
+        """
+        A new file object reading from the start, with its own position; close it.
+
+        Opened by path, which is safe because this reader keeps the blob in place.
+        """
+        return open(self.path, "rb")
 
     def close(self) -> None:
         """Close the descriptor and release the reference (idempotent)."""
