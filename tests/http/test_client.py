@@ -54,6 +54,7 @@ class Scripted(Resource):
         self.seen: list[tuple[bytes, bytes, bytes]] = []
 
     def render(self, request: Request) -> bytes:
+        assert request.content is not None
         self.seen.append((request.method, request.uri, request.content.read()))
         status, body = self.script.pop(0) if len(self.script) > 1 else self.script[0]
         request.setResponseCode(status)
@@ -168,7 +169,9 @@ class SuccessAndStatusTests(ClientTestCase):
                 send(URL, data=b"payload", params={"a": "1"}, headers={"X-K": "v"}, ok=(201,))
             )
             self.assertEqual(origin.seen[-1], (method, b"/blobs?a=1", b"payload"))
-        self.assertEqual(self.agent.requests[-1].headers.getRawHeaders(b"x-k"), [b"v"])
+        sent_headers = self.agent.requests[-1].headers
+        assert sent_headers is not None
+        self.assertEqual(sent_headers.getRawHeaders(b"x-k"), [b"v"])
 
     def test_error_body_is_bounded(self) -> None:
         """Only max_error_body bytes of an error body are kept."""
@@ -314,12 +317,13 @@ class RetryTests(ClientTestCase):
 
     def test_policy_validation(self) -> None:
         """RetryPolicy refuses negative retries or backoff and shrinking multipliers."""
-        for bad in [
+        cases: list[dict[str, Any]] = [
             {"max_retries": -1},
             {"initial_backoff": -0.1},
             {"multiplier": 0.5},
             {"max_backoff": -1.0},
-        ]:
+        ]
+        for bad in cases:
             self.assertRaises(ValueError, RetryPolicy, **bad)
         policy = RetryPolicy()
         self.assertEqual([policy.backoff(n) for n in range(3)], [0.25, 0.25, 0.25])
