@@ -1,0 +1,1 @@
+"""Tests for kraken.persistedretry: task values, the stores and the retry queue."""
