@@ -21,13 +21,14 @@ from collections.abc import Callable
 
 import treq
 from attrs import define, field, frozen
-from treq.client import HTTPClient
 from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IResponse
 from zope.interface import Interface, implementer
+
+from kraken.http.client import HTTPStatusError, KrakenHTTPClient
 
 #: Checks one ``host:port``: the Deferred fires (with anything) if the host
 #: is healthy and fails otherwise.
@@ -215,26 +216,33 @@ class PassiveHealthFilter:
 @frozen
 class HTTPHealthProbe:
     """
-    A :data:`Probe` that GETs ``<scheme>://<host:port>/health`` and wants a 200.
+    A :data:`Probe` that GETs ``http://<host:port>/health`` and wants a 200.
 
-    ``client`` is a ``treq.HTTPClient`` (made by the shared factory in
-    ``kraken.http``, which applies TLS and timeouts); the body is read and
-    discarded so that the connection can be reused.
+    ``client`` comes from the shared factory in :mod:`kraken.http`, which
+    turns the URL into https when TLS is configured and applies the
+    timeout.  No retries: one failed round is one failure, and the filter's
+    thresholds decide.
     """
 
-    client: HTTPClient
-    scheme: str = "http"
+    client: KrakenHTTPClient
+    timeout: float = 3.0
 
     def __call__(self, host: str) -> Deferred[object]:
         """Probe ``host``; fails with :class:`UnhealthyResponse` on a non-200 answer."""
-        url = f"{self.scheme}://{host}/health"
+        url = f"http://{host}/health"
 
-        def check(response: IResponse) -> Deferred[object]:
-            def judge(_: bytes) -> object:
-                if response.code != 200:
-                    raise UnhealthyResponse(f"GET {url} answered {response.code}")
-                return None
+        def drain(response: IResponse) -> Deferred[object]:
+            # Read the body so that the pooled connection can be reused.
+            return treq.content(response).addCallback(lambda _: None)
 
-            return treq.content(response).addCallback(judge)
+        def status_error(failure: Failure) -> Failure:
+            error = failure.value
+            if isinstance(error, HTTPStatusError):
+                raise UnhealthyResponse(f"GET {url} answered {error.status}")
+            return failure
 
-        return self.client.get(url).addCallback(check)
+        return (
+            self.client.get(url, retry=False, timeout=self.timeout)
+            .addCallback(drain)
+            .addErrback(status_error)
+        )

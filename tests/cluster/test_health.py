@@ -6,7 +6,6 @@ from collections.abc import Collection
 from typing import TYPE_CHECKING
 
 from attrs import define, field
-from treq.testing import StubTreq
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import Clock
@@ -23,6 +22,7 @@ from kraken.cluster.health import (
     PassiveHealthFilter,
     UnhealthyResponse,
 )
+from kraken.http.testing import memory_client_factory
 
 if TYPE_CHECKING:
     _Base = SynchronousTestCase
@@ -280,7 +280,8 @@ class HTTPHealthProbeTests(SynchronousTestCase):
     def probe(self, code: int) -> tuple[Deferred[object], HealthResource]:
         """Probe a host whose /health answers ``code``."""
         resource = HealthResource(code)
-        probe = HTTPHealthProbe(StubTreq(resource))  # type: ignore[arg-type]
+        factory, _ = memory_client_factory({"origin:15002": resource}, Clock())
+        probe = HTTPHealthProbe(factory.client())
         return probe("origin:15002"), resource
 
     def test_ok(self) -> None:
