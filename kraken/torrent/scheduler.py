@@ -399,10 +399,9 @@ class Scheduler:
         now = self._now()
         if not self.config.announce or now < self._next_announce:
             return []
-        due = self.announces.candidates(now)
-        # Torrents still downloading go first; complete ones only need to stay known.
-        due.sort(key=lambda h: 0 if h in self.torrents and not self.torrents[h].complete else 1)
-        for h in due:
+        # Plain round robin: complete torrents are requeued 30 s out, so they do not crowd
+        # out downloads, and downloads cannot starve them.
+        for h in self.announces.candidates(now):
             t = self.torrents.get(h)
             if t is not None:
                 if t.state == "downloading" and self._active_count(h) >= (
@@ -473,6 +472,7 @@ class Scheduler:
         if self.is_blacklisted(h, hs.peer_id):
             raise HandshakeRejected(f"peer {hs.peer_id} is blacklisted for {h}")
         actions: list[Action] = []
+        superseded: Close | None = None
         existing = self._by_peer.get((h, hs.peer_id))
         if existing is not None:
             rec = self.conns[existing]
@@ -480,7 +480,7 @@ class Scheduler:
                 raise HandshakeRejected(f"already connected to {hs.peer_id}")
             # Both dialled at once: the connection dialled by the smaller id wins.
             actions.extend(self._drop_conn(existing, blacklist=False))
-            actions.append(Close(existing, "superseded by the peer's own dial"))
+            superseded = Close(existing, "superseded by the peer's own dial")
         if self._count(h) >= self.config.max_conns_per_torrent:
             raise HandshakeRejected(f"torrent {h} is at capacity")
         now = self._now()
@@ -488,7 +488,8 @@ class Scheduler:
         self.conns[conn] = ConnRecord(conn, h, hs.peer_id, False, now, True, hs.origin)
         self._by_peer[(h, hs.peer_id)] = conn
         actions.extend(t.dispatcher.add_peer(conn, hs.peer_id, hs.bitfield, hs.origin))
-        return conn, self._settle(actions)
+        settled = self._settle(actions)
+        return conn, settled if superseded is None else [superseded, *settled]
 
     def conn_lost(self, conn: ConnId, reason: str = "connection lost") -> list[Action]:
         """The connection closed without us asking: blacklist the peer."""

@@ -1,0 +1,108 @@
+"""Hypothesis over random event sequences: the piece dispatcher's invariants."""
+
+from __future__ import annotations
+
+import random
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.trial.unittest import SynchronousTestCase
+
+from kraken.core import Bitfield, MetaInfo, PeerID
+from kraken.torrent.actions import Close, ConnId, EngineConfig, Send
+from kraken.torrent.dispatch import PayloadVerdict, PieceDispatcher
+from kraken.torrent.messages import PieceRequest
+
+N = 12
+META = MetaInfo.of_bytes(bytes(range(256)) * 4 * N, 1024)
+
+events = st.lists(
+    st.tuples(
+        st.sampled_from(
+            ["add", "remove", "announce", "complete", "receive", "fail", "bad", "error", "tick"]
+        ),
+        st.integers(0, 7),
+        st.integers(0, N - 1),
+        st.sets(st.integers(0, N - 1)),
+    ),
+    max_size=60,
+)
+
+
+def check_invariants(test: SynchronousTestCase, d: PieceDispatcher) -> None:
+    """The invariants documented in kraken.torrent.dispatch."""
+    now = d._now()
+    for peer in d.peers.values():
+        test.assertLessEqual(len(peer.pending), peer.limit)
+        for i in peer.pending:
+            test.assertNotIn(i, d.have, "request for a piece we have")
+            test.assertIn(i, peer.bitfield, "request to a peer lacking the piece")
+            test.assertIn(peer.conn, d.requested[i])
+    if not d.endgame():
+        for i, conns in d.requested.items():
+            test.assertLessEqual(len(conns), 1, f"piece {i} requested twice outside endgame")
+    for i in d.missing:
+        if i in d.writing or d.requested.get(i):
+            continue
+        for peer in d.peers.values():
+            if len(peer.pending) < peer.limit and i in peer.bitfield:
+                test.assertFalse(
+                    d.eligible(peer, i, now), f"piece {i} idle while {peer.conn} could serve it"
+                )
+
+
+class DispatcherPropertyTests(SynchronousTestCase):
+    """Random peers joining, leaving, announcing, delivering, failing."""
+
+    @settings(max_examples=150, deadline=None)
+    @given(events, st.sets(st.integers(0, N - 1)), st.integers(0, 2**32))
+    def test_invariants(self, evs, have, seed) -> None:
+        """After every event the dispatcher's invariants hold and requests are well-formed."""
+        now = [0.0]
+        d = PieceDispatcher(
+            META.infohash,
+            META,
+            Bitfield.of(N, have),
+            EngineConfig(),
+            rng=random.Random(seed),
+            now=lambda: now[0],
+        )
+        for kind, c, index, bits in evs:
+            conn = ConnId(c)
+            actions: list = []
+            if kind == "add" and conn not in d.peers:
+                pid = PeerID(f"{c:040x}")
+                actions = d.add_peer(conn, pid, Bitfield.of(N, bits), origin=c % 2 == 0)
+            elif kind == "remove":
+                actions = d.remove_peer(conn)
+            elif kind == "announce":
+                actions = d.on_announce(conn, index)
+            elif kind == "complete":
+                actions = d.on_complete(conn)
+            elif kind in ("receive", "fail", "bad") and conn in d.peers:
+                pending = sorted(d.peers[conn].pending)
+                if pending:
+                    i = pending[index % len(pending)]
+                    verdict, actions = d.payload_start(conn, i, META.piece_size(i))
+                    self.assertIn(verdict, (PayloadVerdict.RECEIVE, PayloadVerdict.DISCARD))
+                    if verdict == PayloadVerdict.RECEIVE:
+                        verdict, more = d.payload_end(conn, i)
+                        actions += more
+                        if verdict == PayloadVerdict.ACCEPT:
+                            if kind == "receive":
+                                actions += d.piece_written(conn, i)
+                            else:
+                                actions += d.piece_failed(conn, i, kind == "bad", "x")
+            elif kind == "error":
+                actions = d.on_error(conn, index)
+            elif kind == "tick":
+                now[0] += 3.0
+                actions = d.expire()
+            for a in actions:
+                if isinstance(a, Close):
+                    actions_after = d.remove_peer(a.conn)
+                    self.assertFalse(any(getattr(x, "conn", None) == a.conn for x in actions_after))
+                if isinstance(a, Send) and isinstance(a.message, PieceRequest):
+                    self.assertNotIn(a.message.index, d.have)
+            check_invariants(self, d)
+        self.assertEqual(d.missing, set(d.have.missing()))

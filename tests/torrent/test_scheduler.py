@@ -1,0 +1,385 @@
+"""Scheduler unit tests with a fake clock and many fake peers (no I/O)."""
+
+from __future__ import annotations
+
+import random
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from kraken.core import Bitfield, MetaInfo, PeerID, PeerInfo
+from kraken.torrent.actions import (
+    Announce,
+    Close,
+    Commit,
+    ConnId,
+    Dial,
+    EngineConfig,
+    Send,
+    SendPiece,
+    TorrentDropped,
+)
+from kraken.torrent.bandwidth import BandwidthLimiter, TokenBucket
+from kraken.torrent.dispatch import PayloadVerdict
+from kraken.torrent.messages import (
+    AnnouncePiece,
+    CancelPiece,
+    Complete,
+    Error,
+    Handshake,
+    PieceRequest,
+)
+from kraken.torrent.scheduler import DownloadFailed, HandshakeRejected, Scheduler
+
+PIECES = 8
+META = MetaInfo.of_bytes(b"x" * 1024 * PIECES, 1024)
+H = META.infohash
+ME = PeerID("f" * 40)
+
+
+def pid(i: int) -> PeerID:
+    """Peer id number ``i``."""
+    return PeerID(f"{i:040x}")
+
+
+def peer(i: int, origin: bool = False) -> PeerInfo:
+    """Tracker record of peer ``i``."""
+    return PeerInfo(pid(i), "10.0.0.2", 1000 + i, origin=origin)
+
+
+class Harness:
+    """A scheduler on a fake clock."""
+
+    def __init__(self, **config) -> None:
+        self.t = 0.0
+        self.s = Scheduler(ME, lambda: self.t, random.Random(1), EngineConfig(**config))
+        self.results: list = []
+
+    def download(self, have=()) -> list:
+        """Start downloading META."""
+        return self.s.add_torrent(META, "ns", Bitfield.of(PIECES, have), waiter=self.results.append)
+
+    def hs(self, i: int, bits=(), origin=False) -> Handshake:
+        """Peer i's handshake."""
+        return Handshake(pid(i), H, META.digest, "ns", Bitfield.of(PIECES, bits), origin)
+
+    def connect(self, i: int, bits=()) -> tuple[ConnId, list]:
+        """Dial peer i and complete its handshake."""
+        dial = [a for a in self.s.announce_result(H, [peer(i)], 3.0) if isinstance(a, Dial)]
+        assert len(dial) == 1, dial
+        return dial[0].conn, self.s.dial_succeeded(dial[0].conn, self.hs(i, bits))
+
+    def deliver(self, conn: ConnId, index: int) -> list:
+        """Peer delivers piece ``index`` and it is written."""
+        verdict, actions = self.s.payload_start(conn, index, 1024)
+        assert verdict == PayloadVerdict.RECEIVE, verdict
+        verdict, more = self.s.payload_end(conn, index)
+        assert verdict == PayloadVerdict.ACCEPT
+        return actions + more + self.s.piece_written(conn, H, index)
+
+
+def requests(actions, conn=None) -> list[int]:
+    """Indices requested (on ``conn``)."""
+    return [
+        a.message.index
+        for a in actions
+        if isinstance(a, Send)
+        and isinstance(a.message, PieceRequest)
+        and (conn is None or a.conn == conn)
+    ]
+
+
+ALL = range(PIECES)
+
+
+class ConnectionPolicyTests(SynchronousTestCase):
+    """Limits, blacklist, idle and lifetime."""
+
+    def test_download_announces_at_once(self) -> None:
+        """Starting a download announces immediately (incomplete)."""
+        h = Harness()
+        self.assertEqual(h.download(), [Announce(H, META.digest, "ns", False)])
+
+    def test_dials_up_to_capacity_in_tracker_order(self) -> None:
+        """15 peers from the tracker: the first 10 are dialled, ourselves skipped."""
+        h = Harness()
+        h.download()
+        peers = [PeerInfo(ME, "10.0.0.9", 9), *(peer(i) for i in range(15))]
+        dials = h.s.announce_result(H, peers, 3.0)
+        self.assertEqual([d.peer.peer_id for d in dials], [pid(i) for i in range(10)])
+        self.assertEqual(h.s.announce_result(H, [peer(20)], 3.0), [])
+
+    def test_failed_dial_blacklists_until_expiry(self) -> None:
+        """A failed dial blacklists the peer for 30 s, then it is dialled again."""
+        h = Harness()
+        h.download()
+        (dial,) = h.s.announce_result(H, [peer(1)], 3.0)
+        h.s.dial_failed(dial.conn)
+        self.assertEqual(h.s.announce_result(H, [peer(1)], 3.0), [])
+        h.t = 29.0
+        self.assertEqual(h.s.announce_result(H, [peer(1)], 3.0), [])
+        h.t = 30.5
+        self.assertEqual(len(h.s.announce_result(H, [peer(1)], 3.0)), 1)
+
+    def test_accept_rejections(self) -> None:
+        """Incoming handshakes are refused when at capacity, blacklisted, self, or both complete."""
+        h = Harness(max_conns_per_torrent=2)
+        h.download()
+        h.s.accept(h.hs(1))
+        conn2, _ = h.s.accept(h.hs(2))
+        self.assertRaises(HandshakeRejected, h.s.accept, h.hs(3))
+        h.s.conn_lost(conn2)
+        self.assertRaises(HandshakeRejected, h.s.accept, h.hs(2))  # blacklisted
+        self.assertRaises(
+            HandshakeRejected,
+            h.s.accept,
+            Handshake(ME, H, META.digest, "ns", Bitfield(PIECES)),
+        )
+        seeder = Harness()
+        seeder.s.add_torrent(META, "ns", Bitfield(PIECES, full=True), complete=True)
+        self.assertRaises(HandshakeRejected, seeder.s.accept, seeder.hs(1, ALL))
+        seeder.s.accept(seeder.hs(2))
+
+    def test_simultaneous_dials_keep_one(self) -> None:
+        """Both sides dial each other: the connection dialled by the smaller id survives."""
+        h = Harness()
+        h.download()
+        (dial,) = h.s.announce_result(H, [peer(1)], 3.0)
+        conn, actions = h.s.accept(h.hs(1))  # pid(1) < ME: its dial wins
+        self.assertIn(Close(dial.conn, "superseded by the peer's own dial"), actions)
+        self.assertNotIn(dial.conn, h.s.conns)
+        self.assertIn(conn, h.s.conns)
+
+    def test_idle_and_lifetime(self) -> None:
+        """No progress for 30 s closes (and blacklists); any connection closes after 1 h."""
+        h = Harness()
+        h.download()
+        conn, _ = h.connect(1, [0])
+        h.t = 31
+        closes = [a for a in h.s.tick() if isinstance(a, Close)]
+        self.assertEqual(closes, [Close(conn, "idle", blacklisted=True)])
+        h2 = Harness(conn_idle_timeout=10_000)
+        h2.download()
+        c, _ = h2.connect(1, [0])
+        h2.t = 3601
+        self.assertIn(Close(c, "lifetime over"), h2.s.tick())
+
+    def test_completion_clears_blacklist_and_notifies(self) -> None:
+        """Completing: commit, then COMPLETE to leechers, close seeders, announce, waiters fire."""
+        h = Harness()
+        h.download()
+        bad, _ = h.connect(9)
+        h.s.conn_lost(bad)
+        self.assertTrue(h.s.is_blacklisted(H, pid(9)))
+        leecher, _ = h.s.accept(h.hs(2))
+        seeder, _ = h.connect(1, ALL)
+        actions: list = []
+        for i in ALL:
+            if i in h.s.torrents[H].dispatcher.peers[seeder].pending:
+                actions += h.deliver(seeder, i)
+            else:
+                h.s.torrents[H].dispatcher.peers[seeder].pending[i] = 99.0
+                h.s.torrents[H].dispatcher.requested.setdefault(i, set()).add(seeder)
+                actions += h.deliver(seeder, i)
+        self.assertIn(Commit(H), actions)
+        self.assertEqual(h.results, [])
+        done = h.s.commit_done(H)
+        self.assertIn(Send(leecher, Complete()), done)
+        self.assertIn(Close(seeder, "both sides complete"), done)
+        self.assertIn(Announce(H, META.digest, "ns", True), done)
+        self.assertEqual(h.results, [None])
+        self.assertFalse(h.s.is_blacklisted(H, pid(9)))
+
+
+class DispatchTests(SynchronousTestCase):
+    """Requests, pipeline, endgame, timeouts, serving."""
+
+    def test_pipeline_limits(self) -> None:
+        """3 outstanding requests to an agent, 5 to an origin."""
+        h = Harness()
+        h.download()
+        _, actions = h.connect(1, ALL)
+        self.assertEqual(len(requests(actions)), 3)
+        (dial,) = h.s.announce_result(H, [peer(2, origin=True)], 3.0)
+        actions = h.s.dial_succeeded(dial.conn, h.hs(2, ALL))
+        self.assertEqual(len(requests(actions)), 5)
+
+    def test_rarest_first(self) -> None:
+        """The piece only one peer has is requested before common ones."""
+        h = Harness(pipeline_limit=1)
+        h.download()
+        h.s.accept(h.hs(1, [0, 1, 2]))
+        h.s.accept(h.hs(2, [0, 1, 2]))
+        conn, actions = h.s.accept(h.hs(3, [1, 5]))
+        self.assertEqual(requests(actions, conn), [5])
+
+    def test_never_requests_pieces_we_have(self) -> None:
+        """A resumed download requests only the missing pieces."""
+        h = Harness(pipeline_limit=8)
+        h.download(have=[0, 1, 2, 3, 4])
+        _, actions = h.connect(1, ALL)
+        self.assertEqual(sorted(requests(actions)), [5, 6, 7])
+
+    def test_timeout_retries_elsewhere(self) -> None:
+        """A request unanswered for 4 s goes to another peer, not back to the slow one."""
+        h = Harness(pipeline_limit=1)
+        h.download()
+        slow, actions = h.connect(1, [3])
+        self.assertEqual(requests(actions), [3])
+        other, actions = h.connect(2, [3])
+        self.assertEqual(requests(actions), [])
+        h.t = 3.9
+        self.assertEqual(requests(h.s.tick()), [])
+        h.t = 4.0
+        actions = h.s.tick()
+        self.assertEqual(requests(actions, other), [3])
+        self.assertEqual(requests(actions, slow), [])
+        # The slow peer's late payload is still welcome.
+        verdict, _ = h.s.payload_start(slow, 3, 1024)
+        self.assertEqual(verdict, PayloadVerdict.RECEIVE)
+
+    def test_timeout_scales_with_piece_size(self) -> None:
+        """max(4 s, 4 s per MiB)."""
+        c = EngineConfig()
+        self.assertEqual(c.request_timeout(256 * 1024), 4.0)
+        self.assertEqual(c.request_timeout(8 * 1024 * 1024), 32.0)
+
+    def test_endgame_duplicates_and_cancels(self) -> None:
+        """With <= 3 pieces missing a piece goes to several peers; the losers get CANCEL."""
+        h = Harness()
+        h.download(have=range(PIECES - 1))
+        a, actions = h.connect(1, ALL)
+        b, actions2 = h.connect(2, ALL)
+        self.assertEqual(requests(actions + actions2), [7, 7])
+        done = h.deliver(a, 7)
+        self.assertIn(Send(b, CancelPiece(7)), done)
+        self.assertIn(Send(b, AnnouncePiece(7)), done)
+        # b's copy arriving after the cancel is read and dropped, not a violation.
+        verdict, _ = h.s.payload_start(b, 7, 1024)
+        self.assertEqual(verdict, PayloadVerdict.DISCARD)
+        self.assertIn(b, h.s.conns)
+
+    def test_bad_payloads_close_and_blacklist(self) -> None:
+        """Out-of-range, wrong length and unrequested payloads close and blacklist the peer."""
+        for index, length in ((99, 1024), (0, 1000), (6, 1024)):
+            h = Harness(pipeline_limit=1)
+            h.download()
+            conn, actions = h.connect(1, [0, 6])
+            self.assertEqual(requests(actions), [0])
+            verdict, actions = h.s.payload_start(conn, index, length)
+            self.assertEqual(verdict, PayloadVerdict.REJECT)
+            self.assertTrue(any(isinstance(a, Close) and a.blacklisted for a in actions))
+            self.assertTrue(h.s.is_blacklisted(H, pid(1)))
+
+    def test_hash_failure_rerequests_elsewhere(self) -> None:
+        """A piece failing its hash closes its sender and goes to another peer."""
+        h = Harness(pipeline_limit=1)
+        h.download()
+        bad, actions = h.connect(1, [2])
+        good, _ = h.connect(2, [2])
+        h.s.payload_start(bad, 2, 1024)
+        h.s.payload_end(bad, 2)
+        actions = h.s.piece_failed(bad, H, 2, bad_data=True, reason="sha256")
+        self.assertIn(Close(bad, "piece 2: sha256", blacklisted=True), actions)
+        self.assertEqual(requests(actions, good), [2])
+
+    def test_serving(self) -> None:
+        """Requests are served one at a time; unknown pieces get ERROR; out of range closes."""
+        h = Harness()
+        h.download(have=[0, 1])
+        conn, _ = h.s.accept(h.hs(1))
+        self.assertEqual(h.s.message(conn, PieceRequest(0)), [SendPiece(conn, H, 0)])
+        self.assertEqual(h.s.message(conn, PieceRequest(1)), [])
+        unavailable = h.s.message(conn, PieceRequest(5))
+        self.assertIsInstance(unavailable[0].message, Error)
+        self.assertEqual(h.s.piece_sent(conn, 0), [SendPiece(conn, H, 1)])
+        self.assertEqual(
+            h.s.message(conn, PieceRequest(100)),
+            [Close(conn, "request for piece 100 out of range", blacklisted=True)],
+        )
+
+
+class LifecycleTests(SynchronousTestCase):
+    """Shared downloads, TTIs, announces."""
+
+    def test_concurrent_requests_share_one_download(self) -> None:
+        """A second request for the same blob joins the first; both complete once."""
+        h = Harness()
+        first = h.download()
+        second = h.s.add_torrent(META, "ns", Bitfield(PIECES), waiter=h.results.append)
+        self.assertEqual(len(first), 1)
+        self.assertEqual(second, [])
+        self.assertEqual(len(h.s.torrents), 1)
+        self.assertEqual(len(h.s.torrents[H].waiters), 2)
+
+    def test_leecher_tti_fails_waiters(self) -> None:
+        """No piece written for 5 min: the download fails and the torrent is dropped."""
+        h = Harness()
+        h.download()
+        h.t = 299
+        h.s.tick()
+        self.assertEqual(h.results, [])
+        h.t = 300
+        self.assertIn(TorrentDropped(H, False), h.s.tick())
+        self.assertIsInstance(h.results[0], DownloadFailed)
+
+    def test_seeder_tti_counts_real_reads(self) -> None:
+        """A seeder serving pieces stays; 5 min after its last read it is dropped but announced."""
+        h = Harness()
+        h.s.add_torrent(META, "ns", Bitfield(PIECES, full=True), complete=True)
+        conn, _ = h.s.accept(h.hs(1))
+        h.t = 250
+        h.s.message(conn, PieceRequest(0))
+        h.s.piece_sent(conn, 0)
+        h.t = 400
+        for a in h.s.tick():
+            if isinstance(a, Announce):
+                h.s.announce_result(H, [], 3.0)
+        self.assertTrue(h.s.has_torrent(H))
+        h.t = 551
+        actions = h.s.tick()
+        self.assertIn(TorrentDropped(H, True), actions)
+        self.assertFalse(h.s.has_torrent(H))
+        if Announce(H, META.digest, "ns", True) in actions:
+            h.s.announce_result(H, [], 3.0)
+        h.t = 700
+        self.assertIn(Announce(H, META.digest, "ns", True), h.s.tick())
+
+    def test_announce_round_robin_and_complete_interval(self) -> None:
+        """One announce per interval, round robin; complete torrents every 30 s."""
+        h = Harness()
+        other = MetaInfo.of_bytes(b"y" * 100, 64)
+        h.s.add_torrent(META, "ns", Bitfield(PIECES, full=True), complete=True)
+        h.s.add_torrent(other, "ns", Bitfield(other.num_pieces))  # announces at once
+        h.s.announce_result(other.infohash, [], 3.0)
+        seen = []
+        for step in range(40):
+            h.t = step * 1.0
+            for a in h.s.tick():
+                if isinstance(a, Announce):
+                    seen.append((h.t, a.infohash == H))
+                    h.s.announce_result(a.infohash, [], 3.0)
+        complete_times = [t for t, c in seen if c]
+        self.assertEqual(complete_times[:2], [0.0, 30.0])
+        incomplete = [t for t, c in seen if not c]
+        self.assertGreater(len(incomplete), 8)
+        self.assertTrue(all(b - a >= 3.0 for a, b in zip(incomplete, incomplete[1:])))
+
+
+class BandwidthTests(SynchronousTestCase):
+    """Token buckets."""
+
+    def test_bucket_delays(self) -> None:
+        """With 100 KB/s and a 100 KB burst, the second 100 KB waits 1 s; refills over time."""
+        t = [0.0]
+        b = TokenBucket(100_000, lambda: t[0], 100_000)
+        self.assertEqual(b.reserve(100_000), 0.0)
+        self.assertAlmostEqual(b.reserve(50_000), 0.5)
+        t[0] = 2.0
+        self.assertEqual(b.reserve(10_000), 0.0)
+
+    def test_unlimited(self) -> None:
+        """No buckets: never a delay."""
+        limiter = BandwidthLimiter()
+        self.assertFalse(limiter.limited)
+        self.assertEqual(limiter.send_delay(10**9), 0.0)
+        self.assertEqual(limiter.receive_delay(10**9), 0.0)
