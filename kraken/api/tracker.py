@@ -117,10 +117,6 @@ class TrackerMetrics:
         )
 
 
-def _metainfo_ttl(answer: MetaInfoAnswer) -> float:
-    return METAINFO_OK_TTL if answer.status == 200 else METAINFO_OTHER_TTL
-
-
 @define
 class TrackerAPI:
     """The tracker's Klein application; mount :meth:`resource`."""
@@ -136,14 +132,21 @@ class TrackerAPI:
     handout_limit: int = DEFAULT_HANDOUT_LIMIT
     metrics: TrackerMetrics = field(factory=TrackerMetrics)
     rng: random.Random = field(factory=random.Random)
+    metainfo_ok_ttl: float = METAINFO_OK_TTL
+    metainfo_other_ttl: float = METAINFO_OTHER_TTL
+    metainfo_max_entries: int = 10000
     _metainfo: CollapsingCache[tuple[str, Digest], MetaInfoAnswer] = field(init=False)
 
     def __attrs_post_init__(self) -> None:
         self._metainfo = CollapsingCache(
             self.clock,
-            _metainfo_ttl,
+            self._metainfo_ttl,
+            max_entries=self.metainfo_max_entries,
             observe=lambda kind: self.metrics.metainfo_lookups.labels(kind).inc(),
         )
+
+    def _metainfo_ttl(self, answer: MetaInfoAnswer) -> float:
+        return self.metainfo_ok_ttl if answer.status == 200 else self.metainfo_other_ttl
 
     def resource(self) -> IResource:
         """The ``twisted.web`` resource serving this API."""

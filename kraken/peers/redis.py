@@ -25,7 +25,8 @@ from typing import Any, ClassVar, Final
 
 import txredisapi
 from attrs import define, field
-from twisted.internet.defer import Deferred, succeed
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -69,7 +70,15 @@ return out
 """
 
 
-def connect_redis(host: str, port: int, poolsize: int = 10, password: str | None = None) -> Any:
+def connect_redis(
+    host: str,
+    port: int,
+    *,
+    dbid: int = 0,
+    poolsize: int = 10,
+    password: str | None = None,
+    connect_timeout: float = 5.0,
+) -> Any:
     """
     A lazy txredisapi connection pool configured as :class:`RedisPeerStore` needs.
 
@@ -79,12 +88,85 @@ def connect_redis(host: str, port: int, poolsize: int = 10, password: str | None
     return txredisapi.lazyConnectionPool(
         host=host,
         port=port,
+        dbid=dbid,
         poolsize=poolsize,
         password=password,
         convertNumbers=False,
-        connectTimeout=5,
+        connectTimeout=connect_timeout,
         replyTimeout=30,
     )
+
+
+class RedisPool(Service):
+    """
+    A txredisapi pool that connects when the service starts and disconnects when it stops.
+
+    txredisapi starts connecting as soon as a pool is made, on the global
+    reactor; wrapping it in a service keeps ``makeService`` free of side
+    effects.  Stopping waits (at most ``connect_timeout``) for connection
+    attempts in flight, so that none is left behind.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        clock: IReactorTime,
+        *,
+        dbid: int = 0,
+        poolsize: int = 10,
+        password: str | None = None,
+        connect_timeout: float = 5.0,
+    ) -> None:
+        self.host, self.port, self.clock = host, port, clock
+        self.dbid, self.poolsize, self.password = dbid, poolsize, password
+        self.connect_timeout = connect_timeout
+        self._conn: Any = None
+
+    def startService(self) -> None:
+        """Start connecting."""
+        super().startService()  # type: ignore[no-untyped-call]
+        self._conn = connect_redis(
+            self.host,
+            self.port,
+            dbid=self.dbid,
+            poolsize=self.poolsize,
+            password=self.password,
+            connect_timeout=self.connect_timeout,
+        )
+
+    def stopService(self) -> Deferred[None] | None:
+        """Disconnect, after the attempts in flight have finished or timed out."""
+        super().stopService()  # type: ignore[no-untyped-call]
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return None
+        settled: Deferred[None] = Deferred()
+
+        def done(result: object) -> object:
+            if not settled.called:
+                settled.callback(None)
+            return result
+
+        connecting = getattr(conn._factory, "deferred", None)
+        if connecting is None or connecting.called:
+            settled.callback(None)
+        else:
+            connecting.addBoth(done)
+        settled.addTimeout(self.connect_timeout, self.clock, lambda *_: None)
+
+        def disconnect(_: object) -> Deferred[None]:
+            d: Deferred[None] = conn.disconnect()
+            return d
+
+        return settled.addBoth(disconnect)
+
+    def eval(self, script: str, keys: list[str], args: list[str]) -> Deferred[Any]:
+        """Run a Lua script (fails if the service is not running)."""
+        if self._conn is None:
+            return fail(RuntimeError("the Redis pool is not running"))
+        d: Deferred[Any] = self._conn.eval(script, keys, args)
+        return d
 
 
 @implementer(IPeerStore)

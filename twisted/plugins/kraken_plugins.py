@@ -6,3 +6,9 @@ the daemons.  Each daemon's issue adds its own line, e.g.::
 
     kraken_agent = ServiceMaker("Kraken agent", "kraken.services.agent", "...", "kraken-agent")
 """
+
+from twisted.application.service import ServiceMaker
+
+kraken_tracker = ServiceMaker(
+    "Kraken tracker", "kraken.services.tracker", "Peer tracker", "kraken-tracker"
+)
