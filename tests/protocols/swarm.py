@@ -98,8 +98,6 @@ class Swarm:
     def announce(self, action: Announce) -> Deferred[Any]:
         """Tracker: origins that have the blob, then every other announcer."""
         ports = self.announced.setdefault(action.infohash, [])
-        me = [p for p, n in self.nodes.items() if n.node.scheduler is not None]
-        del me
         peers = [
             n.info
             for n in self.nodes.values()
@@ -127,7 +125,7 @@ class Swarm:
         elapsed = 0.0
         while not until() and elapsed < max_seconds:
             for _ in range(10000):
-                if not self.pump():
+                if not self.pump() or until():
                     break
             if until():
                 return

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
@@ -48,10 +50,8 @@ class CodecTests(SynchronousTestCase):
     @given(st.binary(max_size=200))
     def test_garbage_never_crashes(self, body: bytes) -> None:
         """Arbitrary bytes decode or raise MalformedMessage, nothing else."""
-        try:
+        with contextlib.suppress(m.MalformedMessage):
             m.decode(body)
-        except m.MalformedMessage:
-            pass
 
     @given(messages, st.integers(1, 5))
     def test_truncated_rejected(self, msg: m.Message, cut: int) -> None:

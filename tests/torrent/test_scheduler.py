@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 
 from twisted.trial.unittest import SynchronousTestCase
@@ -362,7 +363,7 @@ class LifecycleTests(SynchronousTestCase):
         self.assertEqual(complete_times[:2], [0.0, 30.0])
         incomplete = [t for t, c in seen if not c]
         self.assertGreater(len(incomplete), 8)
-        self.assertTrue(all(b - a >= 3.0 for a, b in zip(incomplete, incomplete[1:])))
+        self.assertTrue(all(b - a >= 3.0 for a, b in itertools.pairwise(incomplete)))
 
 
 class BandwidthTests(SynchronousTestCase):

@@ -1,0 +1,291 @@
+"""The peer protocol: in-memory swarms (iosim), bad input, and the reactor-thread rule."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.trial.unittest import SynchronousTestCase
+
+from kraken.core import MetaInfo, PeerID, PeerInfo
+from kraken.protocols.peer import PeerNode, PeerProtocol, synchronous_runner
+from kraken.torrent.actions import Dial, EngineConfig
+from kraken.torrent.archive import MemoryArchive, MemoryPieceStorage
+from kraken.torrent.messages import (
+    MAX_FRAME,
+    AnnouncePiece,
+    Handshake,
+    PiecePayload,
+    PieceRequest,
+)
+from kraken.torrent.scheduler import Scheduler
+
+from .swarm import Swarm, SwarmNode
+
+KiB = 1024
+MiB = 1024 * KiB
+
+
+def blob(size: int, seed: int = 0) -> tuple[bytes, MetaInfo]:
+    """Random bytes and their metainfo in 256 KiB pieces."""
+    data = random.Random(seed).randbytes(size)
+    return data, MetaInfo.of_bytes(data, 256 * KiB)
+
+
+def start(swarm: Swarm, leechers: list[SwarmNode], meta: MetaInfo) -> dict[int, Any]:
+    """Every leecher downloads; results by port."""
+    results: dict[int, Any] = {}
+    for node in leechers:
+        swarm.register(node, meta)
+        node.node.download("ns", meta).addBoth(
+            lambda r, port=node.port: results.__setitem__(port, r)
+        )
+    return results
+
+
+class CorruptStorage(MemoryPieceStorage):
+    """Serves pieces with one byte flipped."""
+
+    def read_piece(self, index: int) -> bytes:
+        """The piece, damaged."""
+        data = bytearray(super().read_piece(index))
+        data[0] ^= 0xFF
+        return bytes(data)
+
+
+class SwarmTests(SynchronousTestCase):
+    """Whole swarms in memory on a fake clock."""
+
+    def assert_all_done(self, results, leechers, data, meta) -> None:
+        """Every leecher finished with the exact bytes."""
+        self.assertEqual(len(results), len(leechers))
+        for node in leechers:
+            self.assertIsInstance(results[node.port], MemoryPieceStorage, results[node.port])
+            self.assertEqual(node.archive.torrents[meta.digest].content(), data)
+
+    def test_one_seeder_twenty_leechers(self) -> None:
+        """1 origin + 20 agents, 32 MiB: all finish identical; agents served each other."""
+        data, meta = blob(32 * MiB)
+        swarm = Swarm()
+        origin = swarm.add(origin=True)
+        storage = origin.archive.seed(meta, data)
+        leechers = [swarm.add() for _ in range(20)]
+        results = start(swarm, leechers, meta)
+        swarm.run(lambda: len(results) == 20)
+        self.assert_all_done(results, leechers, data, meta)
+        # P2P: the origin served far fewer than 20 copies.
+        self.assertLess(storage.reads, 20 * meta.num_pieces)
+
+    def test_corrupt_peer(self) -> None:
+        """A peer serving corrupt pieces is blacklisted; everyone still gets the right bytes."""
+        data, meta = blob(4 * MiB, 1)
+        swarm = Swarm()
+        good = swarm.add(origin=True)
+        good.archive.seed(meta, data)
+        bad = swarm.add(origin=True)
+        bad.archive.torrents[meta.digest] = CorruptStorage(meta, data)
+        leechers = [swarm.add() for _ in range(3)]
+        results = start(swarm, leechers, meta)
+        swarm.run(lambda: len(results) == 3)
+        self.assert_all_done(results, leechers, data, meta)
+        self.assertGreater(bad.archive.torrents[meta.digest].reads, 0)
+        for node in leechers:
+            # Nothing corrupt was written: each piece was written exactly once.
+            self.assertEqual(node.archive.torrents[meta.digest].writes, meta.num_pieces)
+
+    def test_stalling_peer(self) -> None:
+        """A peer that never answers requests: they time out and go to the good peer."""
+        data, meta = blob(4 * MiB, 2)
+        swarm = Swarm()
+        stall = swarm.add(origin=True)
+        stall.archive.seed(meta, data)
+        stall.node.run_blocking = lambda f, *a: (
+            Deferred() if f.__name__ == "read_piece" else (synchronous_runner(f, *a))
+        )
+        good = swarm.add(origin=True)
+        good.archive.seed(meta, data)
+        (_leecher,) = leechers = [swarm.add()]
+        results = start(swarm, leechers, meta)
+        swarm.run(lambda: len(results) == 1, max_seconds=120)
+        self.assert_all_done(results, leechers, data, meta)
+        self.assertLess(swarm.clock.seconds(), 60)
+
+    def test_peer_vanishing_mid_payload(self) -> None:
+        """A peer dropping the connection inside a payload: nothing written from it, retried."""
+        data, meta = blob(2 * MiB, 3)
+        swarm = Swarm()
+        quitter = swarm.add(origin=True)
+        quitter.archive.seed(meta, data)
+
+        def half_then_vanish(self: PeerProtocol, index: int, piece: bytes) -> None:
+            self.write_frame(PiecePayload(index, len(piece)).encode())
+            self.raw_transport().write(piece[: len(piece) // 2])
+            self.raw_transport().abortConnection()
+
+        quitter.node.factory = lambda: _Factory(quitter.node, half_then_vanish)  # type: ignore
+        good = swarm.add(origin=True)
+        good.archive.seed(meta, data)
+        (leecher,) = leechers = [swarm.add()]
+        results = start(swarm, leechers, meta)
+        swarm.run(lambda: len(results) == 1, max_seconds=120)
+        self.assert_all_done(results, leechers, data, meta)
+        self.assertEqual(leecher.archive.torrents[meta.digest].writes, meta.num_pieces)
+
+    def test_leecher_restart_resumes(self) -> None:
+        """A leecher stopped mid-download restarts over its archive and fetches only the rest."""
+        data, meta = blob(8 * MiB, 4)
+        swarm = Swarm()
+        origin = swarm.add(origin=True)
+        origin.archive.seed(meta, data)
+        leecher = swarm.add()
+        results = start(swarm, [leecher], meta)
+        swarm.run(lambda: leecher.archive.torrents[meta.digest].bitfield().count() >= 8)
+        stored = leecher.archive.torrents[meta.digest].bitfield().count()
+        self.assertLess(stored, meta.num_pieces)
+        leecher.stop()
+        swarm.pump()
+        self.assertEqual(len(results), 1)  # the first download failed on shutdown
+        leecher.start()
+        results.clear()
+        results = start(swarm, [leecher], meta)
+        swarm.run(lambda: len(results) == 1)
+        self.assert_all_done(results, [leecher], data, meta)
+        # Every piece written exactly once: verified pieces were not fetched again.
+        self.assertEqual(leecher.archive.torrents[meta.digest].writes, meta.num_pieces)
+
+
+class _Factory:
+    """A factory whose protocols stream pieces through a custom function."""
+
+    def __init__(self, node: PeerNode, stream: Any) -> None:
+        self.node = node
+        self.stream = stream
+
+    def buildProtocol(self, addr: Any) -> PeerProtocol:
+        """A protocol with the replaced ``_stream``."""
+        proto = PeerProtocol(self.node)
+        proto._stream = lambda index, data: self.stream(proto, index, data)  # type: ignore
+        return proto
+
+
+class BadInputTests(SynchronousTestCase):
+    """One dialled connection fed hostile bytes through a StringTransport."""
+
+    def setUp(self) -> None:
+        self.data, self.meta = blob(1 * MiB, 5)
+        self.clock = Clock()
+        self.archive = MemoryArchive()
+        self.scheduler = Scheduler(
+            PeerID("e" * 40), self.clock.seconds, random.Random(0), EngineConfig()
+        )
+        self.node = PeerNode(self.clock, self.scheduler, self.archive, synchronous_runner)
+        self.node.download("ns", self.meta)
+        self.remote = PeerID("1" * 40)
+        (dial,) = self.scheduler.announce_result(
+            self.meta.infohash, [PeerInfo(self.remote, "10.0.0.3", 9)], 3.0
+        )
+        assert isinstance(dial, Dial)
+        self.proto = PeerProtocol(self.node, dial)
+        self.node.protocols[dial.conn] = self.proto
+        self.transport = StringTransport()
+        self.proto.makeConnection(self.transport)
+
+    def frame(self, body: bytes) -> bytes:
+        """A length-prefixed frame."""
+        return len(body).to_bytes(4, "big") + body
+
+    def handshake(self) -> None:
+        """The remote answers with a full bitfield: we request pieces."""
+        hs = Handshake(
+            self.remote,
+            self.meta.infohash,
+            self.meta.digest,
+            "ns",
+            self.scheduler.torrents[self.meta.infohash].dispatcher.have.copy(),
+        )
+        for i in range(self.meta.num_pieces):
+            hs.bitfield.set(i)
+        self.transport.clear()
+        self.proto.dataReceived(self.frame(hs.encode()))
+        self.assertTrue(self.transport.value())  # requests went out
+
+    def assert_dropped(self) -> None:
+        """Connection aborted, peer blacklisted, nothing written."""
+        self.assertTrue(self.transport.disconnecting)
+        self.assertTrue(self.scheduler.is_blacklisted(self.meta.infohash, self.remote))
+        self.assertEqual(self.archive.torrents[self.meta.digest].writes, 0)
+        self.assertEqual(self.node.protocols, {})
+
+    def test_oversized_frame(self) -> None:
+        """A frame longer than MAX_FRAME is refused before it is buffered."""
+        self.handshake()
+        self.proto.dataReceived((MAX_FRAME + 1).to_bytes(4, "big") + b"x" * 100)
+        self.assert_dropped()
+
+    def test_malformed_and_unknown_frames(self) -> None:
+        """A truncated message or an unknown type closes the connection."""
+        for body in (b"\x01\x00", b"\x09"):
+            self.setUp()
+            self.handshake()
+            self.proto.dataReceived(self.frame(body))
+            self.assert_dropped()
+
+    def test_bad_handshake(self) -> None:
+        """A handshake from someone else than the tracker said closes and blacklists."""
+        hs = Handshake(
+            PeerID("2" * 40),
+            self.meta.infohash,
+            self.meta.digest,
+            "ns",
+            self.scheduler.torrents[self.meta.infohash].dispatcher.have.copy(),
+        )
+        self.proto.dataReceived(self.frame(hs.encode()))
+        self.assert_dropped()
+
+    def test_message_before_handshake(self) -> None:
+        """Anything but a handshake first is a violation."""
+        self.proto.dataReceived(self.frame(PieceRequest(0).encode()))
+        self.assert_dropped()
+
+    def test_handshake_timeout(self) -> None:
+        """No handshake within 5 s: closed and blacklisted."""
+        self.clock.advance(5)
+        self.assert_dropped()
+
+    def test_index_out_of_range(self) -> None:
+        """ANNOUNCE_PIECE of a piece that does not exist closes the connection."""
+        self.handshake()
+        self.proto.dataReceived(self.frame(AnnouncePiece(self.meta.num_pieces).encode()))
+        self.assert_dropped()
+
+    def test_unrequested_payload(self) -> None:
+        """A payload we did not ask for is refused before its bytes are buffered."""
+        self.handshake()
+        pending = self.scheduler.torrents[self.meta.infohash].dispatcher
+        index = next(i for i in range(self.meta.num_pieces) if not pending.requested.get(i))
+        self.proto.dataReceived(self.frame(PiecePayload(index, 256 * KiB).encode()) + b"x" * 10)
+        self.assert_dropped()
+
+    def test_hash_failure(self) -> None:
+        """A requested piece with wrong bytes: dropped, blacklisted, nothing written."""
+        self.handshake()
+        index = min(self.scheduler.torrents[self.meta.infohash].dispatcher.requested)
+        self.proto.dataReceived(self.frame(PiecePayload(index, 256 * KiB).encode()))
+        self.proto.dataReceived(b"\x00" * (256 * KiB))
+        self.assert_dropped()
+        self.assertNotIn(index, self.scheduler.torrents[self.meta.infohash].dispatcher.have)
+
+    def test_payload_in_pieces_then_good(self) -> None:
+        """A good piece split across many reads is assembled, verified and written once."""
+        self.handshake()
+        index = min(self.scheduler.torrents[self.meta.infohash].dispatcher.requested)
+        piece = self.data[index * 256 * KiB : (index + 1) * 256 * KiB]
+        wire = self.frame(PiecePayload(index, len(piece)).encode()) + piece
+        for i in range(0, len(wire), 1000):
+            self.proto.dataReceived(wire[i : i + 1000])
+        self.assertEqual(self.archive.torrents[self.meta.digest].writes, 1)
+        self.assertFalse(self.transport.disconnecting)
+        self.assertIn(index, self.scheduler.torrents[self.meta.infohash].dispatcher.have)
