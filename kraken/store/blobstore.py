@@ -602,8 +602,10 @@ class BlobStore:
         Write verified piece ``index`` of a download and mark it present.
 
         The caller has checked ``data`` against the metainfo's piece hash.
-        The data goes to disk before the status byte, so a piece marked
-        present after a crash is really there.  Returns False (and writes
+        The data is written before the status byte, so a piece marked
+        present after a process crash is really there (after a power loss
+        too when the store is ``durable``: then the data is fdatasync'ed
+        before it is marked).  Returns False (and writes
         nothing) if the piece was already present, including when the blob
         has meanwhile completed into the cache; True if this call marked it.
         Raises BlobNotFound if there is no such download, IndexError for an
@@ -630,6 +632,8 @@ class BlobStore:
             try:
                 _pwrite_all(data_fd, data, offset)
                 self._set_mtime(data_fd, self._now())
+                if self.durable:
+                    os.fdatasync(data_fd)
             finally:
                 os.close(data_fd)
             with self._cond:
@@ -708,6 +712,14 @@ class BlobStore:
         download = self.layout.download(digest)
         cache = self.layout.cache(digest)
         trash = None
+        if self.durable:
+            # Outside the lock: flushing a big file can take a while.
+            with contextlib.suppress(FileNotFoundError):
+                fd = os.open(download.data, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
         with self._cond:
             metainfo = self._metainfo_locked(digest)
             if metainfo is None:
@@ -725,12 +737,6 @@ class BlobStore:
                         digest, metainfo.num_pieces - status.count(), metainfo.num_pieces
                     )
                 now = self._now()
-                if self.durable:
-                    fd = os.open(download.data, os.O_RDONLY)
-                    try:
-                        os.fsync(fd)
-                    finally:
-                        os.close(fd)
                 self._set_mtime(download.data, now)
                 self._write_sidecar(download.last_access, repr(now).encode("ascii"))
                 os.makedirs(os.path.dirname(cache.dir), exist_ok=True)

@@ -207,6 +207,15 @@ class DownloadTests(StoreTestCase):
         store.complete_download(self.digest)
         self.assertEqual(hashlib.sha256(_read(store, self.digest)).hexdigest(), self.digest.hex)
 
+    def test_durable_download(self) -> None:
+        """A durable store (fdatasync per piece, fsync on completion) downloads the same blob."""
+        store = BlobStore(self.mktemp(), self.clock, durable=True)
+        store.create_download(self.metainfo)
+        for i, piece in enumerate(self.pieces):
+            store.write_piece(self.digest, i, piece)
+        store.complete_download(self.digest)
+        self.assertEqual(_read(store, self.digest), self.data)
+
     @settings(max_examples=25, deadline=None)
     @given(st.binary(max_size=3000), st.integers(1, 500), st.data())
     def test_pieces_in_any_order(self, data: bytes, piece_length: int, draw: st.DataObject) -> None:
