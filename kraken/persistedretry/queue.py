@@ -330,11 +330,12 @@ class RetryQueue(Service):
         self._known = True
         if self._state != "stopping":
             self._state = "ready"
+        # Schedule before waking waiters: their callbacks may advance time or add.
+        self._report_sizes()
+        self._pump()
         waiters, self._ready_waiters = self._ready_waiters, []
         for waiter in waiters:
             waiter.callback(None)
-        self._report_sizes()
-        self._pump()
 
     def _load_failed(self, reason: Failure) -> None:
         self.log.failure("could not load the task store; nothing will run", reason)

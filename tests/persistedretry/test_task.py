@@ -32,9 +32,9 @@ class TaskTests(SynchronousTestCase):
 
     def test_payload_is_copied(self) -> None:
         """Mutating the caller's dict after making a task does not change the task."""
-        payload = {"deps": ["a"]}
+        payload: dict[str, object] = {"deps": ["a"]}
         task = make_task(payload=payload)
-        payload["deps"].append("b")
+        payload["deps"].append("b")  # type: ignore[attr-defined]
         payload["new"] = 1
         self.assertEqual(task.payload, {"deps": ["a"]})
 
