@@ -206,7 +206,8 @@ class PeerProtocol(Int32StringReceiver):
         self._raw_pos = 0
         self._timer: IDelayedCall | None = None
         self._sender: _PieceSender | None = None
-        self._send_queue: list[int] = []
+        #: fires when the connection is gone (PeerNode.stop waits for it).
+        self.lost: Deferred[None] = Deferred()
 
     def raw_transport(self) -> Any:
         """The transport (a TCP or in-memory one: producers, pause, abort)."""
@@ -220,6 +221,7 @@ class PeerProtocol(Int32StringReceiver):
 
     def connectionMade(self) -> None:
         """Dialler: send our handshake.  Both: wait for the other's, with a timeout."""
+        self.node.live.add(self)
         self._timer = self.node.reactor.callLater(
             self.node.handshake_timeout, self._handshake_timeout
         )
@@ -240,6 +242,9 @@ class PeerProtocol(Int32StringReceiver):
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         """Tell the engine unless it closed us; a partial payload is dropped."""
+        self.node.live.discard(self)
+        if not self.lost.called:
+            self.lost.callback(None)
         self._cancel_timer()
         self._raw = self._raw_view = None
         if self._sender is not None:
@@ -450,6 +455,8 @@ class PeerNode:
         self.handshake_timeout = handshake_timeout
         self.tick_interval = tick_interval
         self.protocols: dict[ConnId, PeerProtocol] = {}
+        #: every connected protocol, engaged or not (for a clean stop).
+        self.live: set[PeerProtocol] = set()
         self.storages: dict[InfoHash, IPieceStorage] = {}
         self._creating: dict[InfoHash, list[Deferred[IPieceStorage]]] = {}
         self._ticker: LoopingCall | None = None
@@ -462,11 +469,18 @@ class PeerNode:
         self._ticker.clock = self.reactor
         self._ticker.start(self.tick_interval, now=False)
 
-    def stop(self) -> None:
-        """Stop the timer, close every connection, fail waiting downloads."""
+    def stop(self) -> Deferred[Any]:
+        """Stop the timer, close every connection, fail waiting downloads.
+
+        Fires when every connection is gone.
+        """
         if self._ticker is not None and self._ticker.running:
             self._ticker.stop()
         self.run(self.scheduler.stop())
+        live = list(self.live)
+        for proto in live:
+            proto.close("node stopping")
+        return defer.gatherResults([p.lost for p in live])
 
     def tick(self) -> None:
         """One engine timer step."""

@@ -1,0 +1,126 @@
+"""Real sockets on 127.0.0.1: an origin seeding from its store, 5 agents downloading."""
+
+from __future__ import annotations
+
+import random
+import threading
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.defer import gatherResults, inlineCallbacks, succeed
+from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.python.threadpool import ThreadPool
+from twisted.trial.unittest import TestCase
+
+from kraken.core import PeerID, PeerInfo, PieceLengthTable
+from kraken.protocols.archives import AgentArchive, OriginArchive
+from kraken.protocols.peer import PeerNode, threadpool_runner
+from kraken.store import BlobStore
+from kraken.torrent.actions import Announce, EngineConfig
+from kraken.torrent.scheduler import Scheduler
+
+
+class ThreadCheckingArchive:
+    """Wraps an archive; records the thread of every piece read/write (and its hashing)."""
+
+    def __init__(self, inner: Any, seen: list[threading.Thread]) -> None:
+        self.inner = inner
+        self.seen = seen
+
+    def create(self, namespace, metainfo):
+        """Wrap created storage."""
+        return _Storage(self.inner.create(namespace, metainfo), self.seen)
+
+    def open(self, namespace, digest):
+        """Wrap opened storage."""
+        storage = self.inner.open(namespace, digest)
+        return None if storage is None else _Storage(storage, self.seen)
+
+
+class _Storage:
+    def __init__(self, inner: Any, seen: list[threading.Thread]) -> None:
+        self.inner = inner
+        self.seen = seen
+        self.metainfo = inner.metainfo
+
+    def bitfield(self):
+        return self.inner.bitfield()
+
+    def complete(self):
+        return self.inner.complete()
+
+    def read_piece(self, index):
+        self.seen.append(threading.current_thread())
+        return self.inner.read_piece(index)
+
+    def write_piece(self, index, data):
+        # verify_and_write hashes in this same call, in this same thread.
+        self.seen.append(threading.current_thread())
+        return self.inner.write_piece(index, data)
+
+    def commit(self):
+        self.seen.append(threading.current_thread())
+        return self.inner.commit()
+
+
+class RealSocketTests(TestCase):
+    """One reactor, real TCP, real thread pool, real BlobStores."""
+
+    timeout = 60
+
+    @inlineCallbacks
+    def test_origin_and_five_agents(self) -> None:
+        """5 agents download 8 MiB from an origin store over TCP; no piece I/O on the reactor."""
+        pool = ThreadPool(2, 8, "peer-test")
+        pool.start()
+        self.addCleanup(pool.stop)
+        run = threadpool_runner(reactor, pool)
+        seen: list[threading.Thread] = []
+        data = random.Random(7).randbytes(8 * 1024 * 1024)
+        origin_store = BlobStore(self.mktemp(), reactor)
+        meta = origin_store.put_bytes(data, PieceLengthTable(((0, 512 * 1024),)))
+        origin_sched = Scheduler(
+            PeerID("0" * 40),
+            reactor.seconds,
+            random.Random(1),
+            EngineConfig(origin=True, announce=False),
+        )
+        origin = PeerNode(
+            reactor, origin_sched, ThreadCheckingArchive(OriginArchive(origin_store), seen), run
+        )
+        origin.start()
+        self.addCleanup(origin.stop)
+        port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(origin.factory())
+        self.addCleanup(port.stopListening)
+        peers = [PeerInfo(origin_sched.peer_id, "127.0.0.1", port.getHost().port, origin=True)]
+
+        def announcer(action: Announce):
+            return succeed((list(peers), 1.0))
+
+        agents = []
+        for i in range(5):
+            store = BlobStore(self.mktemp(), reactor)
+            sched = Scheduler(
+                PeerID(f"{i + 1:040x}"), reactor.seconds, random.Random(i), EngineConfig()
+            )
+            node = PeerNode(
+                reactor,
+                sched,
+                ThreadCheckingArchive(AgentArchive(store), seen),
+                run,
+                announcer=announcer,
+            )
+            node.start()
+            self.addCleanup(node.stop)
+            p = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(node.factory())
+            self.addCleanup(p.stopListening)
+            peers.append(PeerInfo(sched.peer_id, "127.0.0.1", p.getHost().port))
+            agents.append((node, store))
+        yield gatherResults([node.download("ns", meta) for node, _ in agents])
+        for _, store in agents:
+            self.assertTrue(store.has(meta.digest))
+            with store.open_reader(meta.digest) as reader:
+                self.assertEqual(reader.pread(len(data), 0), data)
+        self.assertTrue(seen)
+        main = threading.main_thread()
+        self.assertFalse([t for t in seen if t is main], "piece I/O on the reactor thread")
