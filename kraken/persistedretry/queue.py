@@ -295,6 +295,7 @@ class RetryQueue(Service):
         d = self._store.open()
         d.addCallback(opened)
         d.addCallbacks(self._loaded, self._load_failed)
+        d.addErrback(lambda reason: self.log.failure("internal error loading tasks", reason))
         d.addBoth(lambda _: done.callback(None))
 
     def _loaded(self, loaded: LoadedTasks) -> None:

@@ -149,7 +149,10 @@ class SchedulingTests(QueueTestCase):
         """An executor that raises instead of returning a Deferred is retried like a failure."""
 
         class Raising:
+            """An executor with a bug."""
+
             def run(self, task: Task) -> Any:
+                """Raise before returning anything."""
                 raise RuntimeError("bug")
 
         queue = self.make_queue(executors={"writeback": Raising()})
