@@ -1,0 +1,1 @@
+"""Benchmarks: swarms, registry throughput, tracker load, simulation at scale."""
