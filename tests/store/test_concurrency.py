@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import random
 import threading
@@ -12,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from kraken.core import Digest, MetaInfo, PieceLengthTable
-from kraken.store import BlobExists, BlobInUse, BlobNotFound, UploadNotFound
+from kraken.store import BlobInUse, BlobNotFound, UploadNotFound
 from tests.store.base import StoreTestCase, blob_bytes, files_under, pieces_of
 
 THREADS = 8
@@ -190,39 +189,74 @@ class ConcurrentReadDeleteTests(StoreTestCase):
     """Readers and deleters of the same cached blob at once."""
 
     def test_readers_never_see_a_deleted_blob(self) -> None:
-        """While deleters and re-adders race, every opened reader reads the whole blob."""
+        """
+        Seven readers and a deleter race in rounds: no blob is deleted under a reader.
+
+        Each round the deleter lets the readers in, waits for the first read to finish, then
+        retries delete until the other readers have closed (BlobInUse meanwhile), and re-adds.
+        """
         data = blob_bytes(200_000)
-        digest = self.store.put_bytes(data, PieceLengthTable(((0, 65536),))).digest
+        table = PieceLengthTable(((0, 65536),))
+        digest = self.store.put_bytes(data, table).digest
+        progress = threading.Condition()
+        state = {"round": 0, "reads": 0, "in_use": 0}
+        done = threading.Event()
 
-        def work(i: int) -> tuple[int, int]:
-            reads = deletes = 0
-            for _ in range(150):
-                if i < 6:
-                    try:
-                        reader = self.store.open_reader(digest)
-                    except BlobNotFound:
-                        continue
-                    with reader:
-                        if not self.store.has(digest):
-                            raise AssertionError("blob deleted under an open reader")
-                        if reader.pread(reader.size, 0) != data:
-                            raise AssertionError("reader saw a changed blob")
-                        if self.store.read_piece(digest, 1) != data[65536:131072]:
-                            raise AssertionError("piece read saw a changed blob")
-                        reads += 1
-                else:
-                    try:
-                        self.store.delete(digest)
-                        deletes += 1
-                    except (BlobInUse, BlobNotFound):
-                        pass
-                    with contextlib.suppress(BlobExists):
-                        self.store.put_bytes(data, PieceLengthTable(((0, 65536),)))
-            return reads, deletes
+        def read_each_round() -> int:
+            reads = 0
+            last = 0
+            while True:
+                with progress:
+                    progress.wait_for(
+                        lambda last=last: state["round"] > last or done.is_set(), JOIN_TIMEOUT
+                    )
+                    if done.is_set():
+                        return reads
+                    last = state["round"]
+                try:
+                    reader = self.store.open_reader(digest)
+                except BlobNotFound:
+                    continue
+                with reader:
+                    if not self.store.has(digest):
+                        raise AssertionError("blob deleted under an open reader")
+                    if reader.pread(reader.size, 0) != data:
+                        raise AssertionError("reader saw a changed blob")
+                    if self.store.read_piece(digest, 1) != data[65536:131072]:
+                        raise AssertionError("piece read saw a changed blob")
+                reads += 1
+                with progress:
+                    state["reads"] += 1
+                    progress.notify_all()
 
-        outcomes = run_threads(work)
+        def delete_and_readd() -> int:
+            deletes = 0
+            try:
+                for _ in range(40):
+                    with progress:
+                        seen = state["reads"]
+                        state["round"] += 1
+                        progress.notify_all()
+                        if not progress.wait_for(lambda s=seen: state["reads"] > s, JOIN_TIMEOUT):
+                            raise AssertionError("no reader made progress")
+                    while True:
+                        try:
+                            self.store.delete(digest)
+                            break
+                        except BlobInUse:
+                            state["in_use"] += 1
+                    deletes += 1
+                    self.store.put_bytes(data, table)
+            finally:
+                done.set()
+                with progress:
+                    progress.notify_all()
+            return deletes
+
+        outcomes = run_threads(lambda i: read_each_round() if i else delete_and_readd())
         for kind, value in outcomes:
             self.assertEqual(kind, "ok", value)
-        self.assertGreater(sum(v[0] for _, v in outcomes), 0)
+        self.assertEqual(outcomes[0][1], 40)
+        self.assertGreaterEqual(sum(v for _, v in outcomes[1:]), 40)
         self.assertEqual(self.store.open_readers(digest), 0)
         self.assertEqual(self.store.list_uploads(), [])
