@@ -8,6 +8,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from kraken.core import Digest, MetaInfo, PieceLengthTable
@@ -202,14 +203,18 @@ class ConcurrentReadDeleteTests(StoreTestCase):
         state = {"round": 0, "reads": 0, "in_use": 0}
         done = threading.Event()
 
+        def new_round_or_done(last: int) -> bool:
+            return state["round"] > last or done.is_set()
+
+        def reads_beyond(seen: int) -> bool:
+            return state["reads"] > seen
+
         def read_each_round() -> int:
             reads = 0
             last = 0
             while True:
                 with progress:
-                    progress.wait_for(
-                        lambda last=last: state["round"] > last or done.is_set(), JOIN_TIMEOUT
-                    )
+                    progress.wait_for(partial(new_round_or_done, last), JOIN_TIMEOUT)
                     if done.is_set():
                         return reads
                     last = state["round"]
@@ -237,7 +242,7 @@ class ConcurrentReadDeleteTests(StoreTestCase):
                         seen = state["reads"]
                         state["round"] += 1
                         progress.notify_all()
-                        if not progress.wait_for(lambda s=seen: state["reads"] > s, JOIN_TIMEOUT):
+                        if not progress.wait_for(partial(reads_beyond, seen), JOIN_TIMEOUT):
                             raise AssertionError("no reader made progress")
                     while True:
                         try:
