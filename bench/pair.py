@@ -1,0 +1,341 @@
+"""
+Two-process peer transfer over 127.0.0.1 versus curl from the Debian docker-registry.
+
+``python -m bench.pair --size 1GiB``: one process seeds a blob (origin-style,
+read-only file), another downloads it into a BlobStore with the P2P engine,
+no rate limit.  Prints MB/s and CPU seconds per GB of each side, then times
+``curl`` fetching the same bytes from ``/usr/bin/docker-registry`` into a file.
+The last line is JSON ``{"mb_per_s", "reference_mb_per_s", "ratio"}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import random
+import resource
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from typing import Any
+
+MB = 1_000_000
+UNITS = {"KiB": 1024, "MiB": 1024**2, "GiB": 1024**3, "KB": 1000, "MB": MB, "GB": 1000**3}
+
+
+def parse_size(text: str) -> int:
+    """``1GiB`` -> bytes."""
+    for unit, factor in sorted(UNITS.items(), key=lambda u: -len(u[0])):
+        if text.endswith(unit):
+            return int(float(text[: -len(unit)]) * factor)
+    return int(text)
+
+
+def cpu_seconds() -> float:
+    """User + system CPU of this process so far."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def make_blob(path: str, size: int) -> None:
+    """Random (incompressible) bytes."""
+    rng = random.Random(42)
+    with open(path, "wb") as f:
+        left = size
+        while left:
+            n = min(left, 8 * 1024 * 1024)
+            f.write(rng.randbytes(n))
+            left -= n
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _node(peer_id_hex: str, archive: Any, origin: bool) -> Any:
+    from twisted.internet import reactor
+    from twisted.python.threadpool import ThreadPool
+
+    from kraken.core import PeerID
+    from kraken.protocols.peer import PeerNode, threadpool_runner
+    from kraken.torrent.actions import EngineConfig
+    from kraken.torrent.scheduler import Scheduler
+
+    pool = ThreadPool(2, 4, "bench")
+    pool.start()
+    reactor.addSystemEventTrigger("during", "shutdown", pool.stop)
+    config = EngineConfig(origin=origin, announce=not origin)
+    scheduler = Scheduler(PeerID(peer_id_hex), reactor.seconds, random.Random(), config)
+    node = PeerNode(reactor, scheduler, archive, threadpool_runner(reactor, pool))
+    node.start()
+    return node
+
+
+def run_seeder(blob: str, meta_path: str) -> None:
+    """Serve ``blob`` read-only on a free port; print the port; exit on stdin EOF."""
+    from twisted.internet import reactor, stdio
+    from twisted.internet.endpoints import TCP4ServerEndpoint
+    from twisted.internet.protocol import Protocol
+    from zope.interface import implementer
+
+    from kraken.core import Bitfield, Digest, MetaInfo
+    from kraken.torrent.archive import IArchive, IPieceStorage, ReadOnlyArchive
+
+    with open(meta_path, "rb") as f:
+        meta = MetaInfo.from_json(f.read())
+    fd = os.open(blob, os.O_RDONLY)
+
+    @implementer(IPieceStorage)
+    class FileStorage:
+        metainfo = meta
+
+        def bitfield(self) -> Bitfield:
+            return Bitfield(meta.num_pieces, full=True)
+
+        def complete(self) -> bool:
+            return True
+
+        def read_piece(self, index: int) -> bytes:
+            return os.pread(fd, meta.piece_size(index), meta.piece_offset(index))
+
+        def write_piece(self, index: int, data: Any) -> None:
+            raise ReadOnlyArchive("seed")
+
+        def commit(self) -> None:
+            pass
+
+    @implementer(IArchive)
+    class FileArchive:
+        def create(self, namespace: str, metainfo: MetaInfo) -> IPieceStorage:
+            raise ReadOnlyArchive("seed")
+
+        def open(self, namespace: str, digest: Digest) -> IPieceStorage | None:
+            return FileStorage() if digest == meta.digest else None
+
+    node = _node("0" * 40, FileArchive(), origin=True)
+    port = reactor.listenTCP(0, node.factory(), interface="127.0.0.1")  # type: ignore[attr-defined]
+    del TCP4ServerEndpoint
+    print(port.getHost().port, flush=True)
+
+    class Quit(Protocol):
+        def connectionLost(self, reason: Any = None) -> None:
+            sys.stderr.write(json.dumps({"cpu_s": cpu_seconds()}) + "\n")
+            sys.stderr.flush()
+            reactor.stop()  # type: ignore[attr-defined]
+
+    stdio.StandardIO(Quit())
+    reactor.run()  # type: ignore[attr-defined]
+
+
+def run_leecher(port: int, meta_path: str, store_dir: str) -> None:
+    """Download from 127.0.0.1:port into a BlobStore; print timing JSON."""
+    from twisted.internet import reactor
+    from twisted.internet.defer import succeed
+
+    from kraken.core import MetaInfo, PeerID, PeerInfo
+    from kraken.protocols.archives import AgentArchive
+    from kraken.store import BlobStore
+
+    with open(meta_path, "rb") as f:
+        meta = MetaInfo.from_json(f.read())
+    store = BlobStore(store_dir, reactor)  # type: ignore[arg-type]
+    node = _node("1" * 40, AgentArchive(store), origin=False)
+    seeder = PeerInfo(PeerID("0" * 40), "127.0.0.1", port, origin=True)
+    node.announcer = lambda action: succeed(([seeder], 3.0))
+    result: dict[str, Any] = {}
+    cpu0, t0 = cpu_seconds(), time.perf_counter()
+
+    def done(outcome: Any) -> None:
+        result["seconds"] = time.perf_counter() - t0
+        result["cpu_s"] = cpu_seconds() - cpu0
+        result["ok"] = not hasattr(outcome, "getErrorMessage")
+        if not result["ok"]:
+            result["error"] = outcome.getErrorMessage()
+        reactor.stop()  # type: ignore[attr-defined]
+
+    reactor.callWhenRunning(lambda: node.download("bench", meta).addBoth(done))  # type: ignore[attr-defined]
+    reactor.run()  # type: ignore[attr-defined]
+    print(json.dumps(result), flush=True)
+
+
+def reference(blob: str, digest: str, workdir: str) -> float:
+    """Seconds for curl to fetch the blob from docker-registry on 127.0.0.1."""
+    registry = shutil.which("docker-registry") or "/usr/bin/docker-registry"
+    if not os.path.exists(registry):
+        raise SystemExit("docker-registry not found (apt install docker-registry)")
+    port = free_port()
+    config = os.path.join(workdir, "registry.yml")
+    with open(config, "w") as f:
+        f.write(
+            "version: 0.1\n"
+            "log: {level: error}\n"
+            f"storage: {{filesystem: {{rootdirectory: {workdir}/registry}}}}\n"
+            f"http: {{addr: '127.0.0.1:{port}'}}\n"
+        )
+    proc = subprocess.Popen(
+        [registry, "serve", config], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        for _ in range(100):
+            try:
+                urllib.request.urlopen(base + "/v2/", timeout=1).read()  # noqa: S310
+                break
+            except OSError:
+                time.sleep(0.1)
+        # Two-step monolithic upload: POST for a location, PUT the bytes with the digest.
+        req = urllib.request.Request(  # noqa: S310
+            base + "/v2/bench/blob/blobs/uploads/", method="POST"
+        )
+        with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310
+            location = resp.headers["Location"]
+        if location.startswith("/"):
+            location = base + location
+        sep = "&" if "?" in location else "?"
+        subprocess.run(
+            [
+                "curl",
+                "-sf",
+                "-T",
+                blob,
+                "-H",
+                "Content-Type: application/octet-stream",
+                f"{location}{sep}digest={digest}",
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        out = os.path.join(workdir, "curl.out")
+        best = float("inf")
+        for _ in range(2):
+            t0 = time.perf_counter()
+            subprocess.run(
+                ["curl", "-sf", "-o", out, f"{base}/v2/bench/blob/blobs/{digest}"], check=True
+            )
+            best = min(best, time.perf_counter() - t0)
+            if os.path.getsize(out) != os.path.getsize(blob):
+                raise SystemExit("registry returned a wrong size")
+            os.unlink(out)
+        return best
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Parse arguments; run as the parent, the seeder or the leecher."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--size", default="1GiB")
+    parser.add_argument("--piece-length", default="8MiB", help="default: DESIGN table for >= 1 GiB")
+    parser.add_argument("--role", choices=["parent", "seed", "leech"], default="parent")
+    parser.add_argument("--blob")
+    parser.add_argument("--meta")
+    parser.add_argument("--port", type=int)
+    parser.add_argument("--store")
+    args = parser.parse_args(argv)
+    if args.role == "seed":
+        run_seeder(args.blob, args.meta)
+        return
+    if args.role == "leech":
+        run_leecher(args.port, args.meta, args.store)
+        return
+
+    from kraken.core import MetaInfo
+
+    size = parse_size(args.size)
+    workdir = tempfile.mkdtemp(prefix="kraken-bench-pair-")
+    try:
+        blob = os.path.join(workdir, "blob")
+        make_blob(blob, size)
+        meta = MetaInfo.from_path(blob, _table(parse_size(args.piece_length)))
+        meta_path = os.path.join(workdir, "meta.json")
+        with open(meta_path, "wb") as f:
+            f.write(meta.to_json())
+        me = [sys.executable, "-m", "bench.pair"]
+        seeder = subprocess.Popen(
+            [*me, "--role", "seed", "--blob", blob, "--meta", meta_path],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert seeder.stdout is not None and seeder.stdin is not None
+        port = int(seeder.stdout.readline())
+        leech = subprocess.run(
+            [
+                *me,
+                "--role",
+                "leech",
+                "--port",
+                str(port),
+                "--meta",
+                meta_path,
+                "--store",
+                os.path.join(workdir, "store"),
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        _, err = seeder.communicate(input="", timeout=60)
+        seed_cpu = json.loads(err.strip().splitlines()[-1])["cpu_s"]
+        result = json.loads(leech.stdout.strip().splitlines()[-1])
+        if not result["ok"]:
+            raise SystemExit(f"download failed: {result.get('error')}\n{leech.stderr}")
+        from kraken.store.layout import StoreLayout
+
+        cached = StoreLayout.at(os.path.join(workdir, "store")).cache(meta.digest).data
+        got = _sha256(cached)
+        if got != meta.digest.hex:
+            raise SystemExit("downloaded bytes differ")
+        gb = size / 1e9
+        mb_per_s = size / MB / result["seconds"]
+        print(
+            f"p2p: {size / MB:.0f} MB in {result['seconds']:.2f} s = {mb_per_s:.0f} MB/s "
+            f"(piece length {meta.piece_length // 1024} KiB)"
+        )
+        print(
+            f"cpu: seeder {seed_cpu / gb:.2f} s/GB (whole process), "
+            f"downloader {result['cpu_s'] / gb:.2f} s/GB (download only, incl. sha256)"
+        )
+        ref_s = reference(blob, str(meta.digest), workdir)
+        ref = size / MB / ref_s
+        print(f"reference: curl from docker-registry {ref:.0f} MB/s ({ref_s:.2f} s)")
+        print(
+            json.dumps(
+                {
+                    "mb_per_s": round(mb_per_s, 1),
+                    "reference_mb_per_s": round(ref, 1),
+                    "ratio": round(mb_per_s / ref, 3),
+                }
+            )
+        )
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _table(piece_length: int) -> Any:
+    from kraken.core import PieceLengthTable
+
+    return PieceLengthTable(((0, piece_length),))
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(8 * 1024 * 1024):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+if __name__ == "__main__":
+    main()
