@@ -12,6 +12,7 @@ from collections.abc import Hashable, Mapping
 from typing import Any, Literal, overload
 
 import yaml
+from twisted.python.filepath import FilePath
 
 from kraken.config.daemons import (
     CONFIG_CLASSES,
@@ -25,6 +26,8 @@ from kraken.config.daemons import (
 from kraken.config.structure import ConfigError, structure, unstructure
 from kraken.config.values import describe
 
+#: Where a configuration file is: a path string, a path-like object or a Twisted FilePath.
+ConfigPath = str | os.PathLike[str] | FilePath[str]
 ConfigKind = Literal["agent", "origin", "tracker", "build-index", "proxy", "herd"]
 AnyConfig = AgentConfig | OriginConfig | TrackerConfig | BuildIndexConfig | ProxyConfig | HerdConfig
 
@@ -107,22 +110,20 @@ def parse_config(kind: str, raw: object) -> AnyConfig:
 
 
 @overload
-def load_config(kind: Literal["agent"], path: str | os.PathLike[str] | None) -> AgentConfig: ...
+def load_config(kind: Literal["agent"], path: ConfigPath | None) -> AgentConfig: ...
 @overload
-def load_config(kind: Literal["origin"], path: str | os.PathLike[str] | None) -> OriginConfig: ...
+def load_config(kind: Literal["origin"], path: ConfigPath | None) -> OriginConfig: ...
 @overload
-def load_config(kind: Literal["tracker"], path: str | os.PathLike[str] | None) -> TrackerConfig: ...
+def load_config(kind: Literal["tracker"], path: ConfigPath | None) -> TrackerConfig: ...
 @overload
-def load_config(
-    kind: Literal["build-index"], path: str | os.PathLike[str] | None
-) -> BuildIndexConfig: ...
+def load_config(kind: Literal["build-index"], path: ConfigPath | None) -> BuildIndexConfig: ...
 @overload
-def load_config(kind: Literal["proxy"], path: str | os.PathLike[str] | None) -> ProxyConfig: ...
+def load_config(kind: Literal["proxy"], path: ConfigPath | None) -> ProxyConfig: ...
 @overload
-def load_config(kind: Literal["herd"], path: str | os.PathLike[str] | None) -> HerdConfig: ...
+def load_config(kind: Literal["herd"], path: ConfigPath | None) -> HerdConfig: ...
 @overload
-def load_config(kind: str, path: str | os.PathLike[str] | None) -> AnyConfig: ...
-def load_config(kind: str, path: str | os.PathLike[str] | None) -> AnyConfig:
+def load_config(kind: str, path: ConfigPath | None) -> AnyConfig: ...
+def load_config(kind: str, path: ConfigPath | None) -> AnyConfig:
     """
     Read the YAML file at ``path`` (blocking) as the config of daemon ``kind``.
 
@@ -133,7 +134,7 @@ def load_config(kind: str, path: str | os.PathLike[str] | None) -> AnyConfig:
     _config_class(kind)
     if path is None:
         return parse_config(kind, None)
-    source = os.fspath(path)
+    source = path.path if isinstance(path, FilePath) else os.fspath(path)
     try:
         with open(source, encoding="utf-8") as stream:
             text = stream.read()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 import typing
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any, Final, Literal, get_args, get_origin
+from typing import Any, Final, Literal, TextIO, get_args, get_origin
 
 import attrs
 
@@ -136,19 +136,19 @@ def update_document(text: str) -> str:
     return text[:start] + "\n\n" + render() + "\n" + text[end:]
 
 
-def main(argv: Sequence[str]) -> int:
+def main(argv: Sequence[str], out: TextIO = sys.stdout) -> int:
     """Rewrite (or with ``--check``, verify) the reference in the given Markdown file."""
     check = "--check" in argv
     paths = [arg for arg in argv if arg != "--check"]
     if len(paths) != 1:
-        print("usage: python -m kraken.config.reference [--check] docs/configuration.md")
+        out.write("usage: python -m kraken.config.reference [--check] docs/configuration.md\n")
         return 2
     with open(paths[0], encoding="utf-8") as stream:
         text = stream.read()
     updated = update_document(text)
     if check:
         if updated != text:
-            print(f"{paths[0]}: the configuration reference is out of date")
+            out.write(f"{paths[0]}: the configuration reference is out of date\n")
             return 1
         return 0
     with open(paths[0], "w", encoding="utf-8") as stream:
