@@ -1,0 +1,602 @@
+"""
+The origin's HTTP API (DESIGN 7; reference/kraken-components.md 2.1): uploads, downloads, ring.
+
+Routes (``{ns}`` is percent-decoded once and checked; ``{d}`` is ``sha256:<hex>``):
+
+- ``POST /namespace/{ns}/blobs/{d}/uploads`` -> 200 ``Location: <uid>`` (409: cached);
+  ``PATCH .../uploads/{uid}`` with ``Content-Range: start-end`` (end exclusive; chunks
+  in order, each starting where the last ended); ``PUT .../uploads/{uid}`` commits:
+  sha256 verified (400 ``DIGEST_INVALID`` and the upload discarded on mismatch), the
+  write-back task stored durably, *then* 200; the blob is then duplicated to the other
+  replicas.  409 if the blob is already cached (its write-back is ensured).
+- the same three under ``/internal/blobs/{d}/uploads`` (copies between replicas, no
+  write-back) and ``/internal/duplicate/namespace/{ns}/blobs/{d}/uploads`` (write-back
+  after the ``delay_seconds`` of the commit's JSON body).
+- ``GET /namespace/{ns}/blobs/{d}``: 200 streamed from the cache file (``Range: bytes=``
+  gives 206), else a backend fetch: 202 while it runs, 404 if the backend lacks it,
+  503 when too many fetches run.  ``POST .../prefetch``: 200 cached, 202 fetching, 404.
+- ``HEAD /internal/namespace/{ns}/blobs/{d}[?local=true]``: 200 ``Content-Length``/404.
+- ``GET /internal/namespace/{ns}/blobs/{d}/metainfo``: 200 JSON / 202 / 404.
+- ``GET /blobs/{d}/locations``: ``Origin-Locations: host:port,...`` (ring order).
+- ``GET /internal/peercontext``, ``DELETE /internal/blobs/{d}`` (202), ``/health``,
+  ``/readiness``, ``/metrics``.
+
+Errors are registry v2 JSON bodies.  Request bodies arrive buffered by twisted.web
+(``request.content``, a temporary file past 100 KB); they are copied into the store's
+upload file in a thread, chunk by chunk.  Hashing, reading and writing blobs all go
+through the injected :class:`~kraken.backends.threads.BlockingRunner`.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import IO, Any, ClassVar, Final
+from urllib.parse import unquote
+
+from attrs import define, field
+from klein import Klein
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IPushProducer
+from twisted.logger import Logger
+from twisted.web.iweb import IRequest
+from twisted.web.resource import IResource
+from zope.interface import implementer
+
+from kraken.api.tracker import InvalidNamespace, check_namespace
+from kraken.backends.interface import BlobNotFound as BackendBlobNotFound
+from kraken.backends.interface import InvalidName, NamespaceNotFound
+from kraken.backends.router import BackendRouter
+from kraken.backends.threads import BlockingRunner
+from kraken.cluster import EmptyRing, RendezvousRing
+from kraken.core import DEFAULT_PIECE_LENGTHS, Digest, PeerInfo, PieceLengthTable
+from kraken.http.errors import (
+    BLOB_UNKNOWN,
+    BLOB_UPLOAD_INVALID,
+    BLOB_UPLOAD_UNKNOWN,
+    CORE_ERRORS,
+    NAME_INVALID,
+    NAME_UNKNOWN,
+    RANGE_INVALID,
+    SIZE_INVALID,
+    UNAVAILABLE,
+    APIError,
+    RegistryError,
+    install_error_handler,
+    render_registry_json,
+)
+from kraken.http.request_body import json_response, read_json
+from kraken.origin.refresh import BackendFetcher, BlobTooLarge, FetchersBusy, FetchFailed
+from kraken.origin.replication import Replicator
+from kraken.origin.writeback import Writeback
+from kraken.persistedretry import QueueStopped
+from kraken.store import (
+    BlobExists,
+    BlobInUse,
+    BlobPersisted,
+    BlobReader,
+    BlobStore,
+    InvalidUploadID,
+    UploadNotFound,
+)
+from kraken.store import BlobNotFound as StoreBlobNotFound
+
+__all__ = ["ORIGIN_ERRORS", "OriginAPI", "OriginMetrics", "parse_content_range"]
+
+#: Bytes copied from a request body to the upload file per write.
+COPY_CHUNK: Final = 4 * 1024 * 1024
+#: Bytes read from the cache file per write to the response.
+SEND_CHUNK: Final = 1024 * 1024
+#: Largest PATCH body accepted.
+DEFAULT_MAX_CHUNK: Final = 1024**3
+
+ORIGIN_ERRORS: Final = CORE_ERRORS.extended(
+    {
+        InvalidNamespace: NAME_INVALID,
+        InvalidName: NAME_INVALID,
+        NamespaceNotFound: NAME_UNKNOWN,
+        InvalidUploadID: BLOB_UPLOAD_INVALID,
+        UploadNotFound: BLOB_UPLOAD_UNKNOWN,
+        StoreBlobNotFound: BLOB_UNKNOWN,
+        BackendBlobNotFound: BLOB_UNKNOWN,
+        BlobExists: 409,
+        BlobPersisted: 409,
+        BlobInUse: 409,
+        FetchersBusy: UNAVAILABLE,
+        QueueStopped: UNAVAILABLE,
+        EmptyRing: UNAVAILABLE,
+        FetchFailed: 500,
+        BlobTooLarge: 500,
+    }
+)
+
+_RANGE = re.compile(r"(\d{1,19})-(\d{1,19})")
+_BYTES_RANGE = re.compile(r"bytes=(\d{0,19})-(\d{0,19})")
+
+
+def parse_content_range(value: bytes | None) -> tuple[int, int]:
+    """``start-end`` (end exclusive) of a PATCH; 400 if missing or malformed, 416 if empty."""
+    if value is None:
+        raise RegistryError(BLOB_UPLOAD_INVALID, "missing Content-Range header (start-end)")
+    text = value.decode("latin-1").strip()
+    match = _RANGE.fullmatch(text)
+    if match is None:
+        raise RegistryError(
+            BLOB_UPLOAD_INVALID, f"bad Content-Range {text!r}: expected start-end (end exclusive)"
+        )
+    start, end = int(match[1]), int(match[2])
+    if end <= start:
+        raise RegistryError(RANGE_INVALID, f"empty or reversed Content-Range {text!r}")
+    return start, end
+
+
+def _byte_range(value: bytes | None, size: int) -> tuple[int, int] | None:
+    """A single ``Range: bytes=a-b`` as ``(start, end exclusive)``; None for the whole blob."""
+    if value is None:
+        return None
+    match = _BYTES_RANGE.fullmatch(value.decode("latin-1").strip())
+    if match is None or (not match[1] and not match[2]):
+        raise APIError(416, f"unsupported Range {value!r}", headers={"Content-Range": f"bytes */{size}"})
+    if not match[1]:  # suffix: the last n bytes
+        n = int(match[2])
+        start, end = max(0, size - n), size
+    else:
+        start = int(match[1])
+        end = size if not match[2] else min(size, int(match[2]) + 1)
+    if start >= size or end <= start:
+        raise APIError(416, f"Range {value!r} outside 0..{size}", headers={"Content-Range": f"bytes */{size}"})
+    return start, end
+
+
+def _copy_body(content: IO[bytes], store: BlobStore, uid: str, offset: int, length: int) -> int:
+    """Copy ``length`` bytes of a buffered request body into upload ``uid`` (blocking)."""
+    content.seek(0)
+    done = 0
+    while done < length:
+        chunk = content.read(min(COPY_CHUNK, length - done))
+        if not chunk:
+            break
+        store.write_upload(uid, offset + done, chunk)
+        done += len(chunk)
+    return done
+
+
+def _body_length(content: IO[bytes] | None) -> int:
+    if content is None:
+        return 0
+    content.seek(0, 2)
+    return content.tell()
+
+
+@define
+class _Upload:
+    """What the API knows of an upload in progress (chunks must arrive in order)."""
+
+    digest: Digest
+    next_offset: int = 0
+    busy: bool = False
+
+
+@define
+class OriginMetrics:
+    """The origin's Prometheus metrics, in a registry of their own."""
+
+    registry: CollectorRegistry = field(factory=CollectorRegistry)
+    requests: Counter = field(init=False)
+    upload_bytes: Counter = field(init=False)
+    served_bytes: Counter = field(init=False)
+    commits: Counter = field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        r = self.registry
+        self.requests = Counter(
+            "kraken_origin_requests", "Requests by route and status", ["route", "status"],
+            registry=r,
+        )
+        self.upload_bytes = Counter(
+            "kraken_origin_upload_bytes", "Bytes received in upload chunks", registry=r
+        )
+        self.served_bytes = Counter(
+            "kraken_origin_served_bytes", "Blob bytes sent to HTTP clients", registry=r
+        )
+        self.commits = Counter(
+            "kraken_origin_commits", "Upload commits by kind and outcome", ["kind", "result"],
+            registry=r,
+        )
+
+
+@implementer(IPushProducer)
+class _BlobSender:
+    """Streams a slice of a cache file to a response, reading chunks through the runner."""
+
+    def __init__(self, request: Any, reader: BlobReader, run: BlockingRunner) -> None:
+        self.request = request
+        self.reader = reader
+        self.run = run
+        self._paused: Deferred[None] | None = None
+        self._stopped = False
+
+    def pauseProducing(self) -> None:
+        """The transport's buffer is full."""
+        if self._paused is None:
+            self._paused = Deferred()
+
+    def resumeProducing(self) -> None:
+        """The transport drained."""
+        paused, self._paused = self._paused, None
+        if paused is not None:
+            paused.callback(None)
+
+    def stopProducing(self) -> None:
+        """The client went away."""
+        self._stopped = True
+        self.resumeProducing()
+
+    async def send(self, start: int, end: int) -> int:
+        """Write bytes ``start..end`` (exclusive); return how many were sent."""
+        self.request.registerProducer(self, True)
+        sent = 0
+        try:
+            offset = start
+            while offset < end and not self._stopped:
+                if self._paused is not None:
+                    await self._paused
+                    continue
+                data = await self.run(self.reader.pread, min(SEND_CHUNK, end - offset), offset)
+                if not data:
+                    raise OSError(f"{self.reader.digest}: short read at {offset}")
+                if self._stopped:
+                    break
+                self.request.write(data)
+                offset += len(data)
+                sent += len(data)
+        finally:
+            self.request.unregisterProducer()
+        return sent
+
+
+def _digest(value: str) -> Digest:
+    return Digest.parse(unquote(value))
+
+
+def _namespace(value: str) -> str:
+    return check_namespace(unquote(value))
+
+
+@define
+class OriginAPI:
+    """The origin's Klein application; mount :meth:`resource`."""
+
+    app: ClassVar[Klein] = Klein()
+    # A namespace may hold %2F%2F; werkzeug must not "merge" it with a redirect to itself.
+    app.url_map.merge_slashes = False
+    install_error_handler(app, ORIGIN_ERRORS, render_registry_json)
+    log: ClassVar[Logger] = Logger()
+
+    store: BlobStore
+    run: BlockingRunner
+    ring: RendezvousRing
+    backends: BackendRouter
+    fetcher: BackendFetcher
+    writeback: Writeback
+    replicator: Replicator
+    peer: PeerInfo
+    piece_lengths: PieceLengthTable = DEFAULT_PIECE_LENGTHS
+    max_chunk: int = DEFAULT_MAX_CHUNK
+    metrics: OriginMetrics = field(factory=OriginMetrics)
+    _uploads: dict[str, _Upload] = field(factory=dict, init=False)
+    #: Background replications still running (tests wait for them).
+    background: set[Deferred[None]] = field(factory=set, init=False)
+
+    def resource(self) -> IResource:
+        """The ``twisted.web`` resource serving this API."""
+        return self.app.resource()
+
+    def _background(self, d: Deferred[None]) -> None:
+        self.background.add(d)
+        d.addBoth(lambda _: self.background.discard(d))
+
+    # -- health ------------------------------------------------------------------------
+
+    @app.route("/health", methods=["GET"])
+    def health(self, request: IRequest) -> bytes:
+        """The process is up."""
+        return b"OK\n"
+
+    @app.route("/readiness", methods=["GET"])
+    async def readiness(self, request: IRequest) -> bytes:
+        """Ready when every backend answers and the write-back queue is loaded."""
+        try:
+            await self.backends.check_readiness()
+            await self.writeback.queue.when_ready()
+        except Exception as e:
+            raise APIError(503, f"not ready: {e}") from e
+        return b"OK\n"
+
+    @app.route("/metrics", methods=["GET"])
+    def prometheus(self, request: IRequest) -> bytes:
+        """Prometheus text exposition."""
+        request.setHeader(b"Content-Type", CONTENT_TYPE_LATEST.encode("ascii"))  # type: ignore[no-untyped-call]
+        return generate_latest(self.metrics.registry)
+
+    # -- ring --------------------------------------------------------------------------
+
+    @app.route("/blobs/<digest>/locations", methods=["GET"])
+    def locations(self, request: IRequest, digest: str) -> bytes:
+        """The replicas of the blob in ring order, in ``Origin-Locations``."""
+        d = _digest(digest)
+        found = self.ring.locations(d)
+        if not found:
+            raise EmptyRing(f"the origin ring has no members for {d}")
+        request.setHeader(b"Origin-Locations", ",".join(found).encode("ascii"))  # type: ignore[no-untyped-call]
+        return b""
+
+    @app.route("/internal/peercontext", methods=["GET"])
+    def peercontext(self, request: IRequest) -> bytes:
+        """The peer this origin seeds as: ``{peer_id, ip, port, origin: true}``."""
+        return json_response(request, self.peer.to_dict())  # type: ignore[arg-type]
+
+    # -- uploads -----------------------------------------------------------------------
+
+    async def _start(self, request: IRequest, d: Digest, namespace: str | None) -> bytes:
+        if await self.run(self.store.has, d):
+            if namespace is not None:
+                await self._ensure_writeback(namespace, d)
+            raise APIError(409, f"blob {d} already exists")
+        uid = await self.run(self.store.create_upload)
+        self._uploads[uid] = _Upload(d)
+        request.setHeader(b"Location", uid.encode("ascii"))  # type: ignore[no-untyped-call]
+        return b""
+
+    def _upload(self, uid: str, d: Digest) -> _Upload:
+        upload = self._uploads.get(uid)
+        if upload is None or upload.digest != d:
+            raise UploadNotFound(uid, f"no upload {uid} of {d}")
+        return upload
+
+    async def _patch(self, request: IRequest, uid: str, d: Digest) -> bytes:
+        upload = self._upload(uid, d)
+        start, end = parse_content_range(request.getHeader(b"content-range"))
+        length = end - start
+        if length > self.max_chunk:
+            raise RegistryError(
+                RANGE_INVALID, f"chunk of {length} bytes exceeds the limit of {self.max_chunk}"
+            )
+        if upload.busy:
+            raise RegistryError(BLOB_UPLOAD_INVALID, f"upload {uid} is busy with another request")
+        if start != upload.next_offset:
+            raise RegistryError(
+                RANGE_INVALID,
+                f"Content-Range {start}-{end} does not continue upload {uid}, which has "
+                f"{upload.next_offset} bytes (chunks must be sent in order, without overlap)",
+            )
+        content: IO[bytes] | None = request.content  # type: ignore[attr-defined]
+        got = _body_length(content)
+        if got != length:
+            raise RegistryError(
+                SIZE_INVALID,
+                f"body of {got} bytes does not match Content-Range {start}-{end} ({length} bytes)",
+            )
+        assert content is not None
+        upload.busy = True
+        try:
+            if await self.run(self.store.has, d):
+                raise APIError(409, f"blob {d} already exists")
+            copied = await self.run(_copy_body, content, self.store, uid, start, length)
+            if copied != length:
+                raise RegistryError(SIZE_INVALID, f"body ended after {copied} of {length} bytes")
+        except UploadNotFound:
+            self._uploads.pop(uid, None)
+            raise
+        finally:
+            upload.busy = False
+        upload.next_offset = end
+        self.metrics.upload_bytes.inc(length)
+        request.setResponseCode(204)  # type: ignore[no-untyped-call]
+        return b""
+
+    async def _commit(
+        self, request: IRequest, uid: str, d: Digest, namespace: str | None, delay: float | None
+    ) -> bytes:
+        """Commit; ``namespace`` None: internal copy; ``delay`` None: public upload."""
+        kind = "internal" if namespace is None else ("public" if delay is None else "duplicate")
+        upload = self._upload(uid, d)
+        if upload.busy:
+            raise RegistryError(BLOB_UPLOAD_INVALID, f"upload {uid} is busy with another request")
+        upload.busy = True
+        try:
+            await self.run(
+                self.store.commit_upload, uid, d, self.piece_lengths, persist=namespace is not None
+            )
+        except BlobExists:
+            self.metrics.commits.labels(kind, "exists").inc()
+            if namespace is not None:
+                await self._ensure_writeback(namespace, d)
+            raise
+        except Exception:
+            self.metrics.commits.labels(kind, "failed").inc()
+            raise
+        finally:
+            self._uploads.pop(uid, None)
+        if namespace is not None:
+            # Acknowledge only once the write-back task is durable.
+            await self.writeback.schedule(namespace, d, delay or 0.0)
+        self.metrics.commits.labels(kind, "ok").inc()
+        self.log.info("committed {digest} ({kind} upload)", digest=d, kind=kind)
+        if kind == "public":
+            assert namespace is not None
+            self._background(self.replicator.duplicate(namespace, d))
+        return b""
+
+    async def _ensure_writeback(self, namespace: str, d: Digest) -> None:
+        if self.writeback.pending(namespace, d):
+            return
+        try:
+            await self.run(self.store.set_persist, d, True)
+        except StoreBlobNotFound:
+            return
+        await self.writeback.schedule(namespace, d)
+
+    @app.route("/namespace/<path:namespace>/blobs/<digest>/uploads", methods=["POST"])
+    def start_upload(self, request: IRequest, namespace: str, digest: str) -> Deferred[bytes]:
+        """Start a chunked upload; ``Location: <uid>``."""
+        ns, d = _namespace(namespace), _digest(digest)
+        return Deferred.fromCoroutine(self._start(request, d, ns))
+
+    @app.route("/namespace/<path:namespace>/blobs/<digest>/uploads/<uid>", methods=["PATCH"])
+    def patch_upload(
+        self, request: IRequest, namespace: str, digest: str, uid: str
+    ) -> Deferred[bytes]:
+        """Write one chunk."""
+        _namespace(namespace)
+        return Deferred.fromCoroutine(self._patch(request, uid, _digest(digest)))
+
+    @app.route("/namespace/<path:namespace>/blobs/<digest>/uploads/<uid>", methods=["PUT"])
+    def commit_upload(
+        self, request: IRequest, namespace: str, digest: str, uid: str
+    ) -> Deferred[bytes]:
+        """Verify and commit; acknowledged once the write-back is queued durably."""
+        ns, d = _namespace(namespace), _digest(digest)
+        return Deferred.fromCoroutine(self._commit(request, uid, d, ns, None))
+
+    @app.route("/internal/blobs/<digest>/uploads", methods=["POST"])
+    def start_internal(self, request: IRequest, digest: str) -> Deferred[bytes]:
+        """Start a copy from another replica."""
+        return Deferred.fromCoroutine(self._start(request, _digest(digest), None))
+
+    @app.route("/internal/blobs/<digest>/uploads/<uid>", methods=["PATCH"])
+    def patch_internal(self, request: IRequest, digest: str, uid: str) -> Deferred[bytes]:
+        """One chunk of a copy from another replica."""
+        return Deferred.fromCoroutine(self._patch(request, uid, _digest(digest)))
+
+    @app.route("/internal/blobs/<digest>/uploads/<uid>", methods=["PUT"])
+    def commit_internal(self, request: IRequest, digest: str, uid: str) -> Deferred[bytes]:
+        """Commit a copy from another replica (no write-back: the backend has it)."""
+        return Deferred.fromCoroutine(self._commit(request, uid, _digest(digest), None, None))
+
+    @app.route(
+        "/internal/duplicate/namespace/<path:namespace>/blobs/<digest>/uploads", methods=["POST"]
+    )
+    def start_duplicate(self, request: IRequest, namespace: str, digest: str) -> Deferred[bytes]:
+        """Start a duplicate of a client upload from the owner."""
+        ns, d = _namespace(namespace), _digest(digest)
+        return Deferred.fromCoroutine(self._start(request, d, ns))
+
+    @app.route(
+        "/internal/duplicate/namespace/<path:namespace>/blobs/<digest>/uploads/<uid>",
+        methods=["PATCH"],
+    )
+    def patch_duplicate(
+        self, request: IRequest, namespace: str, digest: str, uid: str
+    ) -> Deferred[bytes]:
+        """One chunk of a duplicate."""
+        _namespace(namespace)
+        return Deferred.fromCoroutine(self._patch(request, uid, _digest(digest)))
+
+    @app.route(
+        "/internal/duplicate/namespace/<path:namespace>/blobs/<digest>/uploads/<uid>",
+        methods=["PUT"],
+    )
+    def commit_duplicate(
+        self, request: IRequest, namespace: str, digest: str, uid: str
+    ) -> Deferred[bytes]:
+        """Commit a duplicate; its write-back waits ``delay_seconds`` (JSON body)."""
+        ns, d = _namespace(namespace), _digest(digest)
+        delay = _duplicate_delay(read_json(request, 4096) if _has_body(request) else {})  # type: ignore[arg-type]
+        return Deferred.fromCoroutine(self._commit(request, uid, d, ns, delay))
+
+    # -- downloads ---------------------------------------------------------------------
+
+    async def _fetch_or_raise(self, namespace: str, d: Digest, request: IRequest) -> bytes:
+        await self.fetcher.request(namespace, d)
+        request.setResponseCode(202)  # type: ignore[no-untyped-call]
+        return b""
+
+    @app.route("/namespace/<path:namespace>/blobs/<digest>", methods=["GET"])
+    async def get_blob(self, request: IRequest, namespace: str, digest: str) -> bytes:
+        """Stream the cached blob (Range supported), or 202 while fetching it."""
+        ns, d = _namespace(namespace), _digest(digest)
+        try:
+            reader: BlobReader = await self.run(self.store.open_reader, d)
+        except StoreBlobNotFound:
+            return await self._fetch_or_raise(ns, d, request)
+        try:
+            span = _byte_range(request.getHeader(b"range"), reader.size)
+            start, end = span if span is not None else (0, reader.size)
+            if span is not None:
+                request.setResponseCode(206)  # type: ignore[no-untyped-call]
+                request.setHeader(  # type: ignore[no-untyped-call]
+                    b"Content-Range", f"bytes {start}-{end - 1}/{reader.size}".encode()
+                )
+            request.setHeader(b"Content-Type", b"application/octet-stream")  # type: ignore[no-untyped-call]
+            request.setHeader(b"Accept-Ranges", b"bytes")  # type: ignore[no-untyped-call]
+            request.setHeader(b"Content-Length", str(end - start).encode())  # type: ignore[no-untyped-call]
+            sent = await _BlobSender(request, reader, self.run).send(start, end)
+            self.metrics.served_bytes.inc(sent)
+        finally:
+            await self.run(reader.close)
+        return b""
+
+    @app.route("/namespace/<path:namespace>/blobs/<digest>/prefetch", methods=["POST"])
+    async def prefetch(self, request: IRequest, namespace: str, digest: str) -> bytes:
+        """200 if cached, else start a backend fetch: 202 (404 if the backend lacks it)."""
+        ns, d = _namespace(namespace), _digest(digest)
+        if await self.run(self.store.has, d):
+            return b""
+        return await self._fetch_or_raise(ns, d, request)
+
+    @app.route("/internal/namespace/<path:namespace>/blobs/<digest>", methods=["HEAD"])
+    async def stat(self, request: IRequest, namespace: str, digest: str) -> bytes:
+        """The size, from the cache or (unless ``?local=true``) the backend; 404."""
+        ns, d = _namespace(namespace), _digest(digest)
+        try:
+            size = (await self.run(self.store.stat, d)).size
+        except StoreBlobNotFound:
+            if request.args.get(b"local", [b""])[0] == b"true":  # type: ignore[attr-defined]
+                raise
+            size = (await self.backends.backend_for(ns).stat(ns, d.hex)).size
+        request.setHeader(b"Content-Length", str(size).encode())  # type: ignore[no-untyped-call]
+        return b""
+
+    @app.route("/internal/namespace/<path:namespace>/blobs/<digest>/metainfo", methods=["GET"])
+    async def metainfo(self, request: IRequest, namespace: str, digest: str) -> bytes:
+        """The blob's metainfo JSON, or 202 while it is fetched from the backend, or 404."""
+        ns, d = _namespace(namespace), _digest(digest)
+        if await self.run(self.store.has, d):
+            try:
+                meta = await self.run(self.store.get_metainfo, d)
+            except StoreBlobNotFound:
+                pass
+            else:
+                request.setHeader(b"Content-Type", b"application/json")  # type: ignore[no-untyped-call]
+                return meta.to_json()
+        return await self._fetch_or_raise(ns, d, request)
+
+    @app.route("/internal/blobs/<digest>", methods=["DELETE"])
+    async def delete(self, request: IRequest, digest: str) -> bytes:
+        """Delete the cache file (not the backend's copy); 202, 404, 409 if persisted or open."""
+        d = _digest(digest)
+        await self.run(self.store.delete, d)
+        request.setResponseCode(202)  # type: ignore[no-untyped-call]
+        return b""
+
+
+def _has_body(request: IRequest) -> bool:
+    return _body_length(request.content) > 0  # type: ignore[attr-defined]
+
+
+def _duplicate_delay(body: object) -> float:
+    """Seconds of write-back delay from ``{"delay_seconds": s}`` or Go's ``{"Delay": ns}``."""
+    if not isinstance(body, dict):
+        raise APIError(400, "duplicate commit body: expected a JSON object")
+    if "delay_seconds" in body:
+        value = body["delay_seconds"]
+        scale = 1.0
+    else:
+        value = body.get("Delay", 0)
+        scale = 1e-9
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+        raise APIError(400, f"duplicate commit delay {value!r}: expected a number >= 0")
+    if value * scale > 365 * 24 * 3600:
+        raise APIError(400, f"duplicate commit delay {value!r} is too long")
+    return float(value) * scale

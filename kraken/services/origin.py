@@ -1,0 +1,320 @@
+"""
+The origin daemon: ``twistd -n kraken-origin [--config FILE.yaml]``.
+
+:func:`build_origin` builds every collaborator first (thread pool, blob store, backends,
+HTTP client factory, ring membership with active health checks, write-back queue,
+backend fetcher, replicator, P2P engine, API), then parents the long-running ones to
+one :class:`OriginService`, in start order: the thread pool, the write-back queue, the
+ring membership, the store cleanup timer, the peer engine and its listener (seeding
+only: it never dials, never announces), and the HTTP listener.  Services stop in the
+reverse order, so the listeners close before the queue and the thread pool.
+
+Data under ``data_dir``: ``store/`` (the blob store, durable mode) and
+``writeback.db`` (the SQLite write-back queue).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import attrs
+from twisted.application.internet import StreamServerEndpointService, TimerService
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.endpoints import serverFromString
+from twisted.logger import Logger
+from twisted.python import usage
+from twisted.python.threadpool import ThreadPool
+from twisted.web.server import Site
+
+from kraken.api.origin import OriginAPI, OriginMetrics
+from kraken.backends.config import BackendContext, BackendsConfig
+from kraken.backends.router import BackendRouter
+from kraken.backends.threads import BlockingRunner, threadpool_runner
+from kraken.cluster import (
+    ActiveHealthFilter,
+    DNSHostList,
+    HTTPHealthProbe,
+    IHealthFilter,
+    IHostList,
+    Membership,
+    NoHealthFilter,
+    RendezvousRing,
+    StaticHostList,
+    name_resolver_lookup,
+    parse_host_port,
+)
+from kraken.config import OriginConfig, load_config
+from kraken.config.sections import HostListConfig
+from kraken.config.structure import ConfigError
+from kraken.config.values import parse_endpoint
+from kraken.core import PeerID, PeerInfo
+from kraken.http.client import NO_RETRY, HTTPClientFactory
+from kraken.origin.refresh import BackendFetcher
+from kraken.origin.replication import Replicator
+from kraken.origin.writeback import WRITEBACK_KIND, Writeback, WritebackExecutor
+from kraken.persistedretry import Backoff, PrometheusQueueMetrics, RetryQueue, SQLiteTaskStore
+from kraken.protocols.archives import OriginArchive
+from kraken.protocols.origin_client import OriginClient
+from kraken.protocols.peer import PeerNode, make_scheduler
+from kraken.store import BlobStore, CleanupPolicy, StoreCleaner
+from kraken.torrent.actions import EngineConfig
+
+#: Threads for blob I/O and hashing (uploads, downloads, backend transfers, pieces).
+THREADS = 16
+
+
+class Options(usage.Options):
+    """Command line of ``twistd kraken-origin``."""
+
+    optParameters = [
+        ["config", "c", None, "YAML configuration file (default: single-host defaults)."],
+        ["listen", None, None, "Override server.listen (a Twisted server endpoint string)."],
+    ]
+
+    def postOptions(self) -> None:
+        """Load and check the configuration now, so that a bad one stops twistd with a message."""
+        try:
+            self["origin_config"] = load_config("origin", self["config"])
+        except ConfigError as e:
+            raise usage.UsageError(str(e)) from None
+
+
+class _PeerNodeService(Service):
+    """Starts the P2P engine's timer and closes its connections on stop."""
+
+    def __init__(self, node: PeerNode) -> None:
+        self.node = node
+
+    def startService(self) -> None:
+        """Start the engine."""
+        Service.startService(self)  # type: ignore[no-untyped-call]
+        self.node.start()
+
+    def stopService(self) -> Deferred[Any]:
+        """Stop the engine; fires when its connections are closed."""
+        Service.stopService(self)  # type: ignore[no-untyped-call]
+        return self.node.stop()
+
+
+class _OnStop(Service):
+    """Runs a cleanup (closing pools and backends) when the tree stops."""
+
+    def __init__(self, cleanup: Any) -> None:
+        self.cleanup = cleanup
+
+    def stopService(self) -> Deferred[Any]:
+        """Run the cleanup; the tree waits for it."""
+        Service.stopService(self)  # type: ignore[no-untyped-call]
+        return maybeDeferred(self.cleanup)
+
+
+class OriginService(MultiService):
+    """The origin's service tree; its parts are exposed for tests and embedding."""
+
+    def __init__(
+        self,
+        api: OriginAPI,
+        store: BlobStore,
+        queue: RetryQueue,
+        membership: Membership,
+        node: PeerNode,
+        backends: BackendRouter,
+        pool: ThreadPool | None = None,
+    ) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self.pool = pool
+        self.api = api
+        self.store = store
+        self.queue = queue
+        self.membership = membership
+        self.node = node
+        self.backends = backends
+
+    def startService(self) -> None:
+        """Start the thread pool (if the tree owns one), then the services."""
+        if self.pool is not None:
+            self.pool.start()
+        super().startService()  # type: ignore[no-untyped-call]
+
+    def stopService(self) -> Deferred[None]:
+        """Stop the services, then join the thread pool once they have all stopped."""
+        stopped: Deferred[None] = super().stopService()  # type: ignore[no-untyped-call]
+
+        def join(result: object) -> object:
+            if self.pool is not None:
+                self.pool.stop()
+            return result
+
+        return stopped.addBoth(join)
+
+
+def _host_list(config: HostListConfig, reactor: Any) -> IHostList:
+    if config.static is not None:
+        return StaticHostList(config.static)
+    assert config.dns is not None, "checked by the config"
+    name, port = parse_host_port(config.dns)
+    return DNSHostList(name, port, name_resolver_lookup(reactor.nameResolver), reactor, config.ttl)
+
+
+def _cleanup_policy(config: OriginConfig, root: str) -> CleanupPolicy | None:
+    cleanup = config.cleanup
+    if not cleanup.enabled:
+        return None
+    high = low = None
+    if cleanup.high_watermark is not None:
+        st = os.statvfs(root)  # blocking, at start-up only
+        disk = st.f_blocks * st.f_frsize
+        high = cleanup.high_watermark.resolve(disk)
+        low = cleanup.low_watermark.resolve(disk) if cleanup.low_watermark is not None else None
+    return CleanupPolicy(
+        tti=cleanup.tti or None, ttl=cleanup.ttl or None, high_watermark=high, low_watermark=low
+    )
+
+
+def _engine_config(config: OriginConfig) -> EngineConfig:
+    names = {f.name for f in attrs.fields(EngineConfig)}
+    values = {
+        f.name: getattr(config.scheduler, f.name)
+        for f in attrs.fields(type(config.scheduler))
+        if f.name in names
+    }
+    values.update(origin=True, announce=False)
+    return EngineConfig(**values)
+
+
+def build_origin(
+    config: OriginConfig,
+    reactor: Any,
+    listen: str | None = None,
+    *,
+    run: BlockingRunner | None = None,
+    pool: ThreadPool | None = None,
+) -> OriginService:
+    """
+    The origin's service tree for ``config`` (``listen`` overrides ``server.listen``).
+
+    ``run`` replaces the thread-pool runner (tests); otherwise a pool of
+    :data:`THREADS` threads is made (or ``pool`` used) and started with the tree.
+    """
+    services: list[Service] = []
+    if run is None:
+        if pool is None:
+            pool = ThreadPool(minthreads=0, maxthreads=THREADS, name="kraken-origin")
+        run = threadpool_runner(reactor, pool)
+    else:
+        pool = None
+
+    data_dir = str(config.data_dir)
+    os.makedirs(data_dir, exist_ok=True)  # blocking, at start-up only
+    store = BlobStore(os.path.join(data_dir, "store"), reactor, durable=True)
+    backends = BackendsConfig.from_list([e.to_raw() for e in config.backends]).build(
+        BackendContext(reactor, run)
+    )
+
+    http = HTTPClientFactory(reactor)
+    health: IHealthFilter = NoHealthFilter()
+    check = config.healthcheck
+    if check.enabled:
+        probe = HTTPHealthProbe(http.client(retry=NO_RETRY), check.timeout)
+        health = ActiveHealthFilter(probe, reactor, check.fails, check.passes, check.timeout)
+    membership = Membership(
+        _host_list(config.cluster, reactor), health, reactor, interval=check.interval
+    )
+    ring = RendezvousRing(membership, config.hashring.max_replica)
+    self_address = config.server.advertised()
+    if listen is not None and config.server.advertise is None:
+        host_port = parse_endpoint(listen).host_port()
+        if host_port is not None:
+            self_address = f"{host_port[0]}:{host_port[1]}"
+
+    metrics = OriginMetrics()
+    executor = WritebackExecutor(store, backends, run)
+    wb = config.writeback
+    queue = RetryQueue(
+        SQLiteTaskStore(os.path.join(data_dir, "writeback.db"), reactor),
+        {WRITEBACK_KIND: executor},
+        reactor,
+        max_in_flight=wb.workers,
+        backoff=Backoff(
+            initial=wb.retry_interval,
+            multiplier=wb.retry_multiplier,
+            maximum=max(wb.max_retry_interval, wb.retry_interval),
+        ),
+        metrics=PrometheusQueueMetrics("origin_writeback", metrics.registry),
+    )
+    executor.queue = queue
+    writeback = Writeback(queue)
+
+    client = OriginClient(
+        http.client(), reactor, chunk_size=config.replication.upload_chunk_size
+    )
+    replicator = Replicator(
+        client, ring, self_address, store, run, stagger=config.replication.write_back_stagger
+    )
+    piece_lengths = config.metainfo.table()
+    fetcher = BackendFetcher(
+        store,
+        backends,
+        run,
+        reactor,
+        piece_lengths,
+        size_limit=config.backend_fetch.size_limit,
+        error_ttl=config.backend_fetch.error_ttl,
+    )
+    fetcher.on_fetched.append(replicator.replicate)
+
+    peer_host, peer_port = parse_host_port(config.peer.advertised())
+    peer = PeerInfo(
+        PeerID.from_address(peer_host, peer_port), peer_host, peer_port, origin=True, complete=True
+    )
+    scheduler = make_scheduler(peer.peer_id, reactor, **attrs.asdict(_engine_config(config)))
+    node = PeerNode(reactor, scheduler, OriginArchive(store), run)
+
+    api = OriginAPI(
+        store,
+        run,
+        ring,
+        backends,
+        fetcher,
+        writeback,
+        replicator,
+        peer,
+        piece_lengths,
+        metrics=metrics,
+    )
+
+    services.append(queue)
+    services.append(membership)
+    policy = _cleanup_policy(config, data_dir)
+    if policy is not None:
+        cleaner = StoreCleaner(store, cache=policy)
+        sweeper = TimerService(config.cleanup.interval, run, cleaner.run_cleanup)  # type: ignore[no-untyped-call]
+        sweeper.clock = reactor
+        services.append(sweeper)
+    services.append(_PeerNodeService(node))
+    peer_endpoint = serverFromString(reactor, config.peer.listen)  # type: ignore[no-untyped-call]
+    services.append(StreamServerEndpointService(peer_endpoint, node.factory()))  # type: ignore[no-untyped-call]
+    site = Site(api.resource())  # type: ignore[no-untyped-call]
+    site.displayTracebacks = False
+    endpoint = serverFromString(reactor, listen or config.server.listen)  # type: ignore[no-untyped-call]
+    services.append(StreamServerEndpointService(endpoint, site))  # type: ignore[no-untyped-call]
+    services.append(_OnStop(http.close))
+    services.append(_OnStop(backends.close))
+
+    tree = OriginService(api, store, queue, membership, node, backends, pool)
+    for service in services:
+        service.setServiceParent(tree)  # type: ignore[no-untyped-call]
+    return tree
+
+
+def makeService(options: usage.Options, reactor: Any = None) -> MultiService:
+    """The twistd entry point: an origin for the parsed ``options``."""
+    if reactor is None:
+        from twisted.internet import reactor as global_reactor
+
+        reactor = global_reactor
+    config = options.get("origin_config") or load_config("origin", options["config"])
+    Logger().info("origin data in {data_dir}", data_dir=config.data_dir)
+    return build_origin(config, reactor, options["listen"])
