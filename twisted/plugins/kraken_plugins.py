@@ -12,3 +12,13 @@ from twisted.application.service import ServiceMaker
 kraken_tracker = ServiceMaker(
     "Kraken tracker", "kraken.services.tracker", "Peer tracker", "kraken-tracker"
 )
+kraken_agent = ServiceMaker(
+    "Kraken agent",
+    "kraken.services.agent",
+    "Per-host agent: local registry, P2P downloads, cache",
+    "kraken-agent",
+)
+kraken_origin = ServiceMaker(
+    "Kraken origin", "kraken.services.origin", "Blob origin (uploads, seeding, write-back)",
+    "kraken-origin",
+)

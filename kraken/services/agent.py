@@ -1,0 +1,399 @@
+"""
+The agent daemon: ``twistd -n kraken-agent [--config FILE.yaml]`` (DESIGN 8).
+
+:func:`build_agent` builds every collaborator first (thread pool, blob store,
+HTTP client factory, tracker and build-index memberships with passive health,
+P2P engine, downloader, the two Klein apps), then parents the long-running
+ones to one :class:`AgentService`, in start order: the I/O thread pool, the
+memberships, the peer node and its listener, the cleanup timer, the agent
+API and registry listeners, and the HTTP pool's closer.  Stopping runs in
+reverse: listeners close first, the thread pool last.
+
+With no configuration the single-host defaults apply: registry on
+127.0.0.1:16000, peer port 16001, agent API 16002, the tracker at
+127.0.0.1:15003 and the build-index at 127.0.0.1:15004, data under
+``./kraken-data/agent``.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from typing import Any, Final
+
+from twisted.application.internet import StreamServerEndpointService, TimerService
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python import usage
+from twisted.python.threadpool import ThreadPool
+from twisted.web.server import Site
+
+from kraken.api.agent import AgentAPI, AgentMetrics
+from kraken.api.registry import RegistryAPI, parse_networks
+from kraken.cluster import (
+    DNSHostList,
+    IHostList,
+    Membership,
+    PassiveHealthFilter,
+    RendezvousRing,
+    StaticHostList,
+    name_resolver_lookup,
+    parse_host_port,
+)
+from kraken.config import AgentConfig, load_config
+from kraken.config.sections import CleanupConfig, HostListConfig, SchedulerConfig
+from kraken.config.structure import ConfigError
+from kraken.core import Digest, PeerID
+from kraken.http.client import NO_RETRY, HTTPClientFactory, KrakenHTTPClient, read_body
+from kraken.protocols.archives import AgentArchive
+from kraken.protocols.buildindex_client import BuildIndexClient
+from kraken.protocols.downloader import AnnouncerAdapter, P2PBlobDownloader
+from kraken.protocols.peer import PeerNode, threadpool_runner
+from kraken.protocols.tracker_client import PollPolicy, TrackerClient, TrackerUnavailable
+from kraken.store import BlobStore, CleanupPolicy, StoreCleaner
+from kraken.torrent.actions import EngineConfig
+from kraken.torrent.bandwidth import BandwidthLimiter
+from kraken.torrent.scheduler import Scheduler
+
+__all__ = [
+    "AgentService",
+    "Options",
+    "build_agent",
+    "cleanup_policy",
+    "engine_config",
+    "makeService",
+]
+
+#: Seconds a tracker or build-index gets to answer one request.
+REQUEST_TIMEOUT: Final = 10.0
+#: Threads doing the agent's blocking file I/O (piece reads/writes, hashing, store calls).
+IO_THREADS: Final = 16
+
+
+class Options(usage.Options):
+    """Command line of ``twistd kraken-agent``."""
+
+    optParameters = [
+        ["config", "c", None, "YAML configuration file (default: single-host defaults)."],
+        ["registry-listen", None, None, "Override registry.listen (a server endpoint string)."],
+        ["server-listen", None, None, "Override server.listen."],
+        ["peer-listen", None, None, "Override peer.listen."],
+    ]
+
+    def postOptions(self) -> None:
+        """Load and check the configuration now, so that a bad one stops twistd with a message."""
+        try:
+            self["agent_config"] = load_config("agent", self["config"])
+        except ConfigError as e:
+            raise usage.UsageError(str(e)) from None
+
+
+class AgentService(MultiService):
+    """The agent's service tree; collaborators are exposed for tests and embedding."""
+
+    def __init__(  # noqa: PLR0917
+        self,
+        api: AgentAPI,
+        registry: RegistryAPI,
+        store: BlobStore,
+        node: PeerNode,
+        downloader: P2PBlobDownloader,
+        cleaner: StoreCleaner | None,
+    ) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self.api = api
+        self.registry = registry
+        self.store = store
+        self.node = node
+        self.downloader = downloader
+        self.cleaner = cleaner
+
+
+class _OnStop(Service):
+    """Runs a cleanup (closing a pool) when the tree stops."""
+
+    def __init__(self, cleanup: Any) -> None:
+        self.cleanup = cleanup
+
+    def stopService(self) -> Deferred[Any]:
+        """Run the cleanup; the tree waits for it."""
+        Service.stopService(self)  # type: ignore[no-untyped-call]
+        return maybeDeferred(self.cleanup)
+
+
+class ThreadPoolService(Service):
+    """Starts a thread pool with the tree and stops it (joining its threads) last."""
+
+    def __init__(self, pool: ThreadPool) -> None:
+        self.pool = pool
+
+    def startService(self) -> None:
+        """Start the threads."""
+        Service.startService(self)  # type: ignore[no-untyped-call]
+        self.pool.start()
+
+    def stopService(self) -> None:
+        """Stop the threads (waits for running work)."""
+        Service.stopService(self)  # type: ignore[no-untyped-call]
+        self.pool.stop()
+
+
+class PeerNodeService(Service):
+    """Runs the P2P engine's timer while the tree runs; stopping closes every connection."""
+
+    def __init__(self, node: PeerNode) -> None:
+        self.node = node
+
+    def startService(self) -> None:
+        """Start the engine's ticks."""
+        Service.startService(self)  # type: ignore[no-untyped-call]
+        self.node.start()
+
+    def stopService(self) -> Deferred[Any]:
+        """Fail waiting downloads and close connections; fires when they are gone."""
+        Service.stopService(self)  # type: ignore[no-untyped-call]
+        return self.node.stop()
+
+
+class CleanupService(TimerService):
+    """Runs :meth:`StoreCleaner.run_cleanup` every ``interval`` seconds in the I/O pool."""
+
+    log = Logger()
+
+    def __init__(self, interval: float, cleaner: StoreCleaner, reactor: Any, pool: ThreadPool):
+        super().__init__(interval, self.run_once)  # type: ignore[no-untyped-call]
+        self.cleaner = cleaner
+        self.reactor = reactor
+        self.pool = pool
+        self.clock = reactor
+
+    def run_once(self) -> Deferred[None]:
+        """One cleanup pass off the reactor thread; errors are logged, never raised."""
+
+        def report(result: Any) -> None:
+            if result.removed:
+                self.log.info(
+                    "cleanup removed {count} blobs ({bytes} bytes)",
+                    count=len(result.removed),
+                    bytes=sum(r.size for r in result.removed),
+                )
+
+        d: Deferred[Any] = deferToThreadPool(self.reactor, self.pool, self.cleaner.run_cleanup)
+        return d.addCallbacks(report, lambda f: self.log.failure("store cleanup failed", f))
+
+
+def engine_config(config: SchedulerConfig) -> EngineConfig:
+    """The P2P engine's tunables from the ``scheduler`` section."""
+    return EngineConfig(
+        max_conns_per_torrent=config.max_conns_per_torrent,
+        pipeline_limit=config.pipeline_limit,
+        origin_pipeline_limit=config.origin_pipeline_limit,
+        endgame_threshold=config.endgame_threshold,
+        request_min_timeout=config.request_min_timeout,
+        request_timeout_per_mib=config.request_timeout_per_mib,
+        blacklist_duration=config.blacklist_duration,
+        conn_idle_timeout=config.conn_idle_timeout,
+        conn_lifetime=config.conn_lifetime,
+        seeder_tti=config.seeder_tti,
+        leecher_tti=config.leecher_tti,
+        announce_interval=config.announce_interval,
+        complete_announce_interval=config.complete_announce_interval,
+        max_announce_interval=config.max_announce_interval,
+        max_upload_queue=config.max_upload_queue,
+    )
+
+
+def filesystem_size(path: str) -> int:
+    """Bytes of the filesystem holding ``path`` (``statvfs``; blocking, start-up only)."""
+    st = os.statvfs(path)
+    return st.f_blocks * st.f_frsize
+
+
+def cleanup_policy(config: CleanupConfig, fs_size: int) -> CleanupPolicy | None:
+    """The store policy for ``config`` (None when cleanup is off); 0 durations mean never.
+
+    Percent watermarks are taken of ``fs_size`` bytes.
+    """
+    if not config.enabled:
+        return None
+    high = None if config.high_watermark is None else config.high_watermark.resolve(fs_size)
+    low = None if config.low_watermark is None else config.low_watermark.resolve(fs_size)
+    return CleanupPolicy(
+        tti=config.tti or None, ttl=config.ttl or None, high_watermark=high, low_watermark=low
+    )
+
+
+def _host_list(hosts: HostListConfig, reactor: Any) -> IHostList:
+    if hosts.static is not None:
+        return StaticHostList(hosts.static)
+    assert hosts.dns is not None, "checked by the config"
+    name, port = parse_host_port(hosts.dns)
+    return DNSHostList(name, port, name_resolver_lookup(reactor.nameResolver), reactor, hosts.ttl)
+
+
+def _tracker_readiness(
+    client: KrakenHTTPClient, tracker: TrackerClient, digest: Digest
+) -> Deferred[None]:
+    """``GET /readiness`` on the tracker owning a per-process random digest (as the Go agent)."""
+
+    async def check() -> None:
+        trackers = tracker.trackers_for(digest)
+        if not trackers:
+            raise TrackerUnavailable("no tracker is known")
+        response = await client.get(
+            f"{tracker.scheme}://{trackers[0]}/readiness", timeout=5.0, retry=False
+        )
+        await read_body(response, 4096)
+
+    return Deferred.fromCoroutine(check())
+
+
+def build_agent(
+    config: AgentConfig,
+    reactor: Any,
+    *,
+    registry_listen: str | None = None,
+    server_listen: str | None = None,
+    peer_listen: str | None = None,
+    advertise: str | None = None,
+    io_threads: int = IO_THREADS,
+) -> AgentService:
+    """The agent's service tree for ``config``; the keyword arguments override listeners."""
+    pool = ThreadPool(2, io_threads, "kraken-agent-io")
+    run_blocking = threadpool_runner(reactor, pool)
+    data_dir = str(config.data_dir)
+    os.makedirs(data_dir, exist_ok=True)
+    store = BlobStore(os.path.join(data_dir, "store"), reactor)  # blocking, start-up only
+
+    http = HTTPClientFactory(reactor, timeout=REQUEST_TIMEOUT, retry=NO_RETRY)
+    client = http.client()
+
+    tracker_health = PassiveHealthFilter(
+        reactor,
+        config.tracker.passive_health.fails,
+        config.tracker.passive_health.fail_timeout,
+    )
+    tracker_members = Membership(
+        _host_list(config.tracker.hosts, reactor),
+        tracker_health,
+        reactor,
+        interval=config.tracker.hashring.refresh_interval,
+    )
+    ring = RendezvousRing(tracker_members, config.tracker.hashring.max_replica)
+    poll = config.metainfo_poll
+    tracker = TrackerClient(
+        client,
+        ring,
+        tracker_health,
+        reactor,
+        poll=PollPolicy(
+            poll.initial, poll.multiplier, poll.maximum, poll.jitter, poll.give_up_after
+        ),
+    )
+
+    bi_health = PassiveHealthFilter(
+        reactor,
+        config.build_index.passive_health.fails,
+        config.build_index.passive_health.fail_timeout,
+    )
+    bi_members = Membership(_host_list(config.build_index.hosts, reactor), bi_health, reactor)
+    build_index = BuildIndexClient(client, lambda: bi_members.members, bi_health)
+
+    if advertise is None:
+        advertise = config.peer.advertised()
+    ip, port = parse_host_port(advertise)
+    peer_id = PeerID.random()
+    scheduler = Scheduler(
+        peer_id, reactor.seconds, random.Random(), engine_config(config.scheduler)
+    )
+    bw = config.scheduler.bandwidth
+    bandwidth = (
+        BandwidthLimiter.of(reactor.seconds, bw.egress, bw.ingress)
+        if bw.enabled
+        else BandwidthLimiter()
+    )
+    node = PeerNode(
+        reactor,
+        scheduler,
+        AgentArchive(store),
+        run_blocking,
+        announcer=AnnouncerAdapter(tracker, peer_id, ip, port),
+        bandwidth=bandwidth,
+        handshake_timeout=config.scheduler.handshake_timeout,
+    )
+
+    metrics = AgentMetrics()
+    downloader = P2PBlobDownloader(
+        store,
+        node,
+        tracker,
+        run_blocking,
+        observe=lambda kind: metrics.downloads.labels(kind).inc(),
+    )
+    readiness_digest = Digest.of_bytes(os.urandom(16))
+    api = AgentAPI(
+        store,
+        downloader,
+        build_index,
+        run_blocking,
+        readiness_checks=(
+            ("build-index", build_index.readiness),
+            ("tracker", lambda: _tracker_readiness(client, tracker, readiness_digest)),
+        ),
+        metrics=metrics,
+    )
+    networks = config.registry.allowed_networks
+    registry = RegistryAPI(
+        api,
+        reactor,
+        allowed_networks=parse_networks(networks) if networks else None,
+        tag_ttl=config.registry.tag_cache_ttl,
+    )
+
+    cleaner: StoreCleaner | None = None
+    services: list[Service] = [ThreadPoolService(pool), tracker_members, bi_members]
+    services.append(PeerNodeService(node))
+    services.append(_listener(reactor, peer_listen or config.peer.listen, node.factory()))
+    fs_size = filesystem_size(data_dir)
+    policy = cleanup_policy(config.cleanup, fs_size)
+    if policy is not None:
+        cleaner = StoreCleaner(store, cache=policy, downloads=policy, uploads=None)
+        services.append(CleanupService(config.cleanup.interval, cleaner, reactor, pool))
+    services.append(_listener(reactor, server_listen or config.server.listen, _site(api)))
+    services.append(_listener(reactor, registry_listen or config.registry.listen, _site(registry)))
+    services.append(_OnStop(http.close))
+
+    tree = AgentService(api, registry, store, node, downloader, cleaner)
+    for service in services:
+        service.setServiceParent(tree)  # type: ignore[no-untyped-call]
+    return tree
+
+
+def _site(app: AgentAPI | RegistryAPI) -> Site:
+    site = Site(app.resource())  # type: ignore[no-untyped-call]
+    site.displayTracebacks = False
+    return site
+
+
+def _listener(reactor: Any, description: str, factory: Any) -> StreamServerEndpointService:
+    endpoint = serverFromString(reactor, description)  # type: ignore[no-untyped-call]
+    return StreamServerEndpointService(endpoint, factory)  # type: ignore[no-untyped-call]
+
+
+def makeService(options: usage.Options, reactor: Any = None) -> MultiService:
+    """The twistd entry point: an agent for the parsed ``options``."""
+    if reactor is None:
+        from twisted.internet import reactor as global_reactor
+
+        reactor = global_reactor
+    config = options.get("agent_config") or load_config("agent", options["config"])
+    return build_agent(
+        config,
+        reactor,
+        registry_listen=options["registry-listen"],
+        server_listen=options["server-listen"],
+        peer_listen=options["peer-listen"],
+    )
