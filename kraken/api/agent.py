@@ -10,7 +10,7 @@ Routes:
 - ``DELETE /blobs/{digest}``: stop seeding and remove it (404 absent, 409
   while it is being served);
 - ``GET /tags/{repo:tag}``: the build-index's digest string (404 unknown,
-  503 when no build-index answers);
+  503 when no build-index answers, 502 when it answers an error);
 - ``POST /preload/tags/{repo:tag}``: resolve the tag, then download the
   manifest and everything it references (child manifests of an index or
   list, config and layers) in the background; 202;
@@ -39,6 +39,7 @@ from kraken.api.distribution import InvalidRange, manifest_references
 from kraken.api.serving import serve_blob
 from kraken.api.tracker import InvalidNamespace, check_namespace
 from kraken.core import Digest
+from kraken.http.client import HTTPStatusError
 from kraken.http.errors import CORE_ERRORS, APIError, install_error_handler
 from kraken.protocols.buildindex_client import (
     BuildIndexClient,
@@ -85,6 +86,7 @@ AGENT_ERRORS: Final = CORE_ERRORS.extended(
         TagNotFound: 404,
         BuildIndexUnavailable: 503,
         InvalidBuildIndexResponse: 502,
+        HTTPStatusError: 502,
         BlobInUse: 409,
         InvalidNamespace: 400,
         InvalidRange: 416,

@@ -41,6 +41,7 @@ from kraken.api.distribution import (
     parse_v2_path,
 )
 from kraken.core import Digest
+from kraken.http.client import HTTPStatusError
 from kraken.http.errors import (
     BLOB_UNKNOWN,
     CORE_ERRORS,
@@ -75,6 +76,7 @@ REGISTRY_ERRORS: Final = CORE_ERRORS.extended(
         DownloadError: UNKNOWN,
         BuildIndexUnavailable: UNAVAILABLE,
         InvalidBuildIndexResponse: UNKNOWN,
+        HTTPStatusError: UNKNOWN,
         InvalidRange: RANGE_INVALID,
         ManifestTooLarge: UNKNOWN,
     }
