@@ -205,7 +205,7 @@ class DeleteTests(AgentAPITestCase):
         """A blob with an open reader is not deleted (409)."""
         d = self.apis.store.put_bytes(BLOB).digest
         with self.apis.store.open_reader(d):
-            response, body = self.call("DELETE", f"/blobs/{d}")
+            response, _ = self.call("DELETE", f"/blobs/{d}")
         self.assertEqual(response.code, 409)
         self.assertTrue(self.apis.store.has(d))
 

@@ -264,7 +264,7 @@ class DistributionTests(SynchronousTestCase):
     """Names, paths, media types, references and ranges."""
 
     def test_names(self) -> None:
-        """Valid names pass; upper case, empty components, leading separators and long names fail."""
+        """Valid names pass; upper case, empty parts, stray separators and long names fail."""
         for good in ("a", "library/redis", "a.b_c__d-e---f/g0", "x" * 255):
             self.assertEqual(check_repository_name(good), good)
         for bad in ("A", "a//b", "/a", "a/", "-a", "a-", "a..b", "a___b", "x" * 256, ""):
