@@ -132,6 +132,29 @@ BACKEND_KINDS: dict[str, Callable[[object, str], BackendConfig]] = {
 }
 
 
+# The s3, registry and http kinds are imported when a config names them: their modules import
+# this one (no cycle at import time), and a daemon without S3 never loads boto3.
+def _parse_s3(raw: object, path: str) -> BackendConfig:
+    from kraken.backends.s3 import S3BackendConfig
+
+    return S3BackendConfig.from_dict(raw, path)
+
+
+def _parse_registry(raw: object, path: str) -> BackendConfig:
+    from kraken.backends.registry import RegistryBackendConfig
+
+    return RegistryBackendConfig.from_dict(raw, path)
+
+
+def _parse_http(raw: object, path: str) -> BackendConfig:
+    from kraken.backends.http import HTTPBackendConfig
+
+    return HTTPBackendConfig.from_dict(raw, path)
+
+
+BACKEND_KINDS.update({"s3": _parse_s3, "registry": _parse_registry, "http": _parse_http})
+
+
 def _compiles(_instance: object, _attribute: object, value: str) -> None:
     try:
         re.compile(value)
