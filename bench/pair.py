@@ -92,13 +92,19 @@ def run_seeder(blob: str, meta_path: str) -> None:
     from zope.interface import implementer
 
     from kraken.core import Bitfield, Digest, MetaInfo
-    from kraken.torrent.archive import IArchive, IPieceStorage, ReadOnlyArchive
+    from kraken.torrent.archive import (
+        IArchive,
+        IPieceFiles,
+        IPieceStorage,
+        PieceFile,
+        ReadOnlyArchive,
+    )
 
     with open(meta_path, "rb") as f:
         meta = MetaInfo.from_json(f.read())
     fd = os.open(blob, os.O_RDONLY)
 
-    @implementer(IPieceStorage)
+    @implementer(IPieceStorage, IPieceFiles)
     class FileStorage:
         metainfo = meta
 
@@ -110,6 +116,9 @@ def run_seeder(blob: str, meta_path: str) -> None:
 
         def read_piece(self, index: int) -> bytes:
             return os.pread(fd, meta.piece_size(index), meta.piece_offset(index))
+
+        def open_piece(self, index: int) -> PieceFile:
+            return PieceFile(fd, meta.piece_offset(index), meta.piece_size(index), lambda: None)
 
         def write_piece(self, index: int, data: Any) -> None:
             raise ReadOnlyArchive("seed")

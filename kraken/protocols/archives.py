@@ -16,10 +16,17 @@ from zope.interface import implementer
 
 from kraken.core import Bitfield, Digest, MetaInfo
 from kraken.store import BlobExists, BlobNotFound, BlobStore, PieceMissing
-from kraken.torrent.archive import IArchive, IPieceStorage, PieceUnavailable, ReadOnlyArchive
+from kraken.torrent.archive import (
+    IArchive,
+    IPieceFiles,
+    IPieceStorage,
+    PieceFile,
+    PieceUnavailable,
+    ReadOnlyArchive,
+)
 
 
-@implementer(IPieceStorage)
+@implementer(IPieceStorage, IPieceFiles)
 class StorePieceStorage:
     """One blob of a BlobStore, in the download area or the cache."""
 
@@ -42,6 +49,23 @@ class StorePieceStorage:
             return self.store.read_piece(self.metainfo.digest, index)
         except (PieceMissing, BlobNotFound) as e:
             raise PieceUnavailable(str(e)) from e
+
+    def open_piece(self, index: int) -> PieceFile | None:
+        """
+        A cached blob's piece as a region of its data file (for ``sendfile``), else None.
+
+        Holds a store reader (the blob cannot be deleted) until the PieceFile
+        is closed.  A download in progress answers None: read_piece checks
+        the piece's status byte.
+        """
+        meta = self.metainfo
+        if not 0 <= index < meta.num_pieces:
+            raise PieceUnavailable(f"piece {index} of {meta.digest} does not exist")
+        try:
+            reader = self.store.open_reader(meta.digest)
+        except BlobNotFound:
+            return None
+        return PieceFile(reader.fd, meta.piece_offset(index), meta.piece_size(index), reader.close)
 
     def write_piece(self, index: int, data: bytes | bytearray | memoryview) -> None:
         """``pwrite`` of a verified piece and its status byte."""

@@ -6,8 +6,15 @@ after a PIECE_PAYLOAD header are not framed: the protocol switches to raw
 mode and copies them into one preallocated ``bytearray``.  Verifying
 (sha256) and writing a received piece, and reading a piece to send, run in a
 thread through the injected ``run_blocking``; the reactor thread only copies
-bytes between the socket and buffers.  Sending is a push producer writing
-chunks and pausing when the transport's buffer is full.
+bytes between the socket and buffers.  Sending a piece that the storage can
+give as a file region (:class:`~kraken.torrent.archive.IPieceFiles`) on a
+plain TCP connection uses ``os.sendfile`` (:class:`~kraken.protocols.sendfile.FileSender`):
+a worker thread opens the region and reads it into the page cache, then the
+reactor thread only moves pages from the cache to the socket in bounded
+non-blocking calls.  Otherwise the piece is read in a thread and written by a
+push producer that pauses when the transport's buffer is full.  Control frames
+written while a piece is streaming are held and sent after it (they would
+otherwise land in the middle of the raw payload).
 
 :class:`PeerNode` performs the engine's actions; :class:`PeerFactory` builds
 protocols for a listening port; :func:`threadpool_runner` and
@@ -36,6 +43,7 @@ from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from kraken.core import InfoHash, MetaInfo, PeerInfo
+from kraken.protocols.sendfile import FileSender, sendfile_socket, warm
 from kraken.torrent.actions import (
     Action,
     Announce,
@@ -49,7 +57,9 @@ from kraken.torrent.actions import (
 )
 from kraken.torrent.archive import (
     IArchive,
+    IPieceFiles,
     IPieceStorage,
+    PieceFile,
     PieceHashMismatch,
     verify_and_write,
 )
@@ -110,6 +120,20 @@ def _open_storage(storage: IPieceStorage) -> _Opened:
     return _Opened(storage, storage.bitfield(), storage.complete())
 
 
+def _prepare_send(storage: IPieceStorage, index: int, zero_copy: bool) -> PieceFile | bytes:
+    """Blocking (a worker thread): the piece as a file region in the page cache, or its bytes."""
+    if zero_copy and IPieceFiles.providedBy(storage):
+        region = storage.open_piece(index)
+        if region is not None:
+            try:
+                warm(region.fd, region.offset, region.length)
+            except BaseException:
+                region.close()
+                raise
+            return region
+    return storage.read_piece(index)
+
+
 def _why(reason: Failure | None) -> str:
     return "connection lost" if reason is None else str(reason.value)
 
@@ -130,7 +154,7 @@ class _PieceSender:
     def start(self) -> None:
         transport = self.proto.raw_transport()
         transport.registerProducer(self, True)
-        self.proto.write_frame(PiecePayload(self.index, len(self.data)).encode())
+        self.proto.write_frame_now(PiecePayload(self.index, len(self.data)).encode())
         self._run()
 
     def _run(self) -> None:
@@ -207,7 +231,9 @@ class PeerProtocol(Int32StringReceiver):
         self._raw_left = 0
         self._raw_pos = 0
         self._timer: IDelayedCall | None = None
-        self._sender: _PieceSender | None = None
+        self._sender: _PieceSender | FileSender | None = None
+        #: control frames written while a piece streams, sent after it.
+        self._held: list[bytes] = []
         #: fires when the connection is gone (PeerNode.stop waits for it).
         self.lost: Deferred[None] = Deferred()
 
@@ -216,7 +242,14 @@ class PeerProtocol(Int32StringReceiver):
         return self.transport
 
     def write_frame(self, body: bytes) -> None:
-        """Write one length-prefixed frame."""
+        """Write one length-prefixed frame (after the piece being streamed, if any)."""
+        if self._sender is not None:
+            self._held.append(_HEADER.pack(len(body)) + body)
+            return
+        self.raw_transport().write(_HEADER.pack(len(body)) + body)
+
+    def write_frame_now(self, body: bytes) -> None:
+        """Write one frame at once (a PIECE_PAYLOAD header, by the piece's sender)."""
         self.raw_transport().write(_HEADER.pack(len(body)) + body)
 
     # -- connection lifecycle --------------------------------------------------
@@ -410,21 +443,58 @@ class PeerProtocol(Int32StringReceiver):
         if storage is None:
             self.piece_failed_to_send(index, "torrent not open")
             return
-        d = self.node.run_blocking(storage.read_piece, index)
+        zero_copy = sendfile_socket(self.raw_transport()) is not None
+        d = self.node.run_blocking(_prepare_send, storage, index, zero_copy)
         d.addCallbacks(
             lambda data: self._stream(index, data),
             lambda f: self.piece_failed_to_send(index, str(f.value)),
         )
 
-    def _stream(self, index: int, data: bytes) -> None:
+    def _stream(self, index: int, data: PieceFile | bytes) -> None:
+        if isinstance(data, PieceFile):
+            self._stream_file(index, data)
+            return
         if self.state == "closed":
             return
         self._sender = _PieceSender(self, index, data)
         self._sender.start()
 
+    def _stream_file(self, index: int, region: PieceFile) -> None:
+        if self.state == "closed" or self.transport is None:
+            region.close()
+            return
+        bandwidth = self.node.bandwidth
+        self.write_frame_now(PiecePayload(index, region.length).encode())
+        sender = FileSender(
+            self.raw_transport(),
+            region.fd,
+            region.offset,
+            region.length,
+            chunk=MAX_CHUNK if bandwidth.limited else UNLIMITED_CHUNK * 4,
+            shaper=bandwidth.send_delay if bandwidth.limited else None,
+            clock=self.node.reactor,
+        )
+        self._sender = sender
+
+        def sent(_: object) -> None:
+            region.close()
+            self.piece_sent(index)
+
+        def failed(f: Failure) -> None:
+            region.close()
+            self._sender = None
+            self._held.clear()
+            # The header promised bytes that will not come: the stream is unusable.
+            self.fail(f"sending piece {index} failed: {f.value}")
+
+        sender.start().addCallbacks(sent, failed)
+
     def piece_sent(self, index: int) -> None:
-        """The sender finished writing a piece."""
+        """The sender finished writing a piece: send the held frames, tell the engine."""
         self._sender = None
+        held, self._held = self._held, []
+        if held and self.state != "closed" and self.transport is not None:
+            self.raw_transport().writeSequence(held)
         if self.conn is not None and self.state == "active":
             self.node.run(self.node.scheduler.piece_sent(self.conn, index))
 

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import hashlib
 import threading
+from collections.abc import Callable
 
+from attrs import frozen
 from zope.interface import Attribute, Interface, implementer
 
 from kraken.core import Bitfield, Digest, MetaInfo
@@ -53,6 +55,28 @@ class IPieceStorage(Interface):
 
     def commit() -> None:
         """All pieces are stored: make the blob final (move it into the cache), idempotent."""
+
+
+@frozen
+class PieceFile:
+    """Where a stored piece's bytes are: an open descriptor, offset and length; ``close()`` it."""
+
+    fd: int
+    offset: int
+    length: int
+    close: Callable[[], None]
+
+
+class IPieceFiles(Interface):
+    """Optional for an IPieceStorage: its pieces as file regions (for ``sendfile``)."""
+
+    def open_piece(index: int) -> PieceFile | None:
+        """
+        Open stored piece ``index`` as a file region (blocking), or None to use read_piece.
+
+        The caller closes the PieceFile; while it is open the bytes stay in place.
+        Raises PieceUnavailable if the piece is not stored.
+        """
 
 
 class IArchive(Interface):

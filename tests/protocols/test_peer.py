@@ -10,7 +10,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
-from kraken.core import MetaInfo, PeerID, PeerInfo
+from kraken.core import Bitfield, MetaInfo, PeerID, PeerInfo
 from kraken.protocols.peer import PeerNode, PeerProtocol, synchronous_runner
 from kraken.torrent.actions import Dial, EngineConfig
 from kraken.torrent.archive import MemoryArchive, MemoryPieceStorage
@@ -289,3 +289,56 @@ class BadInputTests(SynchronousTestCase):
         self.assertEqual(self.archive.torrents[self.meta.digest].writes, 1)
         self.assertFalse(self.transport.disconnecting)
         self.assertIn(index, self.scheduler.torrents[self.meta.infohash].dispatcher.have)
+
+
+class PausingTransport(StringTransport):
+    """A StringTransport that pauses its streaming producer above ``limit`` buffered bytes."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+
+    def write(self, data: bytes) -> None:
+        """Buffer, then apply back-pressure like a TCP transport with a full buffer."""
+        super().write(data)
+        if self.producer is not None and self.streaming and len(self.value()) > self.limit:
+            self.producer.pauseProducing()
+
+
+class HeldFramesTests(SynchronousTestCase):
+    """Control frames written while a piece streams go after the piece, not inside it."""
+
+    def test_frame_during_paused_piece(self) -> None:
+        """A frame sent while the piece sender is paused follows the piece's last byte."""
+        data = random.Random(3).randbytes(4 * MiB)
+        meta = MetaInfo.of_bytes(data, 2 * MiB)
+        clock = Clock()
+        archive = MemoryArchive()
+        archive.seed(meta, data)
+        scheduler = Scheduler(
+            PeerID("a" * 40),
+            clock.seconds,
+            random.Random(0),
+            EngineConfig(origin=True, announce=False),
+        )
+        node = PeerNode(clock, scheduler, archive, synchronous_runner)
+        proto = PeerProtocol(node)
+        transport = PausingTransport(64 * KiB)
+        proto.makeConnection(transport)
+        remote = Handshake(PeerID("b" * 40), meta.infohash, meta.digest, "ns", Bitfield(2))
+        frame = lambda body: len(body).to_bytes(4, "big") + body  # noqa: E731
+        proto.dataReceived(frame(remote.encode()))
+        self.assertEqual(proto.state, "active")
+        transport.clear()
+        proto.dataReceived(frame(PieceRequest(1).encode()))
+        self.assertIsNotNone(transport.producer)  # paused mid-piece
+        sent_so_far = transport.value()
+        self.assertLess(len(sent_so_far), 2 * MiB)
+        proto.send_message(AnnouncePiece(0))
+        self.assertEqual(transport.value(), sent_so_far)  # held back
+        while transport.producer is not None:
+            transport.producer.resumeProducing()
+        header = frame(PiecePayload(1, 2 * MiB).encode())
+        self.assertEqual(
+            transport.value(), header + data[2 * MiB :] + frame(AnnouncePiece(0).encode())
+        )

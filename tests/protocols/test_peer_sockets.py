@@ -11,30 +11,36 @@ from twisted.internet.defer import gatherResults, inlineCallbacks, succeed
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.python.threadpool import ThreadPool
 from twisted.trial.unittest import TestCase
+from zope.interface import implementer
 
 from kraken.core import PeerID, PeerInfo, PieceLengthTable
 from kraken.protocols.archives import AgentArchive, OriginArchive
 from kraken.protocols.peer import PeerNode, threadpool_runner
 from kraken.store import BlobStore
 from kraken.torrent.actions import Announce, EngineConfig
+from kraken.torrent.archive import IPieceFiles
 from kraken.torrent.scheduler import Scheduler
 
 
 class ThreadCheckingArchive:
-    """Wraps an archive; records the thread of every piece read/write (and its hashing)."""
+    """Wraps an archive; records the thread of every piece read/write (and its hashing).
 
-    def __init__(self, inner: Any, seen: list[threading.Thread]) -> None:
+    With ``files`` the storages also offer pieces as file regions (sendfile).
+    """
+
+    def __init__(self, inner: Any, seen: list[threading.Thread], files: bool = False) -> None:
         self.inner = inner
         self.seen = seen
+        self.wrap = _FileStorage if files else _Storage
 
     def create(self, namespace, metainfo):
         """Wrap created storage."""
-        return _Storage(self.inner.create(namespace, metainfo), self.seen)
+        return self.wrap(self.inner.create(namespace, metainfo), self.seen)
 
     def open(self, namespace, digest):
         """Wrap opened storage."""
         storage = self.inner.open(namespace, digest)
-        return None if storage is None else _Storage(storage, self.seen)
+        return None if storage is None else self.wrap(storage, self.seen)
 
 
 class _Storage:
@@ -63,14 +69,38 @@ class _Storage:
         return self.inner.commit()
 
 
+@implementer(IPieceFiles)
+class _FileStorage(_Storage):
+    opened = 0
+
+    def open_piece(self, index):
+        self.seen.append(threading.current_thread())
+        region = self.inner.open_piece(index)
+        if region is not None:
+            _FileStorage.opened += 1
+        return region
+
+
 class RealSocketTests(TestCase):
     """One reactor, real TCP, real thread pool, real BlobStores."""
 
     timeout = 60
 
-    @inlineCallbacks
-    def test_origin_and_five_agents(self) -> None:
+    def test_origin_and_five_agents(self) -> Any:
         """5 agents download 8 MiB from an origin store over TCP; no piece I/O on the reactor."""
+        return self.swarm(files=False)
+
+    @inlineCallbacks
+    def test_origin_and_five_agents_sendfile(self) -> Any:
+        """The same with pieces sent by sendfile: opened (and warmed) off the reactor thread."""
+        _FileStorage.opened = 0
+        yield self.swarm(files=True)
+        # The origin's pieces (16) at least went out as file regions.
+        self.assertGreaterEqual(_FileStorage.opened, 16)
+
+    @inlineCallbacks
+    def swarm(self, files: bool) -> Any:
+        """Run the origin + 5 agents; check the bytes and the threads."""
         pool = ThreadPool(2, 8, "peer-test")
         pool.start()
         self.addCleanup(pool.stop)
@@ -86,7 +116,10 @@ class RealSocketTests(TestCase):
             EngineConfig(origin=True, announce=False),
         )
         origin = PeerNode(
-            reactor, origin_sched, ThreadCheckingArchive(OriginArchive(origin_store), seen), run
+            reactor,
+            origin_sched,
+            ThreadCheckingArchive(OriginArchive(origin_store), seen, files),
+            run,
         )
         origin.start()
         self.addCleanup(origin.stop)
@@ -106,7 +139,7 @@ class RealSocketTests(TestCase):
             node = PeerNode(
                 reactor,
                 sched,
-                ThreadCheckingArchive(AgentArchive(store), seen),
+                ThreadCheckingArchive(AgentArchive(store), seen, files),
                 run,
                 announcer=announcer,
             )
