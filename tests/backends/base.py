@@ -31,6 +31,7 @@ from kraken.backends.interface import (
     IBackend,
     InvalidName,
     ListResult,
+    UploadSource,
 )
 from kraken.backends.streams import BytesConsumer, download_bytes, download_to_path
 from kraken.backends.threads import run_inline
@@ -90,6 +91,12 @@ def backend_test(
     return run
 
 
+def read_file(path: str) -> bytes:
+    """The content of the file at ``path``."""
+    with open(path, "rb") as f:
+        return f.read()
+
+
 def blob_name(seed: str) -> str:
     """A valid blob name derived from ``seed``."""
     return Digest.of_bytes(seed.encode()).hex
@@ -98,11 +105,10 @@ def blob_name(seed: str) -> str:
 class RunSynchronously:
     """Run each test coroutine to completion at once (for SynchronousTestCase)."""
 
-    successResultOf: Callable[[Deferred[Any]], Any]
-
     def run_coroutine(self, coroutine: Coroutine[Any, Any, None]) -> None:
         """Fail the test unless the coroutine finished, successfully, without waiting."""
-        self.successResultOf(ensureDeferred(coroutine))
+        case: Any = self
+        case.successResultOf(ensureDeferred(coroutine))
 
 
 class RunAsynchronously:
@@ -173,11 +179,12 @@ class BackendTests:
         """stat, download and upload refuse each malformed name with InvalidName."""
         backend = self.make_backend()
         for name in BAD_NAMES:
-            for d in [
+            calls: list[Deferred[Any]] = [
                 backend.stat(NAMESPACE, name),
                 backend.download(NAMESPACE, name, BytesConsumer()),
                 backend.upload(NAMESPACE, name, b"data"),
-            ]:
+            ]
+            for d in calls:
                 error = await self.assert_fails(d, InvalidName)
                 self.assertIn(repr(name), str(error))
 
@@ -187,11 +194,12 @@ class BackendTests:
         backend = self.make_backend()
         name = blob_name("x")
         for namespace in BAD_NAMESPACES:
-            for d in [
+            calls: list[Deferred[Any]] = [
                 backend.stat(namespace, name),
                 backend.download(namespace, name, BytesConsumer()),
                 backend.upload(namespace, name, b"data"),
-            ]:
+            ]
+            for d in calls:
                 await self.assert_fails(d, InvalidName)
 
     @backend_test
@@ -218,7 +226,8 @@ class BackendTests:
     @backend_test
     async def test_close(self) -> None:
         """close fires with None."""
-        self.assertEqual(await self.make_backend().close(), None)
+        result: object = await self.make_backend().close()  # type: ignore[func-returns-value]
+        self.assertEqual(result, None)
 
 
 class ReadWriteBackendTests(BackendTests):
@@ -268,10 +277,11 @@ class ReadWriteBackendTests(BackendTests):
         backend = self.make_backend()
         data = os.urandom(5 * 1024 * 1024 + 12345)
         path = self.write_file(data)
-        for name, source in [
+        sources: list[tuple[str, UploadSource]] = [
             (blob_name("file-str"), path),
             (blob_name("file-pathlike"), _PathLike(path)),
-        ]:
+        ]
+        for name, source in sources:
             await backend.upload(NAMESPACE, name, source)
             self.assertEqual(await backend.stat(NAMESPACE, name), BlobInfo(len(data)))
             self.assertEqual(await self.read(backend, name), data)
@@ -286,8 +296,7 @@ class ReadWriteBackendTests(BackendTests):
         target = self.mktemp()
         size = await download_to_path(backend, NAMESPACE, name, target, run_inline)
         self.assertEqual(size, len(data))
-        with open(target, "rb") as f:
-            self.assertEqual(f.read(), data)
+        self.assertEqual(read_file(target), data)
 
     @backend_test
     async def test_download_bytes(self) -> None:

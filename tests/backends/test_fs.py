@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, cast
 
-from twisted.internet import reactor
+from twisted.internet import reactor as _reactor
 from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.interfaces import IReactorFromThreads
 from twisted.python.threadpool import ThreadPool
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from kraken.backends import fs
 from kraken.backends.fs import FilesystemBackend
 from kraken.backends.interface import BlobNotFound, IBackend, TransferStopped
 from kraken.backends.streams import BytesConsumer, download_to_path
@@ -22,7 +22,10 @@ from tests.backends.base import (
     RunAsynchronously,
     RunSynchronously,
     blob_name,
+    read_file,
 )
+
+reactor = cast(IReactorFromThreads, _reactor)
 
 
 class FilesystemBackendTests(RunSynchronously, ReadWriteBackendTests, SynchronousTestCase):
@@ -58,8 +61,7 @@ class FilesystemBackendThreadedTests(RunAsynchronously, ReadWriteBackendTests, T
             target = self.mktemp()
             size = await download_to_path(backend, NAMESPACE, name, target, run, high_water=250_000)
             self.assertEqual(size, len(data))
-            with open(target, "rb") as f:
-                self.assertEqual(f.read(), data)
+            self.assertEqual(read_file(target), data)
 
         return ensureDeferred(check())
 
@@ -84,7 +86,7 @@ class FilesystemLayoutTests(SynchronousTestCase):
 
     def files(self) -> list[str]:
         """Every file under the root, relative to it."""
-        found = []
+        found: list[str] = []
         for directory, _, names in os.walk(self.root):
             found.extend(os.path.relpath(os.path.join(directory, n), self.root) for n in names)
         return sorted(found)
@@ -132,7 +134,7 @@ class FilesystemLayoutTests(SynchronousTestCase):
         def broken_fsync(fd: int) -> None:
             raise OSError(28, "No space left on device")
 
-        self.patch(fs.os, "fsync", broken_fsync)
+        self.patch(os, "fsync", broken_fsync)
         self.failureResultOf(self.backend.upload(NAMESPACE, name, b"new"), OSError)
         self.assertEqual(self.files(), [os.path.join("blobs", name[:2], name)])
         consumer = BytesConsumer()
