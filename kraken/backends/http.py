@@ -27,7 +27,7 @@ from urllib.parse import quote
 
 from attrs import frozen
 from twisted.internet.defer import Deferred, ensureDeferred, fail, succeed
-from twisted.internet.interfaces import IConsumer, IPushProducer
+from twisted.internet.interfaces import IConsumer, IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
@@ -48,10 +48,13 @@ from kraken.backends.interface import (
     UploadSource,
 )
 from kraken.backends.names import check_limit, check_namespace, check_prefix, parse_name
-from kraken.http.client import HTTPClientFactory, KrakenHTTPClient, TreqResponse
+from kraken.http.client import HTTPClientFactory, KrakenHTTPClient, RequestTimeout, TreqResponse
 
 #: Seconds to wait for a download's response headers (Go Kraken's ``download_timeout``).
 DEFAULT_DOWNLOAD_TIMEOUT = 180.0
+
+#: Seconds a download body may stall before the download fails.
+DEFAULT_IDLE_TIMEOUT = 60.0
 
 _PLACEHOLDER = re.compile(r"\{name\}|%s")
 
@@ -60,22 +63,55 @@ _PLACEHOLDER = re.compile(r"\{name\}|%s")
 class _ResponseStreamer(Protocol):
     """Feeds a response body to a consumer, pausing the connection while the consumer is paused."""
 
-    def __init__(self, consumer: IConsumer, done: Deferred[int]) -> None:
+    def __init__(
+        self,
+        consumer: IConsumer,
+        done: Deferred[int],
+        clock: IReactorTime | None = None,
+        idle_timeout: float | None = None,
+        url: str = "",
+    ) -> None:
         self._consumer = consumer
         self._done: Deferred[int] | None = done
         self._stopped = False
+        self._clock = clock
+        self._idle_timeout = idle_timeout
+        self._timer: IDelayedCall | None = None
+        self._timed_out = False
+        self._url = url
         self.received = 0
+
+    def _arm(self) -> None:
+        if self._clock is None or self._idle_timeout is None:
+            return
+        if self._timer is not None and self._timer.active():
+            self._timer.reset(self._idle_timeout)
+        else:
+            self._timer = self._clock.callLater(self._idle_timeout, self._expire)
+
+    def _disarm(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def _expire(self) -> None:
+        self._timed_out = True
+        if self.transport is not None:
+            cast(IPushProducer, self.transport).stopProducing()
 
     def connectionMade(self) -> None:
         self._consumer.registerProducer(self, True)
+        self._arm()
 
     def dataReceived(self, data: bytes) -> None:
         if self._stopped or self._done is None:
             return
         self.received += len(data)
+        self._arm()
         self._consumer.write(data)
 
     def connectionLost(self, reason: Failure = ResponseDone) -> None:  # type: ignore[assignment]
+        self._disarm()
         done, self._done = self._done, None
         if done is None:
             return
@@ -84,6 +120,9 @@ class _ResponseStreamer(Protocol):
             done.errback(
                 TransferStopped(f"consumer stopped the transfer after {self.received} bytes")
             )
+        elif self._timed_out:
+            assert self._idle_timeout is not None
+            done.errback(RequestTimeout(self._url, self._idle_timeout))
         elif isinstance(reason.value, ResponseDone | PotentialDataLoss):
             done.callback(self.received)
         else:
@@ -91,11 +130,14 @@ class _ResponseStreamer(Protocol):
 
     def pauseProducing(self) -> None:
         """Stop reading from the connection (TCP back-pressure reaches the server)."""
+        self._disarm()  # a slow consumer is not a stalled server
         if self.transport is not None:
             cast(IPushProducer, self.transport).pauseProducing()
 
     def resumeProducing(self) -> None:
         """Read from the connection again."""
+        if self._done is not None:
+            self._arm()
         if self.transport is not None:
             cast(IPushProducer, self.transport).resumeProducing()
 
@@ -106,7 +148,14 @@ class _ResponseStreamer(Protocol):
             cast(IPushProducer, self.transport).stopProducing()
 
 
-def stream_response(response: IResponse, consumer: IConsumer) -> Deferred[int]:
+def stream_response(
+    response: IResponse,
+    consumer: IConsumer,
+    *,
+    clock: IReactorTime | None = None,
+    idle_timeout: float | None = None,
+    url: str = "",
+) -> Deferred[int]:
     """
     Write the body of ``response`` into ``consumer``; fire with the number of bytes.
 
@@ -115,9 +164,15 @@ def stream_response(response: IResponse, consumer: IConsumer) -> Deferred[int]:
     pauses the connection, so nothing is buffered here; ``stopProducing`` drops the
     connection and fails the Deferred with :class:`TransferStopped`.  A body cut short (fewer
     bytes than ``Content-Length``) fails with the transport's error.
+
+    With a ``clock`` and ``idle_timeout``, a server that sends nothing for ``idle_timeout``
+    seconds while the consumer is not paused is dropped and the Deferred fails with
+    :class:`~kraken.http.client.RequestTimeout` (naming ``url``): the client's own timeout
+    only covers the wait for the response headers.
     """
     done: Deferred[int] = Deferred()
-    response.deliverBody(_ResponseStreamer(consumer, done))  # type: ignore[no-untyped-call]
+    streamer = _ResponseStreamer(consumer, done, clock, idle_timeout, url)
+    response.deliverBody(streamer)  # type: ignore[no-untyped-call]
     return done
 
 
@@ -175,6 +230,12 @@ class HTTPBackend:
     factory: HTTPClientFactory | None = None
     """The factory ``http`` came from, closed by :meth:`close` when the backend owns it."""
 
+    clock: IReactorTime | None = None
+    """Times ``idle_timeout`` (none without a clock)."""
+
+    idle_timeout: float = DEFAULT_IDLE_TIMEOUT
+    """Seconds a download body may stall (while not paused) before it is dropped."""
+
     kind: ClassVar[str] = "http"
 
     def __attrs_post_init__(self) -> None:
@@ -205,11 +266,14 @@ class HTTPBackend:
         return ensureDeferred(self._download(namespace, name, consumer))
 
     async def _download(self, namespace: str, name: str, consumer: IConsumer) -> int:
-        response: TreqResponse = await self.http.get(self.url_of(namespace, name), ok=(200, 404))
+        response_url = self.url_of(namespace, name)
+        response: TreqResponse = await self.http.get(response_url, ok=(200, 404))
         if response.code == 404:
             await discard_body(response)
             raise BlobNotFound(namespace, name)
-        return await stream_response(response, consumer)
+        return await stream_response(
+            response, consumer, clock=self.clock, idle_timeout=self.idle_timeout, url=response_url
+        )
 
     def upload(self, namespace: str, name: str, source: UploadSource) -> Deferred[None]:
         """Fail with :class:`OperationNotSupported` (or :class:`InvalidName`)."""
@@ -276,4 +340,4 @@ class HTTPBackendConfig:
     def build(self, context: BackendContext) -> IBackend:
         """An :class:`HTTPBackend` with its own client factory on the context's reactor."""
         factory = HTTPClientFactory(context.reactor, timeout=self.download_timeout)
-        return HTTPBackend(self.download_url, factory.client(), factory)
+        return HTTPBackend(self.download_url, factory.client(), factory, context.reactor)

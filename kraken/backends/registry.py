@@ -39,7 +39,12 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from kraken.backends.config import BackendConfigError, BackendContext, _mapping, _no_unknown_keys
-from kraken.backends.http import discard_body, response_length, stream_response
+from kraken.backends.http import (
+    DEFAULT_IDLE_TIMEOUT,
+    discard_body,
+    response_length,
+    stream_response,
+)
 from kraken.backends.interface import (
     DEFAULT_LIST_LIMIT,
     BackendError,
@@ -161,6 +166,9 @@ class RegistryBackend:
 
     factory: HTTPClientFactory | None = None
     """The factory ``http`` came from, closed by :meth:`close` when the backend owns it."""
+
+    idle_timeout: float = DEFAULT_IDLE_TIMEOUT
+    """Seconds a blob body may stall (while not paused) before the download fails."""
 
     kind: ClassVar[str] = "registry"
     log: ClassVar[Logger] = Logger()
@@ -291,7 +299,9 @@ class RegistryBackend:
         parsed = parse_name(name)
         if isinstance(parsed, BlobName):
             response = await self._locate_blob("GET", namespace, parsed)
-            return await stream_response(response, consumer)
+            return await stream_response(
+                response, consumer, clock=self.clock, idle_timeout=self.idle_timeout
+            )
         response = await self._manifest("GET", namespace, parsed)
         manifest = await read_body(response, MAX_MANIFEST_SIZE)
         digest = f"sha256:{hashlib.sha256(manifest).hexdigest()}".encode("ascii")

@@ -6,8 +6,14 @@ import os
 from typing import Any
 
 from twisted.internet import reactor as _reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionLost
+from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.web.client import ResponseDone
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
@@ -17,6 +23,7 @@ from kraken.backends.http import (
     HTTPBackend,
     HTTPBackendConfig,
     check_url_template,
+    stream_response,
 )
 from kraken.backends.interface import (
     BlobInfo,
@@ -27,7 +34,7 @@ from kraken.backends.interface import (
 )
 from kraken.backends.streams import BytesConsumer, download_to_path
 from kraken.backends.threads import run_inline
-from kraken.http.client import HTTPClientFactory, HTTPStatusError, RetryPolicy
+from kraken.http.client import HTTPClientFactory, HTTPStatusError, RequestTimeout, RetryPolicy
 from tests.backends.base import NAMESPACE, BackendTests, RunAsynchronously, backend_test, blob_name
 from tests.backends.test_s3 import PauseEveryWriteConsumer, StopAfterFirstWriteConsumer
 
@@ -214,6 +221,67 @@ def read_file(path: str) -> bytes:
     """The content of the file at ``path``."""
     with open(path, "rb") as f:
         return f.read()
+
+
+class FakeResponse:
+    """Just enough of an IResponse to deliver a body from a StringTransport by hand."""
+
+    def __init__(self) -> None:
+        self.transport = StringTransport()
+        self.protocol: Protocol | None = None
+
+    def deliverBody(self, protocol: Protocol) -> None:
+        """Connect ``protocol`` to the transport; the test feeds it."""
+        self.protocol = protocol
+        protocol.makeConnection(self.transport)
+
+
+class IdleTimeoutTests(SynchronousTestCase):
+    """stream_response drops a stalled body, but never blames the server for a paused consumer."""
+
+    def stream(self, consumer: BytesConsumer) -> tuple[Clock, FakeResponse, Deferred[int]]:
+        """Start streaming a fake response with a 10 s idle timeout."""
+        clock, response = Clock(), FakeResponse()
+        d = stream_response(
+            response,  # type: ignore[arg-type]
+            consumer,
+            clock=clock,
+            idle_timeout=10,
+            url="http://x/blob",
+        )
+        return clock, response, d
+
+    def test_stall_times_out(self) -> None:
+        """Data resets the timer; 10 s of silence stops the transport and fails the download."""
+        consumer = BytesConsumer()
+        clock, response, d = self.stream(consumer)
+        assert response.protocol is not None
+        clock.advance(9)
+        response.protocol.dataReceived(b"abc")
+        clock.advance(9)
+        self.assertEqual(response.transport.producerState, "producing")
+        clock.advance(1)
+        self.assertEqual(response.transport.producerState, "stopped")
+        response.protocol.connectionLost(Failure(ConnectionLost()))
+        error = self.failureResultOf(d, RequestTimeout)
+        self.assertIn("http://x/blob", str(error.value))
+        self.assertIsNone(consumer.producer)
+
+    def test_paused_consumer_does_not_time_out(self) -> None:
+        """While the consumer has paused the body, no idle timeout runs; it restarts on resume."""
+        consumer = BytesConsumer()
+        clock, response, d = self.stream(consumer)
+        producer: Any = consumer.producer
+        producer.pauseProducing()
+        clock.advance(100)
+        self.assertEqual(response.transport.producerState, "paused")
+        producer.resumeProducing()
+        clock.advance(9)
+        assert response.protocol is not None
+        response.protocol.dataReceived(b"abc")
+        response.protocol.connectionLost(Failure(ResponseDone()))
+        self.assertEqual(self.successResultOf(d), 3)
+        self.assertEqual(clock.getDelayedCalls(), [])
 
 
 class HTTPBackendConfigTests(SynchronousTestCase):
