@@ -86,6 +86,8 @@ HANDSHAKE_TIMEOUT: Final = 5.0
 UNLIMITED_CHUNK: Final = 1024 * 1024
 #: Read size and write high-water mark of a TCP transport carrying pieces.
 SOCKET_BUFFER: Final = 1024 * 1024
+#: Bytes of idle piece buffers a node keeps for reuse (8 x 8 MiB pieces).
+BUFFER_POOL_BYTES: Final = 64 * 1024 * 1024
 _HEADER = struct.Struct(">I")
 
 
@@ -132,6 +134,36 @@ def _prepare_send(storage: IPieceStorage, index: int, zero_copy: bool) -> PieceF
                 raise
             return region
     return storage.read_piece(index)
+
+
+class BufferPool:
+    """
+    Piece buffers for reuse, by size (reactor thread only).
+
+    Allocating a zeroed 8 MiB ``bytearray`` per received piece cost the
+    reactor thread as much as receiving it (fresh pages fault and are
+    zeroed); a buffer comes back here once its piece is written or dropped.
+    Every byte of a reused buffer is overwritten before it is verified.
+    """
+
+    def __init__(self, max_bytes: int = BUFFER_POOL_BYTES) -> None:
+        self.max_bytes = max_bytes
+        self.idle_bytes = 0
+        self._free: dict[int, list[bytearray]] = {}
+
+    def take(self, size: int) -> bytearray:
+        """A buffer of exactly ``size`` bytes (contents undefined)."""
+        free = self._free.get(size)
+        if free:
+            self.idle_bytes -= size
+            return free.pop()
+        return bytearray(size)
+
+    def give(self, buf: bytearray) -> None:
+        """Return a buffer nobody uses any more (dropped when the pool is full)."""
+        if self.idle_bytes + len(buf) <= self.max_bytes:
+            self._free.setdefault(len(buf), []).append(buf)
+            self.idle_bytes += len(buf)
 
 
 def _why(reason: Failure | None) -> str:
@@ -286,7 +318,7 @@ class PeerProtocol(Int32StringReceiver):
         if not self.lost.called:
             self.lost.callback(None)
         self._cancel_timer()
-        self._raw = self._raw_view = None
+        self._drop_raw()
         if self._sender is not None:
             self._sender.stopProducing()
             self._sender = None
@@ -306,7 +338,7 @@ class PeerProtocol(Int32StringReceiver):
         self.log.debug("closing peer connection: {reason}", reason=reason)
         self.state = "closed"
         self._cancel_timer()
-        self._raw = self._raw_view = None
+        self._drop_raw()
         if self.transport is not None:
             if abort:
                 self.raw_transport().abortConnection()
@@ -339,7 +371,7 @@ class PeerProtocol(Int32StringReceiver):
             delay = self.node.bandwidth.receive_delay(len(data))
             if delay > 0 and self.transport is not None:
                 self.raw_transport().pauseProducing()
-                self.node.reactor.callLater(delay, self._resume_reading)
+                self._resume_call = self.node.reactor.callLater(delay, self._resume_reading)
         while view and self.state != "closed":
             if self._raw_left:
                 n = min(self._raw_left, len(view))
@@ -370,6 +402,7 @@ class PeerProtocol(Int32StringReceiver):
             self.stringReceived(frame)
 
     def _resume_reading(self) -> None:
+        self._resume_call = None
         if self.state != "closed" and self.transport is not None:
             self.raw_transport().resumeProducing()
 
@@ -411,12 +444,19 @@ class PeerProtocol(Int32StringReceiver):
         self._raw_left = msg.length
         self._raw_pos = 0
         if verdict == PayloadVerdict.RECEIVE:
-            self._raw = bytearray(msg.length)
+            self._raw = self.node.buffers.take(msg.length)
             self._raw_view = memoryview(self._raw)
         else:
             self._raw = self._raw_view = None
         if not msg.length:
             self._payload_done()
+
+    def _drop_raw(self) -> None:
+        """Forget a partial payload; its buffer goes back to the pool."""
+        data = self._raw
+        self._raw = self._raw_view = None
+        if data is not None:
+            self.node.buffers.give(data)
 
     def _payload_done(self) -> None:
         assert self.conn is not None and self.infohash is not None
@@ -428,6 +468,8 @@ class PeerProtocol(Int32StringReceiver):
         verdict, actions = self.node.scheduler.payload_end(self.conn, index)
         if verdict == PayloadVerdict.ACCEPT:
             self.node.write_piece(self.conn, self.infohash, index, data)
+        else:
+            self.node.buffers.give(data)
         self.node.run(actions)
 
     # -- sending ---------------------------------------------------------------
@@ -532,6 +574,8 @@ class PeerNode:
         self.handshake_timeout = handshake_timeout
         self.tick_interval = tick_interval
         self.protocols: dict[ConnId, PeerProtocol] = {}
+        #: reused piece receive buffers.
+        self.buffers = BufferPool()
         #: every connected protocol, engaged or not (for a clean stop).
         self.live: set[PeerProtocol] = set()
         self.storages: dict[InfoHash, IPieceStorage] = {}
@@ -726,11 +770,20 @@ class PeerNode:
         )
 
     def write_piece(self, conn: ConnId, h: InfoHash, index: int, data: bytearray) -> None:
-        """Verify and write a received piece off the reactor thread, then report."""
+        """Verify and write a received piece off the reactor thread, then report.
+
+        ``data`` comes from (and goes back to) the buffer pool, so storages must
+        not keep a reference to it after ``write_piece`` returns.
+        """
         storage = self.storages.get(h)
         if storage is None:
+            self.buffers.give(data)
             self.run(self.scheduler.piece_failed(conn, h, index, bad_data=False, reason="not open"))
             return
+
+        def release(result: T) -> T:
+            self.buffers.give(data)
+            return result
 
         def failed(f: Failure) -> None:
             bad = isinstance(f.value, PieceHashMismatch)
@@ -739,6 +792,7 @@ class PeerNode:
             self.run(self.scheduler.piece_failed(conn, h, index, bad_data=bad, reason=str(f.value)))
 
         d = self.run_blocking(verify_and_write, storage, index, data)
+        d.addBoth(release)
         d.addCallbacks(lambda _: self.run(self.scheduler.piece_written(conn, h, index)), failed)
 
 

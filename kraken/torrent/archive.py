@@ -51,7 +51,11 @@ class IPieceStorage(Interface):
         """The bytes of stored piece ``index``; raises PieceUnavailable if it is not stored."""
 
     def write_piece(index: int, data: bytes | bytearray | memoryview) -> None:
-        """Store piece ``index`` whose bytes the caller has verified; then mark it present."""
+        """Store piece ``index`` whose bytes the caller has verified; then mark it present.
+
+        ``data`` is only valid during the call (drivers reuse receive buffers):
+        copy it to keep it.
+        """
 
     def commit() -> None:
         """All pieces are stored: make the blob final (move it into the cache), idempotent."""

@@ -11,7 +11,7 @@ from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
 from kraken.core import Bitfield, MetaInfo, PeerID, PeerInfo
-from kraken.protocols.peer import PeerNode, PeerProtocol, synchronous_runner
+from kraken.protocols.peer import BufferPool, PeerNode, PeerProtocol, synchronous_runner
 from kraken.torrent.actions import Dial, EngineConfig
 from kraken.torrent.archive import MemoryArchive, MemoryPieceStorage
 from kraken.torrent.messages import (
@@ -171,8 +171,8 @@ class _Factory:
         return proto
 
 
-class BadInputTests(SynchronousTestCase):
-    """One dialled connection fed hostile bytes through a StringTransport."""
+class OneConnection(SynchronousTestCase):
+    """One dialled connection on a StringTransport (helpers, no tests)."""
 
     def setUp(self) -> None:
         self.data, self.meta = blob(1 * MiB, 5)
@@ -218,6 +218,10 @@ class BadInputTests(SynchronousTestCase):
         self.assertTrue(self.scheduler.is_blacklisted(self.meta.infohash, self.remote))
         self.assertEqual(self.archive.torrents[self.meta.digest].writes, 0)
         self.assertEqual(self.node.protocols, {})
+
+
+class BadInputTests(OneConnection):
+    """One dialled connection fed hostile bytes through a StringTransport."""
 
     def test_oversized_frame(self) -> None:
         """A frame longer than MAX_FRAME is refused before it is buffered."""
@@ -342,3 +346,44 @@ class HeldFramesTests(SynchronousTestCase):
         self.assertEqual(
             transport.value(), header + data[2 * MiB :] + frame(AnnouncePiece(0).encode())
         )
+
+
+class BufferPoolTests(SynchronousTestCase):
+    """Piece receive buffers are reused, bounded, and reuse never leaks old bytes."""
+
+    def test_reuse_and_bound(self) -> None:
+        """A given-back buffer is taken again for its size only; the pool keeps max_bytes."""
+        pool = BufferPool(max_bytes=2 * KiB)
+        a = pool.take(KiB)
+        pool.give(a)
+        self.assertIsNot(pool.take(2 * KiB), a)
+        self.assertIs(pool.take(KiB), a)
+        pool.give(bytearray(KiB))
+        pool.give(bytearray(KiB))
+        pool.give(bytearray(KiB))  # over the bound: dropped
+        self.assertEqual(pool.idle_bytes, 2 * KiB)
+
+
+class ReusedBufferTests(OneConnection):
+    """Received pieces land in pooled buffers that come back after the write."""
+
+    def test_dirty_buffer_gives_exact_piece(self) -> None:
+        """A reused buffer full of old bytes receives a piece exactly; then it is pooled again."""
+        self.node.buffers.give(bytearray(b"\xff" * (256 * KiB)))
+        self.handshake()
+        index = min(self.scheduler.torrents[self.meta.infohash].dispatcher.requested)
+        piece = self.data[index * 256 * KiB : (index + 1) * 256 * KiB]
+        self.proto.dataReceived(self.frame(PiecePayload(index, len(piece)).encode()) + piece)
+        stored = self.archive.torrents[self.meta.digest]
+        offset = index * 256 * KiB
+        self.assertEqual(stored._data[offset : offset + 256 * KiB], piece)
+        self.assertEqual(self.node.buffers.idle_bytes, 256 * KiB)
+
+    def test_partial_payload_buffer_returns(self) -> None:
+        """A connection lost mid-payload gives its buffer back to the pool."""
+        self.handshake()
+        index = min(self.scheduler.torrents[self.meta.infohash].dispatcher.requested)
+        self.proto.dataReceived(self.frame(PiecePayload(index, 256 * KiB).encode()) + b"x" * 10)
+        self.assertEqual(self.node.buffers.idle_bytes, 0)
+        self.proto.connectionLost(None)
+        self.assertEqual(self.node.buffers.idle_bytes, 256 * KiB)
