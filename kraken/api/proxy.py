@@ -1,0 +1,819 @@
+"""
+The proxy's read-write Docker registry v2 (DESIGN 9, reference 4), on port 15000 by default.
+
+Push (``docker push``, ``skopeo copy``) and pull without P2P:
+
+- ``GET /v2/``: ``{}``;
+- ``HEAD|GET /v2/<name>/blobs/<digest>``: HEAD asks the origin ring (namespace =
+  ``<name>``), so a blob the proxy holds but never got into the ring is pushed
+  again; GET serves the proxy's cache, filling it from the ring on a miss
+  (``Range`` supported);
+- uploads: ``POST .../blobs/uploads/`` (``?digest=`` with the body: monolithic;
+  ``?mount=&from=``: 201 when the ring has the blob, else an ordinary upload),
+  ``PATCH .../uploads/<uuid>`` (optional ``Content-Range: start-end``, end
+  inclusive, which must start where the upload ends: 416 otherwise), ``PUT
+  ...?digest=`` (the last chunk may ride along), ``GET`` (status: 204 with
+  ``Range``) and ``DELETE`` (cancel).  Chunks are staged in the proxy's own
+  :class:`~kraken.store.BlobStore`, written there off the reactor thread; the
+  ``PUT`` verifies the sha256 (400 ``DIGEST_INVALID``, the upload discarded)
+  and answers 201 only once the origin ring has committed the blob;
+- ``PUT|GET|HEAD /v2/<name>/manifests/<tag|digest>`` for Docker schema 2,
+  manifest list, OCI manifest and OCI index.  A pushed manifest (at most
+  4 MiB: 413 ``MANIFEST_INVALID`` beyond) must be JSON of one of those types
+  whose every referenced blob and child manifest the ring has
+  (``MANIFEST_BLOB_UNKNOWN`` naming the first missing one); it is stored as a
+  blob at the origin under namespace = ``<name>``, then a tag goes to the
+  build-index with ``replicate=true``.  Nothing is stored before every check
+  passed;
+- ``GET /v2/<name>/tags/list`` and ``GET /v2/_catalog`` from the build-index,
+  sorted, with ``n``/``last`` pagination and ``Link: <...>; rel="next"``;
+- ``POST /proxy/v1/registry/prefetch`` (answer, then warm the origins in the
+  background) and ``POST /proxy/v2/registry/prefetch`` (answer once warmed),
+  body ``{"tag": "[host/]repo:tag"}`` (or ``repo@sha256:...``);
+- ``GET /health``.
+
+Errors are the v2 error JSON with the spec's codes.  Upload sessions live in
+memory (the store drops uploads on restart anyway) and expire after
+:data:`UPLOAD_TIMEOUT` idle seconds (:meth:`ProxyAPI.expire_uploads`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+from collections.abc import Coroutine, Iterable, Sequence
+from typing import IO, Any, ClassVar, Final, Protocol, TypeVar
+from urllib.parse import urlencode
+
+from attrs import define, field
+from klein import Klein
+from twisted.internet.defer import Deferred, FirstError, gatherResults
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.iweb import IRequest
+from twisted.web.resource import IResource
+
+from kraken.api.agent import MAX_MANIFEST_SIZE, ManifestTooLarge, read_manifest
+from kraken.api.distribution import (
+    API_VERSION_HEADER,
+    DOCKER_MANIFEST_LIST,
+    DOCKER_MANIFEST_V2,
+    MANIFEST_MEDIA_TYPES,
+    OCI_IMAGE_INDEX,
+    OCI_IMAGE_MANIFEST,
+    InvalidRange,
+    check_repository_name,
+    is_tag,
+    manifest_media_type,
+    manifest_references,
+    parse_reference,
+    parse_v2_path,
+)
+from kraken.api.serving import serve_blob
+from kraken.backends.threads import BlockingRunner
+from kraken.core import Digest, DigestMismatch, InvalidDigest
+from kraken.http.client import HTTPStatusError, RequestError
+from kraken.http.errors import (
+    BLOB_UNKNOWN,
+    BLOB_UPLOAD_INVALID,
+    BLOB_UPLOAD_UNKNOWN,
+    CORE_ERRORS,
+    DIGEST_INVALID,
+    MANIFEST_BLOB_UNKNOWN,
+    MANIFEST_INVALID,
+    MANIFEST_UNKNOWN,
+    NAME_UNKNOWN,
+    RANGE_INVALID,
+    UNAVAILABLE,
+    UNKNOWN,
+    UNSUPPORTED,
+    APIError,
+    ErrorCode,
+    RegistryError,
+    install_error_handler,
+    render_registry_json,
+)
+from kraken.http.request_body import PayloadTooLarge, read_json, read_request_body
+from kraken.protocols.buildindex_client import (
+    BuildIndexUnavailable,
+    InvalidBuildIndexResponse,
+    TagNotFound,
+)
+from kraken.protocols.origin_client import (
+    BlobNotFoundAtOrigin,
+    NoOriginAvailable,
+    OriginClusterClient,
+)
+from kraken.store import BlobExists, BlobNotFound, BlobReader, BlobStore, UploadNotFound
+
+__all__ = [
+    "MAX_PAGE",
+    "PAGINATION_NUMBER_INVALID",
+    "PROXY_ERRORS",
+    "UPLOAD_TIMEOUT",
+    "ProxyAPI",
+    "TagIndex",
+    "UploadSession",
+    "paginate",
+    "parse_image_reference",
+    "tag_repository",
+]
+
+#: Seconds an upload may sit without a request before :meth:`ProxyAPI.expire_uploads` drops it.
+UPLOAD_TIMEOUT: Final = 3600.0
+#: Largest ``n`` honoured by ``tags/list`` and ``_catalog`` (larger values are clamped).
+MAX_PAGE: Final = 10_000
+#: Bytes per write of a request body into an upload.
+WRITE_CHUNK: Final = 4 * 1024 * 1024
+
+_T = TypeVar("_T")
+
+PAGINATION_NUMBER_INVALID: Final = ErrorCode(
+    "PAGINATION_NUMBER_INVALID", 400, "invalid number of results requested"
+)
+"""Docker distribution's code for a bad ``n``."""
+
+#: The manifest kinds the proxy accepts (schema 1 is refused: nothing downstream resolves it).
+PUSHABLE_TYPES: Final = frozenset(
+    {DOCKER_MANIFEST_V2, DOCKER_MANIFEST_LIST, OCI_IMAGE_MANIFEST, OCI_IMAGE_INDEX}
+)
+
+_ALL_METHODS: Final = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+
+PROXY_ERRORS: Final = CORE_ERRORS.extended(
+    {
+        BuildIndexUnavailable: UNAVAILABLE,
+        NoOriginAvailable: UNAVAILABLE,
+        InvalidBuildIndexResponse: UNKNOWN,
+        HTTPStatusError: UNKNOWN,
+        RequestError: UNAVAILABLE,
+        UploadNotFound: BLOB_UPLOAD_UNKNOWN,
+        ManifestTooLarge: MANIFEST_INVALID,
+    }
+)
+
+
+class TagIndex(Protocol):
+    """What the proxy needs of the build-index (tags are ``repo:tag``).
+
+    :class:`~kraken.protocols.buildindex_client.BuildIndexClient` provides it.
+    """
+
+    def get_tag(self, tag: str) -> Deferred[Digest]:
+        """The digest of ``tag``; fails with :class:`TagNotFound` when unknown."""
+
+    def put_tag(self, tag: str, digest: Digest, *, replicate: bool = False) -> Deferred[Any]:
+        """Point ``tag`` at ``digest`` (the build-index checks the dependencies)."""
+
+    def repository_tags(self, repo: str) -> Deferred[list[str]]:
+        """Every tag (bare, without ``repo:``) of repository ``repo``."""
+
+    def list_tags(self, prefix: str) -> Deferred[list[str]]:
+        """Every ``repo:tag`` starting with ``prefix``."""
+
+
+@define
+class UploadSession:
+    """An upload in progress: its store upload id, repository and bytes so far."""
+
+    uid: str
+    name: str
+    touched: float
+    size: int = 0
+    busy: bool = False
+
+
+def _set(request: IRequest, name: str, value: str) -> None:
+    request.setHeader(name.encode("ascii"), value.encode("latin-1"))  # type: ignore[no-untyped-call]
+
+
+def _status(request: IRequest, code: int) -> None:
+    request.setResponseCode(code)  # type: ignore[no-untyped-call]
+
+
+def _header(request: IRequest, name: str) -> str | None:
+    raw: bytes | None = request.getHeader(name.encode("ascii"))  # type: ignore[no-untyped-call]
+    return None if raw is None else raw.decode("latin-1")
+
+
+def _arg(request: IRequest, name: str) -> str | None:
+    values = (request.args or {}).get(name.encode("ascii"))
+    return values[0].decode("utf-8", "replace") if values else None
+
+
+def _body_length(content: IO[bytes] | None) -> int:
+    if content is None:
+        return 0
+    content.seek(0, 2)
+    size = content.tell()
+    content.seek(0)
+    return size
+
+
+def _append_body(store: BlobStore, uid: str, offset: int, content: IO[bytes]) -> int:
+    """Copy a request body into upload ``uid`` at ``offset``; return its length (blocking)."""
+    content.seek(0)
+    written = 0
+    while chunk := content.read(WRITE_CHUNK):
+        store.write_upload(uid, offset + written, chunk)
+        written += len(chunk)
+    return written
+
+
+_CONTENT_RANGE: Final = re.compile(
+    r"\s*(?:bytes[ =])?\s*(\d+)\s*-\s*(\d+)\s*(?:/\s*(?:\d+|\*))?\s*"
+)
+
+
+def _parse_content_range(header: str) -> tuple[int, int]:
+    m = _CONTENT_RANGE.fullmatch(header)
+    if m is None:
+        raise RegistryError(RANGE_INVALID, f"malformed Content-Range {header[:100]!r}")
+    start, end = int(m.group(1)), int(m.group(2))
+    if end < start:
+        raise RegistryError(RANGE_INVALID, f"Content-Range {header[:100]!r} ends before it starts")
+    return start, end
+
+
+async def _gather(coroutines: Iterable[Coroutine[Any, Any, _T]]) -> list[_T]:
+    """Run ``coroutines`` concurrently; fail with the first failure itself (not a FirstError)."""
+    try:
+        results: list[_T] = await gatherResults(
+            [Deferred.fromCoroutine(c) for c in coroutines], consumeErrors=True
+        )
+    except FirstError as e:
+        e.subFailure.raiseException()
+    return results
+
+
+def tag_repository(entry: str) -> str | None:
+    """The repository of a ``repo:tag`` listing entry (None when it is not one)."""
+    repo, colon, tag = entry.rpartition(":")
+    if not colon or not repo or not is_tag(tag):
+        return None
+    return repo
+
+
+def paginate(items: Iterable[str], n: int | None, last: str | None) -> tuple[list[str], bool]:
+    """The sorted page after ``last`` of at most ``n`` items, and whether more follow."""
+    ordered = sorted(set(items))
+    if last is not None:
+        ordered = [i for i in ordered if i > last]
+    if n is None:
+        return ordered, False
+    return ordered[:n], len(ordered) > n
+
+
+def _page_args(request: IRequest) -> tuple[int | None, str | None]:
+    raw = _arg(request, "n")
+    n: int | None = None
+    if raw is not None:
+        if not raw.isdigit():
+            raise RegistryError(PAGINATION_NUMBER_INVALID, f"invalid n={raw[:50]!r}")
+        n = min(int(raw), MAX_PAGE)
+    return n, _arg(request, "last")
+
+
+_HOST_RE: Final = re.compile(r"[^/]*[.:][^/]*|localhost")
+
+
+def parse_image_reference(reference: str) -> tuple[str, str | Digest]:
+    """``[host/]repo:tag`` or ``[host/]repo@digest`` as ``(repo, tag or digest)``.
+
+    A first component with a dot or a colon (or ``localhost``) is a registry
+    host and is dropped, as docker reads references.  Raises ``NAME_INVALID``,
+    ``DIGEST_INVALID`` or ``MANIFEST_INVALID`` (bad tag).
+    """
+    rest = reference.strip()
+    first, slash, after = rest.partition("/")
+    if slash and _HOST_RE.fullmatch(first):
+        rest = after
+    if "@" in rest:
+        repo, _, raw = rest.partition("@")
+        return check_repository_name(repo), Digest.parse(raw)
+    repo, colon, tag = rest.rpartition(":")
+    if not colon or "/" in tag:
+        raise RegistryError(MANIFEST_INVALID, f"no tag in {reference[:200]!r}")
+    ref = parse_reference(tag)
+    return check_repository_name(repo), ref
+
+
+@define
+class ProxyAPI:
+    """The read-write registry v2 Klein application; mount :meth:`resource`.
+
+    ``store`` stages uploads and caches blobs served on pulls; ``run`` runs
+    its blocking calls off the reactor thread; ``origins`` is the origin ring
+    and ``tags`` the build-index.
+    """
+
+    app: ClassVar[Klein] = Klein()
+    install_error_handler(app, PROXY_ERRORS, render_registry_json)
+    log: ClassVar[Logger] = Logger()
+
+    store: BlobStore
+    run: BlockingRunner
+    origins: OriginClusterClient
+    tags: TagIndex
+    clock: IReactorTime
+    prefetch_min_size: int = 0
+    prefetch_max_size: int = 50 * 1024**3
+    upload_timeout: float = UPLOAD_TIMEOUT
+    _uploads: dict[str, UploadSession] = field(factory=dict, init=False)
+    _fetches: dict[Digest, list[Deferred[None]]] = field(factory=dict, init=False)
+
+    def resource(self) -> IResource:
+        """The ``twisted.web`` resource serving this API."""
+        return self.app.resource()
+
+    @property
+    def uploads(self) -> dict[str, UploadSession]:
+        """Uploads in progress by id (read-only use: tests and metrics)."""
+        return self._uploads
+
+    # -- routes ---------------------------------------------------------------------------
+
+    @app.route("/health", methods=["GET", "HEAD"])
+    def health(self, request: IRequest) -> bytes:
+        """Liveness: ``OK``."""
+        return b"OK\n"
+
+    @app.route("/v2/", methods=_ALL_METHODS)
+    @app.route("/v2", methods=_ALL_METHODS)
+    def base(self, request: IRequest) -> bytes:
+        """The API version check: ``{}``."""
+        request.setHeader(*API_VERSION_HEADER)  # type: ignore[no-untyped-call]
+        if request.method not in (b"GET", b"HEAD"):
+            raise RegistryError(UNSUPPORTED, headers={"Allow": "GET, HEAD"})
+        _set(request, "Content-Type", "application/json")
+        return b"{}"
+
+    @app.route("/v2/<path:rest>", methods=_ALL_METHODS)
+    async def v2(self, request: IRequest, rest: str) -> bytes:
+        """Every repository route and the catalog: dispatch on the path's kind and the method."""
+        request.setHeader(*API_VERSION_HEADER)  # type: ignore[no-untyped-call]
+        method = request.method.decode("ascii", "replace")
+        if rest.rstrip("/") == "_catalog":
+            self._allow(method, ("GET",))
+            return await self._catalog(request)
+        path = parse_v2_path(rest)
+        if path is None:
+            raise APIError(404, f"no registry route for /v2/{rest[:200]}", code=UNSUPPORTED)
+        if path.kind == "tags":
+            self._allow(method, ("GET",))
+            return await self._tag_list(request, path.name)
+        if path.kind == "uploads":
+            return await self._upload_route(request, method, path.name, path.rest)
+        if path.kind == "blobs":
+            self._allow(method, ("GET", "HEAD"))
+            await self._blob(request, path.name, Digest.parse(path.rest))
+            return b""
+        self._allow(method, ("GET", "HEAD", "PUT"))
+        if method == "PUT":
+            return await self._put_manifest(request, path.name, path.rest)
+        await self._get_manifest(request, path.name, path.rest)
+        return b""
+
+    @staticmethod
+    def _allow(method: str, allowed: Sequence[str]) -> None:
+        if method == "HEAD" and "GET" in allowed:
+            return
+        if method not in allowed:
+            methods = ", ".join([*allowed, "HEAD"] if "GET" in allowed else allowed)
+            raise RegistryError(
+                UNSUPPORTED, f"{method} is not supported here", headers={"Allow": methods}
+            )
+
+    # -- blobs ----------------------------------------------------------------------------
+
+    async def _origin_size(self, name: str, digest: Digest) -> int | None:
+        try:
+            return await self.origins.stat(name, digest)
+        except BlobNotFoundAtOrigin:
+            return None
+
+    async def _blob(self, request: IRequest, name: str, digest: Digest) -> None:
+        headers = {
+            b"Docker-Content-Digest": str(digest).encode("ascii"),
+            b"ETag": f'"{digest}"'.encode("ascii"),
+        }
+        if request.method == b"HEAD":
+            size = await self._origin_size(name, digest)
+            if size is None:
+                raise RegistryError(BLOB_UNKNOWN, f"blob unknown: {digest}")
+            _set(request, "Content-Type", "application/octet-stream")
+            _set(request, "Content-Length", str(size))
+            _set(request, "Accept-Ranges", "bytes")
+            for key, value in headers.items():
+                request.setHeader(key, value)  # type: ignore[no-untyped-call]
+            return
+        for attempt in (1, 2):
+            await self._cached(name, digest, BLOB_UNKNOWN)
+            try:
+                await serve_blob(request, self.store, digest, self.run, headers=headers)
+                return
+            except BlobNotFound:
+                if attempt == 2:
+                    raise RegistryError(BLOB_UNKNOWN, f"blob unknown: {digest}") from None
+            except InvalidRange as e:
+                raise RegistryError(
+                    RANGE_INVALID, str(e), headers={"Content-Range": f"bytes */{e.size}"}
+                ) from None
+
+    async def _cached(self, name: str, digest: Digest, unknown: ErrorCode) -> None:
+        """Make sure ``digest`` is in the proxy's cache, downloading it from the ring once."""
+        if await self.run(self.store.has, digest):
+            return
+        waiter: Deferred[None] = Deferred()
+        waiters = self._fetches.get(digest)
+        if waiters is not None:
+            waiters.append(waiter)
+        else:
+            self._fetches[digest] = [waiter]
+            fetch = Deferred.fromCoroutine(self._fetch(name, digest))
+            fetch.addBoth(self._fetched, digest)
+        try:
+            await waiter
+        except BlobNotFoundAtOrigin:
+            raise RegistryError(unknown, f"{unknown.message}: {digest}") from None
+
+    def _fetched(self, result: object, digest: Digest) -> None:
+        for waiter in self._fetches.pop(digest, []):
+            if isinstance(result, Failure):
+                waiter.errback(result)
+            else:
+                waiter.callback(None)
+
+    async def _fetch(self, name: str, digest: Digest) -> None:
+        ingest = await self.run(self.store.open_ingest)
+        try:
+            # Small sequential page-cache writes, as kraken.http.client.save_body does.
+            await self.origins.download_blob(name, digest, ingest.write)
+            with contextlib.suppress(BlobExists):
+                await self.run(ingest.commit, digest)
+        finally:
+            await self.run(ingest.abort)
+
+    async def _to_origin(self, name: str, digest: Digest) -> None:
+        """Upload the cached blob ``digest`` to the origin ring under namespace ``name``."""
+        reader: BlobReader = await self.run(self.store.open_reader, digest)
+        try:
+
+            def read_chunk(offset: int, length: int) -> Deferred[bytes]:
+                return self.run(reader.pread, length, offset)
+
+            await self.origins.upload_blob(name, digest, reader.size, read_chunk)
+        finally:
+            reader.close()
+
+    # -- uploads --------------------------------------------------------------------------
+
+    def _location(self, session: UploadSession) -> str:
+        return f"/v2/{session.name}/blobs/uploads/{session.uid}"
+
+    def _progress(self, request: IRequest, session: UploadSession, code: int) -> bytes:
+        _status(request, code)
+        _set(request, "Location", self._location(session))
+        _set(request, "Range", f"0-{max(session.size - 1, 0)}")
+        _set(request, "Docker-Upload-UUID", session.uid)
+        _set(request, "Content-Length", "0")
+        return b""
+
+    def _created(self, request: IRequest, location: str, digest: Digest) -> bytes:
+        _status(request, 201)
+        _set(request, "Location", location)
+        _set(request, "Docker-Content-Digest", str(digest))
+        _set(request, "Content-Length", "0")
+        return b""
+
+    def _session(self, name: str, uid: str) -> UploadSession:
+        session = self._uploads.get(uid)
+        if session is None or session.name != name:
+            raise RegistryError(BLOB_UPLOAD_UNKNOWN, f"upload unknown: {uid[:64]!r}")
+        session.touched = self.clock.seconds()
+        return session
+
+    async def _new_session(self, name: str) -> UploadSession:
+        uid: str = await self.run(self.store.create_upload)
+        session = UploadSession(uid, name, self.clock.seconds())
+        self._uploads[uid] = session
+        return session
+
+    async def _drop(self, session: UploadSession) -> None:
+        self._uploads.pop(session.uid, None)
+        with contextlib.suppress(UploadNotFound):
+            await self.run(self.store.abort_upload, session.uid)
+
+    async def _upload_route(self, request: IRequest, method: str, name: str, uid: str) -> bytes:
+        if not uid:
+            self._allow(method, ("POST",))
+            return await self._start_upload(request, name)
+        self._allow(method, ("GET", "PATCH", "PUT", "DELETE"))
+        session = self._session(name, uid)
+        if method in ("GET", "HEAD"):
+            return self._progress(request, session, 204)
+        if method == "DELETE":
+            if session.busy:
+                raise RegistryError(BLOB_UPLOAD_INVALID, f"upload {uid} is being written")
+            await self._drop(session)
+            _status(request, 204)
+            return b""
+        if session.busy:
+            raise RegistryError(RANGE_INVALID, f"upload {uid} is being written: retry")
+        session.busy = True
+        try:
+            if method == "PATCH":
+                await self._write(request, session)
+                return self._progress(request, session, 202)
+            return await self._finish(request, session, _arg(request, "digest"))
+        finally:
+            session.busy = False
+            session.touched = self.clock.seconds()
+
+    async def _start_upload(self, request: IRequest, name: str) -> bytes:
+        mount = _arg(request, "mount")
+        if mount is not None:
+            digest = Digest.parse(mount)
+            if await self._origin_size(name, digest) is not None:
+                return self._created(request, f"/v2/{name}/blobs/{digest}", digest)
+        session = await self._new_session(name)
+        digest_arg = _arg(request, "digest")
+        if digest_arg is None:
+            return self._progress(request, session, 202)
+        session.busy = True
+        try:
+            return await self._finish(request, session, digest_arg)
+        except BaseException:
+            await self._drop(session)
+            raise
+        finally:
+            session.busy = False
+
+    async def _write(self, request: IRequest, session: UploadSession) -> None:
+        """Append the request body at the end of the upload (checking any ``Content-Range``)."""
+        content: IO[bytes] | None = request.content
+        length = _body_length(content)
+        raw_range = _header(request, "content-range")
+        if raw_range is not None:
+            start, end = _parse_content_range(raw_range)
+            if start != session.size:
+                raise RegistryError(
+                    RANGE_INVALID,
+                    f"chunk starts at {start} but upload {session.uid} has {session.size} bytes",
+                    headers={
+                        "Location": self._location(session),
+                        "Range": f"0-{max(session.size - 1, 0)}",
+                    },
+                )
+            if end - start + 1 != length:
+                raise RegistryError(
+                    RANGE_INVALID,
+                    f"Content-Range {start}-{end} does not match the {length} bytes sent",
+                )
+        if not length or content is None:
+            return
+        try:
+            written = await self.run(_append_body, self.store, session.uid, session.size, content)
+        except UploadNotFound:
+            self._uploads.pop(session.uid, None)
+            raise
+        session.size += written
+
+    async def _finish(self, request: IRequest, session: UploadSession, raw: str | None) -> bytes:
+        if raw is None:
+            raise RegistryError(DIGEST_INVALID, "the digest query parameter is required")
+        try:
+            digest = Digest.parse(raw)
+        except InvalidDigest as e:
+            raise RegistryError(DIGEST_INVALID, str(e)) from None
+        await self._write(request, session)
+        self._uploads.pop(session.uid, None)
+        try:
+            await self.run(self.store.commit_upload, session.uid, digest)
+        except DigestMismatch as e:
+            raise RegistryError(DIGEST_INVALID, f"upload does not match {digest}: {e}") from None
+        except BlobExists:
+            pass
+        except BaseException:
+            await self._drop(session)
+            raise
+        await self._to_origin(session.name, digest)
+        return self._created(request, f"/v2/{session.name}/blobs/{digest}", digest)
+
+    def expire_uploads(self) -> int:
+        """Drop uploads idle for longer than ``upload_timeout``; return how many."""
+        now = self.clock.seconds()
+        stale = [
+            s
+            for s in self._uploads.values()
+            if not s.busy and now - s.touched > self.upload_timeout
+        ]
+        for session in stale:
+            d = Deferred.fromCoroutine(self._drop(session))
+            d.addErrback(lambda f: self.log.failure("dropping an expired upload", f))
+        return len(stale)
+
+    # -- manifests ------------------------------------------------------------------------
+
+    async def _resolve(self, name: str, reference: str) -> Digest:
+        ref = parse_reference(reference)
+        if isinstance(ref, Digest):
+            return ref
+        try:
+            return await self.tags.get_tag(f"{name}:{ref}")
+        except TagNotFound:
+            raise RegistryError(MANIFEST_UNKNOWN, f"manifest unknown: {name}:{ref}") from None
+
+    async def _manifest_bytes(self, name: str, digest: Digest) -> bytes:
+        for attempt in (1, 2):
+            await self._cached(name, digest, MANIFEST_UNKNOWN)
+            try:
+                data: bytes = await self.run(read_manifest, self.store, digest)
+                return data
+            except BlobNotFound:
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _get_manifest(self, request: IRequest, name: str, reference: str) -> None:
+        digest = await self._resolve(name, reference)
+        data = await self._manifest_bytes(name, digest)
+        _set(request, "Content-Type", manifest_media_type(data))
+        _set(request, "Docker-Content-Digest", str(digest))
+        _set(request, "ETag", f'"{digest}"')
+        _set(request, "Content-Length", str(len(data)))
+        if request.method != b"HEAD":
+            request.write(data)  # type: ignore[no-untyped-call]
+
+    async def _put_manifest(self, request: IRequest, name: str, reference: str) -> bytes:
+        ref = parse_reference(reference)
+        try:
+            data = read_request_body(request, MAX_MANIFEST_SIZE)  # type: ignore[arg-type]
+        except PayloadTooLarge:
+            raise APIError(
+                413, f"manifest exceeds {MAX_MANIFEST_SIZE} bytes", code=MANIFEST_INVALID
+            ) from None
+        media_type = manifest_media_type(data)
+        if media_type not in PUSHABLE_TYPES:
+            raise RegistryError(MANIFEST_INVALID, f"unsupported manifest type {media_type}")
+        doc = json.loads(data)
+        if doc.get("schemaVersion") != 2:
+            raise RegistryError(MANIFEST_INVALID, "schemaVersion must be 2")
+        declared = doc.get("mediaType")
+        raw_type = _header(request, "content-type")
+        content_type = raw_type.split(";")[0].strip() if raw_type else ""
+        if (
+            isinstance(declared, str)
+            and content_type in MANIFEST_MEDIA_TYPES
+            and content_type != declared
+        ):
+            raise RegistryError(
+                MANIFEST_INVALID, f"Content-Type {content_type} but mediaType {declared}"
+            )
+        references = manifest_references(data)
+        digest: Digest = await self.run(Digest.of_bytes, data)
+        if isinstance(ref, Digest) and ref != digest:
+            raise RegistryError(DIGEST_INVALID, f"manifest is {digest}, not {ref}")
+        wanted = [*references.manifests, *references.blobs]
+        sizes = await _gather([self._origin_size(name, d) for d in wanted])
+        missing = [str(d) for d, size in zip(wanted, sizes, strict=True) if size is None]
+        if missing:
+            raise RegistryError(
+                MANIFEST_BLOB_UNKNOWN,
+                f"manifest references {missing[0]}, unknown to the registry",
+                detail={"digest": missing[0]},
+            )
+        with contextlib.suppress(BlobExists):
+            await self.run(self.store.put_bytes, data)
+        await self._to_origin(name, digest)
+        if not isinstance(ref, Digest):
+            try:
+                await self.tags.put_tag(f"{name}:{ref}", digest, replicate=True)
+            except HTTPStatusError as e:
+                if e.status not in (400, 404):
+                    raise
+                # The build-index found a dependency missing at the origin after our check.
+                text = e.body.decode("utf-8", "replace")[:500]
+                raise RegistryError(
+                    MANIFEST_BLOB_UNKNOWN, f"the build-index refused {name}:{ref}: {text}"
+                ) from None
+        return self._created(request, f"/v2/{name}/manifests/{digest}", digest)
+
+    # -- listings -------------------------------------------------------------------------
+
+    def _link(self, request: IRequest, path: str, n: int, last: str) -> None:
+        query = urlencode({"n": str(n), "last": last})
+        _set(request, "Link", f'<{path}?{query}>; rel="next"')
+
+    async def _tag_list(self, request: IRequest, name: str) -> bytes:
+        n, last = _page_args(request)
+        tags = [t for t in await self.tags.repository_tags(name) if is_tag(t)]
+        if not tags:
+            raise RegistryError(NAME_UNKNOWN, f"repository {name} has no tags")
+        page, more = paginate(tags, n, last)
+        if more and n is not None:
+            self._link(request, f"/v2/{name}/tags/list", n, page[-1])
+        _set(request, "Content-Type", "application/json")
+        return json.dumps({"name": name, "tags": page}).encode("utf-8")
+
+    async def _catalog(self, request: IRequest) -> bytes:
+        n, last = _page_args(request)
+        entries = await self.tags.list_tags("")
+        repositories = {r for r in map(tag_repository, entries) if r is not None}
+        page, more = paginate(repositories, n, last)
+        if more and n is not None:
+            self._link(request, "/v2/_catalog", n, page[-1])
+        _set(request, "Content-Type", "application/json")
+        return json.dumps({"repositories": page}).encode("utf-8")
+
+    # -- prefetch -------------------------------------------------------------------------
+
+    @app.route("/proxy/v1/registry/prefetch", methods=["POST"])
+    async def prefetch_v1(self, request: IRequest) -> bytes:
+        """Resolve the tag's manifests, answer 200, then warm the origins in the background."""
+        return await self._prefetch(request, wait=False)
+
+    @app.route("/proxy/v2/registry/prefetch", methods=["POST"])
+    async def prefetch_v2(self, request: IRequest) -> bytes:
+        """Resolve the tag's manifests and warm every blob at the origins, then answer 200."""
+        return await self._prefetch(request, wait=True)
+
+    async def _prefetch(self, request: IRequest, *, wait: bool) -> bytes:
+        _set(request, "Content-Type", "application/json")
+        trace_id: object = None
+        tag = ""
+        try:
+            body = read_json(request)  # type: ignore[arg-type]
+            if not isinstance(body, dict) or not isinstance(body.get("tag"), str):
+                raise APIError(400, 'expected a JSON object with a string "tag"')
+            trace_id = body.get("trace_id")
+            tag = body["tag"]
+            try:
+                name, ref = parse_image_reference(tag)
+            except (APIError, InvalidDigest) as e:
+                raise APIError(400, str(e)) from None
+            blobs = await self._image_blobs(name, ref)
+            warm = Deferred.fromCoroutine(self._warm(name, blobs))
+            if wait:
+                await warm
+            else:
+                warm.addErrback(lambda f: self.log.failure("prefetch of {tag} failed", f, tag=tag))
+        except Exception as e:
+            error = PROXY_ERRORS.to_api_error(e)
+            if error is None:
+                self.log.failure("prefetch of {tag}", Failure(), tag=tag)  # type: ignore[no-untyped-call]
+                error = APIError(500, "internal error")
+            _status(request, error.status)
+            return json.dumps(
+                {
+                    "error": error.registry_code.name,
+                    "prefetched": False,
+                    "status": "failure",
+                    "message": error.message,
+                    "trace_id": trace_id,
+                }
+            ).encode("utf-8")
+        return json.dumps(
+            {
+                "tag": tag,
+                "prefetched": True,
+                "status": "success",
+                "message": "prefetching initiated successfully" if not wait else "prefetched",
+                "trace_id": trace_id,
+            }
+        ).encode("utf-8")
+
+    async def _image_blobs(self, name: str, ref: str | Digest) -> list[Digest]:
+        """The config and layers (within the size limits) of an image and its children."""
+        digest = ref if isinstance(ref, Digest) else await self._resolve(name, ref)
+        blobs: dict[Digest, None] = {}
+        todo = [digest]
+        seen: set[Digest] = set()
+        while todo:
+            current = todo.pop()
+            if current in seen:
+                continue
+            seen.add(current)
+            data = await self._manifest_bytes(name, current)
+            references = manifest_references(data)
+            todo.extend(references.manifests)
+            doc = json.loads(data)
+            descriptors = [doc.get("config") or {}, *(doc.get("layers") or [])]
+            sizes = {d.get("digest"): d.get("size") for d in descriptors if isinstance(d, dict)}
+            for blob in references.blobs:
+                size = sizes.get(str(blob))
+                if isinstance(size, int) and not (
+                    self.prefetch_min_size <= size <= self.prefetch_max_size
+                ):
+                    continue
+                blobs[blob] = None
+        return list(blobs)
+
+    async def _warm(self, name: str, blobs: Sequence[Digest]) -> None:
+        async def one(digest: Digest) -> None:
+            hosts = await self.origins.locations(digest)
+            await self.origins.client.prefetch(hosts[0], name, digest)
+
+        await _gather([one(d) for d in blobs])

@@ -1,0 +1,609 @@
+"""
+The proxy's registry v2 through StubTreq, over a real origin API in memory.
+
+The origin is the origin daemon's own Klein app with an in-memory backend (tests.origin.harness),
+reached through a HostRoutingAgent; the build-index is a dict behind the ``TagIndex`` methods.
+Blocking calls run inline and time is a Clock, so every request completes synchronously.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import random
+from typing import Any
+
+from attrs import define, field
+from treq.testing import StubTreq
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from kraken.api.distribution import DOCKER_MANIFEST_V2, OCI_IMAGE_INDEX, OCI_IMAGE_MANIFEST
+from kraken.api.proxy import ProxyAPI, paginate, parse_image_reference, tag_repository
+from kraken.backends.threads import run_inline
+from kraken.core import Digest
+from kraken.http.client import HTTPClientFactory
+from kraken.http.errors import RegistryError
+from kraken.http.testing import HostRoutingAgent
+from kraken.protocols.buildindex_client import TagNotFound
+from kraken.protocols.origin_client import OriginClient, OriginClusterClient, PollPolicy
+from kraken.store import BlobStore
+from tests.origin.harness import BackendDown, MemoryOrigin, make_origin
+
+BASE = "http://proxy:15000"
+ORIGIN = "o1:15002"
+REPO = "library/alpine"
+
+
+@define
+class MemoryTags:
+    """The build-index as a dict of ``repo:tag`` -> digest; records every put."""
+
+    tags: dict[str, Digest] = field(factory=dict)
+    puts: list[tuple[str, Digest, bool]] = field(factory=list)
+
+    def get_tag(self, tag: str) -> Deferred[Digest]:
+        """The digest, or TagNotFound."""
+        if tag not in self.tags:
+            return fail(TagNotFound(tag))
+        return succeed(self.tags[tag])
+
+    def put_tag(self, tag: str, digest: Digest, *, replicate: bool = False) -> Deferred[None]:
+        """Store and record."""
+        self.tags[tag] = digest
+        self.puts.append((tag, digest, replicate))
+        return succeed(None)
+
+    def repository_tags(self, repo: str) -> Deferred[list[str]]:
+        """Bare tags of ``repo``."""
+        return succeed([t.rpartition(":")[2] for t in self.tags if t.rpartition(":")[0] == repo])
+
+    def list_tags(self, prefix: str) -> Deferred[list[str]]:
+        """``repo:tag`` entries with ``prefix``."""
+        return succeed([t for t in self.tags if t.startswith(prefix)])
+
+
+def layer(seed: int, size: int = 3000) -> bytes:
+    """A gzipped blob of ``size`` random bytes (so a little longer than ``size``)."""
+    return gzip.compress(random.Random(seed).randbytes(size), mtime=0)
+
+
+def manifest_of(config: bytes, layers: list[bytes], media_type: str = DOCKER_MANIFEST_V2) -> bytes:
+    """A schema 2 (or OCI) image manifest of ``config`` and ``layers``."""
+    return json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": media_type,
+            "config": {
+                "mediaType": "application/vnd.docker.container.image.v1+json",
+                "size": len(config),
+                "digest": str(Digest.of_bytes(config)),
+            },
+            "layers": [
+                {
+                    "mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip",
+                    "size": len(b),
+                    "digest": str(Digest.of_bytes(b)),
+                }
+                for b in layers
+            ],
+        }
+    ).encode()
+
+
+class ProxyTestCase(SynchronousTestCase):
+    """A proxy in front of one in-memory origin and a dict build-index."""
+
+    def setUp(self) -> None:
+        """Build the origin, the proxy and a StubTreq of the proxy."""
+        self.clock = Clock()
+        self.agent = HostRoutingAgent()
+        self.origin: MemoryOrigin = make_origin(
+            self, self.clock, address=ORIGIN, members=(ORIGIN,), agent=self.agent
+        )
+        self.http = HTTPClientFactory(self.clock, agent=self.agent)
+        cluster = OriginClusterClient(
+            OriginClient(self.http.client(), self.clock, chunk_size=1000, poll=PollPolicy(0.1)),
+            lambda: [ORIGIN],
+        )
+        self.tags = MemoryTags()
+        self.store = BlobStore(self.mktemp(), self.clock)
+        self.api = ProxyAPI(self.store, run_inline, cluster, self.tags, self.clock)
+        self.treq = StubTreq(self.api.resource())
+
+    def tearDown(self) -> None:
+        """Write-back failures of a backend taken down are expected."""
+        self.flushLoggedErrors(BackendDown)
+
+    def call(self, method: str, path: str, **kwargs: Any) -> tuple[int, Any, bytes]:
+        """Send a request to the proxy; (status, headers, body)."""
+        d = self.treq.request(method, BASE + path, **kwargs)
+        done: list[object] = []
+        d.addBoth(lambda r: (done.append(r), r)[1])
+        for _ in range(100):
+            self.agent.flush()
+            self.treq.flush()
+            if done:
+                break
+            self.clock.advance(1)
+        response = self.successResultOf(d)
+        body = self.successResultOf(response.content())
+        return response.code, response.headers, body
+
+    def header(self, headers: Any, name: str) -> str | None:
+        """One header's value."""
+        values = headers.getRawHeaders(name)
+        return values[0] if values else None
+
+    def error(self, body: bytes) -> str:
+        """The registry error code of ``body``."""
+        return json.loads(body)["errors"][0]["code"]  # type: ignore[no-any-return]
+
+    def push_blob(self, data: bytes, repo: str = REPO) -> Digest:
+        """A monolithic upload that must succeed."""
+        d = Digest.of_bytes(data)
+        code, _, body = self.call("POST", f"/v2/{repo}/blobs/uploads/?digest={d}", data=data)
+        self.assertEqual(code, 201, body)
+        return d
+
+    def push_image(self, tag: str = "latest", seed: int = 1, repo: str = REPO) -> Digest:
+        """Blobs, then the manifest by tag; returns the manifest digest."""
+        layers = [layer(seed), layer(seed + 100)]
+        config = json.dumps({"seed": seed, "rootfs": {"type": "layers"}}).encode()
+        for blob in [*layers, config]:
+            self.push_blob(blob, repo)
+        manifest = manifest_of(config, layers)
+        code, _headers, body = self.call(
+            "PUT",
+            f"/v2/{repo}/manifests/{tag}",
+            data=manifest,
+            headers={"Content-Type": DOCKER_MANIFEST_V2},
+        )
+        self.assertEqual(code, 201, body)
+        return Digest.of_bytes(manifest)
+
+    def start(self, repo: str = REPO) -> str:
+        """POST a chunked upload; its Location."""
+        code, headers, body = self.call("POST", f"/v2/{repo}/blobs/uploads/")
+        self.assertEqual(code, 202, body)
+        return self.header(headers, "Location") or ""
+
+
+class BaseTests(ProxyTestCase):
+    """``/v2/``, unknown routes, names."""
+
+    def test_version_check(self) -> None:
+        """GET /v2/ answers {} with the API version header."""
+        code, headers, body = self.call("GET", "/v2/")
+        self.assertEqual((code, body), (200, b"{}"))
+        self.assertEqual(self.header(headers, "Docker-Distribution-API-Version"), "registry/2.0")
+
+    def test_health(self) -> None:
+        """GET /health answers OK."""
+        self.assertEqual(self.call("GET", "/health")[0], 200)
+
+    def test_invalid_name(self) -> None:
+        """An upper-case repository name is 400 NAME_INVALID."""
+        code, _, body = self.call("POST", "/v2/Library/Alpine/blobs/uploads/")
+        self.assertEqual((code, self.error(body)), (400, "NAME_INVALID"))
+
+    def test_deletes_unsupported(self) -> None:
+        """DELETE of a manifest or a blob is 405 UNSUPPORTED with Allow."""
+        d = Digest.of_bytes(b"x")
+        for path in (f"/v2/{REPO}/manifests/latest", f"/v2/{REPO}/blobs/{d}"):
+            code, headers, body = self.call("DELETE", path)
+            self.assertEqual((code, self.error(body)), (405, "UNSUPPORTED"))
+            self.assertIn("GET", self.header(headers, "Allow") or "")
+
+    def test_unknown_route(self) -> None:
+        """A path under /v2/ that is no route is 404."""
+        self.assertEqual(self.call("GET", "/v2/library/alpine/nothing")[0], 404)
+
+
+class BlobUploadTests(ProxyTestCase):
+    """POST, PATCH, PUT, GET and DELETE of uploads, and mounts."""
+
+    def test_monolithic_upload_reaches_origin(self) -> None:
+        """POST ?digest= with the body: 201, Location, digest; at the origin and its backend."""
+        data = layer(1)
+        d = Digest.of_bytes(data)
+        code, headers, body = self.call("POST", f"/v2/{REPO}/blobs/uploads/?digest={d}", data=data)
+        self.assertEqual(code, 201, body)
+        self.assertEqual(self.header(headers, "Location"), f"/v2/{REPO}/blobs/{d}")
+        self.assertEqual(self.header(headers, "Docker-Content-Digest"), str(d))
+        self.assertTrue(self.origin.store.has(d))
+        self.assertEqual(self.origin.backend.blobs[d.hex], data)
+        self.assertEqual(self.api.uploads, {})
+
+    def test_chunked_upload(self) -> None:
+        """POST 202, PATCHes with Content-Range, status, PUT: 201 and identical bytes."""
+        data = layer(2, 5000)
+        d = Digest.of_bytes(data)
+        location = self.start()
+        uid = location.rsplit("/", 1)[1]
+        self.assertTrue(location.startswith(f"/v2/{REPO}/blobs/uploads/"))
+        code, headers, _ = self.call("GET", location)
+        self.assertEqual((code, self.header(headers, "Range")), (204, "0-0"))
+        self.assertEqual(self.header(headers, "Docker-Upload-UUID"), uid)
+        offset = 0
+        for size in (1000, 1500, len(data) - 2500):
+            chunk = data[offset : offset + size]
+            code, headers, body = self.call(
+                "PATCH",
+                location,
+                data=chunk,
+                headers={"Content-Range": f"{offset}-{offset + size - 1}"},
+            )
+            self.assertEqual(code, 202, body)
+            offset += size
+            self.assertEqual(self.header(headers, "Range"), f"0-{offset - 1}")
+            self.assertEqual(self.header(headers, "Location"), location)
+        code, headers, _ = self.call("GET", location)
+        self.assertEqual((code, self.header(headers, "Range")), (204, f"0-{len(data) - 1}"))
+        code, headers, body = self.call("PUT", f"{location}?digest={d}")
+        self.assertEqual(code, 201, body)
+        self.assertEqual(self.origin.backend.blobs[d.hex], data)
+        code, headers, _ = self.call("HEAD", f"/v2/{REPO}/blobs/{d}")
+        self.assertEqual((code, self.header(headers, "Content-Length")), (200, str(len(data))))
+        self.assertEqual(self.header(headers, "Docker-Content-Digest"), str(d))
+        self.assertEqual(self.call("GET", f"/v2/{REPO}/blobs/{d}")[2], data)
+
+    def test_streamed_patch_and_final_chunk_in_put(self) -> None:
+        """A PATCH without Content-Range appends; the PUT may carry the last chunk."""
+        data = layer(3)
+        d = Digest.of_bytes(data)
+        location = self.start()
+        code, headers, _ = self.call("PATCH", location, data=data[:100])
+        self.assertEqual((code, self.header(headers, "Range")), (202, "0-99"))
+        code, _, body = self.call("PUT", f"{location}?digest={d}", data=data[100:])
+        self.assertEqual(code, 201, body)
+        self.assertEqual(self.origin.store.has(d), True)
+
+    def test_out_of_order_chunk_is_416(self) -> None:
+        """A chunk that does not start at the end: 416 RANGE_INVALID, the upload unchanged."""
+        location = self.start()
+        self.call("PATCH", location, data=b"a" * 10, headers={"Content-Range": "0-9"})
+        code, headers, body = self.call(
+            "PATCH", location, data=b"b" * 10, headers={"Content-Range": "20-29"}
+        )
+        self.assertEqual((code, self.error(body)), (416, "RANGE_INVALID"))
+        self.assertEqual(self.header(headers, "Range"), "0-9")
+        code, _, body = self.call(
+            "PATCH", location, data=b"b" * 5, headers={"Content-Range": "10-19"}
+        )
+        self.assertEqual((code, self.error(body)), (416, "RANGE_INVALID"))
+        code, headers, _ = self.call("GET", location)
+        self.assertEqual(self.header(headers, "Range"), "0-9")
+
+    def test_digest_mismatch_stores_nothing(self) -> None:
+        """PUT with another digest: 400 DIGEST_INVALID; nothing at the origin, upload gone."""
+        data = layer(4)
+        wrong = Digest.of_bytes(b"something else")
+        location = self.start()
+        self.call("PATCH", location, data=data)
+        code, _, body = self.call("PUT", f"{location}?digest={wrong}")
+        self.assertEqual((code, self.error(body)), (400, "DIGEST_INVALID"))
+        self.assertFalse(self.origin.store.has(wrong))
+        self.assertFalse(self.origin.store.has(Digest.of_bytes(data)))
+        self.assertEqual(self.store.list_uploads(), [])
+        self.assertEqual(self.call("GET", location)[0], 404)
+
+    def test_put_without_or_with_bad_digest(self) -> None:
+        """PUT without ?digest= or with a malformed one is 400 DIGEST_INVALID."""
+        location = self.start()
+        for suffix in ("", "?digest=sha256:nothex", "?digest=md5:abc"):
+            code, _, body = self.call("PUT", location + suffix)
+            self.assertEqual((code, self.error(body)), (400, "DIGEST_INVALID"), suffix)
+
+    def test_unknown_upload(self) -> None:
+        """Every upload method on an unknown or another repo's id: 404 BLOB_UPLOAD_UNKNOWN."""
+        location = self.start()
+        other = location.replace(REPO, "other/repo")
+        for method in ("GET", "PATCH", "PUT", "DELETE"):
+            for path in (f"/v2/{REPO}/blobs/uploads/" + "0" * 32, other):
+                code, _, body = self.call(method, path)
+                self.assertEqual((code, self.error(body)), (404, "BLOB_UPLOAD_UNKNOWN"))
+
+    def test_cancel(self) -> None:
+        """DELETE cancels an upload: 204, then 404; its file is removed."""
+        location = self.start()
+        self.call("PATCH", location, data=b"partial")
+        self.assertEqual(self.call("DELETE", location)[0], 204)
+        self.assertEqual(self.call("GET", location)[0], 404)
+        self.assertEqual(self.store.list_uploads(), [])
+
+    def test_upload_expires(self) -> None:
+        """An upload idle past the timeout is dropped by expire_uploads."""
+        location = self.start()
+        self.clock.advance(self.api.upload_timeout + 1)
+        self.assertEqual(self.api.expire_uploads(), 1)
+        self.assertEqual(self.call("GET", location)[0], 404)
+        self.assertEqual(self.store.list_uploads(), [])
+
+    def test_mount_existing_blob(self) -> None:
+        """A mount of a blob the ring has: 201 with the new repository's Location."""
+        d = self.push_blob(layer(5), "other/repo")
+        code, headers, body = self.call(
+            "POST", f"/v2/{REPO}/blobs/uploads/?mount={d}&from=other/repo"
+        )
+        self.assertEqual(code, 201, body)
+        self.assertEqual(self.header(headers, "Location"), f"/v2/{REPO}/blobs/{d}")
+
+    def test_mount_missing_blob_starts_upload(self) -> None:
+        """A mount of an unknown blob falls back to an ordinary upload (202)."""
+        d = Digest.of_bytes(b"nobody has this")
+        code, headers, _ = self.call("POST", f"/v2/{REPO}/blobs/uploads/?mount={d}&from=x/y")
+        self.assertEqual(code, 202)
+        self.assertIn("/blobs/uploads/", self.header(headers, "Location") or "")
+
+    def test_origin_down_is_503(self) -> None:
+        """With no origin reachable the commit answers 503 UNAVAILABLE."""
+        data = layer(6)
+        self.agent.remove(ORIGIN)
+        d = Digest.of_bytes(data)
+        code, _, body = self.call("POST", f"/v2/{REPO}/blobs/uploads/?digest={d}", data=data)
+        self.assertEqual((code, self.error(body)), (503, "UNAVAILABLE"))
+
+
+class BlobReadTests(ProxyTestCase):
+    """HEAD and GET of blobs."""
+
+    def test_unknown_blob(self) -> None:
+        """HEAD and GET of a blob nobody has are 404 (GET with BLOB_UNKNOWN)."""
+        d = Digest.of_bytes(b"unknown")
+        self.assertEqual(self.call("HEAD", f"/v2/{REPO}/blobs/{d}")[0], 404)
+        code, _, body = self.call("GET", f"/v2/{REPO}/blobs/{d}")
+        self.assertEqual((code, self.error(body)), (404, "BLOB_UNKNOWN"))
+
+    def test_get_from_origin_with_range(self) -> None:
+        """A blob only the origin has is fetched into the proxy's cache; Range gives 206."""
+        data = layer(7, 4000)
+        d = self.push_blob(data)
+        self.store.delete(d)
+        code, headers, body = self.call(
+            "GET", f"/v2/{REPO}/blobs/{d}", headers={"Range": "bytes=10-19"}
+        )
+        self.assertEqual(self.header(headers, "Content-Range"), f"bytes 10-19/{len(data)}")
+        self.assertEqual((code, body), (206, data[10:20]))
+        self.assertTrue(self.store.has(d))
+        code, _headers, body = self.call(
+            "GET", f"/v2/{REPO}/blobs/{d}", headers={"Range": f"bytes={len(data) + 5}-"}
+        )
+        self.assertEqual((code, self.error(body)), (416, "RANGE_INVALID"))
+
+    def test_bad_digest(self) -> None:
+        """A malformed digest in a blob path is 400 DIGEST_INVALID."""
+        code, _, body = self.call("GET", f"/v2/{REPO}/blobs/sha256:xyz")
+        self.assertEqual((code, self.error(body)), (400, "DIGEST_INVALID"))
+
+
+class ManifestTests(ProxyTestCase):
+    """PUT, GET and HEAD of manifests."""
+
+    def test_push_and_pull_by_tag_and_digest(self) -> None:
+        """A tag PUT stores the manifest at the origin and tags it with replicate=true."""
+        d = self.push_image("v1")
+        self.assertEqual(self.tags.puts, [(f"{REPO}:v1", d, True)])
+        self.assertTrue(self.origin.store.has(d))
+        for ref in ("v1", str(d)):
+            code, headers, body = self.call("GET", f"/v2/{REPO}/manifests/{ref}")
+            self.assertEqual(code, 200)
+            self.assertEqual(Digest.of_bytes(body), d)
+            self.assertEqual(self.header(headers, "Content-Type"), DOCKER_MANIFEST_V2)
+            self.assertEqual(self.header(headers, "Docker-Content-Digest"), str(d))
+            code, headers, _ = self.call("HEAD", f"/v2/{REPO}/manifests/{ref}")
+            self.assertEqual((code, self.header(headers, "Content-Length")), (200, str(len(body))))
+
+    def test_put_by_digest_has_no_tag(self) -> None:
+        """A PUT by digest stores the manifest but tags nothing; a wrong digest is refused."""
+        config = b"{}"
+        self.push_blob(config)
+        manifest = manifest_of(config, [], OCI_IMAGE_MANIFEST)
+        d = Digest.of_bytes(manifest)
+        code, headers, body = self.call("PUT", f"/v2/{REPO}/manifests/{d}", data=manifest)
+        self.assertEqual(code, 201, body)
+        self.assertEqual(self.header(headers, "Location"), f"/v2/{REPO}/manifests/{d}")
+        self.assertEqual(self.tags.puts, [])
+        wrong = Digest.of_bytes(b"other")
+        code, _, body = self.call("PUT", f"/v2/{REPO}/manifests/{wrong}", data=manifest)
+        self.assertEqual((code, self.error(body)), (400, "DIGEST_INVALID"))
+
+    def test_missing_blob(self) -> None:
+        """A manifest naming a blob the ring lacks: 404 MANIFEST_BLOB_UNKNOWN, nothing stored."""
+        config = b'{"a": 1}'
+        self.push_blob(config)
+        missing = layer(9)
+        manifest = manifest_of(config, [missing])
+        code, _, body = self.call("PUT", f"/v2/{REPO}/manifests/latest", data=manifest)
+        self.assertEqual((code, self.error(body)), (404, "MANIFEST_BLOB_UNKNOWN"))
+        detail = json.loads(body)["errors"][0]["detail"]
+        self.assertEqual(detail, {"digest": str(Digest.of_bytes(missing))})
+        self.assertFalse(self.origin.store.has(Digest.of_bytes(manifest)))
+        self.assertEqual(self.tags.puts, [])
+
+    def test_invalid_manifests(self) -> None:
+        """Not JSON, not an object, schema 1, mediaType vs Content-Type: MANIFEST_INVALID."""
+        cases = [
+            (b"not json", {}),
+            (b"[1, 2]", {}),
+            (json.dumps({"schemaVersion": 1, "fsLayers": []}).encode(), {}),
+            (
+                manifest_of(b"{}", []),
+                {"Content-Type": OCI_IMAGE_MANIFEST},
+            ),
+        ]
+        for data, headers in cases:
+            code, _, body = self.call(
+                "PUT", f"/v2/{REPO}/manifests/latest", data=data, headers=headers
+            )
+            self.assertEqual((code, self.error(body)), (400, "MANIFEST_INVALID"), data[:40])
+        self.assertEqual(self.tags.puts, [])
+
+    def test_oversized_manifest(self) -> None:
+        """A manifest over 4 MiB is 413 MANIFEST_INVALID."""
+        data = b" " * (4 * 1024 * 1024 + 1)
+        code, _, body = self.call("PUT", f"/v2/{REPO}/manifests/latest", data=data)
+        self.assertEqual((code, self.error(body)), (413, "MANIFEST_INVALID"))
+
+    def test_invalid_tag(self) -> None:
+        """A tag outside the grammar is 400 MANIFEST_INVALID."""
+        code, _, body = self.call("PUT", f"/v2/{REPO}/manifests/-bad", data=b"{}")
+        self.assertEqual((code, self.error(body)), (400, "MANIFEST_INVALID"))
+
+    def test_index_needs_its_children(self) -> None:
+        """An OCI index is accepted once its child manifests are pushed, refused before."""
+        config = b'{"platform": 1}'
+        self.push_blob(config)
+        child = manifest_of(config, [], OCI_IMAGE_MANIFEST)
+        child_d = Digest.of_bytes(child)
+        index = json.dumps(
+            {
+                "schemaVersion": 2,
+                "mediaType": OCI_IMAGE_INDEX,
+                "manifests": [
+                    {"mediaType": OCI_IMAGE_MANIFEST, "size": len(child), "digest": str(child_d)}
+                ],
+            }
+        ).encode()
+        code, _, body = self.call("PUT", f"/v2/{REPO}/manifests/multi", data=index)
+        self.assertEqual((code, self.error(body)), (404, "MANIFEST_BLOB_UNKNOWN"))
+        self.assertEqual(self.call("PUT", f"/v2/{REPO}/manifests/{child_d}", data=child)[0], 201)
+        self.assertEqual(self.call("PUT", f"/v2/{REPO}/manifests/multi", data=index)[0], 201)
+        code, headers, body = self.call("GET", f"/v2/{REPO}/manifests/multi")
+        self.assertEqual((code, body), (200, index))
+        self.assertEqual(self.header(headers, "Content-Type"), OCI_IMAGE_INDEX)
+
+    def test_unknown_manifest(self) -> None:
+        """An unknown tag or digest is 404 MANIFEST_UNKNOWN."""
+        for ref in ("nope", str(Digest.of_bytes(b"none"))):
+            code, _, body = self.call("GET", f"/v2/{REPO}/manifests/{ref}")
+            self.assertEqual((code, self.error(body)), (404, "MANIFEST_UNKNOWN"), ref)
+
+    def test_mutable_tag(self) -> None:
+        """A second push of a tag is what the next GET serves."""
+        self.push_image("latest", seed=1)
+        second = self.push_image("latest", seed=2)
+        _, headers, _ = self.call("GET", f"/v2/{REPO}/manifests/latest")
+        self.assertEqual(self.header(headers, "Docker-Content-Digest"), str(second))
+
+
+class ListingTests(ProxyTestCase):
+    """tags/list and _catalog with pagination."""
+
+    def setUp(self) -> None:
+        """Tags in three repositories."""
+        super().setUp()
+        d = Digest.of_bytes(b"m")
+        for entry in ("a/one:v1", "a/one:v2", "a/one:v3", "b/two:latest", "c:x", "c:y"):
+            self.tags.tags[entry] = d
+
+    def test_tags_list(self) -> None:
+        """All tags of a repository, sorted."""
+        code, _, body = self.call("GET", "/v2/a/one/tags/list")
+        self.assertEqual(code, 200)
+        self.assertEqual(json.loads(body), {"name": "a/one", "tags": ["v1", "v2", "v3"]})
+
+    def test_tags_pagination(self) -> None:
+        """n and last page through the tags with a Link to the next page."""
+        code, headers, body = self.call("GET", "/v2/a/one/tags/list?n=2")
+        self.assertEqual(code, 200)
+        self.assertEqual(json.loads(body)["tags"], ["v1", "v2"])
+        self.assertEqual(
+            self.header(headers, "Link"), '</v2/a/one/tags/list?n=2&last=v2>; rel="next"'
+        )
+        _code, headers, body = self.call("GET", "/v2/a/one/tags/list?n=2&last=v2")
+        self.assertEqual(json.loads(body)["tags"], ["v3"])
+        self.assertIsNone(self.header(headers, "Link"))
+
+    def test_unknown_repository(self) -> None:
+        """tags/list of a repository without tags is 404 NAME_UNKNOWN."""
+        code, _, body = self.call("GET", "/v2/nobody/tags/list")
+        self.assertEqual((code, self.error(body)), (404, "NAME_UNKNOWN"))
+
+    def test_bad_n(self) -> None:
+        """A non-numeric n is 400 PAGINATION_NUMBER_INVALID."""
+        for path in ("/v2/a/one/tags/list?n=x", "/v2/_catalog?n=-1"):
+            code, _, body = self.call("GET", path)
+            self.assertEqual((code, self.error(body)), (400, "PAGINATION_NUMBER_INVALID"))
+
+    def test_catalog(self) -> None:
+        """The catalog lists each repository once, paginated with Link."""
+        code, headers, body = self.call("GET", "/v2/_catalog")
+        self.assertEqual(code, 200)
+        self.assertEqual(json.loads(body), {"repositories": ["a/one", "b/two", "c"]})
+        self.assertIsNone(self.header(headers, "Link"))
+        _code, headers, body = self.call("GET", "/v2/_catalog?n=1&last=a/one")
+        self.assertEqual(json.loads(body), {"repositories": ["b/two"]})
+        self.assertEqual(
+            self.header(headers, "Link"), '</v2/_catalog?n=1&last=b%2Ftwo>; rel="next"'
+        )
+
+
+class PrefetchTests(ProxyTestCase):
+    """POST /proxy/v1|v2/registry/prefetch."""
+
+    def test_v2_warms_the_origin(self) -> None:
+        """Blobs evicted from the origin (but in its backend) are cached there again."""
+        d = self.push_image("warm")
+        manifest = json.loads(self.call("GET", f"/v2/{REPO}/manifests/warm")[2])
+        layers = [Digest.parse(entry["digest"]) for entry in manifest["layers"]]
+        for blob in layers:
+            self.origin.store.delete(blob)
+        code, _, body = self.call(
+            "POST",
+            "/proxy/v2/registry/prefetch",
+            data=json.dumps({"tag": f"127.0.0.1:5000/{REPO}:warm", "trace_id": "t1"}).encode(),
+        )
+        self.assertEqual(code, 200, body)
+        self.assertEqual(json.loads(body)["prefetched"], True)
+        self.assertEqual(json.loads(body)["trace_id"], "t1")
+        self.assertTrue(all(self.origin.store.has(b) for b in layers))
+        self.assertTrue(self.origin.store.has(d))
+
+    def test_v1_answers_first(self) -> None:
+        """v1 answers 200 once the manifests are resolved."""
+        self.push_image("warm")
+        code, _, body = self.call(
+            "POST", "/proxy/v1/registry/prefetch", data=json.dumps({"tag": f"{REPO}:warm"})
+        )
+        self.assertEqual((code, json.loads(body)["status"]), (200, "success"))
+
+    def test_errors(self) -> None:
+        """Unknown tag: 404; bad body or reference: 400; both with prefetched false."""
+        for data, status in (
+            (json.dumps({"tag": f"{REPO}:missing"}), 404),
+            (b"not json", 400),
+            (json.dumps({"tag": "no-tag-here"}), 400),
+            (json.dumps({"nothing": 1}), 400),
+        ):
+            code, _, body = self.call("POST", "/proxy/v1/registry/prefetch", data=data)
+            self.assertEqual(code, status, body)
+            self.assertEqual(json.loads(body)["prefetched"], False)
+
+
+class HelperTests(SynchronousTestCase):
+    """Pure helpers."""
+
+    def test_paginate(self) -> None:
+        """Sorted, deduplicated, after ``last``, at most ``n``, with a more-flag."""
+        self.assertEqual(paginate(["b", "a", "c", "a"], 2, None), (["a", "b"], True))
+        self.assertEqual(paginate(["b", "a", "c"], 2, "b"), (["c"], False))
+        self.assertEqual(paginate(["b", "a"], None, None), (["a", "b"], False))
+        self.assertEqual(paginate(["a"], 0, None), ([], True))
+
+    def test_parse_image_reference(self) -> None:
+        """A host prefix is dropped; tags and digests are told apart; bad input raises."""
+        d = Digest.of_bytes(b"x")
+        self.assertEqual(parse_image_reference("localhost:5000/a/b:t"), ("a/b", "t"))
+        self.assertEqual(parse_image_reference("reg.io/a/b:t"), ("a/b", "t"))
+        self.assertEqual(parse_image_reference("a/b:t"), ("a/b", "t"))
+        self.assertEqual(parse_image_reference(f"a/b@{d}"), ("a/b", d))
+        for bad in ("a/b", "A/b:t", "a/b:t/x"):
+            self.assertRaises(RegistryError, parse_image_reference, bad)
+
+    def test_tag_repository(self) -> None:
+        """The repository of a listing entry, None for malformed ones."""
+        self.assertEqual(tag_repository("a/b:t"), "a/b")
+        self.assertIsNone(tag_repository("no-colon"))
+        self.assertIsNone(tag_repository(":t"))
