@@ -22,3 +22,9 @@ kraken_origin = ServiceMaker(
     "Kraken origin", "kraken.services.origin", "Blob origin (uploads, seeding, write-back)",
     "kraken-origin",
 )
+kraken_build_index = ServiceMaker(
+    "Kraken build-index",
+    "kraken.services.build_index",
+    "Tags -> manifest digests; replication of tags and blobs to other clusters",
+    "kraken-build-index",
+)
