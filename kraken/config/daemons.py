@@ -153,7 +153,11 @@ class AgentConfig:
     cleanup: CleanupConfig = section(
         CleanupConfig, doc="Eviction from the download area and the cache.", ttl="24h"
     )
-    tls: TLSConfig = section(TLSConfig, doc="TLS to trackers and build-indexes (issue 9).")
+    tls: TLSConfig = section(
+        TLSConfig,
+        doc="TLS of calls to trackers, origins and build-indexes (the agent's own ports "
+        "stay plain HTTP: `cert`/`key` are not used).",
+    )
 
 
 # -- origin ---------------------------------------------------------------------------------
@@ -236,7 +240,7 @@ class OriginConfig:
         ReplicationConfig, doc="Copying blobs to the other replicas."
     )
     backends: tuple[BackendEntry, ...] = _backends_setting()
-    tls: TLSConfig = section(TLSConfig, doc="TLS of the API and to other origins (issue 9).")
+    tls: TLSConfig = section(TLSConfig, doc="TLS of the API and of calls to other origins.")
 
     def config_problems(self) -> Problems:
         """At least one backend."""
@@ -311,7 +315,7 @@ class TrackerConfig:
     metainfo_cache: MetainfoCacheConfig = section(
         MetainfoCacheConfig, doc="In-process cache of origin metainfo answers."
     )
-    tls: TLSConfig = section(TLSConfig, doc="TLS of the API and to origins (issue 9).")
+    tls: TLSConfig = section(TLSConfig, doc="TLS of the API and of calls to origins.")
 
 
 # -- build-index ----------------------------------------------------------------------------
@@ -373,7 +377,9 @@ class BuildIndexConfig:
         RetryQueueConfig, doc="Durable queue replicating tags to remotes."
     )
     backends: tuple[BackendEntry, ...] = _backends_setting()
-    tls: TLSConfig = section(TLSConfig, doc="TLS of the API and to origins/remotes (issue 9).")
+    tls: TLSConfig = section(
+        TLSConfig, doc="TLS of the API and of calls to origins, build-indexes and remotes."
+    )
 
     def config_problems(self) -> Problems:
         """At least one backend."""
@@ -420,7 +426,12 @@ class ProxyConfig:
     )
     prefetch: PrefetchConfig = section(PrefetchConfig, doc="Prefetch of the blobs of a tag.")
     cleanup: CleanupConfig = section(CleanupConfig, doc="Eviction from the proxy's cache.")
-    tls: TLSConfig = section(TLSConfig, doc="TLS of the API and to origins (issue 9).")
+    tls: TLSConfig = section(
+        TLSConfig,
+        doc="TLS of the registry port and of calls to origins and build-indexes; pushes need "
+        "a client certificate only if `require_client_cert_for_writes` is set.",
+        require_client_cert_for_writes=False,
+    )
 
 
 # -- herd -----------------------------------------------------------------------------------

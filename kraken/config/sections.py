@@ -172,18 +172,27 @@ class PassiveClusterClientConfig:
 @frozen(kw_only=True)
 class TLSConfig:
     """
-    TLS settings (placeholder until issue 9 wires them in; parsed and checked for shape only).
+    Mutual TLS of a daemon's API and of its calls to other components (DESIGN 10).
 
-    Serving TLS is on when ``cert`` and ``key`` are set; clients use TLS to other
-    components when ``ca`` is set.  Files are not opened here: the TLS code
-    reads them at start-up.
+    Serving TLS is on when ``cert`` and ``key`` are set; client certificates
+    are then requested, verified against ``ca``, and required for writes (and
+    for reads if asked).  Calls to other components use HTTPS when ``ca`` is
+    set, presenting ``client_cert`` when it is set.  Files are read once at
+    start-up by :mod:`kraken.tls`; see docs/security.md.
     """
 
-    ca: Path | None = setting(None, doc="PEM bundle of the cluster CA(s), trusted for peers.")
-    cert: Path | None = setting(None, doc="PEM server certificate (chain) this daemon serves.")
+    ca: Path | None = setting(
+        None,
+        doc="PEM bundle of the cluster CA(s): the only roots trusted for other components' "
+        "server certificates and for client certificates. Set: calls to other components "
+        "use HTTPS.",
+    )
+    cert: Path | None = setting(
+        None, doc="PEM server certificate (leaf first, then any intermediates); set: serve TLS."
+    )
     key: Path | None = setting(None, doc="PEM private key of `cert`.")
     client_cert: Path | None = setting(
-        None, doc="PEM client certificate presented to other components."
+        None, doc="PEM client certificate presented to other components (may equal `cert`)."
     )
     client_key: Path | None = setting(None, doc="PEM private key of `client_cert`.")
     passphrase_file: Path | None = setting(
@@ -191,19 +200,37 @@ class TLSConfig:
     )
     server_name: str | None = setting(
         None,
-        doc="Name expected in other components' certificates; null: the host of the address.",
+        doc="Name checked in other components' server certificates; null: the host of the "
+        "address called.",
+    )
+    require_client_cert_for_writes: bool = setting(
+        True,
+        doc="Requests other than GET and HEAD over TLS need a client certificate signed by "
+        "`ca` (403 otherwise).",
     )
     require_client_cert_for_reads: bool = setting(
-        False, doc="Off: only writes need a client certificate signed by `ca` (DESIGN 10)."
+        False, doc="GET and HEAD over TLS need one too (403 otherwise)."
     )
 
     def config_problems(self) -> Problems:
-        """Certificates and keys come in pairs."""
+        """Certificates and keys come in pairs; client certificates need ``ca`` to be checked."""
         for cert, key in (("cert", "key"), ("client_cert", "client_key")):
             has_cert = getattr(self, cert) is not None
             if has_cert != (getattr(self, key) is not None):
                 missing, present = (key, cert) if has_cert else (cert, key)
                 yield (missing, f'required when "{present}" is set')
+        if self.ca is None:
+            if self.client_cert is not None and self.client_key is not None:
+                yield ("ca", 'required when "client_cert" is set')
+            if (self.cert is not None and self.key is not None) and (
+                self.require_client_cert_for_writes or self.require_client_cert_for_reads
+            ):
+                yield ("ca", 'required to check client certificates when "cert" is set')
+        if self.require_client_cert_for_reads and not self.require_client_cert_for_writes:
+            yield (
+                "require_client_cert_for_writes",
+                'must be true when "require_client_cert_for_reads" is',
+            )
 
 
 @frozen(kw_only=True)
