@@ -28,3 +28,9 @@ kraken_build_index = ServiceMaker(
     "Tags -> manifest digests; replication of tags and blobs to other clusters",
     "kraken-build-index",
 )
+kraken_proxy = ServiceMaker(
+    "Kraken proxy",
+    "kraken.services.proxy",
+    "Registry v2 for push and pull: blobs to the origin ring, tags to the build-index",
+    "kraken-proxy",
+)
