@@ -65,7 +65,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _node(peer_id_hex: str, archive: Any, origin: bool) -> Any:
+def _node(peer_id_hex: str, archive: Any, origin: bool, **config: Any) -> Any:
     from twisted.internet import reactor
     from twisted.python.threadpool import ThreadPool
 
@@ -77,8 +77,8 @@ def _node(peer_id_hex: str, archive: Any, origin: bool) -> Any:
     pool = ThreadPool(2, 4, "bench")
     pool.start()
     reactor.addSystemEventTrigger("during", "shutdown", pool.stop)
-    config = EngineConfig(origin=origin, announce=not origin)
-    scheduler = Scheduler(PeerID(peer_id_hex), reactor.seconds, random.Random(), config)
+    engine = EngineConfig(origin=origin, announce=not origin, **config)
+    scheduler = Scheduler(PeerID(peer_id_hex), reactor.seconds, random.Random(), engine)
     node = PeerNode(reactor, scheduler, archive, threadpool_runner(reactor, pool))
     node.start()
     return node
@@ -150,7 +150,7 @@ def run_seeder(blob: str, meta_path: str) -> None:
     reactor.run()  # type: ignore[attr-defined]
 
 
-def run_leecher(port: int, meta_path: str, store_dir: str) -> None:
+def run_leecher(port: int, meta_path: str, store_dir: str, pipeline: int | None = None) -> None:
     """Download from 127.0.0.1:port into a BlobStore; print timing JSON."""
     from twisted.internet import reactor
     from twisted.internet.defer import succeed
@@ -162,7 +162,8 @@ def run_leecher(port: int, meta_path: str, store_dir: str) -> None:
     with open(meta_path, "rb") as f:
         meta = MetaInfo.from_json(f.read())
     store = BlobStore(store_dir, reactor)  # type: ignore[arg-type]
-    node = _node("1" * 40, AgentArchive(store), origin=False)
+    extra = {} if pipeline is None else {"origin_pipeline_limit": pipeline}
+    node = _node("1" * 40, AgentArchive(store), origin=False, **extra)
     seeder = PeerInfo(PeerID("0" * 40), "127.0.0.1", port, origin=True)
     node.announcer = lambda action: succeed(([seeder], 3.0))
     result: dict[str, Any] = {}
@@ -253,6 +254,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--runs", type=int, default=2, help="best of N, for P2P and the reference alike"
     )
+    parser.add_argument(
+        "--origin-pipeline", type=int, help="requests outstanding to the seeder (engine default)"
+    )
     parser.add_argument("--role", choices=["parent", "seed", "leech"], default="parent")
     parser.add_argument("--blob")
     parser.add_argument("--meta")
@@ -263,7 +267,7 @@ def main(argv: list[str] | None = None) -> None:
         run_seeder(args.blob, args.meta)
         return
     if args.role == "leech":
-        run_leecher(args.port, args.meta, args.store)
+        run_leecher(args.port, args.meta, args.store, args.origin_pipeline)
         return
 
     from kraken.core import MetaInfo
@@ -277,7 +281,10 @@ def main(argv: list[str] | None = None) -> None:
         meta_path = os.path.join(workdir, "meta.json")
         with open(meta_path, "wb") as f:
             f.write(meta.to_json())
-        runs = [_p2p_once(blob, meta, meta_path, workdir) for _ in range(args.runs)]
+        runs = [
+            _p2p_once(blob, meta, meta_path, workdir, args.origin_pipeline)
+            for _ in range(args.runs)
+        ]
         gb = size / 1e9
         for i, (secs, leech_cpu, seed_cpu) in enumerate(runs, 1):
             print(
@@ -311,7 +318,9 @@ def main(argv: list[str] | None = None) -> None:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _p2p_once(blob: str, meta: Any, meta_path: str, workdir: str) -> tuple[float, float, float]:
+def _p2p_once(
+    blob: str, meta: Any, meta_path: str, workdir: str, pipeline: int | None = None
+) -> tuple[float, float, float]:
     """One seeder + one downloader into a fresh store: (seconds, downloader CPU, seeder CPU)."""
     me = [sys.executable, "-m", "bench.pair"]
     store = os.path.join(workdir, "store")
@@ -325,8 +334,9 @@ def _p2p_once(blob: str, meta: Any, meta_path: str, workdir: str) -> tuple[float
     )
     assert seeder.stdout is not None and seeder.stdin is not None
     port = int(seeder.stdout.readline())
+    tune = [] if pipeline is None else ["--origin-pipeline", str(pipeline)]
     leech = subprocess.run(
-        [*me, "--role", "leech", "--port", str(port), "--meta", meta_path, "--store", store],
+        [*me, "--role", "leech", "--port", str(port), "--meta", meta_path, "--store", store, *tune],
         capture_output=True,
         text=True,
         check=False,
