@@ -313,9 +313,10 @@ class PeerProtocol(Int32StringReceiver):
         payload is being received into a buffer (and no ingress limit
         applies) the socket is read straight into the buffer, at most the
         payload's remaining bytes and SOCKET_BUFFER per call; otherwise
-        Twisted's ``doRead`` runs as usual (frames, discarded payloads, shaping).  This saves a copy and a
-        1 MiB ``bytes`` allocation per read, whose pages glibc kept returning
-        to the kernel (~200,000 page faults per GiB received, measured).
+        Twisted's ``doRead`` runs as usual (frames, discarded payloads,
+        shaping).  This saves a copy and a 1 MiB ``bytes`` allocation per
+        read, whose pages glibc kept returning to the kernel (~200,000 page
+        faults per GiB received, measured).
         """
         sock = sendfile_socket(transport)
         if sock is None:
