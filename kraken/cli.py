@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from kraken import __version__
 from kraken.core import DEFAULT_PIECE_LENGTHS, MetaInfo
@@ -30,6 +31,68 @@ def _digest(args: argparse.Namespace) -> int:
     return 0
 
 
+def _certs_init(args: argparse.Namespace) -> int:
+    from kraken.certs import CertificateExists, init_ca
+
+    try:
+        cert, key = init_ca(args.dir)
+    except (CertificateExists, OSError) as e:
+        print(f"kraken certs init: {e}", file=sys.stderr)
+        return 1
+    print(f"created {cert} and {key} (keep the key private)")
+    return 0
+
+
+def _certs_issue(args: argparse.Namespace) -> int:
+    import datetime
+
+    from kraken.certs import DEFAULT_SANS, CertificateExists, issue
+
+    try:
+        cert, key = issue(
+            args.dir,
+            args.name,
+            args.san or DEFAULT_SANS,
+            validity=datetime.timedelta(days=args.days),
+        )
+    except FileNotFoundError as e:
+        print(
+            f"kraken certs issue: {e.filename}: no CA (run kraken certs init first)",
+            file=sys.stderr,
+        )
+        return 1
+    except (CertificateExists, OSError, ValueError) as e:
+        print(f"kraken certs issue: {e}", file=sys.stderr)
+        return 1
+    print(f"created {cert} and {key}")
+    return 0
+
+
+def _add_certs(sub: Any) -> None:
+    certs = sub.add_parser(
+        "certs", help="development CA and certificates for mutual TLS (docs/security.md)"
+    )
+    certs_sub = certs.add_subparsers(dest="certs_command", required=True)
+    init = certs_sub.add_parser("init", help="create a CA: DIR/ca.pem and DIR/ca-key.pem")
+    init.add_argument("dir", metavar="DIR")
+    init.set_defaults(func=_certs_init)
+    issue = certs_sub.add_parser(
+        "issue",
+        help="issue DIR/NAME.pem and DIR/NAME-key.pem, signed by the CA in DIR, usable as "
+        "server and client certificate",
+    )
+    issue.add_argument("dir", metavar="DIR")
+    issue.add_argument("name", metavar="NAME")
+    issue.add_argument(
+        "--san",
+        action="append",
+        metavar="NAME_OR_IP",
+        help="subject alternative name (repeatable; default: localhost and 127.0.0.1)",
+    )
+    issue.add_argument("--days", type=int, default=365, help="validity in days (default 365)")
+    issue.set_defaults(func=_certs_issue)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
     parser = argparse.ArgumentParser(prog="kraken", description=__doc__.splitlines()[1])
@@ -41,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--metainfo", action="store_true", help="print the metainfo JSON (default piece lengths)"
     )
     digest.set_defaults(func=_digest)
+    _add_certs(sub)
     return parser
 
 
