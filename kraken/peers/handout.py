@@ -18,6 +18,7 @@ from collections.abc import Iterable, Sequence
 from typing import Final
 
 from kraken.core import PeerID, PeerInfo
+from kraken.peers.store import StoredPeer
 
 #: DESIGN 5/6: how many store peers an announce hands out.
 DEFAULT_HANDOUT_LIMIT: Final = 50
@@ -70,6 +71,46 @@ def hand_out(
         chosen_agents = rng.sample(chosen_agents, limit)
     origin_list = list(chosen_origins.values())
     rng.shuffle(origin_list)
+    complete = [a for a in chosen_agents if a.complete]
+    incomplete = [a for a in chosen_agents if not a.complete]
+    return complete + origin_list + incomplete
+
+
+def hand_out_stored(
+    requester: PeerInfo,
+    agents: Sequence[StoredPeer],
+    origins: Iterable[StoredPeer],
+    limit: int = DEFAULT_HANDOUT_LIMIT,
+    rng: random.Random | None = None,
+) -> list[StoredPeer]:
+    """
+    :func:`hand_out` over :class:`StoredPeer` records (the tracker's hot path).
+
+    Same policy and order; ``origins`` must already be origin records
+    (``origin`` and ``complete`` true), as the tracker caches them.
+    ``agents`` must be in random order, as :meth:`IPeerStore.announce`
+    promises, so the first ``limit`` of them are a random choice (no second
+    sampling).
+    """
+    if requester.complete:
+        return []
+    rng = rng or random.Random()
+    me = requester.peer_id.hex
+    chosen_origins: dict[str, StoredPeer] = {}
+    for origin in origins:
+        if origin.peer_id != me and origin.peer_id not in chosen_origins:
+            chosen_origins[origin.peer_id] = origin
+    seen = set(chosen_origins)
+    seen.add(me)
+    chosen_agents: list[StoredPeer] = []
+    for agent in agents:
+        if agent.peer_id not in seen and not agent.origin:
+            seen.add(agent.peer_id)
+            chosen_agents.append(agent)
+    del chosen_agents[limit:]
+    origin_list = list(chosen_origins.values())
+    if len(origin_list) > 1:
+        rng.shuffle(origin_list)
     complete = [a for a in chosen_agents if a.complete]
     incomplete = [a for a in chosen_agents if not a.complete]
     return complete + origin_list + incomplete

@@ -9,7 +9,11 @@ Per torrent two keys, with a hash tag so that Redis Cluster keeps them together:
 Both updates and reads are Lua scripts, so concurrent trackers cannot interleave
 between the read of the old complete flag and the write of the new entry.  A
 read first drops expired entries, then picks ``limit`` random ids with
-``ZRANDMEMBER`` (Redis >= 6.2).  Both keys also carry a Redis TTL of the peer
+``ZRANDMEMBER`` (Redis >= 6.2).  An announce (:meth:`RedisPeerStore.announce`)
+is one script that does both, called by ``EVALSHA`` (``EVAL`` only when Redis
+does not know the script yet), and answers one bulk string of
+``id|complete|port|ip`` lines rather than a multi-bulk reply, which
+txredisapi parses slowly.  Both keys also carry a Redis TTL of the peer
 TTL, so a torrent nobody announces any more disappears without a sweeper.
 
 Expiry is computed from the store's clock, not Redis' ``TIME``, so that tests
@@ -19,6 +23,7 @@ clocks (NTP), which is ample for a 5 h TTL.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import random
 from typing import Any, ClassVar, Final
@@ -29,10 +34,12 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from kraken.core import InfoHash, InvalidPeerInfo, PeerID, PeerInfo
-from kraken.peers.store import DEFAULT_PEER_TTL, IPeerStore
+from kraken.peers.resp import DEFAULT_REPLY_TIMEOUT, NoScript, RespPool
+from kraken.peers.store import DEFAULT_PEER_TTL, IPeerStore, StoredPeer
 
 DEFAULT_KEY_PREFIX: Final = "kraken:peers:"
 
@@ -70,6 +77,44 @@ return out
 """
 
 
+_ANNOUNCE: Final = """
+local complete = ARGV[6]
+if complete == '0' then
+  local score = redis.call('ZSCORE', KEYS[1], ARGV[3])
+  if score and tonumber(score) > tonumber(ARGV[1]) then
+    local old = redis.call('HGET', KEYS[2], ARGV[3])
+    if old and string.sub(old, 1, 1) == '1' then complete = '1' end
+  end
+end
+redis.call('HSET', KEYS[2], ARGV[3], complete .. '|' .. ARGV[5] .. '|' .. ARGV[4])
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ARGV[7])
+redis.call('PEXPIRE', KEYS[2], ARGV[7])
+local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+if #expired > 0 then
+  for i = 1, #expired, 1000 do
+    redis.call('HDEL', KEYS[2], unpack(expired, i, math.min(i + 999, #expired)))
+  end
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+end
+local limit = tonumber(ARGV[8])
+if limit <= 0 then return '' end
+local ids = redis.call('ZRANDMEMBER', KEYS[1], limit + 1)
+local values = redis.call('HMGET', KEYS[2], unpack(ids))
+local out = {}
+for i, id in ipairs(ids) do
+  if id ~= ARGV[3] and values[i] and #out < limit then
+    out[#out + 1] = id .. '|' .. values[i]
+  end
+end
+return table.concat(out, '\\n')
+"""
+_ANNOUNCE_SHA: Final = hashlib.sha1(_ANNOUNCE.encode(), usedforsecurity=False).hexdigest()
+
+#: Bound of :class:`RedisPeerStore`'s cache of answer records (one per peer entry).
+MAX_CACHED_RECORDS: Final = 200_000
+
+
 def connect_redis(
     host: str,
     port: int,
@@ -99,74 +144,65 @@ def connect_redis(
 
 class RedisPool(Service):
     """
-    A txredisapi pool that connects when the service starts and disconnects when it stops.
+    The tracker's Redis connections (:class:`kraken.peers.resp.RespPool`) as a service.
 
-    txredisapi starts connecting as soon as a pool is made, on the global
-    reactor; wrapping it in a service keeps ``makeService`` free of side
-    effects.  Stopping waits (at most ``connect_timeout``) for connection
-    attempts in flight, so that none is left behind.
+    Connects when the service starts, disconnects (and stops reconnecting)
+    when it stops, so that ``makeService`` stays free of side effects.
+    Commands are pipelined over ``poolsize`` connections; see
+    :mod:`kraken.peers.resp` for why not txredisapi.
     """
 
     def __init__(
         self,
         host: str,
         port: int,
-        clock: IReactorTime,
+        clock: Any,
         *,
         dbid: int = 0,
         poolsize: int = 10,
         password: str | None = None,
         connect_timeout: float = 5.0,
+        reply_timeout: float = DEFAULT_REPLY_TIMEOUT,
     ) -> None:
         self.host, self.port, self.clock = host, port, clock
-        self.dbid, self.poolsize, self.password = dbid, poolsize, password
-        self.connect_timeout = connect_timeout
-        self._conn: Any = None
+        self._pool = RespPool(
+            clock,
+            host,
+            port,
+            size=poolsize,
+            dbid=dbid,
+            password=password,
+            connect_timeout=connect_timeout,
+            reply_timeout=reply_timeout,
+        )
 
     def startService(self) -> None:
         """Start connecting."""
         super().startService()  # type: ignore[no-untyped-call]
-        self._conn = connect_redis(
-            self.host,
-            self.port,
-            dbid=self.dbid,
-            poolsize=self.poolsize,
-            password=self.password,
-            connect_timeout=self.connect_timeout,
-        )
+        self._pool.start()
 
-    def stopService(self) -> Deferred[None] | None:
-        """Disconnect, after the attempts in flight have finished or timed out."""
+    def stopService(self) -> Deferred[Any]:
+        """Disconnect; fires when every connection (or attempt) has ended."""
         super().stopService()  # type: ignore[no-untyped-call]
-        conn, self._conn = self._conn, None
-        if conn is None:
-            return None
-        settled: Deferred[None] = Deferred()
+        return self._pool.stop()
 
-        def done(result: object) -> object:
-            if not settled.called:
-                settled.callback(None)
-            return result
-
-        connecting = getattr(conn._factory, "deferred", None)
-        if connecting is None or connecting.called:
-            settled.callback(None)
-        else:
-            connecting.addBoth(done)
-        settled.addTimeout(self.connect_timeout, self.clock, lambda *_: None)
-
-        def disconnect(_: object) -> Deferred[None]:
-            d: Deferred[None] = conn.disconnect()
-            return d
-
-        return settled.addBoth(disconnect)
+    def execute_command(self, *args: Any) -> Deferred[Any]:
+        """Run one command (fails if the service is not running)."""
+        if not self.running:
+            return fail(RuntimeError("the Redis pool is not running"))
+        return self._pool.execute_command(*args)
 
     def eval(self, script: str, keys: list[str], args: list[str]) -> Deferred[Any]:
         """Run a Lua script (fails if the service is not running)."""
-        if self._conn is None:
+        if not self.running:
             return fail(RuntimeError("the Redis pool is not running"))
-        d: Deferred[Any] = self._conn.eval(script, keys, args)
-        return d
+        return self._pool.eval(script, keys, args)
+
+    def evalsha(self, sha: str, keys: list[str], args: list[str]) -> Deferred[Any]:
+        """Run a Lua script Redis already knows by its SHA1 (fails if not running)."""
+        if not self.running:
+            return fail(RuntimeError("the Redis pool is not running"))
+        return self._pool.evalsha(sha, keys, args)
 
 
 @implementer(IPeerStore)
@@ -175,8 +211,9 @@ class RedisPeerStore:
     """
     :class:`IPeerStore` in Redis (see the module docstring for the layout).
 
-    ``redis`` is a txredisapi connection or pool made with ``convertNumbers=False``
-    (use :func:`connect_redis`).
+    ``redis`` is a :class:`RedisPool` (or :class:`kraken.peers.resp.RespPool`),
+    or a txredisapi connection or pool made with ``convertNumbers=False``
+    (:func:`connect_redis`).
     """
 
     log: ClassVar[Logger] = Logger()
@@ -186,6 +223,11 @@ class RedisPeerStore:
     ttl: float = DEFAULT_PEER_TTL
     key_prefix: str = DEFAULT_KEY_PREFIX
     rng: random.Random = field(factory=random.Random)
+    _records: dict[str, StoredPeer] = field(init=False, factory=dict)
+    _ttl_ms: str = field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._ttl_ms = str(max(1, math.ceil(self.ttl * 1000)))
 
     def _keys(self, infohash: InfoHash) -> list[str]:
         base = f"{self.key_prefix}{{{infohash.hex}}}"
@@ -233,3 +275,56 @@ class RedisPeerStore:
         # ZRANDMEMBER with a positive count returns a set in hash order, not a shuffle.
         self.rng.shuffle(peers)
         return peers
+
+    def announce(
+        self, infohash: InfoHash, peer: PeerInfo, limit: int
+    ) -> Deferred[list[StoredPeer]]:
+        """Record and answer in one script (see :meth:`IPeerStore.announce`)."""
+        now = self.clock.seconds()
+        args = [
+            repr(now),
+            repr(now + self.ttl),
+            peer.peer_id.hex,
+            peer.ip,
+            str(peer.port),
+            "1" if peer.complete else "0",
+            self._ttl_ms,
+            str(max(0, limit)),
+        ]
+        keys = self._keys(infohash)
+        d: Deferred[Any] = self.redis.evalsha(_ANNOUNCE_SHA, keys, args)
+        d.addErrback(self._load_script, keys, args)
+        return d.addCallback(self._records_of, infohash)
+
+    def _load_script(self, failure: Failure, keys: list[str], args: list[str]) -> Deferred[Any]:
+        # Redis restarted or flushed its scripts: EVAL loads it again.
+        failure.trap(txredisapi.ScriptDoesNotExist, NoScript)  # type: ignore[no-untyped-call]
+        d: Deferred[Any] = self.redis.eval(_ANNOUNCE, keys, args)
+        return d
+
+    def _records_of(self, reply: str | None, infohash: InfoHash) -> list[StoredPeer]:
+        records = self._records
+        out: list[StoredPeer] = []
+        for line in reply.split("\n") if reply else ():
+            record = records.get(line)
+            if record is None:
+                record = self._parse_line(line, infohash)
+                if record is None:
+                    continue
+                if len(records) >= MAX_CACHED_RECORDS:
+                    records.clear()
+                records[line] = record
+            out.append(record)
+        self.rng.shuffle(out)
+        return out
+
+    def _parse_line(self, line: str, infohash: InfoHash) -> StoredPeer | None:
+        try:
+            peer_id, complete, port, ip = line.split("|", 3)
+            peer = PeerInfo(PeerID(peer_id), ip, int(port), origin=False, complete=complete == "1")
+        except (ValueError, InvalidPeerInfo):
+            self.log.warn(
+                "skipping malformed peer entry {line!r} of {infohash}", line=line, infohash=infohash
+            )
+            return None
+        return StoredPeer.of(peer)

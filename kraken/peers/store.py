@@ -9,23 +9,57 @@ Semantics every :class:`IPeerStore` shares (checked by one abstract test suite):
 - expired entries are never returned;
 - :meth:`IPeerStore.get_peers` returns up to ``limit`` distinct peers chosen at
   random; every one has ``origin=False`` (origins come from the origin ring,
-  never from the store).
+  never from the store);
+- :meth:`IPeerStore.announce` is the tracker's hot path: an update and a read
+  in one operation (one Redis round trip), answering :class:`StoredPeer`
+  records whose JSON is serialised once per entry, not once per answer.
 """
 
 from __future__ import annotations
 
+import json
 import random
 from typing import Final
 
-from attrs import define, field
+from attrs import define, field, frozen
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from zope.interface import Interface, implementer
 
-from kraken.core import InfoHash, PeerID, PeerInfo
+from kraken.core import InfoHash, PeerInfo
 
 #: DESIGN 6: an entry lives this long after the peer's last announce.
 DEFAULT_PEER_TTL: Final = 5 * 3600.0
+
+
+@frozen
+class StoredPeer:
+    """
+    A peer as an announce answer hands it out: its id, flags and JSON object, serialised once.
+
+    ``json`` is exactly ``json.dumps(peer.to_dict())`` of the :class:`PeerInfo`
+    (compact separators), so an answer is a join of these fragments.  Stores
+    build them from validated :class:`PeerInfo` values only.
+    """
+
+    peer_id: str
+    origin: bool
+    complete: bool
+    json: bytes
+
+    @classmethod
+    def of(cls, peer: PeerInfo) -> StoredPeer:
+        """The record of ``peer``."""
+        return cls(
+            peer.peer_id.hex,
+            peer.origin,
+            peer.complete,
+            json.dumps(peer.to_dict(), separators=(",", ":")).encode("ascii"),
+        )
+
+    def peer_info(self) -> PeerInfo:
+        """The :class:`PeerInfo` this record was made from."""
+        return PeerInfo.from_dict(json.loads(self.json))
 
 
 class IPeerStore(Interface):
@@ -37,10 +71,19 @@ class IPeerStore(Interface):
     def get_peers(infohash: InfoHash, limit: int) -> Deferred[list[PeerInfo]]:
         """Up to ``limit`` random live peers of ``infohash`` (fewer if there are fewer)."""
 
+    def announce(infohash: InfoHash, peer: PeerInfo, limit: int) -> Deferred[list[StoredPeer]]:
+        """
+        :meth:`update_peer` then up to ``limit`` random live peers other than ``peer``, at once.
+
+        Fires with the records of the chosen peers (in random order, ``origin``
+        false), after ``peer`` has been stored.
+        """
+
 
 @define
 class _Entry:
     peer: PeerInfo
+    stored: StoredPeer
     expires_at: float
 
 
@@ -57,16 +100,31 @@ class MemoryPeerStore:
     clock: IReactorTime
     ttl: float = DEFAULT_PEER_TTL
     rng: random.Random = field(factory=random.Random)
-    _torrents: dict[InfoHash, dict[PeerID, _Entry]] = field(init=False, factory=dict)
+    _torrents: dict[InfoHash, dict[str, _Entry]] = field(init=False, factory=dict)
+
+    def _record(self, infohash: InfoHash, peer: PeerInfo, now: float) -> dict[str, _Entry]:
+        peers = self._torrents.get(infohash)
+        if peers is None:
+            peers = self._torrents[infohash] = {}
+        key = peer.peer_id.hex
+        old = peers.get(key)
+        complete = peer.complete or (old is not None and old.expires_at > now and old.peer.complete)
+        if (
+            old is not None
+            and old.peer.complete == complete
+            and old.peer.port == peer.port
+            and old.peer.ip == peer.ip
+        ):
+            # The common re-announce: same address and state, only the expiry moves.
+            old.expires_at = now + self.ttl
+        else:
+            stored = PeerInfo(peer.peer_id, peer.ip, peer.port, origin=False, complete=complete)
+            peers[key] = _Entry(stored, StoredPeer.of(stored), now + self.ttl)
+        return peers
 
     def update_peer(self, infohash: InfoHash, peer: PeerInfo) -> Deferred[None]:
         """Record an announce (see :meth:`IPeerStore.update_peer`)."""
-        now = self.clock.seconds()
-        peers = self._torrents.setdefault(infohash, {})
-        old = peers.get(peer.peer_id)
-        complete = peer.complete or (old is not None and old.expires_at > now and old.peer.complete)
-        stored = PeerInfo(peer.peer_id, peer.ip, peer.port, origin=False, complete=complete)
-        peers[peer.peer_id] = _Entry(stored, now + self.ttl)
+        self._record(infohash, peer, self.clock.seconds())
         return succeed(None)
 
     def get_peers(self, infohash: InfoHash, limit: int) -> Deferred[list[PeerInfo]]:
@@ -81,6 +139,27 @@ class MemoryPeerStore:
         else:
             self.rng.shuffle(live)
         return succeed(live)
+
+    def announce(
+        self, infohash: InfoHash, peer: PeerInfo, limit: int
+    ) -> Deferred[list[StoredPeer]]:
+        """Record and answer in one step (see :meth:`IPeerStore.announce`)."""
+        now = self.clock.seconds()
+        peers = self._record(infohash, peer, now)
+        if limit <= 0:
+            return succeed([])
+        me = peers[peer.peer_id.hex]
+        entries = list(peers.values())
+        if len(entries) > limit + 1:
+            # Sample first, check expiry after: expired entries are rare (the sweeper drops them).
+            chosen = self.rng.sample(entries, limit + 1)
+            out = [e.stored for e in chosen if e.expires_at > now and e is not me]
+            if len(out) < limit:
+                live = [e.stored for e in entries if e.expires_at > now and e is not me]
+                out = self.rng.sample(live, min(limit, len(live)))
+            return succeed(out[:limit])
+        self.rng.shuffle(entries)
+        return succeed([e.stored for e in entries if e.expires_at > now and e is not me])
 
     def sweep(self) -> int:
         """Drop expired entries and empty torrents; return how many entries were dropped."""

@@ -5,18 +5,23 @@ The tracker's Klein API through StubTreq: announces, metainfo, health, readiness
 from __future__ import annotations
 
 import json
+from io import BytesIO
 from typing import Any
 
 from treq.testing import StubTreq
 from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.server import NOT_DONE_YET
+from twisted.web.test.requesthelper import DummyRequest
 from zope.interface import implementer
 
 from kraken.api.tracker import MAX_ANNOUNCE_BODY, InvalidNamespace, TrackerAPI, check_namespace
 from kraken.core import Digest, InfoHash, MetaInfo, PeerID, PeerInfo
 from kraken.peers.origins import IOriginCluster, MetaInfoAnswer, OriginUnavailable
-from kraken.peers.store import MemoryPeerStore
+from kraken.peers.store import MemoryPeerStore, StoredPeer
 
 BLOB = b"hello kraken" * 1000
 INFO = MetaInfo.of_bytes(BLOB, 4096)
@@ -31,11 +36,13 @@ class FakeOrigins:
 
     def __init__(self) -> None:
         self.peers: list[PeerInfo] | Exception = [ORIGIN]
+        self.origin_calls = 0
         self.is_ready = True
         self.metainfo_calls: list[tuple[str, Digest]] = []
         self.answers: list[Deferred[MetaInfoAnswer]] = []
 
     def origin_peers(self, digest: Digest) -> Deferred[list[PeerInfo]]:
+        self.origin_calls += 1
         if isinstance(self.peers, Exception):
             return fail(self.peers)
         return succeed(list(self.peers))
@@ -57,6 +64,9 @@ class BrokenStore:
         return fail(ConnectionError("redis is down"))
 
     def get_peers(self, infohash: Any, limit: int) -> Deferred[list[PeerInfo]]:
+        return fail(ConnectionError("redis is down"))
+
+    def announce(self, infohash: Any, peer: Any, limit: int) -> Deferred[list[Any]]:
         return fail(ConnectionError("redis is down"))
 
 
@@ -151,7 +161,8 @@ class AnnounceTests(TrackerAPITestCase):
         api = TrackerAPI(BrokenStore(), self.origins, self.clock)  # type: ignore[arg-type]
         self.treq = StubTreq(api.resource())
         self.assertEqual(self.peers_of(agent(1)), [ORIGIN])
-        self.assertEqual(len(self.flushLoggedErrors(ConnectionError)), 2)
+        # One failure logged: the store is asked once per announce (update and read together).
+        self.assertEqual(len(self.flushLoggedErrors(ConnectionError)), 1)
 
     def test_metrics_count_announces(self) -> None:
         """/metrics reports ok and invalid announces and handout sizes."""
@@ -168,6 +179,106 @@ class AnnounceTests(TrackerAPITestCase):
         """GET on the announce route is a 405."""
         code, _, _ = self.request("GET", f"/announce/{IH.hex}")
         self.assertEqual(code, 405)
+
+
+class SlowStore:
+    """A memory store whose announce answers only when the test fires it (a Redis round trip)."""
+
+    def __init__(self, store: MemoryPeerStore) -> None:
+        self.store = store
+        self.waiting: list[tuple[Deferred[list[StoredPeer]], Deferred[list[StoredPeer]]]] = []
+
+    def update_peer(self, infohash: InfoHash, peer: PeerInfo) -> Deferred[None]:
+        return self.store.update_peer(infohash, peer)
+
+    def get_peers(self, infohash: InfoHash, limit: int) -> Deferred[list[PeerInfo]]:
+        return self.store.get_peers(infohash, limit)
+
+    def announce(
+        self, infohash: InfoHash, peer: PeerInfo, limit: int
+    ) -> Deferred[list[StoredPeer]]:
+        later: Deferred[list[StoredPeer]] = Deferred()
+        self.waiting.append((self.store.announce(infohash, peer, limit), later))
+        return later
+
+    def release(self) -> None:
+        """Answer every announce waiting."""
+        waiting, self.waiting = self.waiting, []
+        for done, later in waiting:
+            done.chainDeferred(later)
+
+
+class AnnouncePathTests(TrackerAPITestCase):
+    """The lean announce resource: asynchronous stores, the origin memo, Klein parity."""
+
+    def test_asynchronous_store(self) -> None:
+        """With a store that answers later, the response waits for it and has a Content-Length."""
+        slow = SlowStore(self.store)
+        api = TrackerAPI(slow, self.origins, self.clock, interval_seconds=3)  # type: ignore[arg-type]
+        treq = StubTreq(api.resource())
+        self.successResultOf(self.store.update_peer(IH, agent(1)))
+        d = treq.post(f"http://tracker/announce/{IH.hex}", data=json.dumps(announce_body(agent(2))))
+        treq.flush()
+        self.assertNoResult(d)
+        slow.release()
+        treq.flush()
+        response = self.successResultOf(d)
+        self.assertEqual(response.code, 200)
+        body = self.successResultOf(response.content())
+        self.assertEqual(response.length, len(body))  # framed by Content-Length, not chunked
+        peers = [PeerInfo.from_dict(p) for p in json.loads(body)["peers"]]
+        self.assertEqual(peers, [ORIGIN, agent(1)])
+
+    def test_client_gone_before_answer(self) -> None:
+        """A client that disconnects before a slow store answers costs nothing but the answer."""
+        slow = SlowStore(self.store)
+        api = TrackerAPI(slow, self.origins, self.clock)  # type: ignore[arg-type]
+        request = DummyRequest([b"announce", IH.hex.encode()])
+        request.method = b"POST"
+        request.path = b"/announce/" + IH.hex.encode()
+        request.content = BytesIO(json.dumps(announce_body(agent(1))).encode())
+        self.assertEqual(api.resource().render(request), NOT_DONE_YET)
+        request.processingFailed(Failure(ConnectionDone()))  # type: ignore[no-untyped-call]
+        slow.release()
+        self.assertEqual(request.written, [])
+        self.assertEqual(request.finished, 0)
+
+    def test_origin_memo(self) -> None:
+        """Within the memo TTL an announce reuses the blob's origins; after it, asks again."""
+        self.peers_of(agent(1))
+        self.peers_of(agent(2))
+        self.assertEqual(self.origins.origin_calls, 1)
+        self.clock.advance(1.0)
+        self.assertEqual(self.peers_of(agent(3))[0], ORIGIN)
+        self.assertEqual(self.origins.origin_calls, 2)
+
+    def test_failed_origins_not_memoised(self) -> None:
+        """An announce without origins (none answered) asks again on the next announce."""
+        self.origins.peers = OriginUnavailable("all down")
+        self.assertEqual(self.peers_of(agent(1)), [])
+        self.origins.peers = [ORIGIN]
+        self.assertEqual(self.peers_of(agent(2)), [ORIGIN, agent(1)])
+
+    def test_klein_route_same_answer(self) -> None:
+        """The Klein route (the app's own resource) answers announces exactly as the lean path."""
+        klein = StubTreq(self.api.app.resource())
+        self.peers_of(agent(1, complete=True))
+        body = json.dumps(announce_body(agent(2))).encode()
+        d = klein.post(f"http://tracker/announce/{IH.hex}", data=body)
+        klein.flush()
+        response = self.successResultOf(d)
+        answer = json.loads(self.successResultOf(response.content()))
+        self.assertEqual(answer["interval_seconds"], 3)
+        self.assertEqual(
+            [PeerInfo.from_dict(p) for p in answer["peers"]], [agent(1, complete=True), ORIGIN]
+        )
+        _, content = self.announce(announce_body(agent(3)))
+        self.assertEqual(set(json.loads(content)), {"peers", "interval_seconds"})
+
+    def test_other_paths_go_to_klein(self) -> None:
+        """Only POST /announce/<one segment> takes the lean path; deeper paths are Klein's 404."""
+        code, _, _ = self.request("POST", f"/announce/{IH.hex}/more", data=b"{}")
+        self.assertEqual(code, 404)
 
 
 class BadAnnounceTests(TrackerAPITestCase):

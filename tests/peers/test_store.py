@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.internet import reactor
 from twisted.internet.defer import ensureDeferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -13,6 +14,7 @@ from zope.interface.verify import verifyObject
 
 from kraken.core import InfoHash, PeerID, PeerInfo
 from kraken.peers.redis import RedisPeerStore
+from kraken.peers.resp import RespPool
 from kraken.peers.store import DEFAULT_PEER_TTL, IPeerStore, MemoryPeerStore
 from tests.peers.redisserver import RedisServer
 
@@ -131,6 +133,67 @@ class PeerStoreTests:
         await self.store.update_peer(IH, p)
         self.assertEqual(await self.store.get_peers(IH, 50), [p])
 
+    async def test_announce_records_and_answers_others(self) -> None:
+        """announce() stores the peer and answers the other live peers' records, not its own."""
+        for i in range(5):
+            await self.store.update_peer(IH, peer(i))
+        got = await self.store.announce(IH, peer(9, port=9999), 10)
+        self.assertEqual(len(got), 5)
+        self.assertEqual({r.peer_info() for r in got}, {peer(i) for i in range(5)})
+        self.assertIn(peer(9, port=9999), await self.store.get_peers(IH, 50))
+        self.assertTrue(all(not r.origin for r in got))
+
+    async def test_announce_limit(self) -> None:
+        """announce() answers at most ``limit`` distinct announced peers (none with limit 0)."""
+        everyone = {peer(i) for i in range(20)}
+        for p in everyone:
+            await self.store.announce(IH, p, 0)
+        got = [r.peer_info() for r in await self.store.announce(IH, peer(0), 5)]
+        self.assertEqual(len(got), 5)
+        self.assertEqual(len(set(got)), 5)
+        self.assertTrue(set(got) <= everyone - {peer(0)})
+        self.assertEqual(await self.store.announce(IH, peer(1), 0), [])
+        self.assertEqual(len(await self.store.get_peers(IH, 100)), 20)
+
+    async def test_announce_random(self) -> None:
+        """Different announces hand back different subsets."""
+        for i in range(20):
+            await self.store.update_peer(IH, peer(i))
+        draws = set()
+        for _ in range(20):
+            got = await self.store.announce(IH, peer(0), 5)
+            draws.add(frozenset(r.peer_id for r in got))
+        self.assertTrue(len(draws) > 1)
+
+    async def test_announce_keeps_complete(self) -> None:
+        """announce() keeps a live entry complete, as update_peer does."""
+        await self.store.announce(IH, peer(1, complete=True), 5)
+        await self.store.announce(IH, peer(1, complete=False), 5)
+        (got,) = await self.store.announce(IH, peer(2), 5)
+        self.assertEqual(got.peer_info(), peer(1, complete=True))
+
+    async def test_announce_changed_address(self) -> None:
+        """A re-announce from a new address replaces the record others are handed."""
+        await self.store.announce(IH, peer(1, port=1000), 5)
+        await self.store.announce(IH, peer(1, port=2000, ip="10.9.9.9"), 5)
+        (got,) = await self.store.announce(IH, peer(2), 5)
+        self.assertEqual(got.peer_info(), peer(1, port=2000, ip="10.9.9.9"))
+
+    async def test_announce_skips_expired(self) -> None:
+        """Expired entries are never answered, even when most of the torrent has expired."""
+        for i in range(60):
+            await self.store.update_peer(IH, peer(i))
+        self.clock.advance(self.ttl - 1)
+        fresh = {peer(100 + i) for i in range(8)}
+        for p in fresh:
+            await self.store.update_peer(IH, p)
+        self.clock.advance(1)
+        for _ in range(5):
+            got = {r.peer_info() for r in await self.store.announce(IH, peer(200), 5)}
+            self.assertEqual(len(got), 5)
+            self.assertTrue(got <= fresh)
+        self.assertEqual(len(await self.store.announce(IH, peer(200), 50)), 8)
+
 
 class MemoryPeerStoreTests(PeerStoreTests, TestCase):
     """The suite on :class:`MemoryPeerStore`."""
@@ -173,6 +236,24 @@ class RedisPeerStoreTests(PeerStoreTests, TestCase):
     def setUp(self) -> Any:
         return ensureDeferred(self._setUp())
 
+    async def test_script_reloaded(self) -> None:
+        """After Redis forgets its scripts (restart, SCRIPT FLUSH), announces load it again."""
+        await self.store.announce(IH, peer(1), 5)
+        await self.store.redis.execute_command("SCRIPT", "FLUSH")
+        got = await self.store.announce(IH, peer(2), 5)
+        self.assertEqual([r.peer_info() for r in got], [peer(1)])
+
+    async def test_malformed_entry_skipped(self) -> None:
+        """A malformed value in Redis is skipped (with a warning), not handed out or an error."""
+        await self.store.announce(IH, peer(1), 5)
+        await self.store.redis.execute_command("HSET", self.store._keys(IH)[1], "1" * 40, "junk")
+        await self.store.redis.execute_command(
+            "ZADD", self.store._keys(IH)[0], str(self.clock.seconds() + 100), "1" * 40
+        )
+        got = await self.store.announce(IH, peer(2), 5)
+        self.assertEqual([r.peer_info() for r in got], [peer(1)])
+        self.assertEqual(len(self.flushLoggedErrors()), 0)
+
     async def test_keys_expire_in_redis(self) -> None:
         """Both keys of a torrent carry a Redis TTL, so abandoned torrents vanish by themselves."""
         await self.store.update_peer(IH, peer(1))
@@ -188,3 +269,18 @@ class RedisPeerStoreTests(PeerStoreTests, TestCase):
         await self.store.update_peer(IH, peer(1, complete=True))
         await other.update_peer(IH, peer(1))
         self.assertEqual(await self.store.get_peers(IH, 5), [peer(1, complete=True)])
+
+
+class RespPeerStoreTests(RedisPeerStoreTests):
+    """The suite on :class:`RedisPeerStore` over the tracker's own client (:class:`RespPool`)."""
+
+    async def _setUp(self) -> None:
+        self.server = RedisServer()
+        self.addCleanup(self.server.stop)
+        await self.server.start()
+        pool = RespPool(reactor, "127.0.0.1", self.server.port, size=2)
+        pool.start()
+        self.addCleanup(pool.stop)
+        self.clock = Clock()
+        self.clock.advance(1_700_000_000)
+        self.store = RedisPeerStore(pool, self.clock, ttl=self.ttl)

@@ -14,7 +14,9 @@ from twisted.internet.defer import ensureDeferred
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.web.resource import Resource
 from twisted.web.server import Site
+from twisted.web.test.requesthelper import DummyRequest
 
 from kraken.cluster import (
     Membership,
@@ -29,11 +31,47 @@ from kraken.peers.announce import AnnounceRequest
 from kraken.peers.redis import RedisPeerStore
 from kraken.peers.store import MemoryPeerStore
 from kraken.protocols.tracker_client import TrackerClient
-from kraken.services.tracker import Options, TrackerService, makeService
+from kraken.services.tracker import Options, TrackerService, TrackerSite, makeService
 from tests.peers.fakeorigin import FakeOrigin
 from tests.peers.redisserver import RedisServer, free_port
 
 INFO = MetaInfo.of_bytes(b"real socket blob" * 100, 1024)
+
+
+class TrackerSiteTests(SynchronousTestCase):
+    """The tracker's Site: no form parsing, no access-log line per good announce."""
+
+    def site(self) -> tuple[TrackerSite, list[str]]:
+        """A TrackerSite whose access log goes to a list."""
+        site = TrackerSite(Resource())  # type: ignore[no-untyped-call]
+        lines: list[str] = []
+        site._logFile = type("Lines", (), {"write": staticmethod(lines.append)})()
+        site._logDateTime = "-"
+        return site, lines
+
+    def request(self, site: TrackerSite, path: bytes, code: int) -> Any:
+        """A finished-looking request for ``path`` answered ``code``."""
+        request = DummyRequest(path.split(b"/")[1:])
+        request.path = request.uri = path
+        request.method = b"POST"
+        request.code = code
+        request.sentLength = 0
+        return request
+
+    def test_announces_not_logged(self) -> None:
+        """A 200 announce leaves no access-log line; a failed announce and other paths do."""
+        site, lines = self.site()
+        site.log(self.request(site, b"/announce/" + b"a" * 64, 200))
+        self.assertEqual(lines, [])
+        site.log(self.request(site, b"/announce/" + b"a" * 64, 400))
+        site.log(self.request(site, b"/health", 200))
+        self.assertEqual(len(lines), 2)
+
+    def test_no_form_parsing(self) -> None:
+        """POST bodies are not parsed as forms (the API takes JSON); tracebacks are not shown."""
+        site, _ = self.site()
+        self.assertFalse(site._parsePOSTFormSubmission)
+        self.assertFalse(site.displayTracebacks)
 
 
 class OptionsTests(SynchronousTestCase):
