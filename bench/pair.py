@@ -6,7 +6,7 @@ read-only file), another downloads it into a BlobStore with the P2P engine,
 no rate limit, and times ``curl`` fetching the same bytes from
 ``/usr/bin/docker-registry`` into a file; prints MB/s and the CPU seconds per
 GB of each side.  Both are the best of ``--runs`` (3) runs, each into a fresh
-file, P2P and curl alternating so both see the same (shared) machine: on a VM
+file, P2P and curl alternating (ABBA) so both see the same (shared) machine: on a VM
 the first write into never-touched memory costs several times more (measured:
 2.4 s versus 0.2 s to ``pwrite`` 1 GiB), so one P2P run against curl's best of
 two compared cold page cache with warm.  The last line is JSON
@@ -316,10 +316,15 @@ def main(argv: list[str] | None = None) -> None:
         refs: list[tuple[float, float, float]] = []
         gb = size / 1e9
         with registry(blob, str(meta.digest), workdir) as curl_once:
-            # Alternate P2P and curl so both see the same machine (the VM is shared).
+            # Alternate P2P and curl so both see the same machine (the VM is shared),
+            # in ABBA order so neither always runs right after the other freed 1 GiB.
             for i in range(1, args.runs + 1):
-                runs.append(_p2p_once(blob, meta, meta_path, workdir, args.origin_pipeline))
-                refs.append(curl_once())
+                if i % 2:
+                    runs.append(_p2p_once(blob, meta, meta_path, workdir, args.origin_pipeline))
+                    refs.append(curl_once())
+                else:
+                    refs.append(curl_once())
+                    runs.append(_p2p_once(blob, meta, meta_path, workdir, args.origin_pipeline))
                 secs, leech_cpu, seed_cpu = runs[-1]
                 ref_secs, curl_cpu, server_cpu = refs[-1]
                 print(
