@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import random
 import struct
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any, Final, TypeVar
 
@@ -619,6 +620,8 @@ class PeerNode:
         self.protocols: dict[ConnId, PeerProtocol] = {}
         #: reused piece receive buffers.
         self.buffers = BufferPool()
+        #: one writer at a time per torrent (hashing stays parallel).
+        self._write_locks: dict[InfoHash, threading.Lock] = {}
         #: every connected protocol, engaged or not (for a clean stop).
         self.live: set[PeerProtocol] = set()
         self.storages: dict[InfoHash, IPieceStorage] = {}
@@ -773,6 +776,7 @@ class PeerNode:
                 self._commit(a.infohash)
             elif isinstance(a, TorrentDropped):
                 self.storages.pop(a.infohash, None)
+                self._write_locks.pop(a.infohash, None)
 
     def _dial(self, action: Dial) -> None:
         proto = PeerProtocol(self, action)
@@ -834,7 +838,10 @@ class PeerNode:
                 self.log.failure("writing piece {index} of {h}", f, index=index, h=h)
             self.run(self.scheduler.piece_failed(conn, h, index, bad_data=bad, reason=str(f.value)))
 
-        d = self.run_blocking(verify_and_write, storage, index, data)
+        lock = self._write_locks.get(h)
+        if lock is None:
+            lock = self._write_locks[h] = threading.Lock()
+        d = self.run_blocking(verify_and_write, storage, index, data, lock)
         d.addBoth(release)
         d.addCallbacks(lambda _: self.run(self.scheduler.piece_written(conn, h, index)), failed)
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import Any
 
 from attrs import frozen
 from zope.interface import Attribute, Interface, implementer
@@ -94,12 +96,18 @@ class IArchive(Interface):
 
 
 def verify_and_write(
-    storage: IPieceStorage, index: int, data: bytes | bytearray | memoryview
+    storage: IPieceStorage,
+    index: int,
+    data: bytes | bytearray | memoryview,
+    write_lock: AbstractContextManager[Any] | None = None,
 ) -> None:
     """
     Check piece ``index`` against its sha256 in the metainfo, then write it (blocking).
 
     Raises PieceHashMismatch without writing anything when the bytes are wrong.
+    With ``write_lock`` only the write holds it: threads hash in parallel and
+    write one at a time (concurrent writes to one file only contend for the
+    file system's inode lock).
     """
     meta = storage.metainfo
     if len(data) != meta.piece_size(index):
@@ -109,7 +117,11 @@ def verify_and_write(
         )
     if hashlib.sha256(data).digest() != meta.piece_hashes[index]:
         raise PieceHashMismatch(f"piece {index} of {meta.digest} fails its sha256")
-    storage.write_piece(index, data)
+    if write_lock is None:
+        storage.write_piece(index, data)
+        return
+    with write_lock:
+        storage.write_piece(index, data)
 
 
 @implementer(IPieceStorage)
