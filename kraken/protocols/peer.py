@@ -3,15 +3,18 @@ The peer wire protocol on Twisted, driving the sans-IO :class:`~kraken.torrent.s
 
 Frames are ``Int32StringReceiver`` strings (docs/protocol.md); the raw bytes
 after a PIECE_PAYLOAD header are not framed: the protocol switches to raw
-mode and copies them into one preallocated ``bytearray``.  Verifying
-(sha256) and writing a received piece, and reading a piece to send, run in a
-thread through the injected ``run_blocking``; the reactor thread only copies
-bytes between the socket and buffers.  Sending a piece that the storage can
-give as a file region (:class:`~kraken.torrent.archive.IPieceFiles`) on a
-plain TCP connection uses ``os.sendfile`` (:class:`~kraken.protocols.sendfile.FileSender`):
-a worker thread opens the region and reads it into the page cache, then the
-reactor thread only moves pages from the cache to the socket in bounded
-non-blocking calls.  Otherwise the piece is read in a thread and written by a
+mode and receives them into one preallocated ``bytearray`` (reused through a
+:class:`BufferPool`; on plain TCP with ``recv_into`` straight from the
+socket).  Verifying (sha256) and writing a received piece, and reading a
+piece to send, run in a thread through the injected ``run_blocking`` (pieces
+of one torrent hash in parallel and are written one at a time); the reactor
+thread only copies bytes between the socket and buffers.  Sending a piece
+that the storage can give as a file region
+(:class:`~kraken.torrent.archive.IPieceFiles`) on a plain TCP connection uses
+``os.sendfile`` (:class:`~kraken.protocols.sendfile.FileSender`): a worker
+thread opens the region and reads it into the page cache, then the reactor
+thread only moves pages from the cache to the socket in bounded non-blocking
+calls.  Otherwise the piece is read in a thread and written by a
 push producer that pauses when the transport's buffer is full.  Control frames
 written while a piece is streaming are held and sent after it (they would
 otherwise land in the middle of the raw payload).
