@@ -208,8 +208,12 @@ class TrackerAPI:
         box: list[list[StoredPeer]] = []
         stored.addErrback(self._store_failed, req, ih).addCallback(box.append)
         origins = self._origins_of(req.digest)
-        if box and not isinstance(origins, Deferred):
-            return self._answer(request, req, box[0], origins, started)
+        if not isinstance(origins, Deferred):
+            if box:
+                return self._answer(request, req, box[0], origins, started)
+            # The common asynchronous case (Redis): no coroutine, one callback.
+            known = origins
+            return stored.addCallback(lambda _: self._answer(request, req, box[0], known, started))
         return Deferred.fromCoroutine(
             self._announce_later(request, req, stored, box=box, origins=origins, started=started)
         )
@@ -221,13 +225,11 @@ class TrackerAPI:
         stored: Deferred[Any],
         *,
         box: list[list[StoredPeer]],
-        origins: list[StoredPeer] | Deferred[list[StoredPeer]],
+        origins: Deferred[list[StoredPeer]],
         started: float,
     ) -> bytes:
         await stored
-        if isinstance(origins, Deferred):
-            origins = await origins
-        return self._answer(request, req, box[0], origins, started)
+        return self._answer(request, req, box[0], await origins, started)
 
     def _answer(
         self,
