@@ -93,6 +93,36 @@ def _add_certs(sub: Any) -> None:
     issue.set_defaults(func=_certs_issue)
 
 
+def _herd(args: argparse.Namespace) -> int:
+    """Run ``twistd -n kraken-herd`` in this process with the given options."""
+    from twisted.scripts.twistd import run
+
+    options = []
+    for name in ("config", "data", "agents", "origins", "base_port", "agent_base_port"):
+        value = getattr(args, name)
+        if value is not None:
+            options.append(f"--{name.replace('_', '-')}={value}")
+    sys.argv = ["twistd", "--nodaemon", "--pidfile=", "kraken-herd", *options]
+    run()  # type: ignore[no-untyped-call]
+    return 0
+
+
+def _add_herd(sub: Any) -> None:
+    herd = sub.add_parser(
+        "herd",
+        help="run tracker, origin, build-index, proxy and an agent in one process",
+        description="Everything on 127.0.0.1: push to 127.0.0.1:15000, pull from "
+        "127.0.0.1:16000 (the same as `twistd -n kraken-herd`).",
+    )
+    herd.add_argument("--config", help="YAML herd configuration, merged over the plan")
+    herd.add_argument("--data", help="data directory (default ./kraken-data)")
+    herd.add_argument("--agents", type=int, help="extra agents (17000/17001/17002, ...)")
+    herd.add_argument("--origins", type=int, help="origins in the ring (default 1)")
+    herd.add_argument("--base-port", type=int, help="proxy port; the others follow (15000)")
+    herd.add_argument("--agent-base-port", type=int, help="first agent's registry port (16000)")
+    herd.set_defaults(func=_herd)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
     parser = argparse.ArgumentParser(prog="kraken", description=__doc__.splitlines()[1])
@@ -105,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     digest.set_defaults(func=_digest)
     _add_certs(sub)
+    _add_herd(sub)
     return parser
 
 

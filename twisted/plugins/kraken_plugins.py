@@ -34,3 +34,9 @@ kraken_proxy = ServiceMaker(
     "Registry v2 for push and pull: blobs to the origin ring, tags to the build-index",
     "kraken-proxy",
 )
+kraken_herd = ServiceMaker(
+    "Kraken herd",
+    "kraken.services.herd",
+    "Tracker, origin, build-index, proxy and an agent in one process (single-host defaults)",
+    "kraken-herd",
+)

@@ -1,0 +1,319 @@
+"""
+The herd: every daemon in one process (``twistd -n kraken-herd``, ``kraken herd``).
+
+Runs a tracker, an origin, a build-index, a proxy and an agent in one reactor, each the very
+``MultiService`` tree its own plugin builds (:func:`~kraken.services.tracker.build_tracker`,
+:func:`~kraken.services.origin.build_origin`, ...), on the default ports of DESIGN 11 on
+127.0.0.1, with the filesystem backend under ``./kraken-data`` (``--data DIR`` moves it).
+
+``--origins N`` runs N origins in one ring (origin ``i`` on ports ``15001 + 10 i`` (peer) and
+``15002 + 10 i`` (HTTP)); ``--agents N`` adds N agents after the first, agent ``i`` on
+``16000 + 1000 i`` (registry), ``+1`` (peer), ``+2`` (server): 17000/17001/17002,
+18000/18001/18002, ...  ``--base-port`` and ``--agent-base-port`` move the two blocks (tests).
+
+The herd writes a *plan*: for each member, its listen addresses and the addresses of the
+members it calls.  A ``--config`` file (a ``herd`` configuration, docs/configuration.md) is
+merged over the plan, member by member, so it can change anything; extra origins and agents
+take their member section too, but keep the plan's listen addresses so that they do not
+collide.  Member data directories are ``<data>/<daemon>`` (``<data>/agent-1``, ...).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Final
+
+import yaml
+from twisted.application.service import MultiService, Service
+from twisted.logger import Logger
+from twisted.python import usage
+
+from kraken.config import load_config
+from kraken.config.loader import parse_config
+from kraken.config.structure import ConfigError
+
+__all__ = [
+    "HerdPlan",
+    "HerdService",
+    "Options",
+    "build_herd",
+    "herd_plan",
+    "makeService",
+]
+
+LOCALHOST: Final = "127.0.0.1"
+BASE_PORT: Final = 15000
+AGENT_BASE_PORT: Final = 16000
+#: Port distance between consecutive origins (within the base block) and agents.
+ORIGIN_STRIDE: Final = 10
+AGENT_STRIDE: Final = 1000
+
+
+class Options(usage.Options):
+    """Command line of ``twistd kraken-herd``."""
+
+    optParameters = [
+        ["config", "c", None, "YAML herd configuration, merged over the herd's plan."],
+        ["data", "d", None, "Parent of the members' data directories (default ./kraken-data)."],
+        ["agents", None, 0, "Extra agents after the first (17000/17001/17002, ...).", int],
+        ["origins", None, 1, "Origins in the ring (15001/15002, 15011/15012, ...).", int],
+        ["base-port", None, BASE_PORT, "Proxy port; origins, tracker, build-index follow.", int],
+        ["agent-base-port", None, AGENT_BASE_PORT, "First agent's registry port.", int],
+    ]
+
+    def postOptions(self) -> None:
+        """Check the counts and the configuration now, so that twistd stops with a message."""
+        if self["origins"] < 1 or self["agents"] < 0:
+            raise usage.UsageError("--origins must be >= 1 and --agents >= 0")
+        try:
+            self["herd_plan"] = herd_plan(
+                user=_read_yaml(self["config"]),
+                data=self["data"],
+                origins=self["origins"],
+                agents=1 + self["agents"],
+                base_port=self["base-port"],
+                agent_base_port=self["agent-base-port"],
+            )
+        except ConfigError as e:
+            raise usage.UsageError(str(e)) from None
+
+
+def _read_yaml(path: str | None) -> dict[str, Any]:
+    """The raw mapping of a herd configuration file (checked as a whole by :func:`herd_plan`)."""
+    if path is None:
+        return {}
+    load_config("herd", path)  # every error, with key paths and the file name
+    with open(path) as f:  # start-up only
+        raw = yaml.safe_load(f) or {}
+    return dict(raw)
+
+
+def _merge(plan: Mapping[str, Any], user: Mapping[str, Any]) -> dict[str, Any]:
+    """``user`` over ``plan``: sections merge, values (and host lists, lists) replace."""
+    merged = dict(plan)
+    for key, value in user.items():
+        base = merged.get(key)
+        if (
+            isinstance(value, Mapping)
+            and isinstance(base, Mapping)
+            and not ({"static", "dns"} & (set(value) | set(base)))
+        ):
+            merged[key] = _merge(base, value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _listen(port: int) -> str:
+    return f"tcp:{port}:interface={LOCALHOST}"
+
+
+def _hosts(members: list[str]) -> dict[str, Any]:
+    return {"static": members}
+
+
+class HerdPlan:
+    """Parsed member configurations: ``(kind, name, config)`` in start order."""
+
+    def __init__(self, members: list[tuple[str, str, Any]], data: str) -> None:
+        self.members = members
+        self.data = data
+
+    def of(self, kind: str) -> list[Any]:
+        """The configurations of every member of ``kind``."""
+        return [config for k, _, config in self.members if k == kind]
+
+
+def herd_plan(
+    *,
+    user: Mapping[str, Any] | None = None,
+    data: str | None = None,
+    origins: int = 1,
+    agents: int = 1,
+    base_port: int = BASE_PORT,
+    agent_base_port: int = AGENT_BASE_PORT,
+) -> HerdPlan:
+    """
+    Every member's configuration: the plan (ports, wiring, data directories) under ``user``.
+
+    ``user`` is a raw ``herd`` configuration mapping; ConfigError names bad keys.
+    """
+    user = dict(user or {})
+    if data is None:
+        data = str(user.get("data_dir") or "./kraken-data")
+    user["data_dir"] = data
+    parse_config("herd", user)  # whole-file check with herd.<member>.<key> paths
+    root = data.rstrip("/") or "/"
+    proxy_port, tracker_port, bi_port = base_port, base_port + 3, base_port + 4
+    origin_ports = [
+        (base_port + 1 + ORIGIN_STRIDE * i, base_port + 2 + ORIGIN_STRIDE * i)
+        for i in range(origins)
+    ]
+    ring = [f"{LOCALHOST}:{http}" for _, http in origin_ports]
+    tracker_addr, bi_addr = f"{LOCALHOST}:{tracker_port}", f"{LOCALHOST}:{bi_port}"
+
+    def suffix(i: int) -> str:
+        return "" if i == 0 else f"-{i}"
+
+    members: list[tuple[str, str, Any]] = []
+
+    def add(kind: str, key: str, name: str, plan: dict[str, Any], keep: tuple[str, ...]) -> None:
+        own = dict(user.get(key) or {})
+        if name != kind:  # an extra member: the plan's listeners win
+            for k in keep:
+                own.pop(k, None)
+            own.pop("data_dir", None)
+        members.append((kind, name, parse_config(kind, _merge(plan, own))))
+
+    add(
+        "tracker",
+        "tracker",
+        "tracker",
+        {
+            "data_dir": f"{root}/tracker",
+            "server": {"listen": _listen(tracker_port)},
+            "origin": {"hosts": _hosts(ring)},
+        },
+        (),
+    )
+    for i, (peer, http) in enumerate(origin_ports):
+        add(
+            "origin",
+            "origin",
+            f"origin{suffix(i)}",
+            {
+                "data_dir": f"{root}/origin{suffix(i)}",
+                "server": {"listen": _listen(http)},
+                "peer": {"listen": _listen(peer)},
+                "cluster": _hosts(ring),
+            },
+            ("server", "peer"),
+        )
+    add(
+        "build-index",
+        "build_index",
+        "build-index",
+        {
+            "data_dir": f"{root}/build-index",
+            "server": {"listen": _listen(bi_port)},
+            "cluster": {"hosts": _hosts([bi_addr])},
+            "origin": {"hosts": _hosts(ring)},
+        },
+        (),
+    )
+    add(
+        "proxy",
+        "proxy",
+        "proxy",
+        {
+            "data_dir": f"{root}/proxy",
+            "server": {"listen": _listen(proxy_port)},
+            "origin": {"hosts": _hosts(ring)},
+            "build_index": {"hosts": _hosts([bi_addr])},
+        },
+        (),
+    )
+    for i in range(agents):
+        port = agent_base_port + AGENT_STRIDE * i
+        add(
+            "agent",
+            "agent",
+            f"agent{suffix(i)}",
+            {
+                "data_dir": f"{root}/agent{suffix(i)}",
+                "registry": {"listen": _listen(port)},
+                "peer": {"listen": _listen(port + 1)},
+                "server": {"listen": _listen(port + 2)},
+                "tracker": {"hosts": _hosts([tracker_addr])},
+                "build_index": {"hosts": _hosts([bi_addr])},
+            },
+            ("registry", "peer", "server"),
+        )
+    return HerdPlan(members, root)
+
+
+def _port(listen: str) -> str:
+    """``tcp:15000:interface=127.0.0.1`` -> ``127.0.0.1:15000`` (else the string itself)."""
+    parts = listen.split(":")
+    if len(parts) >= 2 and parts[0] == "tcp" and parts[1].isdigit():
+        interface = next((p.split("=", 1)[1] for p in parts if p.startswith("interface=")), "")
+        return f"{interface or '0.0.0.0'}:{parts[1]}"  # noqa: S104 - a display string
+    return listen
+
+
+class _Banner(Service):
+    """Logs where to push and pull once every member has started."""
+
+    log = Logger()
+
+    def __init__(self, lines: list[str]) -> None:
+        self.lines = lines
+
+    def startService(self) -> None:
+        """Say what runs where and what to do next."""
+        Service.startService(self)  # type: ignore[no-untyped-call]
+        for line in self.lines:
+            self.log.info("{line}", line=line)
+
+
+class HerdService(MultiService):
+    """The herd's tree: one child tree per member, named ``tracker``, ``origin-1``, ..."""
+
+    def __init__(self, plan: HerdPlan) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self.plan = plan
+        self.members: dict[str, MultiService] = {}
+
+
+def build_herd(plan: HerdPlan, reactor: Any) -> HerdService:
+    """Build every member's own service tree (as its plugin would) under one parent."""
+    from kraken.services.agent import build_agent
+    from kraken.services.build_index import build_build_index
+    from kraken.services.origin import build_origin
+    from kraken.services.proxy import build_proxy
+    from kraken.services.tracker import build_tracker
+
+    builders: dict[str, Any] = {
+        "tracker": build_tracker,
+        "origin": build_origin,
+        "build-index": build_build_index,
+        "proxy": build_proxy,
+        "agent": build_agent,
+    }
+    herd = HerdService(plan)
+    # Origins first, so that the tracker's and proxy's first health checks find them up.
+    order = ["origin", "tracker", "build-index", "proxy", "agent"]
+    for kind in order:
+        for k, name, config in plan.members:
+            if k != kind:
+                continue
+            tree = builders[kind](config, reactor)
+            tree.setName(name)
+            tree.setServiceParent(herd)
+            herd.members[name] = tree
+    proxy = plan.of("proxy")[0]
+    agents = plan.of("agent")
+    lines = [
+        "Kraken herd is up: " + ", ".join(name for _, name, _ in plan.members),
+        f"data and filesystem backend under {plan.data}",
+        f"push:  skopeo copy --dest-tls-verify=false <image> "
+        f"docker://{_port(proxy.server.listen)}/<repo>:<tag>",
+    ]
+    for agent in agents:
+        lines.append(
+            f"pull:  skopeo copy --src-tls-verify=false "
+            f"docker://{_port(agent.registry.listen)}/<repo>:<tag> <dest>"
+        )
+    lines.append("containerd: see docs/containerd.md (hosts.toml mirror to the agent)")
+    _Banner(lines).setServiceParent(herd)  # type: ignore[no-untyped-call]
+    return herd
+
+
+def makeService(options: usage.Options, reactor: Any = None) -> MultiService:
+    """The twistd entry point: the herd for the parsed ``options``."""
+    if reactor is None:
+        from twisted.internet import reactor as global_reactor
+
+        reactor = global_reactor
+    plan = options.get("herd_plan") or herd_plan()
+    return build_herd(plan, reactor)
