@@ -318,13 +318,19 @@ def main(argv: list[str] | None = None) -> None:
         with registry(blob, str(meta.digest), workdir) as curl_once:
             # Alternate P2P and curl so both see the same machine (the VM is shared),
             # in ABBA order so neither always runs right after the other freed 1 GiB.
+            # os.sync() first: the setup's 2 GiB of dirty pages (blob, registry copy) would
+            # otherwise be written back during whichever transfer crosses the dirty limits.
+            def p2p() -> None:
+                os.sync()
+                runs.append(_p2p_once(blob, meta, meta_path, workdir, args.origin_pipeline))
+
+            def curl() -> None:
+                os.sync()
+                refs.append(curl_once())
+
             for i in range(1, args.runs + 1):
-                if i % 2:
-                    runs.append(_p2p_once(blob, meta, meta_path, workdir, args.origin_pipeline))
-                    refs.append(curl_once())
-                else:
-                    refs.append(curl_once())
-                    runs.append(_p2p_once(blob, meta, meta_path, workdir, args.origin_pipeline))
+                for step in (p2p, curl) if i % 2 else (curl, p2p):
+                    step()
                 secs, leech_cpu, seed_cpu = runs[-1]
                 ref_secs, curl_cpu, server_cpu = refs[-1]
                 print(
