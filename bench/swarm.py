@@ -1,0 +1,580 @@
+"""
+Multi-host swarm benchmark: hosts as network namespaces with ``tc`` limits (root only).
+
+``python -m bench.swarm [--agents 20] [--origins 2] [--size 64MiB] [--rate 4MiB]``
+
+Builds one host per daemon with :mod:`bench.netns` (a bridge in its own namespace; every
+host's upload and download limited to ``--rate`` per second, see that module for how), and
+runs each daemon as its own process (``python -m twisted kraken-<daemon> --config FILE``
+inside the host's namespace): 1 tracker, ``--origins`` origins, ``--agents`` agents.  It
+uploads a random blob of ``--size`` bytes to the origins and waits until every origin has it,
+then every agent fetches it through its agent API at the same moment (a client inside each
+agent's namespace, over its ``lo``, so that serving the bytes locally uses none of the host's
+shaped link).  It reports:
+
+- p50, p99 and max completion time as ratios to the Kumar-Ross lower bound
+  ``max(F/u_seed, F/d, N*F/(u_seed + N*u))``, ``u_seed`` the total origin upload;
+- the bytes the origins sent during the download (``eth0`` counters, so TCP/IP headers
+  included: about 3 % over the payload) divided by the blob size;
+- CPU seconds (user + system, ``/proc/<pid>/stat``) of every daemon during the download,
+  per GB (1e9 bytes) delivered to agents;
+- a CDF plot of completion times (PNG, matplotlib) and JSON of the run in ``--out``;
+- a last line of JSON ``{p50_ratio, p99_ratio, max_ratio, origin_egress_ratio, cpu_s_per_gb}``.
+
+Everything it made (namespaces, bridge, veths, qdiscs, processes) is removed at the end, also
+on Ctrl-C, SIGTERM or an error; ``--cleanup`` removes leftovers of a killed run by name prefix.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, Final
+
+import yaml
+from attrs import define, field
+
+from bench.netns import Host, Network, missing_requirements
+
+__all__ = ["Swarm", "SwarmOptions", "kumar_ross_bound", "main", "parse_size"]
+
+PREFIX: Final = "kbswarm"
+REPO: Final = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NAMESPACE: Final = "bench/swarm"
+UNITS: Final = {
+    "k": 1024,
+    "m": 1024**2,
+    "g": 1024**3,
+    "kib": 1024,
+    "mib": 1024**2,
+    "gib": 1024**3,
+    "kb": 1000,
+    "mb": 1000**2,
+    "gb": 1000**3,
+    "b": 1,
+}
+TRACKER_PORT: Final = 15003
+ORIGIN_PORT: Final = 15002
+ORIGIN_PEER_PORT: Final = 15001
+AGENT_SERVER_PORT: Final = 16002
+AGENT_PEER_PORT: Final = 16001
+
+
+def parse_size(text: str) -> int:
+    """``64MiB``, ``4MiB``, ``1GiB``, ``500kB``, ``1048576`` -> bytes."""
+    t = text.strip().lower().removesuffix("/s")
+    for unit in sorted(UNITS, key=len, reverse=True):
+        if t.endswith(unit) and t[: -len(unit)].strip().replace(".", "", 1).isdigit():
+            return int(float(t[: -len(unit)]) * UNITS[unit])
+    return int(t)
+
+
+def kumar_ross_bound(size: int, n: int, u_seed: float, u_agent: float, d_agent: float) -> float:
+    """The least time (s) to give ``n`` agents ``size`` bytes: Kumar and Ross's bound."""
+    return max(size / u_seed, size / d_agent, n * size / (u_seed + n * u_agent))
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` so far (0 when gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@define
+class SwarmOptions:
+    """Shape of a swarm: counts, rates, blob layout and engine settings."""
+
+    agents: int = 20
+    origins: int = 2
+    upload: int | None = 4 * 1024**2
+    download: int | None = 4 * 1024**2
+    piece_length: int | None = None
+    announce_interval: float | None = None
+    #: Extra agent ``scheduler:`` keys (e.g. ``{"pipeline_limit": 5}``).
+    agent_scheduler: dict[str, Any] = field(factory=dict)
+    #: Extra origin ``scheduler:`` keys.
+    origin_scheduler: dict[str, Any] = field(factory=dict)
+
+
+@define
+class Daemon:
+    """A daemon process on a host, with what is needed to restart it."""
+
+    host: Host
+    command: list[str]
+    log: str
+    process: subprocess.Popen[Any] | None = None
+
+
+class Swarm:
+    """A tracker, origins and agents as processes in namespaces of ``network``."""
+
+    def __init__(self, network: Network, workdir: str, options: SwarmOptions) -> None:
+        self.network = network
+        self.workdir = workdir
+        self.options = options
+        self.tracker: Daemon | None = None
+        self.origins: list[Daemon] = []
+        self.agents: list[Daemon] = []
+        self.env = {
+            **os.environ,
+            "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        }
+
+    # -- building ------------------------------------------------------------
+
+    def _write(self, name: str, config: dict[str, Any]) -> str:
+        path = os.path.join(self.workdir, f"{name}.yaml")
+        with open(path, "w") as f:
+            yaml.safe_dump(config, f)
+        return path
+
+    def _daemon(self, host: Host, plugin: str, config: str, prefix: Sequence[str] = ()) -> Daemon:
+        command = list(prefix) or [sys.executable, "-m", "twisted"]
+        command += ["--log-format", "text", plugin, "--config", config]
+        return Daemon(host, command, os.path.join(self.workdir, f"{host.name}.log"))
+
+    def start_daemon(self, daemon: Daemon) -> None:
+        """(Re)start ``daemon``'s process."""
+        daemon.process = self.network.spawn(
+            daemon.host, daemon.command, log=daemon.log, env=self.env, cwd=self.workdir
+        )
+
+    def build(self, agent_prefixes: dict[int, Sequence[str]] | None = None) -> None:
+        """Hosts, configs and processes of the tracker, origins and agents (not waited for)."""
+        net, opts = self.network, self.options
+        agent_prefixes = agent_prefixes or {}
+        tracker_host = net.add_host("tracker", "10.77.0.10")
+        origin_hosts = [net.add_host(f"o{i}", f"10.77.0.{20 + i}") for i in range(opts.origins)]
+        agent_hosts = [
+            net.add_host(f"a{i}", f"10.77.{1 + i // 250}.{1 + i % 250}") for i in range(opts.agents)
+        ]
+        members = [f"{h.address}:{ORIGIN_PORT}" for h in origin_hosts]
+        tracker_config: dict[str, Any] = {
+            "data_dir": os.path.join(self.workdir, "tracker"),
+            "server": {"listen": f"tcp:{TRACKER_PORT}:interface={tracker_host.address}"},
+            "origin": {"hosts": {"static": members}, "healthcheck": {"interval": 1.0}},
+        }
+        if opts.announce_interval is not None:
+            tracker_config["announce_interval"] = opts.announce_interval
+        self.tracker = self._daemon(
+            tracker_host, "kraken-tracker", self._write("tracker", tracker_config)
+        )
+        for i, host in enumerate(origin_hosts):
+            config: dict[str, Any] = {
+                "data_dir": os.path.join(self.workdir, host.name),
+                "server": {"listen": f"tcp:{ORIGIN_PORT}:interface={host.address}"},
+                "peer": {"listen": f"tcp:{ORIGIN_PEER_PORT}:interface={host.address}"},
+                "cluster": {"static": members},
+                "healthcheck": {"interval": 1.0, "timeout": 1.0},
+                "backends": [
+                    {
+                        "namespace": ".*",
+                        "backend": {"fs": {"root": os.path.join(self.workdir, f"backend-{i}")}},
+                    }
+                ],
+            }
+            if opts.piece_length:
+                config["metainfo"] = {"piece_lengths": {0: opts.piece_length}}
+            if opts.origin_scheduler:
+                config["scheduler"] = dict(opts.origin_scheduler)
+            self.origins.append(self._daemon(host, "kraken-origin", self._write(host.name, config)))
+        for i, host in enumerate(agent_hosts):
+            config = {
+                "data_dir": os.path.join(self.workdir, host.name),
+                # Every interface of its namespace: the local client uses 127.0.0.1 (lo,
+                # unshaped); readiness could be checked from elsewhere on the bridge.
+                "server": {"listen": f"tcp:{AGENT_SERVER_PORT}"},
+                "registry": {"listen": "tcp:16000:interface=127.0.0.1"},
+                "peer": {"listen": f"tcp:{AGENT_PEER_PORT}:interface={host.address}"},
+                "tracker": {"hosts": {"static": [f"{tracker_host.address}:{TRACKER_PORT}"]}},
+                "metainfo_poll": {"initial": 0.1, "maximum": 1.0},
+            }
+            if opts.agent_scheduler:
+                config["scheduler"] = dict(opts.agent_scheduler)
+            self.agents.append(
+                self._daemon(
+                    host, "kraken-agent", self._write(host.name, config), agent_prefixes.get(i, ())
+                )
+            )
+        for daemon in self.daemons():
+            self.start_daemon(daemon)
+
+    def daemons(self) -> list[Daemon]:
+        """Every daemon: tracker, origins, agents."""
+        return [d for d in [self.tracker, *self.origins, *self.agents] if d is not None]
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        """Block until the origins are healthy and the tracker is ready (agents: at fetch)."""
+        assert self.tracker is not None
+        checks = [(o.host, f"http://{o.host.address}:{ORIGIN_PORT}/health") for o in self.origins]
+        checks.append(
+            (self.tracker.host, f"http://{self.tracker.host.address}:{TRACKER_PORT}/readiness")
+        )
+        waiting = [
+            subprocess.Popen(
+                host.argv(
+                    [
+                        sys.executable,
+                        "-m",
+                        "bench.swarm_client",
+                        "wait",
+                        url,
+                        "--timeout",
+                        str(timeout),
+                    ]
+                ),
+                env=self.env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for host, url in checks
+        ]
+        problems = []
+        for p in waiting:
+            _, err = p.communicate()
+            if p.returncode != 0:
+                problems.append(err.strip())
+        self.check_alive()
+        if problems:
+            raise RuntimeError("daemons not ready: " + "; ".join(problems))
+
+    def check_alive(self) -> None:
+        """RuntimeError naming daemons that exited (with the end of their log)."""
+        dead = [d for d in self.daemons() if d.process is not None and d.process.poll() is not None]
+        if dead:
+            tails = []
+            for d in dead:
+                with open(d.log, errors="replace") as f:
+                    tails.append(f"{d.host.name} exited:\n" + "".join(f.readlines()[-15:]))
+            raise RuntimeError("\n".join(tails))
+
+    # -- using ---------------------------------------------------------------
+
+    def upload(self, path: str, timeout: float = 300) -> dict[str, Any]:
+        """Upload ``path`` through the first origin's host; wait until every origin has it."""
+        members = ",".join(f"{o.host.address}:{ORIGIN_PORT}" for o in self.origins)
+        out = self.network.run(
+            self.origins[0].host,
+            [
+                sys.executable,
+                "-m",
+                "bench.swarm_client",
+                "upload",
+                "--origins",
+                members,
+                "--namespace",
+                NAMESPACE,
+                "--timeout",
+                str(timeout),
+                path,
+            ],
+            timeout=timeout + 30,
+            env=self.env,
+        )
+        result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+        return result
+
+    def start_fetch(
+        self, agent: Daemon, sha256: str, out: str | None = None
+    ) -> subprocess.Popen[str]:
+        """A fetch client in ``agent``'s namespace; it prints READY, then waits for GO."""
+        base = f"http://127.0.0.1:{AGENT_SERVER_PORT}"
+        command = [
+            sys.executable,
+            "-m",
+            "bench.swarm_client",
+            "fetch",
+            f"{base}/namespace/{NAMESPACE.replace('/', '%2F')}/blobs/{sha256}",
+            "--sha256",
+            sha256,
+            "--health",
+            f"{base}/health",
+        ]
+        if out:
+            command += ["--out", out]
+        return subprocess.Popen(
+            agent.host.argv(command),
+            env=self.env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+
+    @staticmethod
+    def go(clients: Sequence[subprocess.Popen[str]], lead: float = 1.0) -> float:
+        """Wait for every client's READY, then tell them all to start ``lead`` s from now."""
+        for c in clients:
+            assert c.stdout is not None
+            line = c.stdout.readline().strip()
+            if line != "READY":
+                raise RuntimeError(f"fetch client not ready: {line!r}")
+        start = time.time() + lead
+        for c in clients:
+            assert c.stdin is not None
+            c.stdin.write(f"GO {start}\n")
+            c.stdin.flush()
+        return start
+
+    @staticmethod
+    def result(client: subprocess.Popen[str], timeout: float = 600) -> dict[str, Any]:
+        """The JSON record a fetch client printed."""
+        out, _ = client.communicate(timeout=timeout)
+        lines = out.strip().splitlines()
+        if not lines:
+            return {"ok": False, "error": f"no output (exit {client.returncode})"}
+        record: dict[str, Any] = json.loads(lines[-1])
+        return record
+
+    def kill(self, daemon: Daemon) -> None:
+        """SIGKILL ``daemon`` (a crash: no clean shutdown)."""
+        assert daemon.process is not None
+        Network.stop(daemon.process, signal.SIGKILL)
+
+    def cpu(self) -> dict[str, float]:
+        """CPU seconds so far of each running daemon, by host name."""
+        return {
+            d.host.name: cpu_seconds(d.process.pid)
+            for d in self.daemons()
+            if d.process is not None and d.process.poll() is None
+        }
+
+
+def _percentile(values: Sequence[float], p: float) -> float:
+    """The ``p``-th percentile (nearest rank) of ``values``."""
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), int(-(-p * len(ordered) // 100))))
+    return ordered[rank - 1]
+
+
+def plot_cdf(times: Sequence[float], bound: float, path: str, title: str) -> None:
+    """Save a CDF of completion ``times`` with the bound marked, as a PNG at ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ordered = sorted(times)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.step(
+        ordered,
+        [(i + 1) / len(ordered) for i in range(len(ordered))],
+        where="post",
+        label="agents done",
+    )
+    ax.axvline(bound, color="red", linestyle="--", label=f"Kumar-Ross bound {bound:.1f} s")
+    ax.set_xlabel("completion time (s)")
+    ax.set_ylabel("fraction of agents")
+    ax.set_xlim(left=0)
+    ax.set_ylim(0, 1.02)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
+    """One run of the benchmark as the command line describes; the summary."""
+    options = SwarmOptions(
+        agents=args.agents,
+        origins=args.origins,
+        upload=args.rate,
+        download=args.rate,
+        piece_length=args.piece_length,
+        announce_interval=args.announce_interval,
+        agent_scheduler=dict(args.agent_set),
+        origin_scheduler=dict(args.origin_set),
+    )
+    workdir = tempfile.mkdtemp(prefix="kraken-swarm-")
+    network = Network(PREFIX, upload=args.rate, download=args.rate)
+    try:
+        network.create()
+        swarm = Swarm(network, workdir, options)
+        blob = os.path.join(workdir, "blob")
+        with open(blob, "wb") as f:
+            rng = random.Random(args.seed)
+            left = args.size
+            while left:
+                n = min(left, 4 * 1024**2)
+                f.write(rng.randbytes(n))
+                left -= n
+        swarm.build()
+        swarm.wait_ready()
+        print(
+            f"{args.origins} origins, {args.agents} agents up; uploading {args.size} bytes",
+            flush=True,
+        )
+        uploaded = swarm.upload(blob)
+        sha = uploaded["digest"].split(":", 1)[1]
+        print(f"uploaded and replicated in {uploaded['seconds']:.1f} s", flush=True)
+        clients = [swarm.start_fetch(a, sha) for a in swarm.agents]
+        tx_before = sum(network.tx_bytes(o.host) for o in swarm.origins)
+        cpu_before = swarm.cpu()
+        start = Swarm.go(clients)
+        results = [Swarm.result(c) for c in clients]
+        cpu_after = swarm.cpu()
+        tx_after = sum(network.tx_bytes(o.host) for o in swarm.origins)
+        swarm.check_alive()
+    finally:
+        network.close()
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+    failed = [r for r in results if not r.get("ok")]
+    if failed:
+        raise RuntimeError(f"{len(failed)} agents failed: {failed[:3]}")
+    times = [r["end"] - start for r in results]
+    n, size = args.agents, args.size
+    bound = kumar_ross_bound(size, n, args.origins * args.rate, args.rate, args.rate)
+    cpu = sum(cpu_after.get(k, 0.0) - v for k, v in cpu_before.items())
+    summary = {
+        "p50_ratio": round(_percentile(times, 50) / bound, 3),
+        "p99_ratio": round(_percentile(times, 99) / bound, 3),
+        "max_ratio": round(max(times) / bound, 3),
+        "origin_egress_ratio": round((tx_after - tx_before) / size, 3),
+        "cpu_s_per_gb": round(cpu / (n * size / 1e9), 2),
+    }
+    detail = {
+        "options": {k: (v if not isinstance(v, list) else dict(v)) for k, v in vars(args).items()},
+        "bound_s": bound,
+        "times_s": sorted(times),
+        "p50_s": _percentile(times, 50),
+        "p99_s": _percentile(times, 99),
+        "max_s": max(times),
+        "mean_s": statistics.fmean(times),
+        "origin_tx_bytes": tx_after - tx_before,
+        "cpu_s": cpu,
+        "cpu_s_by_daemon": {k: round(cpu_after.get(k, 0.0) - v, 2) for k, v in cpu_before.items()},
+        "upload_s": uploaded["seconds"],
+        "summary": summary,
+    }
+    os.makedirs(args.out, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    with open(os.path.join(args.out, f"swarm-{stamp}.json"), "w") as f:
+        json.dump(detail, f, indent=1)
+    png = os.path.join(args.out, f"swarm-{stamp}.png")
+    plot_cdf(
+        times,
+        bound,
+        png,
+        f"{n} agents, {args.origins} origins, {size / 1024**2:.0f} MiB, "
+        f"{args.rate / 1024**2:g} MiB/s per host",
+    )
+    print(
+        f"bound {bound:.2f} s; completion p50 {detail['p50_s']:.2f} s, "
+        f"p99 {detail['p99_s']:.2f} s, max {detail['max_s']:.2f} s; "
+        f"origins sent {detail['origin_tx_bytes'] / size:.2f} blobs; CPU {cpu:.1f} s "
+        f"({detail['cpu_s_by_daemon']})"
+    )
+    print(f"CDF: {png}")
+    return summary
+
+
+def _key_value(text: str) -> tuple[str, Any]:
+    key, _, value = text.partition("=")
+    if not key or not value:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, yaml.safe_load(value)
+
+
+@contextmanager
+def _signals_raise() -> Iterator[None]:
+    """Turn SIGTERM (and SIGHUP) into SystemExit so that ``finally`` blocks clean up."""
+
+    def handler(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line; see the module docstring."""
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.swarm", description=__doc__.split("\n")[1]
+    )
+    parser.add_argument("--agents", type=int, default=20)
+    parser.add_argument("--origins", type=int, default=2)
+    parser.add_argument("--size", type=parse_size, default=64 * 1024**2)
+    parser.add_argument(
+        "--rate",
+        type=parse_size,
+        default=4 * 1024**2,
+        help="upload and download limit of every host, bytes/s (default 4MiB)",
+    )
+    parser.add_argument(
+        "--piece-length",
+        type=parse_size,
+        default=None,
+        help="origin metainfo piece length (default: DESIGN 3's table)",
+    )
+    parser.add_argument(
+        "--announce-interval",
+        type=float,
+        default=None,
+        help="tracker announce_interval in seconds (default: its default)",
+    )
+    parser.add_argument(
+        "--agent-set",
+        type=_key_value,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="agent scheduler key, e.g. pipeline_limit=5",
+    )
+    parser.add_argument(
+        "--origin-set",
+        type=_key_value,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="origin scheduler key",
+    )
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--out", default="bench-results", help="directory for JSON and PNG")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
+    parser.add_argument(
+        "--cleanup",
+        action="store_true",
+        help=f"only remove leftovers ({PREFIX}-* namespaces and their processes)",
+    )
+    args = parser.parse_args(argv)
+    problem = missing_requirements()
+    if problem:
+        print(f"bench.swarm: {problem}; it builds hosts as network namespaces.", file=sys.stderr)
+        return 2
+    if args.cleanup:
+        from bench.netns import cleanup_prefix
+
+        print("removed:", " ".join(cleanup_prefix(PREFIX)) or "nothing")
+        return 0
+    with _signals_raise():
+        summary = run_benchmark(args)
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

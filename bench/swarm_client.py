@@ -1,0 +1,181 @@
+"""
+Small clients that ``bench.swarm`` and ``tests/system`` run inside a host's namespace.
+
+``python -m bench.swarm_client upload --origins H:P,... --namespace NS FILE``
+    Upload FILE into the origin ring (the origin client, chunked), then wait until every
+    listed origin holds it locally (replication); prints JSON ``{"digest", "seconds"}``.
+
+``python -m bench.swarm_client wait URL [URL...] [--timeout S]``
+    Poll until every URL answers 200.
+
+``python -m bench.swarm_client fetch URL --sha256 HEX [--health URL] [--out FILE]``
+    Wait until ``--health`` answers 200, print ``READY``, read ``GO <unix time>`` from stdin,
+    sleep until that moment, then GET URL, hashing the body as it streams (and writing it to
+    ``--out``); prints JSON ``{"start", "end", "bytes", "sha256", "ok", "status"}``.  All hosts
+    share the machine's clock, so these times are comparable between namespaces.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import time
+import urllib.error
+import urllib.request
+from typing import Any
+
+CHUNK = 1024 * 1024
+
+
+def _get_status(url: str, timeout: float = 2) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - http only
+            response.read()
+            return int(response.status)
+    except urllib.error.HTTPError as e:
+        return int(e.code)
+    except OSError:
+        return 0
+
+
+def wait(urls: list[str], timeout: float) -> None:
+    """Block until every URL answers 200 (SystemExit after ``timeout`` seconds)."""
+    deadline = time.monotonic() + timeout
+    pending = list(urls)
+    while pending:
+        pending = [u for u in pending if _get_status(u) != 200]
+        if not pending:
+            return
+        if time.monotonic() > deadline:
+            raise SystemExit(f"not ready after {timeout} s: {', '.join(pending)}")
+        time.sleep(0.1)
+
+
+def fetch(url: str, expected: str, out: str | None) -> dict[str, Any]:
+    """GET ``url``, hashing (and maybe saving) the body; the result record."""
+    start = time.time()
+    digest = hashlib.sha256()
+    size, status = 0, 0
+    sink = open(out, "wb") if out else None  # noqa: SIM115
+    try:
+        with urllib.request.urlopen(url, timeout=900) as response:  # noqa: S310 - http only
+            status = int(response.status)
+            while chunk := response.read(CHUNK):
+                digest.update(chunk)
+                size += len(chunk)
+                if sink is not None:
+                    sink.write(chunk)
+    except urllib.error.HTTPError as e:
+        status = int(e.code)
+    except OSError as e:
+        return {"start": start, "end": time.time(), "bytes": size, "ok": False, "error": str(e)}
+    finally:
+        if sink is not None:
+            sink.close()
+    end = time.time()
+    got = digest.hexdigest()
+    return {
+        "start": start,
+        "end": end,
+        "bytes": size,
+        "sha256": got,
+        "status": status,
+        "ok": status == 200 and got == expected,
+    }
+
+
+def upload(origins: list[str], namespace: str, path: str, timeout: float) -> None:
+    """Upload ``path`` to the ring, wait for every origin to hold it, print JSON; exits."""
+    from twisted.internet.defer import ensureDeferred
+    from twisted.internet.task import deferLater, react
+    from twisted.internet.threads import deferToThread
+
+    from kraken.core import Digest
+    from kraken.http.client import HTTPClientFactory, RetryPolicy
+    from kraken.protocols.origin_client import (
+        OriginClient,
+        OriginClusterClient,
+        PollPolicy,
+        file_chunks,
+    )
+
+    result: dict[str, Any] = {}
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
+    d = Digest.parse("sha256:" + h.hexdigest())
+    size = os.path.getsize(path)
+
+    async def main(reactor: Any) -> None:
+        http = HTTPClientFactory(reactor, timeout=120, retry=RetryPolicy(max_retries=2))
+        client = OriginClient(
+            http.client(), reactor, chunk_size=8 * CHUNK, poll=PollPolicy(initial=0.05)
+        )
+        cluster = OriginClusterClient(client, lambda: origins)
+
+        began = time.monotonic()
+        await cluster.upload_blob(namespace, d, size, file_chunks(path, deferToThread))  # type: ignore[arg-type]
+        pending = list(origins)
+        while pending:
+            still = []
+            for host in pending:
+                try:
+                    await client.stat(host, namespace, d, local=True)
+                except Exception:
+                    still.append(host)
+            pending = still
+            if pending:
+                if time.monotonic() - began > timeout:
+                    raise SystemExit(f"{d} not replicated to {pending} after {timeout} s")
+                await deferLater(reactor, 0.2)
+        result.update(digest=str(d), seconds=time.monotonic() - began)
+        await http.close()
+        # react() exits the process: print here.
+        print(json.dumps(result), flush=True)
+
+    react(lambda reactor: ensureDeferred(main(reactor)))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command line; see the module docstring."""
+    parser = argparse.ArgumentParser(prog="python -m bench.swarm_client")
+    sub = parser.add_subparsers(dest="command", required=True)
+    up = sub.add_parser("upload")
+    up.add_argument("--origins", required=True)
+    up.add_argument("--namespace", required=True)
+    up.add_argument("--timeout", type=float, default=300)
+    up.add_argument("file")
+    wt = sub.add_parser("wait")
+    wt.add_argument("urls", nargs="+")
+    wt.add_argument("--timeout", type=float, default=60)
+    fe = sub.add_parser("fetch")
+    fe.add_argument("url")
+    fe.add_argument("--sha256", required=True)
+    fe.add_argument("--health")
+    fe.add_argument("--out")
+    fe.add_argument("--timeout", type=float, default=60)
+    args = parser.parse_args(argv)
+    if args.command == "wait":
+        wait(args.urls, args.timeout)
+    elif args.command == "upload":
+        upload(args.origins.split(","), args.namespace, args.file, args.timeout)
+    else:
+        if args.health:
+            wait([args.health], args.timeout)
+        print("READY", flush=True)
+        line = sys.stdin.readline().split()
+        if len(line) != 2 or line[0] != "GO":
+            raise SystemExit(f"expected 'GO <time>', got {line}")
+        delay = float(line[1]) - time.time()
+        if delay > 0:
+            time.sleep(delay)
+        print(json.dumps(fetch(args.url, args.sha256, args.out)), flush=True)
+
+
+if __name__ == "__main__":
+    main()
