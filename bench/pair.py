@@ -62,6 +62,22 @@ def make_blob(path: str, size: int) -> None:
             left -= n
 
 
+def _settle(seconds: float) -> None:
+    """
+    The same start for every timed transfer: nothing dirty, memory freed a while ago.
+
+    os.sync(): the setup's 2 GiB of dirty pages (blob, registry copy) would
+    otherwise be written back during whichever transfer crosses the dirty
+    limits.  The pause: this VM hands freed memory back to its host within
+    seconds (measured, pwrite of 1 GiB right after deleting 1 GiB: 0.51-1.83 s,
+    median 0.7; 3 s later: 1.27-3.63 s, median 1.8), and curl starts at once
+    while P2P starts two processes first, so without it curl wrote into warm
+    pages and P2P into cold ones.
+    """
+    os.sync()
+    time.sleep(seconds)
+
+
 def _children_cpu() -> float:
     """User + system CPU of the waited-for children of this process."""
     r = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -288,6 +304,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--origin-pipeline", type=int, help="requests outstanding to the seeder (engine default)"
     )
+    parser.add_argument(
+        "--settle", type=float, default=3.0, help="seconds of pause before each timed transfer"
+    )
     parser.add_argument("--role", choices=["parent", "seed", "leech"], default="parent")
     parser.add_argument("--blob")
     parser.add_argument("--meta")
@@ -318,14 +337,12 @@ def main(argv: list[str] | None = None) -> None:
         with registry(blob, str(meta.digest), workdir) as curl_once:
             # Alternate P2P and curl so both see the same machine (the VM is shared),
             # in ABBA order so neither always runs right after the other freed 1 GiB.
-            # os.sync() first: the setup's 2 GiB of dirty pages (blob, registry copy) would
-            # otherwise be written back during whichever transfer crosses the dirty limits.
             def p2p() -> None:
-                os.sync()
+                _settle(args.settle)
                 runs.append(_p2p_once(blob, meta, meta_path, workdir, args.origin_pipeline))
 
             def curl() -> None:
-                os.sync()
+                _settle(args.settle)
                 refs.append(curl_once())
 
             for i in range(1, args.runs + 1):
