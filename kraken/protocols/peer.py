@@ -93,6 +93,9 @@ UNLIMITED_CHUNK: Final = 1024 * 1024
 SOCKET_BUFFER: Final = 1024 * 1024
 #: Bytes of idle piece buffers a node keeps for reuse (8 x 8 MiB pieces).
 BUFFER_POOL_BYTES: Final = 64 * 1024 * 1024
+#: Bytes of received pieces waiting to be verified and written above which a
+#: node stops reading its connections (until half of it is written).
+MAX_UNWRITTEN: Final = 64 * 1024 * 1024
 _HEADER = struct.Struct(">I")
 
 
@@ -450,7 +453,22 @@ class PeerProtocol(Int32StringReceiver):
 
     def _resume_reading(self) -> None:
         self._resume_call = None
+        if self.node.writes_behind:
+            return  # the node resumes us when its writes catch up
         if self.state != "closed" and self.transport is not None:
+            self.raw_transport().resumeProducing()
+
+    def pause_reading(self) -> None:
+        """Stop reading the socket (the node's writes are behind)."""
+        if self.state == "active" and self.transport is not None:
+            self.raw_transport().pauseProducing()
+
+    def resume_reading(self) -> None:
+        """Read again, unless an ingress limit still holds us."""
+        call = getattr(self, "_resume_call", None)
+        if call is not None and call.active():
+            return
+        if self.state == "active" and self.transport is not None:
             self.raw_transport().resumeProducing()
 
     def stringReceived(self, string: bytes) -> None:
@@ -625,6 +643,11 @@ class PeerNode:
         self.buffers = BufferPool()
         #: one writer at a time per torrent (hashing stays parallel).
         self._write_locks: dict[InfoHash, threading.Lock] = {}
+        #: bytes received and not yet verified and written; reading stops above
+        #: max_unwritten so slow writes cannot pile pieces up in memory.
+        self.unwritten = 0
+        self.max_unwritten = MAX_UNWRITTEN
+        self.writes_behind = False
         #: every connected protocol, engaged or not (for a clean stop).
         self.live: set[PeerProtocol] = set()
         self.storages: dict[InfoHash, IPieceStorage] = {}
@@ -831,8 +854,20 @@ class PeerNode:
             self.run(self.scheduler.piece_failed(conn, h, index, bad_data=False, reason="not open"))
             return
 
+        size = len(data)
+        self.unwritten += size
+        if self.unwritten > self.max_unwritten and not self.writes_behind:
+            self.writes_behind = True
+            for proto in list(self.live):
+                proto.pause_reading()
+
         def release(result: T) -> T:
             self.buffers.give(data)
+            self.unwritten -= size
+            if self.writes_behind and self.unwritten <= self.max_unwritten // 2:
+                self.writes_behind = False
+                for proto in list(self.live):
+                    proto.resume_reading()
             return result
 
         def failed(f: Failure) -> None:

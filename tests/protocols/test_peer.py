@@ -387,3 +387,54 @@ class ReusedBufferTests(OneConnection):
         self.assertEqual(self.node.buffers.idle_bytes, 0)
         self.proto.connectionLost(None)
         self.assertEqual(self.node.buffers.idle_bytes, 256 * KiB)
+
+
+class HeldWrites:
+    """run_blocking that runs everything at once except verify_and_write, held until released."""
+
+    def __init__(self) -> None:
+        self.held: list[tuple[Any, tuple[Any, ...], Deferred[Any]]] = []
+
+    def __call__(self, f: Any, *args: Any) -> Deferred[Any]:
+        """Run now, or hold piece writes."""
+        if getattr(f, "__name__", "") == "verify_and_write":
+            d: Deferred[Any] = Deferred()
+            self.held.append((f, args, d))
+            return d
+        return synchronous_runner(f, *args)
+
+    def release(self) -> None:
+        """Run the held writes."""
+        held, self.held = self.held, []
+        for f, args, d in held:
+            d.callback(f(*args))
+
+
+class WriteBackPressureTests(OneConnection):
+    """A node whose writes lag stops reading its connections, and reads again when they catch up."""
+
+    def setUp(self) -> None:
+        """The one connection, with held writes and room for one unwritten piece."""
+        super().setUp()
+        self.writes = HeldWrites()
+        self.node.run_blocking = self.writes
+        self.node.max_unwritten = 256 * KiB
+
+    def payload(self, index: int) -> bytes:
+        """The wire bytes of piece ``index``."""
+        piece = self.data[index * 256 * KiB : (index + 1) * 256 * KiB]
+        return self.frame(PiecePayload(index, len(piece)).encode()) + piece
+
+    def test_pause_and_resume(self) -> None:
+        """Over max_unwritten the socket is paused; once the writes are done it is resumed."""
+        self.handshake()
+        first, second = sorted(self.scheduler.torrents[self.meta.infohash].dispatcher.requested)[:2]
+        self.proto.dataReceived(self.payload(first))
+        self.assertEqual(self.transport.producerState, "producing")  # at the limit, not over
+        self.proto.dataReceived(self.payload(second))
+        self.assertEqual(self.transport.producerState, "paused")
+        self.assertEqual(self.node.unwritten, 512 * KiB)
+        self.writes.release()
+        self.assertEqual(self.transport.producerState, "producing")
+        self.assertEqual(self.node.unwritten, 0)
+        self.assertEqual(self.archive.torrents[self.meta.digest].writes, 2)
