@@ -21,7 +21,7 @@ from typing import Any
 import attrs
 from twisted.application.internet import StreamServerEndpointService, TimerService
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.python import usage
@@ -59,6 +59,7 @@ from kraken.protocols.archives import OriginArchive
 from kraken.protocols.origin_client import OriginClient
 from kraken.protocols.peer import PeerNode, make_scheduler
 from kraken.store import BlobStore, CleanupPolicy, StoreCleaner
+from kraken.tls import ClusterTLS
 from kraken.torrent.actions import EngineConfig
 
 #: Threads for blob I/O and hashing (uploads, downloads, backend transfers, pieces).
@@ -110,6 +111,29 @@ class _OnStop(Service):
         return maybeDeferred(self.cleanup)
 
 
+class _ClosingSite(Site):
+    """A Site that can abort its open connections (a stopped origin must not keep them)."""
+
+    def __init__(self, resource: Any) -> None:
+        super().__init__(resource)  # type: ignore[no-untyped-call]
+        self.channels: set[Any] = set()
+
+    def buildProtocol(self, addr: Any) -> Any:
+        """Track each connection."""
+        channel = super().buildProtocol(addr)  # type: ignore[no-untyped-call]
+        if channel is not None:
+            self.channels.add(channel)
+        return channel
+
+    def abort_connections(self) -> None:
+        """Drop every connection still open."""
+        channels, self.channels = self.channels, set()
+        for channel in channels:
+            transport = getattr(channel, "transport", None)
+            if transport is not None:
+                transport.abortConnection()
+
+
 class OriginService(MultiService):
     """The origin's service tree; its parts are exposed for tests and embedding."""
 
@@ -139,15 +163,22 @@ class OriginService(MultiService):
         super().startService()  # type: ignore[no-untyped-call]
 
     def stopService(self) -> Deferred[None]:
-        """Stop the services, then join the thread pool once they have all stopped."""
-        stopped: Deferred[None] = super().stopService()  # type: ignore[no-untyped-call]
+        """Wait for replications in flight, stop the services, then join the thread pool."""
+        running = list(self.api.background)
+        for job in running:
+            job.cancel()
+        waited: Deferred[Any] = DeferredList(running, consumeErrors=True)
+
+        def stop(_: object) -> Deferred[None]:
+            stopped: Deferred[None] = MultiService.stopService(self)  # type: ignore[no-untyped-call]
+            return stopped
 
         def join(result: object) -> object:
             if self.pool is not None:
                 self.pool.stop()
             return result
 
-        return stopped.addBoth(join)
+        return waited.addCallback(stop).addBoth(join)
 
 
 def _host_list(config: HostListConfig, reactor: Any) -> IHostList:
@@ -213,7 +244,8 @@ def build_origin(
         BackendContext(reactor, run)
     )
 
-    http = HTTPClientFactory(reactor)
+    tls = ClusterTLS.from_config(config.tls)  # blocking, at start-up only
+    http = HTTPClientFactory(reactor, tls=tls.client_policy())
     health: IHealthFilter = NoHealthFilter()
     check = config.healthcheck
     if check.enabled:
@@ -296,9 +328,11 @@ def build_origin(
     services.append(_PeerNodeService(node))
     peer_endpoint = serverFromString(reactor, config.peer.listen)  # type: ignore[no-untyped-call]
     services.append(StreamServerEndpointService(peer_endpoint, node.factory()))  # type: ignore[no-untyped-call]
-    site = Site(api.resource())  # type: ignore[no-untyped-call]
+    site = Site(tls.guard(api.resource()))  # type: ignore[no-untyped-call]
     site.displayTracebacks = False
     endpoint = serverFromString(reactor, listen or config.server.listen)  # type: ignore[no-untyped-call]
+    endpoint = tls.server_endpoint(endpoint, reactor)
+    services.append(tls.expiry_monitor(reactor, metrics.registry))
     services.append(StreamServerEndpointService(endpoint, site))  # type: ignore[no-untyped-call]
     services.append(_OnStop(http.close))
     services.append(_OnStop(backends.close))
