@@ -10,8 +10,8 @@ Shared by ``bench.swarm`` and ``tests/system``.  A :class:`Network` owns:
 - addresses of ``10.77.0.0/16`` only, and only inside those namespaces, so nothing the hosts
   send can leave them;
 - shaping: a host's **upload** is an HTB class (with ``fq_codel`` below it where the kernel
-  has it, so competing TCP flows share fairly; else HTB's default FIFO) on the egress of its
-  ``eth0``; its **download** is the same on the
+  has it, so competing TCP flows share fairly; else a byte FIFO holding about 100 ms of
+  traffic) on the egress of its ``eth0``; its **download** is the same on the
   egress of the bridge-side ``v-<host>``, which is what the host receives.  No ``ifb``
   device and no ingress policing are needed (policing drops instead of queueing, which TCP
   handles badly);
@@ -137,8 +137,15 @@ def _shape(netns: str, dev: str, bytes_per_second: int) -> None:
         [*tc, "class", "replace", "dev", dev, "parent", "1:", "classid", "1:10", "htb",
          "rate", rate, "ceil", rate, "burst", str(burst), "cburst", str(burst)]
     )  # fmt: skip
-    # fq_codel shares the class fairly between flows; kernels without it keep HTB's pfifo.
-    _run([*tc, "qdisc", "replace", "dev", dev, "parent", "1:10", "fq_codel"], check=False)
+    # fq_codel shares the class fairly between flows and keeps its queue short.  Kernels
+    # without it get a byte FIFO of about 100 ms of traffic: HTB's default FIFO holds
+    # txqueuelen (1000) packets, which with 64 KiB GSO segments is seconds of delay that
+    # small control frames (piece requests) would wait behind.
+    fq = [*tc, "qdisc", "replace", "dev", dev, "parent", "1:10", "fq_codel"]
+    if subprocess.run(fq, capture_output=True, check=False).returncode == 0:
+        return
+    limit = max(2 * 64 * 1024, bytes_per_second // 10)
+    _run([*tc, "qdisc", "replace", "dev", dev, "parent", "1:10", "bfifo", "limit", str(limit)])
 
 
 @define
