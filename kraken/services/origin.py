@@ -328,12 +328,13 @@ def build_origin(
     services.append(_PeerNodeService(node))
     peer_endpoint = serverFromString(reactor, config.peer.listen)  # type: ignore[no-untyped-call]
     services.append(StreamServerEndpointService(peer_endpoint, node.factory()))  # type: ignore[no-untyped-call]
-    site = Site(tls.guard(api.resource()))  # type: ignore[no-untyped-call]
+    site = _ClosingSite(tls.guard(api.resource()))
     site.displayTracebacks = False
     endpoint = serverFromString(reactor, listen or config.server.listen)  # type: ignore[no-untyped-call]
     endpoint = tls.server_endpoint(endpoint, reactor)
     services.append(tls.expiry_monitor(reactor, metrics.registry))
     services.append(StreamServerEndpointService(endpoint, site))  # type: ignore[no-untyped-call]
+    services.append(_OnStop(site.abort_connections))
     services.append(_OnStop(http.close))
     services.append(_OnStop(backends.close))
 

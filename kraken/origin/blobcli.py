@@ -1,0 +1,160 @@
+"""
+``kraken blob push|stat|pull``: talk to an origin ring from the command line.
+
+``push`` hashes the file (in a thread), then uploads it in 32 MiB chunks to the blob's
+owner (asking ``--origin`` for the locations), with a tqdm progress bar on stderr, and
+prints the digest.  ``stat`` prints the size the ring (or its backend) knows; ``pull``
+downloads a blob to a file (or stdout) and checks its digest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import sys
+from typing import IO, Any
+from urllib.parse import urlsplit
+
+from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.task import react
+from twisted.internet.threads import deferToThread
+
+from kraken.backends.threads import BlockingRunner
+from kraken.core import Digest
+from kraken.http.client import HTTPClientFactory
+from kraken.protocols.origin_client import (
+    DEFAULT_CHUNK_SIZE,
+    BlobNotFoundAtOrigin,
+    NoOriginAvailable,
+    OriginClient,
+    OriginClusterClient,
+    file_chunks,
+)
+
+__all__ = ["add_blob_parser", "file_digest", "pull_file", "push_file"]
+
+
+def file_digest(path: str) -> Digest:
+    """The sha256 digest of a file (blocking: call it in a thread)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(8 * 1024 * 1024):
+            h.update(chunk)
+    return Digest(h.hexdigest())
+
+
+async def push_file(
+    cluster: OriginClusterClient,
+    namespace: str,
+    path: str,
+    run: BlockingRunner,
+    progress: Any = None,
+) -> Digest:
+    """Upload the file at ``path``; return its digest (already present counts as success)."""
+    digest = await run(file_digest, path)
+    size = os.path.getsize(path)
+    await cluster.upload_blob(namespace, digest, size, file_chunks(path, run), progress=progress)
+    return digest
+
+
+async def pull_file(
+    cluster: OriginClusterClient, namespace: str, digest: Digest, out: IO[bytes]
+) -> int:
+    """Download ``digest`` into ``out``; raise ValueError if the content is not the digest."""
+    h = hashlib.sha256()
+
+    def collect(data: bytes) -> None:
+        h.update(data)
+        out.write(data)
+
+    size = await cluster.download_blob(namespace, digest, collect)
+    if h.hexdigest() != digest.hex:
+        raise ValueError(f"downloaded content has digest sha256:{h.hexdigest()}, not {digest}")
+    return size
+
+
+def _cluster(reactor: Any, origin: str) -> OriginClusterClient:
+    parts = urlsplit(origin if "://" in origin else f"http://{origin}")
+    if not parts.netloc:
+        raise SystemExit(f"kraken blob: bad --origin {origin!r}: expected http://host:port")
+    http = HTTPClientFactory(reactor)
+    client = OriginClient(http.client(), reactor, scheme=parts.scheme, chunk_size=DEFAULT_CHUNK_SIZE)
+    return OriginClusterClient(client, lambda: [parts.netloc])
+
+
+def _runner(function: Any, *args: Any, **kwargs: Any) -> Deferred[Any]:
+    return deferToThread(function, *args, **kwargs)
+
+
+async def _main(reactor: Any, args: argparse.Namespace) -> int:
+    cluster = _cluster(reactor, args.origin)
+    try:
+        if args.blob_command == "push":
+            from tqdm import tqdm
+
+            size = os.path.getsize(args.file)
+            with tqdm(total=size, unit="B", unit_scale=True, file=sys.stderr,
+                      disable=args.quiet) as bar:
+
+                def progress(done: int) -> None:
+                    bar.update(done - bar.n)
+
+                digest = await push_file(cluster, args.namespace, args.file, _runner, progress)
+            print(digest)
+        elif args.blob_command == "stat":
+            print(await cluster.stat(args.namespace, Digest.parse(args.digest)))
+        else:
+            digest = Digest.parse(args.digest)
+            if args.output in (None, "-"):
+                await pull_file(cluster, args.namespace, digest, sys.stdout.buffer)
+            else:
+                with open(args.output, "wb") as f:
+                    await pull_file(cluster, args.namespace, digest, f)
+    except BlobNotFoundAtOrigin as e:
+        print(f"kraken blob {args.blob_command}: {e}", file=sys.stderr)
+        return 1
+    except (NoOriginAvailable, ValueError, OSError) as e:
+        print(f"kraken blob {args.blob_command}: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _blob(args: argparse.Namespace) -> int:
+    code = 0
+
+    def main(reactor: Any) -> Deferred[None]:
+        async def run() -> None:
+            nonlocal code
+            code = await _main(reactor, args)
+
+        return ensureDeferred(run())
+
+    try:
+        react(main)
+    except SystemExit as e:
+        if e.code not in (0, None):
+            return int(e.code) if isinstance(e.code, int) else 1
+    return code
+
+
+def add_blob_parser(sub: Any) -> None:
+    """Add ``blob push|stat|pull`` to the ``kraken`` subparsers."""
+    blob = sub.add_parser("blob", help="push, stat or pull blobs at an origin ring")
+    blob_sub = blob.add_subparsers(dest="blob_command", required=True)
+    for name, what in (
+        ("push", "upload FILE in 32 MiB chunks; prints its digest"),
+        ("stat", "print the size of DIGEST"),
+        ("pull", "download DIGEST (to -o FILE, default stdout)"),
+    ):
+        p = blob_sub.add_parser(name, help=what)
+        p.add_argument("--origin", required=True, help="an origin, http://host:port")
+        p.add_argument("--namespace", required=True, help="namespace (e.g. the repository)")
+        if name == "push":
+            p.add_argument("file", metavar="FILE")
+            p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+        else:
+            p.add_argument("digest", metavar="DIGEST", help="sha256:<hex>")
+        if name == "pull":
+            p.add_argument("-o", "--output", default=None, help="file to write (default stdout)")
+        p.set_defaults(func=_blob)

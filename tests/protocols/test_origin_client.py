@@ -1,0 +1,135 @@
+"""
+The origin clients against in-memory origins: chunked uploads, 409 as success, failover
+between replicas, polling 202s, 404s, locations and peer context.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from kraken.core import Digest
+from kraken.http.client import HTTPClientFactory, RetryPolicy
+from kraken.http.testing import HostRoutingAgent
+from kraken.protocols.origin_client import (
+    BlobNotFoundAtOrigin,
+    NoOriginAvailable,
+    OriginClient,
+    OriginClusterClient,
+    PollPolicy,
+    bytes_chunks,
+)
+from tests.origin.harness import MemoryBackend, make_origin
+
+BLOB = bytes(range(256)) * 40
+DIGEST = Digest.of_bytes(BLOB)
+NS = "lib/x"
+MEMBERS = ("o1:15002", "o2:15002", "o3:15002")
+
+
+class OriginClusterClientTests(SynchronousTestCase):
+    """Three in-memory origins sharing one backend, reached through a HostRoutingAgent."""
+
+    def setUp(self) -> None:
+        """Build the ring and a client over it."""
+        self.clock = Clock()
+        self.agent = HostRoutingAgent()
+        self.backend = MemoryBackend()
+        self.origins = {
+            m: make_origin(
+                self, self.clock, address=m, members=MEMBERS, backend=self.backend, agent=self.agent
+            )
+            for m in MEMBERS
+        }
+        factory = HTTPClientFactory(self.clock, agent=self.agent, retry=RetryPolicy(max_retries=0))
+        self.client = OriginClient(
+            factory.client(), self.clock, chunk_size=3000, poll=PollPolicy(initial=1.0)
+        )
+        self.cluster = OriginClusterClient(self.client, lambda: list(MEMBERS))
+
+    def test_locations_in_ring_order(self) -> None:
+        """Locations are the ring's ranking of the three members."""
+        found = self.successResultOf(self.cluster.locations(DIGEST))
+        ring = self.origins[MEMBERS[0]].api.ring
+        self.assertEqual(found, ring.locations(DIGEST))
+        self.assertEqual(sorted(found), sorted(MEMBERS))
+
+    def test_upload_chunks_and_replicates(self) -> None:
+        """The owner receives the upload in chunks and duplicates it to both other replicas."""
+        progress: list[int] = []
+        stored = self.successResultOf(
+            self.cluster.upload_blob(NS, DIGEST, len(BLOB), bytes_chunks(BLOB), progress=progress.append)
+        )
+        self.assertTrue(stored)
+        self.assertEqual(progress, [3000, 6000, 9000, 10240])
+        self.assertTrue(all(o.store.has(DIGEST) for o in self.origins.values()))
+        self.assertEqual(self.backend.blobs[DIGEST.hex], BLOB)
+        again = self.successResultOf(
+            self.cluster.upload_blob(NS, DIGEST, len(BLOB), bytes_chunks(BLOB))
+        )
+        self.assertFalse(again)
+
+    def test_upload_fails_over_when_owner_is_down(self) -> None:
+        """With the owner refusing connections the next replica takes the upload."""
+        owner = self.successResultOf(self.cluster.locations(DIGEST))[0]
+        self.agent.remove(owner)
+        self.cluster = OriginClusterClient(self.client, lambda: [m for m in MEMBERS if m != owner])
+        self.assertTrue(
+            self.successResultOf(self.cluster.upload_blob(NS, DIGEST, len(BLOB), bytes_chunks(BLOB)))
+        )
+        self.assertFalse(self.origins[owner].store.has(DIGEST))
+        self.flushLoggedErrors()
+
+    def test_download_polls_202_then_streams(self) -> None:
+        """A blob only in the backend: the client polls the 202s, then gets the bytes."""
+        self.backend.blobs[DIGEST.hex] = BLOB
+        self.backend.hold = Deferred()
+        chunks: list[bytes] = []
+        d = self.cluster.download_blob(NS, DIGEST, chunks.append)
+        self.assertNoResult(d)
+        self.backend.hold.callback(None)
+        self.clock.advance(1.0)
+        self.assertEqual(self.successResultOf(d), len(BLOB))
+        self.assertEqual(b"".join(chunks), BLOB)
+        # The owner fetched once and copied the blob to the others.
+        self.assertEqual(self.backend.downloads, 1)
+        self.assertTrue(all(o.store.has(DIGEST) for o in self.origins.values()))
+
+    def test_download_unknown_is_not_found(self) -> None:
+        """A blob nowhere fails with BlobNotFoundAtOrigin at once."""
+        self.failureResultOf(
+            self.cluster.download_blob(NS, DIGEST, lambda _: None), BlobNotFoundAtOrigin
+        )
+
+    def test_download_fails_over(self) -> None:
+        """An unreachable first replica is skipped."""
+        self.successResultOf(self.cluster.upload_blob(NS, DIGEST, len(BLOB), bytes_chunks(BLOB)))
+        owner = self.successResultOf(self.cluster.locations(DIGEST))[0]
+        self.agent.remove(owner)
+        chunks: list[bytes] = []
+        cluster = OriginClusterClient(self.client, lambda: [m for m in MEMBERS if m != owner])
+        self.successResultOf(cluster.download_blob(NS, DIGEST, chunks.append))
+        self.assertEqual(b"".join(chunks), BLOB)
+
+    def test_no_origin(self) -> None:
+        """With every origin down the client says so."""
+        for m in MEMBERS:
+            self.agent.remove(m)
+        self.failureResultOf(self.cluster.locations(DIGEST), NoOriginAvailable)
+
+    def test_stat_metainfo_prefetch_delete_peer_context(self) -> None:
+        """The single-origin calls map the API's answers."""
+        host = MEMBERS[0]
+        self.failureResultOf(self.client.stat(host, NS, DIGEST), BlobNotFoundAtOrigin)
+        self.successResultOf(self.cluster.upload_blob(NS, DIGEST, len(BLOB), bytes_chunks(BLOB)))
+        self.assertEqual(self.successResultOf(self.cluster.stat(NS, DIGEST)), len(BLOB))
+        meta = self.successResultOf(self.client.metainfo(host, NS, DIGEST))
+        assert meta is not None
+        self.assertEqual(meta.length, len(BLOB))
+        self.assertEqual(self.successResultOf(self.client.prefetch(host, NS, DIGEST)), 200)
+        peer = self.successResultOf(self.client.peer_context(host))
+        self.assertTrue(peer.origin)
+        self.clock.advance(200)  # the replicas' staggered write-backs finish and unpersist
+        self.successResultOf(self.client.delete(host, DIGEST))
+        self.assertFalse(self.origins[host].store.has(DIGEST))
