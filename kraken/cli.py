@@ -136,6 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     digest.set_defaults(func=_digest)
     _add_certs(sub)
     _add_herd(sub)
+    from kraken.origin.blobcli import add_blob_parser
+
+    add_blob_parser(sub)
     return parser
 
 
