@@ -136,7 +136,9 @@ def _byte_range(value: bytes | None, size: int) -> tuple[int, int] | None:
         return None
     match = _BYTES_RANGE.fullmatch(value.decode("latin-1").strip())
     if match is None or (not match[1] and not match[2]):
-        raise APIError(416, f"unsupported Range {value!r}", headers={"Content-Range": f"bytes */{size}"})
+        raise APIError(
+            416, f"unsupported Range {value!r}", headers={"Content-Range": f"bytes */{size}"}
+        )
     if not match[1]:  # suffix: the last n bytes
         n = int(match[2])
         start, end = max(0, size - n), size
@@ -144,7 +146,9 @@ def _byte_range(value: bytes | None, size: int) -> tuple[int, int] | None:
         start = int(match[1])
         end = size if not match[2] else min(size, int(match[2]) + 1)
     if start >= size or end <= start:
-        raise APIError(416, f"Range {value!r} outside 0..{size}", headers={"Content-Range": f"bytes */{size}"})
+        raise APIError(
+            416, f"Range {value!r} outside 0..{size}", headers={"Content-Range": f"bytes */{size}"}
+        )
     return start, end
 
 
@@ -190,7 +194,9 @@ class OriginMetrics:
     def __attrs_post_init__(self) -> None:
         r = self.registry
         self.requests = Counter(
-            "kraken_origin_requests", "Requests by route and status", ["route", "status"],
+            "kraken_origin_requests",
+            "Requests by route and status",
+            ["route", "status"],
             registry=r,
         )
         self.upload_bytes = Counter(
@@ -200,7 +206,9 @@ class OriginMetrics:
             "kraken_origin_served_bytes", "Blob bytes sent to HTTP clients", registry=r
         )
         self.commits = Counter(
-            "kraken_origin_commits", "Upload commits by kind and outcome", ["kind", "result"],
+            "kraken_origin_commits",
+            "Upload commits by kind and outcome",
+            ["kind", "result"],
             registry=r,
         )
 
@@ -356,7 +364,8 @@ class OriginAPI:
 
     async def _patch(self, request: IRequest, uid: str, d: Digest) -> bytes:
         upload = self._upload(uid, d)
-        start, end = parse_content_range(request.getHeader(b"content-range"))
+        header = request.getHeader(b"content-range")  # type: ignore[no-untyped-call]
+        start, end = parse_content_range(header)
         length = end - start
         if length > self.max_chunk:
             raise RegistryError(
@@ -370,7 +379,7 @@ class OriginAPI:
                 f"Content-Range {start}-{end} does not continue upload {uid}, which has "
                 f"{upload.next_offset} bytes (chunks must be sent in order, without overlap)",
             )
-        content: IO[bytes] | None = request.content  # type: ignore[attr-defined]
+        content: IO[bytes] | None = request.content
         got = _body_length(content)
         if got != length:
             raise RegistryError(
@@ -521,7 +530,10 @@ class OriginAPI:
         except StoreBlobNotFound:
             return await self._fetch_or_raise(ns, d, request)
         try:
-            span = _byte_range(request.getHeader(b"range"), reader.size)
+            span = _byte_range(
+                request.getHeader(b"range"),  # type: ignore[no-untyped-call]
+                reader.size,
+            )
             start, end = span if span is not None else (0, reader.size)
             if span is not None:
                 request.setResponseCode(206)  # type: ignore[no-untyped-call]
@@ -552,7 +564,7 @@ class OriginAPI:
         try:
             size = (await self.run(self.store.stat, d)).size
         except StoreBlobNotFound:
-            if request.args.get(b"local", [b""])[0] == b"true":  # type: ignore[attr-defined]
+            if request.args.get(b"local", [b""])[0] == b"true":
                 raise
             size = (await self.backends.backend_for(ns).stat(ns, d.hex)).size
         request.setHeader(b"Content-Length", str(size).encode())  # type: ignore[no-untyped-call]
@@ -582,7 +594,7 @@ class OriginAPI:
 
 
 def _has_body(request: IRequest) -> bool:
-    return _body_length(request.content) > 0  # type: ignore[attr-defined]
+    return _body_length(request.content) > 0
 
 
 def _duplicate_delay(body: object) -> float:

@@ -72,7 +72,12 @@ class BackendFetcher:
         if job is None:
             return None
         waiter: Deferred[None] = Deferred()
-        job.addBoth(lambda result: (waiter.callback(None), result)[1])
+
+        def wake(result: object) -> object:
+            waiter.callback(None)
+            return result
+
+        job.addBoth(wake)
         return waiter
 
     def request(self, namespace: str, digest: Digest) -> Deferred[None]:
@@ -97,8 +102,7 @@ class BackendFetcher:
         info = await backend.stat(namespace, digest.hex)
         if self.size_limit and info.size > self.size_limit:
             raise BlobTooLarge(
-                f"{digest} is {info.size} bytes in the backend, over the limit of "
-                f"{self.size_limit}"
+                f"{digest} is {info.size} bytes in the backend, over the limit of {self.size_limit}"
             )
         if digest in self._jobs:  # started while we were asking the backend
             return

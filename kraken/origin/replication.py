@@ -90,8 +90,10 @@ class Replicator:
             )
         except Exception as e:
             self.log.warn(
-                "replicating {digest} to {host} failed: {error}", digest=digest, host=host,
-                error=str(e)
+                "replicating {digest} to {host} failed: {error}",
+                digest=digest,
+                host=host,
+                error=str(e),
             )
         finally:
             await self.blocking(reader.close)

@@ -14,6 +14,7 @@ Tasks are ``("writeback", "<namespace>/<digest hex>")`` with the payload
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, ClassVar, Final
 
 from attrs import define, field
@@ -71,8 +72,11 @@ class WritebackExecutor:
         except BackendBlobNotFound:
             await self._upload(backend, namespace, digest)
         else:
-            self.log.info("{digest} is already in the backend of {namespace}", digest=digest,
-                          namespace=namespace)
+            self.log.info(
+                "{digest} is already in the backend of {namespace}",
+                digest=digest,
+                namespace=namespace,
+            )
         await self._unpersist(namespace, digest, task.key)
 
     async def _upload(self, backend: Any, namespace: str, digest: Digest) -> None:
@@ -84,8 +88,9 @@ class WritebackExecutor:
             await backend.upload(namespace, digest.hex, reader.path)
         finally:
             await self.blocking(reader.close)
-        self.log.info("wrote {digest} back to the backend of {namespace}", digest=digest,
-                      namespace=namespace)
+        self.log.info(
+            "wrote {digest} back to the backend of {namespace}", digest=digest, namespace=namespace
+        )
 
     async def _unpersist(self, namespace: str, digest: Digest, key: str) -> None:
         if self.queue is not None:
@@ -93,10 +98,8 @@ class WritebackExecutor:
             for other in self.queue.tasks():
                 if other.kind == WRITEBACK_KIND and other.key != key and other.key.endswith(suffix):
                     return
-        try:
+        with contextlib.suppress(BlobNotFound):
             await self.blocking(self.store.set_persist, digest, False)
-        except BlobNotFound:
-            pass
 
 
 @define

@@ -1,5 +1,7 @@
 """
-Clients of the origin's HTTP API: one origin (:class:`OriginClient`) and the ring (:class:`OriginClusterClient`).
+Clients of the origin's HTTP API: one origin (:class:`OriginClient`) and the ring.
+
+:class:`OriginClusterClient` is the ring as one service.
 
 Other components (the proxy, the build-index, the CLI, and origins replicating to each
 other) upload to and download from origins through these classes.  Behaviour follows the
@@ -197,7 +199,7 @@ class OriginClient:
             self._upload(host, namespace, digest, size, read_chunk, kind, delay, progress)
         )
 
-    async def _upload(
+    async def _upload(  # noqa: PLR0917 - private; mirrors upload()
         self,
         host: str,
         namespace: str,
@@ -241,9 +243,11 @@ class OriginClient:
             url, data=body, ok=(200, 201, 204, 409), timeout=COMMIT_TIMEOUT
         )
         await read_body(response, MAX_SMALL_BODY)
-        return response.code != 409
+        return bool(response.code != 409)
 
-    def stat(self, host: str, namespace: str, digest: Digest, *, local: bool = False) -> Deferred[int]:
+    def stat(
+        self, host: str, namespace: str, digest: Digest, *, local: bool = False
+    ) -> Deferred[int]:
         """The blob's size as ``host`` (or, unless ``local``, its backend) knows it."""
         return Deferred.fromCoroutine(self._stat(host, namespace, digest, local))
 
@@ -414,8 +418,12 @@ class OriginClusterClient:
             except Exception as e:
                 if not _moves_on(e):
                     raise
-                self.log.warn("upload of {digest} to {host} failed: {error}", digest=digest,
-                              host=host, error=str(e))
+                self.log.warn(
+                    "upload of {digest} to {host} failed: {error}",
+                    digest=digest,
+                    host=host,
+                    error=str(e),
+                )
                 errors.append(f"{host}: {e}")
         raise NoOriginAvailable(f"no origin took {digest}: " + "; ".join(errors))
 
@@ -437,7 +445,7 @@ class OriginClusterClient:
         for host in await self.locations(digest):
             started = [False]
 
-            def collect(data: bytes) -> object:
+            def collect(data: bytes, started: list[bool] = started) -> object:
                 started[0] = True
                 return collector(data)
 
@@ -446,7 +454,9 @@ class OriginClusterClient:
             except BlobNotFoundAtOrigin:
                 raise
             except (HTTPStatusError, NetworkError) as e:
-                if started[0] or (isinstance(e, HTTPStatusError) and e.status < 500 and e.status != 202):
+                if started[0] or (
+                    isinstance(e, HTTPStatusError) and e.status < 500 and e.status != 202
+                ):
                     raise
                 errors.append(f"{host}: {e}")
         raise NoOriginAvailable(f"no origin served {digest}: " + "; ".join(errors))

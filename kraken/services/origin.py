@@ -23,6 +23,7 @@ from twisted.application.internet import StreamServerEndpointService, TimerServi
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.threadpool import ThreadPool
@@ -125,19 +126,20 @@ class _ClosingSite(Site):
             self.channels.add(channel)
         return channel
 
-    def abort_connections(self) -> None:
-        """Drop every connection still open."""
+    def abort_connections(self, reactor: Any) -> Deferred[None]:
+        """Drop every connection still open; fires once the reactor has closed them."""
         channels, self.channels = self.channels, set()
         for channel in channels:
             transport = getattr(channel, "transport", None)
-            if transport is not None:
+            if transport is not None and getattr(transport, "connected", False):
                 transport.abortConnection()
+        return deferLater(reactor, 0.01)
 
 
 class OriginService(MultiService):
     """The origin's service tree; its parts are exposed for tests and embedding."""
 
-    def __init__(
+    def __init__(  # noqa: PLR0917 - the tree's parts, each exposed as an attribute
         self,
         api: OriginAPI,
         store: BlobStore,
@@ -279,9 +281,7 @@ def build_origin(
     executor.queue = queue
     writeback = Writeback(queue)
 
-    client = OriginClient(
-        http.client(), reactor, chunk_size=config.replication.upload_chunk_size
-    )
+    client = OriginClient(http.client(), reactor, chunk_size=config.replication.upload_chunk_size)
     replicator = Replicator(
         client, ring, self_address, store, run, stagger=config.replication.write_back_stagger
     )
@@ -334,7 +334,7 @@ def build_origin(
     endpoint = tls.server_endpoint(endpoint, reactor)
     services.append(tls.expiry_monitor(reactor, metrics.registry))
     services.append(StreamServerEndpointService(endpoint, site))  # type: ignore[no-untyped-call]
-    services.append(_OnStop(site.abort_connections))
+    services.append(_OnStop(lambda: site.abort_connections(reactor)))
     services.append(_OnStop(http.close))
     services.append(_OnStop(backends.close))
 

@@ -50,7 +50,9 @@ class OriginAPITestCase(SynchronousTestCase):
         self.assertEqual(code, 200, body)
         return headers.getRawHeaders("Location")[0]  # type: ignore[no-any-return]
 
-    def patch(self, uid: str, start: int, end: int, data: bytes, ns: str = NS_Q) -> tuple[int, bytes]:
+    def patch(
+        self, uid: str, start: int, end: int, data: bytes, ns: str = NS_Q
+    ) -> tuple[int, bytes]:
         """PATCH one chunk."""
         code, _, body = self.call(
             "PATCH",
@@ -161,7 +163,7 @@ class UploadTests(OriginAPITestCase):
         """``bytes 0-3/*`` and ``0,3`` are not the origin's ``start-end`` form."""
         uid = self.start()
         for header in ("bytes 0-3/*", "0,3", "-3", "a-b"):
-            code, _, body = self.call(
+            code, _, _body = self.call(
                 "PATCH",
                 f"/namespace/{NS_Q}/blobs/{DIGEST}/uploads/{uid}",
                 data=b"abc",
@@ -251,7 +253,7 @@ class DownloadTests(OriginAPITestCase):
     def test_get_cached_blob(self) -> None:
         """A cached blob streams whole with its length."""
         self.upload()
-        code, headers, body = self.call("GET", f"/namespace/{NS_Q}/blobs/{DIGEST}")
+        code, _headers, body = self.call("GET", f"/namespace/{NS_Q}/blobs/{DIGEST}")
         self.assertEqual((code, body), (200, BLOB))
         response = self.successResultOf(self.treq.get(f"{BASE}/namespace/{NS_Q}/blobs/{DIGEST}"))
         self.assertEqual(response.length, len(BLOB))
@@ -365,7 +367,7 @@ class DownloadTests(OriginAPITestCase):
         self.assertEqual(self.call("DELETE", f"/internal/blobs/{DIGEST}")[0], 409)
         self.origin.backend.down = False
         self.clock.advance(20)
-        code, headers, _ = self.call("DELETE", f"/internal/blobs/{DIGEST}")
+        code, _headers, _ = self.call("DELETE", f"/internal/blobs/{DIGEST}")
         self.assertEqual(code, 202)
         self.assertFalse(self.origin.store.has(DIGEST))
         self.assertEqual(self.call("DELETE", f"/internal/blobs/{DIGEST}")[0], 404)

@@ -100,9 +100,13 @@ class MemoryBackend:
             return self.hold.addCallback(write)
         return succeed(write(None))
 
-    def list(self, prefix: str, limit: int = 250, continuation_token: str | None = None) -> Deferred[ListResult]:
+    def list(
+        self, prefix: str, limit: int = 250, continuation_token: str | None = None
+    ) -> Deferred[ListResult]:
         """Every name with ``prefix``."""
-        return succeed(ListResult(tuple(n for n in sorted(self.blobs) if n.startswith(prefix)), None))
+        return succeed(
+            ListResult(tuple(n for n in sorted(self.blobs) if n.startswith(prefix)), None)
+        )
 
     def close(self) -> Deferred[None]:
         """Nothing to release."""
@@ -159,7 +163,6 @@ def make_origin(
     replicator = Replicator(client, ring, address, store, run_inline, stagger=60.0)
     fetcher = BackendFetcher(store, router, run_inline, clock, PIECES)
     fetcher.on_fetched.append(replicator.replicate)
-    host, port = address.split(":")
     peer = PeerInfo(PeerID.from_address("127.0.0.1", 15001), "127.0.0.1", 15001, origin=True)
     api = OriginAPI(
         store, run_inline, ring, router, fetcher, Writeback(queue), replicator, peer, PIECES

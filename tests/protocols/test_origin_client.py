@@ -59,7 +59,9 @@ class OriginClusterClientTests(SynchronousTestCase):
         """The owner receives the upload in chunks and duplicates it to both other replicas."""
         progress: list[int] = []
         stored = self.successResultOf(
-            self.cluster.upload_blob(NS, DIGEST, len(BLOB), bytes_chunks(BLOB), progress=progress.append)
+            self.cluster.upload_blob(
+                NS, DIGEST, len(BLOB), bytes_chunks(BLOB), progress=progress.append
+            )
         )
         self.assertTrue(stored)
         self.assertEqual(progress, [3000, 6000, 9000, 10240])
@@ -76,7 +78,9 @@ class OriginClusterClientTests(SynchronousTestCase):
         self.agent.remove(owner)
         self.cluster = OriginClusterClient(self.client, lambda: [m for m in MEMBERS if m != owner])
         self.assertTrue(
-            self.successResultOf(self.cluster.upload_blob(NS, DIGEST, len(BLOB), bytes_chunks(BLOB)))
+            self.successResultOf(
+                self.cluster.upload_blob(NS, DIGEST, len(BLOB), bytes_chunks(BLOB))
+            )
         )
         self.assertFalse(self.origins[owner].store.has(DIGEST))
         self.flushLoggedErrors()

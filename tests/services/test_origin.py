@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import random
 from collections.abc import Callable
+
 from twisted.application.internet import StreamServerEndpointService
 from twisted.internet import reactor
 from twisted.internet.defer import ensureDeferred
@@ -252,7 +253,7 @@ class RingTests(TestCase):
             self.assertTrue(all(o.store.is_persisted(d) for o in self.origins.values()))
             self.backend_up()
             await self.until(lambda: self.in_backend(d), "write-back after the backend came back")
-            with open(os.path.join(self.backend_root, "blobs", d.hex[:2], d.hex), "rb") as f:
+            with open(os.path.join(self.backend_root, "blobs", d.hex[:2], d.hex), "rb") as f:  # noqa: ASYNC230
                 self.assertEqual(f.read(), data)
             self.flushLoggedErrors()
 
