@@ -59,6 +59,10 @@ METAINFO_OTHER_TTL: Final = 1.0
 #: Seconds an announce reuses the blob's origin records before asking the origin cluster
 #: (whose own caches hold locations and peer contexts for 10 s).
 ORIGIN_MEMO_TTL: Final = 1.0
+#: Seconds past its TTL that a memo entry still answers announces while one refresh runs in the
+#: background (stale-while-revalidate), so announces never wait for an origin round trip of a
+#: blob they already know the origins of.
+ORIGIN_MEMO_STALE: Final = 30.0
 MAX_NAMESPACE_LENGTH: Final = 255
 
 
@@ -141,8 +145,10 @@ class TrackerAPI:
     metainfo_other_ttl: float = METAINFO_OTHER_TTL
     metainfo_max_entries: int = 10000
     origin_memo_ttl: float = ORIGIN_MEMO_TTL
+    origin_memo_stale: float = ORIGIN_MEMO_STALE
     _metainfo: CollapsingCache[tuple[str, Digest], MetaInfoAnswer] = field(init=False)
     _origin_memo: dict[Digest, tuple[float, list[StoredPeer]]] = field(init=False, factory=dict)
+    _refreshing: set[Digest] = field(init=False, factory=set)
     _answer_tail: bytes = field(init=False)
     _ok_announces: Any = field(init=False)
     _invalid_announces: Any = field(init=False)
@@ -257,10 +263,21 @@ class TrackerAPI:
         return []
 
     def _origins_of(self, digest: Digest) -> list[StoredPeer] | Deferred[list[StoredPeer]]:
-        """The blob's origins as records: from the memo, else a Deferred asking the cluster."""
+        """
+        The blob's origins as records: from the memo (refreshed in the background once
+        stale), else a Deferred asking the cluster.
+        """
         memo = self._origin_memo.get(digest)
-        if memo is not None and memo[0] > self.clock.seconds():
-            return memo[1]
+        if memo is not None:
+            now = self.clock.seconds()
+            if memo[0] > now:
+                return memo[1]
+            if memo[0] + self.origin_memo_stale > now:
+                if digest not in self._refreshing:
+                    self._refreshing.add(digest)
+                    refresh = Deferred.fromCoroutine(self._fetch_origins(digest))
+                    refresh.addBoth(lambda _: self._refreshing.discard(digest))
+                return memo[1]
         return Deferred.fromCoroutine(self._fetch_origins(digest))
 
     async def _fetch_origins(self, digest: Digest) -> list[StoredPeer]:

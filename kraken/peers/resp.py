@@ -122,6 +122,11 @@ class RespProtocol(Protocol):
 
     def connectionMade(self) -> None:
         """Authenticate and select the database (pipelined ahead of any command), then serve."""
+        # Commands are small writes pipelined behind others still unanswered: without
+        # TCP_NODELAY, Nagle's algorithm would hold each batch until Redis ACKs the last.
+        set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
+        if set_no_delay is not None:
+            set_no_delay(True)
         for handshake in self.pool.handshake:
             self.command(*handshake).addErrback(self._handshake_failed)
         self.pool._live.append(self)

@@ -37,12 +37,18 @@ class FakeOrigins:
     def __init__(self) -> None:
         self.peers: list[PeerInfo] | Exception = [ORIGIN]
         self.origin_calls = 0
+        self.hold = False
+        self.held: list[Deferred[list[PeerInfo]]] = []
         self.is_ready = True
         self.metainfo_calls: list[tuple[str, Digest]] = []
         self.answers: list[Deferred[MetaInfoAnswer]] = []
 
     def origin_peers(self, digest: Digest) -> Deferred[list[PeerInfo]]:
         self.origin_calls += 1
+        if self.hold:
+            held: Deferred[list[PeerInfo]] = Deferred()
+            self.held.append(held)
+            return held
         if isinstance(self.peers, Exception):
             return fail(self.peers)
         return succeed(list(self.peers))
@@ -251,6 +257,30 @@ class AnnouncePathTests(TrackerAPITestCase):
         self.clock.advance(1.0)
         self.assertEqual(self.peers_of(agent(3))[0], ORIGIN)
         self.assertEqual(self.origins.origin_calls, 2)
+
+    def test_stale_origins_while_refreshing(self) -> None:
+        """
+        Once the memo is stale, announces answer at once with the old origins while one
+        refresh runs; its answer is used next; past the stale window announces wait again.
+        """
+        self.peers_of(agent(1))
+        self.clock.advance(1.0)
+        moved = PeerInfo(PeerID.from_address("10.1.0.2", 15001), "10.1.0.2", 15001, True, True)
+        self.origins.hold = True
+        self.assertEqual(self.peers_of(agent(2))[0], ORIGIN)
+        self.assertEqual(self.peers_of(agent(3))[0], ORIGIN)
+        self.assertEqual(self.origins.origin_calls, 2)  # one refresh, not one per announce
+        self.origins.held.pop().callback([moved])
+        self.assertEqual(self.peers_of(agent(4))[0], moved)
+        self.clock.advance(1.0 + 30.0)
+        d = self.treq.post(
+            f"http://tracker/announce/{IH.hex}", data=json.dumps(announce_body(agent(5)))
+        )
+        self.treq.flush()
+        self.assertNoResult(d)
+        self.origins.held.pop().callback([ORIGIN])
+        self.treq.flush()
+        self.assertEqual(self.successResultOf(d).code, 200)
 
     def test_failed_origins_not_memoised(self) -> None:
         """An announce without origins (none answered) asks again on the next announce."""
