@@ -1,9 +1,10 @@
 """
 The ``kraken`` command line.
 
-Subcommands are added by the issues that own them (``blob``, ``certs``,
-``herd``, ``bench``, ``sim``).  ``kraken digest FILE`` prints a file's digest
-and, with ``--metainfo``, the metainfo an origin would generate for it.
+``kraken herd`` runs the whole system in one process; ``kraken blob``
+pushes, stats and pulls blobs at an origin ring; ``kraken certs`` makes a
+development CA and certificates; ``kraken digest FILE`` prints a file's
+digest and, with ``--metainfo``, the metainfo an origin would generate.
 """
 
 from __future__ import annotations
