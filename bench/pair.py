@@ -23,7 +23,6 @@ import os
 import random
 import resource
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -32,6 +31,10 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from typing import Any
+
+from bench.registry import docker_registry, free_port
+
+__all__ = ["free_port", "make_blob", "parse_size"]
 
 MB = 1_000_000
 UNITS = {"KiB": 1024, "MiB": 1024**2, "GiB": 1024**3, "KB": 1000, "MB": MB, "GB": 1000**3}
@@ -92,13 +95,6 @@ def _proc_cpu(pid: int) -> float:
     except OSError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def free_port() -> int:
-    """A free TCP port on 127.0.0.1."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _node(peer_id_hex: str, archive: Any, origin: bool, **config: Any) -> Any:
@@ -227,29 +223,8 @@ def registry(
 
     The function returns (seconds, curl CPU seconds, registry CPU seconds).
     """
-    registry = shutil.which("docker-registry") or "/usr/bin/docker-registry"
-    if not os.path.exists(registry):
-        raise SystemExit("docker-registry not found (apt install docker-registry)")
-    port = free_port()
-    config = os.path.join(workdir, "registry.yml")
-    with open(config, "w") as f:
-        f.write(
-            "version: 0.1\n"
-            "log: {level: error}\n"
-            f"storage: {{filesystem: {{rootdirectory: {workdir}/registry}}}}\n"
-            f"http: {{addr: '127.0.0.1:{port}'}}\n"
-        )
-    proc = subprocess.Popen(
-        [registry, "serve", config], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    try:
-        base = f"http://127.0.0.1:{port}"
-        for _ in range(100):
-            try:
-                urllib.request.urlopen(base + "/v2/", timeout=1).read()  # noqa: S310
-                break
-            except OSError:
-                time.sleep(0.1)
+    with docker_registry(workdir) as reference:
+        proc, base = reference.process, reference.base
         # Two-step monolithic upload: POST for a location, PUT the bytes with the digest.
         req = urllib.request.Request(  # noqa: S310
             base + "/v2/bench/blob/blobs/uploads/", method="POST"
@@ -288,9 +263,6 @@ def registry(
             return seconds, curl_cpu, server_cpu
 
         yield fetch
-    finally:
-        proc.terminate()
-        proc.wait()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -15,6 +15,7 @@ times; each side's best run counts. The last line is JSON with ``mb_per_s``,
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -25,7 +26,8 @@ import time
 import urllib.request
 from typing import Any
 
-from bench.pair import free_port, make_blob, parse_size
+from bench.pair import make_blob, parse_size
+from bench.registry import DockerRegistry, docker_registry, free_port, wait_for
 
 
 def serve(root: str, port: int) -> None:
@@ -68,17 +70,6 @@ def serve(root: str, port: int) -> None:
     pool.stop()
 
 
-def wait_for(url: str) -> None:
-    """Poll ``url`` until it answers."""
-    for _ in range(200):
-        try:
-            urllib.request.urlopen(url, timeout=1).read()  # noqa: S310
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"{url} never answered")
-
-
 def curl_seconds(url: str, size: int) -> float:
     """Seconds for ``curl`` to GET ``url`` into /dev/null; checks the size."""
     t0 = time.perf_counter()
@@ -94,24 +85,9 @@ def curl_seconds(url: str, size: int) -> float:
     return elapsed
 
 
-def start_reference(blob: str, digest: str, workdir: str) -> tuple[Any, str]:
-    """docker-registry on a free port holding the blob; (process, blob URL)."""
-    registry = shutil.which("docker-registry") or "/usr/bin/docker-registry"
-    if not os.path.exists(registry):
-        raise SystemExit("docker-registry not found (apt install docker-registry)")
-    port = free_port()
-    config = os.path.join(workdir, "registry.yml")
-    with open(config, "w") as f:
-        f.write(
-            "version: 0.1\nlog: {level: error}\n"
-            f"storage: {{filesystem: {{rootdirectory: {workdir}/registry}}}}\n"
-            f"http: {{addr: '127.0.0.1:{port}'}}\n"
-        )
-    proc = subprocess.Popen(
-        [registry, "serve", config], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    base = f"http://127.0.0.1:{port}"
-    wait_for(base + "/v2/")
+def put_reference(reference: DockerRegistry, blob: str, digest: str) -> str:
+    """Upload the blob into the docker-registry; its blob URL."""
+    base = reference.base
     req = urllib.request.Request(base + "/v2/bench/blob/blobs/uploads/", method="POST")  # noqa: S310
     with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310
         location = resp.headers["Location"]
@@ -131,7 +107,7 @@ def start_reference(blob: str, digest: str, workdir: str) -> tuple[Any, str]:
         check=True,
         stdout=subprocess.DEVNULL,
     )
-    return proc, f"{base}/v2/bench/blob/blobs/{digest}"
+    return f"{base}/v2/bench/blob/blobs/{digest}"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -152,6 +128,7 @@ def main(argv: list[str] | None = None) -> None:
     size = parse_size(args.size)
     workdir = tempfile.mkdtemp(prefix="kraken-bench-registry-")
     procs: list[Any] = []
+    stack = contextlib.ExitStack()
     try:
         blob = os.path.join(workdir, "blob")
         make_blob(blob, size)
@@ -168,8 +145,7 @@ def main(argv: list[str] | None = None) -> None:
         )
         agent_url = f"http://127.0.0.1:{port}/v2/bench/blob/blobs/{digest}"
         wait_for(f"http://127.0.0.1:{port}/v2/")
-        ref_proc, ref_url = start_reference(blob, digest, workdir)
-        procs.append(ref_proc)
+        ref_url = put_reference(stack.enter_context(docker_registry(workdir)), blob, digest)
         agent_times, ref_times = [], []
         for _ in range(args.runs):
             agent_times.append(curl_seconds(agent_url, size))
@@ -199,6 +175,7 @@ def main(argv: list[str] | None = None) -> None:
         for proc in procs:
             proc.terminate()
             proc.wait()
+        stack.close()
         shutil.rmtree(workdir, ignore_errors=True)
 
 
