@@ -43,6 +43,7 @@ DEFAULT_CHUNK: Final = 4 * 1024 * 1024
 #: Bytes sent per writable event at most, so one transfer does not starve other connections.
 TURN_BUDGET: Final = 8 * 1024 * 1024
 
+
 @functools.cache
 def _devnull() -> int:
     return os.open(os.devnull, os.O_WRONLY | getattr(os, "O_CLOEXEC", 0))
