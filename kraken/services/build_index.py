@@ -59,6 +59,7 @@ from kraken.http.client import NO_RETRY, HTTPClientFactory, KrakenHTTPClient, re
 from kraken.persistedretry import Backoff, PrometheusQueueMetrics, RetryQueue, SQLiteTaskStore
 from kraken.protocols.buildindex_client import BuildIndexClient
 from kraken.protocols.origin_client import OriginClient, OriginClusterClient
+from kraken.tls import ClusterTLS
 
 __all__ = ["THREADS", "BuildIndexService", "Options", "build_build_index", "makeService"]
 
@@ -201,7 +202,8 @@ def build_build_index(
     backends = BackendsConfig.from_list([e.to_raw() for e in config.backends]).build(
         BackendContext(reactor, run)
     )
-    http = HTTPClientFactory(reactor)
+    tls = ClusterTLS.from_config(config.tls)  # blocking, at start-up only
+    http = HTTPClientFactory(reactor, tls=tls.client_policy())
     origins = _membership(config.origin, http, reactor)
     cluster = _membership(config.cluster, http, reactor)
     self_address = config.server.advertised()
@@ -249,9 +251,10 @@ def build_build_index(
     )
 
     tree = BuildIndexService(api, queue, cluster, origins, backends, pool=pool)
-    site = Site(api.resource())  # type: ignore[no-untyped-call]
+    site = Site(tls.guard(api.resource()))  # type: ignore[no-untyped-call]
     site.displayTracebacks = False
     endpoint = serverFromString(reactor, listen or config.server.listen)  # type: ignore[no-untyped-call]
+    endpoint = tls.server_endpoint(endpoint, reactor)
     services: list[Service] = [
         queue,
         origins,
@@ -259,6 +262,7 @@ def build_build_index(
         StreamServerEndpointService(endpoint, site),  # type: ignore[no-untyped-call]
         _OnStop(http.close),
         _OnStop(backends.close),
+        tls.expiry_monitor(reactor, metrics.registry),
     ]
     for service in services:
         service.setServiceParent(tree)  # type: ignore[no-untyped-call]
