@@ -56,6 +56,7 @@ from kraken.services.agent import (
     filesystem_size,
 )
 from kraken.store import BlobStore, StoreCleaner
+from kraken.tls import ClusterTLS
 
 __all__ = [
     "UPLOAD_EXPIRY_INTERVAL",
@@ -167,7 +168,8 @@ def build_proxy(
     os.makedirs(data_dir, exist_ok=True)  # blocking, start-up only
     store = BlobStore(os.path.join(data_dir, "store"), reactor)
 
-    http = HTTPClientFactory(reactor)
+    tls = ClusterTLS.from_config(config.tls)  # blocking, at start-up only
+    http = HTTPClientFactory(reactor, tls=tls.client_policy())
     origin_members = Membership(
         _host_list(config.origin.hosts, reactor),
         _health(config.origin.healthcheck, http, reactor),
@@ -206,9 +208,11 @@ def build_proxy(
         # Uploads are expired by the API, which knows which ones are in use.
         cleaner = StoreCleaner(store, cache=policy, downloads=policy, uploads=None)
         services.append(CleanupService(config.cleanup.interval, cleaner, reactor, pool))
-    site = Site(api.resource())  # type: ignore[no-untyped-call]
+    site = Site(tls.guard(api.resource()))  # type: ignore[no-untyped-call]
     site.displayTracebacks = False
     endpoint = serverFromString(reactor, listen or config.server.listen)  # type: ignore[no-untyped-call]
+    endpoint = tls.server_endpoint(endpoint, reactor)
+    services.append(tls.expiry_monitor(reactor))
     services.append(StreamServerEndpointService(endpoint, refuse_tls(site)))  # type: ignore[no-untyped-call]
     services.append(_OnStop(http.close))
 
