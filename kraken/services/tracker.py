@@ -38,6 +38,7 @@ from kraken.http.client import NO_RETRY, HTTPClientFactory, KrakenHTTPClient, re
 from kraken.peers.origins import HTTPOriginCluster
 from kraken.peers.redis import RedisPeerStore, RedisPool
 from kraken.peers.store import IPeerStore, MemoryPeerStore
+from kraken.tls import ClusterTLS
 
 #: Seconds the tracker gives one origin to answer before trying the next.
 ORIGIN_TIMEOUT = 10.0
@@ -138,7 +139,10 @@ def _read_password(path: str | None) -> str | None:
 
 def build_tracker(config: TrackerConfig, reactor: Any, listen: str | None = None) -> TrackerService:
     """The tracker's service tree for ``config`` (``listen`` overrides ``server.listen``)."""
-    http = HTTPClientFactory(reactor, timeout=ORIGIN_TIMEOUT, retry=NO_RETRY)
+    tls = ClusterTLS.from_config(config.tls)  # blocking, at start-up only
+    http = HTTPClientFactory(
+        reactor, tls=tls.client_policy(), timeout=ORIGIN_TIMEOUT, retry=NO_RETRY
+    )
     origin_client = http.client()
     membership = Membership(
         _host_list(config.origin, reactor),
@@ -181,11 +185,13 @@ def build_tracker(config: TrackerConfig, reactor: Any, listen: str | None = None
         metainfo_other_ttl=config.metainfo_cache.other_ttl,
         metainfo_max_entries=config.metainfo_cache.max_entries,
     )
-    site = TrackerSite(api.resource())
+    site = TrackerSite(tls.guard(api.resource()))
     endpoint = serverFromString(reactor, listen or config.server.listen)  # type: ignore[no-untyped-call]
+    endpoint = tls.server_endpoint(endpoint, reactor)
     listener = StreamServerEndpointService(endpoint, site)  # type: ignore[no-untyped-call]
     services.append(listener)
     services.append(_OnStop(http.close))
+    services.append(tls.expiry_monitor(reactor, api.metrics.registry))
 
     tree = TrackerService(api, store)
     for service in services:
