@@ -54,6 +54,7 @@ from kraken.protocols.downloader import AnnouncerAdapter, P2PBlobDownloader
 from kraken.protocols.peer import PeerNode, threadpool_runner
 from kraken.protocols.tracker_client import PollPolicy, TrackerClient, TrackerUnavailable
 from kraken.store import BlobStore, CleanupPolicy, StoreCleaner
+from kraken.tls import ClusterTLS
 from kraken.torrent.actions import EngineConfig
 from kraken.torrent.bandwidth import BandwidthLimiter
 from kraken.torrent.scheduler import Scheduler
@@ -268,7 +269,10 @@ def build_agent(
     os.makedirs(data_dir, exist_ok=True)
     store = BlobStore(os.path.join(data_dir, "store"), reactor)  # blocking, start-up only
 
-    http = HTTPClientFactory(reactor, timeout=REQUEST_TIMEOUT, retry=NO_RETRY)
+    tls = ClusterTLS.from_config(config.tls, serve=False)  # client side only; blocking
+    http = HTTPClientFactory(
+        reactor, tls=tls.client_policy(), timeout=REQUEST_TIMEOUT, retry=NO_RETRY
+    )
     client = http.client()
 
     tracker_health = PassiveHealthFilter(
@@ -365,6 +369,7 @@ def build_agent(
     services.append(_listener(reactor, server_listen or config.server.listen, _site(api)))
     services.append(_listener(reactor, registry_listen or config.registry.listen, _site(registry)))
     services.append(_OnStop(http.close))
+    services.append(tls.expiry_monitor(reactor, metrics.registry))
 
     tree = AgentService(api, registry, store, node, downloader, cleaner)
     for service in services:
