@@ -114,10 +114,26 @@ def _ns(seconds: float) -> int:
     return round(seconds * 1_000_000_000)
 
 
+def _checked(hashed: MetaInfo | None, size: int, digest: Digest) -> MetaInfo:
+    """A caller's metainfo of an upload of ``size`` bytes, if it is of ``digest``."""
+    assert hashed is not None
+    if hashed.length != size:
+        raise DigestMismatch(f"{size} bytes uploaded, but {hashed.length} bytes were hashed")
+    if hashed.digest != digest:
+        raise DigestMismatch(f"content has digest {hashed.digest}, expected {digest}")
+    return hashed
+
+
+#: Largest single ``pwrite``.  Copying a whole 8 MiB piece into the page cache in
+#: one call measured 3-7x slower than the same bytes in 256 KiB calls (1 GiB:
+#: 0.94-2.2 s against 0.29-0.31 s), since the source stays in the CPU cache.
+PWRITE_CHUNK = 256 * 1024
+
+
 def _pwrite_all(fd: int, data: Bytes, offset: int) -> None:
     view = memoryview(data).cast("B")
     while view:
-        written = os.pwrite(fd, view, offset)
+        written = os.pwrite(fd, view[:PWRITE_CHUNK], offset)
         view = view[written:]
         offset += written
 
@@ -410,12 +426,16 @@ class BlobStore:
         piece_lengths: PieceLengthTable = DEFAULT_PIECE_LENGTHS,
         *,
         persist: bool = False,
+        hashed: MetaInfo | None = None,
     ) -> MetaInfo:
         """
         Verify upload ``uid`` is ``digest`` and move it into the cache; return its metainfo.
 
         Reads the file once, computing the sha256 and the per-piece hashes
-        together.  Writes to ``uid`` still in progress finish first; later
+        together, unless ``hashed`` is given: the metainfo the caller computed
+        from exactly the bytes it wrote, in order (the origin API hashes chunks
+        while the next one arrives); then only its digest and length are checked.
+        Writes to ``uid`` still in progress finish first; later
         ones fail with UploadNotFound.  ``persist=True`` marks the blob
         persisted in the same atomic move (no window where cleanup could take
         it).
@@ -433,7 +453,7 @@ class BlobStore:
             while self._upload_writers.get(uid):
                 self._cond.wait()
         try:
-            return self._commit(uid, paths, digest, piece_lengths, persist)
+            return self._commit(uid, paths, digest, piece_lengths, persist, hashed=hashed)
         finally:
             with self._cond:
                 self._committing.discard(uid)
@@ -453,6 +473,8 @@ class BlobStore:
         digest: Digest,
         piece_lengths: PieceLengthTable,
         persist: bool,
+        *,
+        hashed: MetaInfo | None = None,
     ) -> MetaInfo:
         if self.has(digest):
             self._discard_upload(paths)
@@ -462,17 +484,20 @@ class BlobStore:
         except FileNotFoundError:
             raise UploadNotFound(uid) from None
         try:
-            builder = MetaInfoBuilder(piece_lengths.for_size(os.fstat(fd).st_size))
-            buf = bytearray(READ_CHUNK)
-            view = memoryview(buf)
-            while n := os.readv(fd, [buf]):
-                builder.feed(view[:n])
+            size = os.fstat(fd).st_size
+            builder = None
+            if hashed is None:
+                builder = MetaInfoBuilder(piece_lengths.for_size(size))
+                buf = bytearray(READ_CHUNK)
+                view = memoryview(buf)
+                while n := os.readv(fd, [buf]):
+                    builder.feed(view[:n])
             if self.durable:
                 os.fsync(fd)
         finally:
             os.close(fd)
         try:
-            metainfo = builder.finish(digest)
+            metainfo = _checked(hashed, size, digest) if builder is None else builder.finish(digest)
         except DigestMismatch as e:
             self._discard_upload(paths)
             raise DigestMismatch(f"upload {uid}: {e}") from None
