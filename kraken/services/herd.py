@@ -28,6 +28,7 @@ from twisted.application.service import MultiService, Service
 from twisted.logger import Logger
 from twisted.python import usage
 
+from kraken.certs import CA_CERT_FILE, cert_paths, ensure_certificates
 from kraken.config import load_config
 from kraken.config.loader import parse_config
 from kraken.config.structure import ConfigError
@@ -60,6 +61,9 @@ class Options(usage.Options):
         ["base-port", None, BASE_PORT, "Proxy port; origins, tracker, build-index follow.", int],
         ["agent-base-port", None, AGENT_BASE_PORT, "First agent's registry port.", int],
     ]
+    optFlags = [
+        ["tls", None, "Mutual TLS between the components; CA and certificates in <data>/tls."],
+    ]
 
     def postOptions(self) -> None:
         """Check the counts and the configuration now, so that twistd stops with a message."""
@@ -73,6 +77,7 @@ class Options(usage.Options):
                 agents=1 + self["agents"],
                 base_port=self["base-port"],
                 agent_base_port=self["agent-base-port"],
+                tls=bool(self["tls"]),
             )
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
@@ -124,6 +129,10 @@ class HerdPlan:
         return [config for k, _, config in self.members if k == kind]
 
 
+#: Certificates ``--tls`` makes in ``<data>/tls`` (``client`` is for people and scripts).
+HERD_CERTIFICATES = ("origin", "tracker", "build-index", "proxy", "agent", "client")
+
+
 def herd_plan(
     *,
     user: Mapping[str, Any] | None = None,
@@ -132,6 +141,7 @@ def herd_plan(
     agents: int = 1,
     base_port: int = BASE_PORT,
     agent_base_port: int = AGENT_BASE_PORT,
+    tls: bool = False,
 ) -> HerdPlan:
     """
     Every member's configuration: the plan (ports, wiring, data directories) under ``user``.
@@ -157,7 +167,15 @@ def herd_plan(
 
     members: list[tuple[str, str, Any]] = []
 
+    tls_dir = f"{root}/tls"
+    if tls:  # blocking, at start-up only: the dev CA and certificates, made once
+        ensure_certificates(tls_dir, HERD_CERTIFICATES)
+
     def add(kind: str, key: str, name: str, plan: dict[str, Any], keep: tuple[str, ...]) -> None:
+        if tls:
+            cert, cert_key = cert_paths(tls_dir, kind)
+            plan["tls"] = {"ca": f"{tls_dir}/{CA_CERT_FILE}", "client_cert": cert}
+            plan["tls"].update(client_key=cert_key, cert=cert, key=cert_key)
         own = dict(user.get(key) or {})
         if name != kind:  # an extra member: the plan's listeners win
             for k in keep:
