@@ -5,6 +5,7 @@ write guard in front and the expiry gauge on /metrics.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import attrs
@@ -74,3 +75,27 @@ class TrackerTLSTests(TestCase):
         self.assertEqual(raised.exception.status, 400)  # past the guard: the body is invalid
         metrics = await read_body(await anonymous.get(f"{base}/metrics"), 1 << 20)
         self.assertIn(b'tls_cert_expiry_seconds{cert="server"', metrics)
+
+
+class HerdTLSTests(TestCase):
+    """``twistd kraken-herd --tls``: the plan makes the dev CA and wires every member to it."""
+
+    def test_plan(self) -> None:
+        """--tls creates <data>/tls once and gives every member its certificate and the CA."""
+        from kraken.services.herd import HERD_CERTIFICATES, Options
+
+        data = self.mktemp()
+        options = Options()
+        options.parseOptions(["--tls", "--data", data])
+        plan = options["herd_plan"]
+        for name in HERD_CERTIFICATES:
+            self.assertTrue(os.path.exists(os.path.join(data, "tls", f"{name}.pem")), name)
+        for kind, _, config in plan.members:
+            self.assertEqual(config.tls.ca, f"{data}/tls/ca.pem")
+            self.assertEqual(config.tls.client_cert, f"{data}/tls/{kind}.pem")
+            self.assertTrue(ClusterTLS.from_config(config.tls).serving)
+        with open(os.path.join(data, "tls", "ca.pem"), "rb") as f:
+            ca = f.read()
+        Options().parseOptions(["--tls", "--data", data])
+        with open(os.path.join(data, "tls", "ca.pem"), "rb") as f:
+            self.assertEqual(f.read(), ca)
