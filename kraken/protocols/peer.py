@@ -271,6 +271,8 @@ class PeerProtocol(Int32StringReceiver):
         self._raw_left = 0
         self._raw_pos = 0
         self._timer: IDelayedCall | None = None
+        #: Pending resume after an ingress-limit pause (one at a time).
+        self._resume_call: IDelayedCall | None = None
         self._sender: _PieceSender | FileSender | None = None
         #: control frames written while a piece streams, sent after it.
         self._held: list[bytes] = []
@@ -368,6 +370,9 @@ class PeerProtocol(Int32StringReceiver):
         if not self.lost.called:
             self.lost.callback(None)
         self._cancel_timer()
+        if self._resume_call is not None and self._resume_call.active():
+            self._resume_call.cancel()
+        self._resume_call = None
         self._drop_raw()
         if self._sender is not None:
             self._sender.stopProducing()
@@ -421,6 +426,8 @@ class PeerProtocol(Int32StringReceiver):
             delay = self.node.bandwidth.receive_delay(len(data))
             if delay > 0 and self.transport is not None:
                 self.raw_transport().pauseProducing()
+                if self._resume_call is not None and self._resume_call.active():
+                    self._resume_call.cancel()
                 self._resume_call = self.node.reactor.callLater(delay, self._resume_reading)
         while view and self.state != "closed":
             if self._raw_left:
@@ -465,7 +472,7 @@ class PeerProtocol(Int32StringReceiver):
 
     def resume_reading(self) -> None:
         """Read again, unless an ingress limit still holds us."""
-        call = getattr(self, "_resume_call", None)
+        call = self._resume_call
         if call is not None and call.active():
             return
         if self.state == "active" and self.transport is not None:

@@ -6,13 +6,16 @@ import random
 from typing import Any
 
 from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from kraken.core import Bitfield, MetaInfo, PeerID, PeerInfo
 from kraken.protocols.peer import BufferPool, PeerNode, PeerProtocol, synchronous_runner
 from kraken.torrent.actions import Dial, EngineConfig
+from kraken.torrent.bandwidth import BandwidthLimiter
 from kraken.torrent.archive import MemoryArchive, MemoryPieceStorage
 from kraken.torrent.messages import (
     MAX_FRAME,
@@ -438,3 +441,44 @@ class WriteBackPressureTests(OneConnection):
         self.assertEqual(self.transport.producerState, "producing")
         self.assertEqual(self.node.unwritten, 0)
         self.assertEqual(self.archive.torrents[self.meta.digest].writes, 2)
+
+
+class IngressLimitTests(OneConnection):
+    """An ingress limit pauses reading for a while; the pause never outlives the connection."""
+
+    def setUp(self) -> None:
+        """The one connection on a node limited to 64 KiB/s of ingress."""
+        super().setUp()
+        self.node.bandwidth = BandwidthLimiter.of(self.clock.seconds, None, 64 * KiB)
+
+    def start_payload(self) -> None:
+        """Two bursts of payload bytes of a requested piece, each over the limit."""
+        self.handshake()
+        index = min(self.scheduler.torrents[self.meta.infohash].dispatcher.requested)
+        piece = self.data[index * 256 * KiB : (index + 1) * 256 * KiB]
+        header = self.frame(PiecePayload(index, len(piece)).encode())
+        self.proto.dataReceived(header + piece[: 128 * KiB])
+        self.proto.dataReceived(piece[128 * KiB : 200 * KiB])
+
+    def test_one_resume_pending_and_it_resumes(self) -> None:
+        """Repeated pauses keep a single resume timer, which resumes reading when it fires."""
+        self.start_payload()
+        self.assertEqual(self.transport.producerState, "paused")
+        self.assertEqual(len(self.resume_timers()), 1)
+        self.clock.advance(10)
+        self.assertEqual(self.transport.producerState, "producing")
+
+    def test_connection_lost_cancels_resume(self) -> None:
+        """Losing the connection while paused leaves no resume timer behind."""
+        self.start_payload()
+        resume = self.proto._resume_call
+        assert resume is not None
+        self.proto.connectionLost(Failure(ConnectionDone()))
+        self.assertFalse(resume.active())
+        self.assertEqual(self.resume_timers(), [])
+
+    def resume_timers(self) -> list[Any]:
+        """Pending delayed calls that would resume reading this connection."""
+        return [
+            c for c in self.clock.getDelayedCalls() if c.func == self.proto._resume_reading
+        ]
