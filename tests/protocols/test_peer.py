@@ -15,8 +15,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from kraken.core import Bitfield, MetaInfo, PeerID, PeerInfo
 from kraken.protocols.peer import BufferPool, PeerNode, PeerProtocol, synchronous_runner
 from kraken.torrent.actions import Dial, EngineConfig
-from kraken.torrent.bandwidth import BandwidthLimiter
 from kraken.torrent.archive import MemoryArchive, MemoryPieceStorage
+from kraken.torrent.bandwidth import BandwidthLimiter
 from kraken.torrent.messages import (
     MAX_FRAME,
     AnnouncePiece,
