@@ -49,7 +49,14 @@ from kraken.backends.interface import InvalidName, NamespaceNotFound
 from kraken.backends.router import BackendRouter
 from kraken.backends.threads import BlockingRunner
 from kraken.cluster import EmptyRing, RendezvousRing
-from kraken.core import DEFAULT_PIECE_LENGTHS, Digest, PeerInfo, PieceLengthTable
+from kraken.core import (
+    DEFAULT_PIECE_LENGTHS,
+    Digest,
+    MetaInfo,
+    MetaInfoBuilder,
+    PeerInfo,
+    PieceLengthTable,
+)
 from kraken.http.errors import (
     BLOB_UNKNOWN,
     BLOB_UPLOAD_INVALID,
@@ -152,17 +159,32 @@ def _byte_range(value: bytes | None, size: int) -> tuple[int, int] | None:
     return start, end
 
 
-def _copy_body(content: IO[bytes], store: BlobStore, uid: str, offset: int, length: int) -> int:
-    """Copy ``length`` bytes of a buffered request body into upload ``uid`` (blocking)."""
+def _copy_body(
+    content: IO[bytes], store: BlobStore, uid: str, offset: int, length: int, *, keep: bool
+) -> tuple[int, list[bytes]]:
+    """
+    Copy ``length`` bytes of a buffered request body into upload ``uid`` (blocking).
+
+    Returns the bytes copied and, if ``keep``, the chunks written (for hashing).
+    """
     content.seek(0)
     done = 0
+    kept: list[bytes] = []
     while done < length:
         chunk = content.read(min(COPY_CHUNK, length - done))
         if not chunk:
             break
         store.write_upload(uid, offset + done, chunk)
+        if keep:
+            kept.append(chunk)
         done += len(chunk)
-    return done
+    return done, kept
+
+
+def _feed(builder: MetaInfoBuilder, chunks: list[bytes]) -> None:
+    """Hash the next chunks of an upload (blocking)."""
+    for chunk in chunks:
+        builder.feed(chunk)
 
 
 def _body_length(content: IO[bytes] | None) -> int:
@@ -174,11 +196,40 @@ def _body_length(content: IO[bytes] | None) -> int:
 
 @define
 class _Upload:
-    """What the API knows of an upload in progress (chunks must arrive in order)."""
+    """
+    What the API knows of an upload in progress (chunks must arrive in order).
+
+    When the client declared the size (``?size=`` on the POST), each chunk is hashed
+    in a thread while the next one arrives (``hashing``), so the commit need not
+    read the blob again; ``builder`` None means the commit hashes the file itself.
+    """
 
     digest: Digest
+    size: int | None = None
+    builder: MetaInfoBuilder | None = None
+    hashing: Deferred[None] | None = None
     next_offset: int = 0
     busy: bool = False
+
+    def hash_next(self, run: BlockingRunner, chunks: list[bytes]) -> None:
+        """Hash ``chunks`` in the background; a failure only means the commit hashes."""
+        if self.builder is None:
+            return
+
+        def give_up(_: object) -> None:
+            self.builder = None
+
+        self.hashing = run(_feed, self.builder, chunks).addErrback(give_up)
+
+    async def hashed(self) -> MetaInfo | None:
+        """The metainfo of all chunks, if they were hashed and are the declared size."""
+        if self.hashing is not None:
+            hashing, self.hashing = self.hashing, None
+            await hashing
+        builder = self.builder
+        if builder is None or builder.length != self.size or self.next_offset != self.size:
+            return None
+        return builder.finish()
 
 
 @define
@@ -352,7 +403,11 @@ class OriginAPI:
                 await self._ensure_writeback(namespace, d)
             raise APIError(409, f"blob {d} already exists")
         uid = await self.run(self.store.create_upload)
-        self._uploads[uid] = _Upload(d)
+        size = _declared_size(request)
+        builder = None
+        if size is not None:
+            builder = MetaInfoBuilder(self.piece_lengths.for_size(size))
+        self._uploads[uid] = _Upload(d, size, builder)
         request.setHeader(b"Location", uid.encode("ascii"))  # type: ignore[no-untyped-call]
         return b""
 
@@ -391,9 +446,17 @@ class OriginAPI:
         try:
             if await self.run(self.store.has, d):
                 raise APIError(409, f"blob {d} already exists")
-            copied = await self.run(_copy_body, content, self.store, uid, start, length)
+            keep = upload.builder is not None
+            copied, chunks = await self.run(
+                _copy_body, content, self.store, uid, start, length, keep=keep
+            )
             if copied != length:
                 raise RegistryError(SIZE_INVALID, f"body ended after {copied} of {length} bytes")
+            # The previous chunk was hashed while this one was copied; at most two
+            # chunks are held in memory.
+            if upload.hashing is not None:
+                await upload.hashing
+            upload.hash_next(self.run, chunks)
         except UploadNotFound:
             self._uploads.pop(uid, None)
             raise
@@ -414,8 +477,14 @@ class OriginAPI:
             raise RegistryError(BLOB_UPLOAD_INVALID, f"upload {uid} is busy with another request")
         upload.busy = True
         try:
+            hashed = await upload.hashed()
             await self.run(
-                self.store.commit_upload, uid, d, self.piece_lengths, persist=namespace is not None
+                self.store.commit_upload,
+                uid,
+                d,
+                self.piece_lengths,
+                persist=namespace is not None,
+                hashed=hashed,
             )
         except BlobExists:
             self.metrics.commits.labels(kind, "exists").inc()
@@ -591,6 +660,14 @@ class OriginAPI:
         await self.run(self.store.delete, d)
         request.setResponseCode(202)  # type: ignore[no-untyped-call]
         return b""
+
+
+def _declared_size(request: IRequest) -> int | None:
+    """The ``?size=`` of an upload's POST, if it is a plausible byte count."""
+    raw = request.args.get(b"size", [b""])[0]
+    if not raw.isdigit() or len(raw) > 19:
+        return None
+    return int(raw)
 
 
 def _has_body(request: IRequest) -> bool:

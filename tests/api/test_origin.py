@@ -151,6 +151,54 @@ class UploadTests(OriginAPITestCase):
         self.assertEqual((code, self.error_code(body)), (400, "DIGEST_INVALID"))
         self.assertFalse(self.origin.store.has(DIGEST))
 
+    def sized_upload(self, chunks: list[bytes], declared: int) -> tuple[int, bytes, list[Any]]:
+        """POST with ``?size=declared``, PATCH ``chunks``, PUT; (code, body, ``hashed`` seen)."""
+        seen: list[Any] = []
+        commit_upload = self.origin.store.commit_upload
+
+        def spy(*args: Any, **kwargs: Any) -> MetaInfo:
+            seen.append(kwargs.get("hashed"))
+            return commit_upload(*args, **kwargs)
+
+        self.patch_attr(self.origin.store, "commit_upload", spy)
+        code, headers, body = self.call(
+            "POST", f"/namespace/{NS_Q}/blobs/{DIGEST}/uploads", params={"size": str(declared)}
+        )
+        self.assertEqual(code, 200, body)
+        uid = headers.getRawHeaders("Location")[0]
+        offset = 0
+        for chunk in chunks:
+            self.assertEqual(self.patch(uid, offset, offset + len(chunk), chunk)[0], 204)
+            offset += len(chunk)
+        code, body = self.commit(uid)
+        return code, body, seen
+
+    def patch_attr(self, obj: Any, name: str, value: Any) -> None:
+        """Monkeypatch for this test (``self.patch`` sends a PATCH request here)."""
+        SynchronousTestCase.patch(self, obj, name, value)
+
+    def test_declared_size_hashes_chunks_before_commit(self) -> None:
+        """With ``?size=`` the chunks are hashed as they arrive; the commit gets that metainfo."""
+        code, body, seen = self.sized_upload([BLOB[:3000], BLOB[3000:]], len(BLOB))
+        self.assertEqual(code, 200, body)
+        self.assertEqual(seen, [MetaInfo.of_bytes(BLOB, 1024)])
+        self.assertEqual(self.origin.store.get_metainfo(DIGEST), MetaInfo.of_bytes(BLOB, 1024))
+
+    def test_declared_size_wrong_content_is_400(self) -> None:
+        """Hashed-as-they-arrive chunks of other content: 400 DIGEST_INVALID, nothing stored."""
+        wrong = b"w" * len(BLOB)
+        code, body, seen = self.sized_upload([wrong[:3000], wrong[3000:]], len(BLOB))
+        self.assertEqual((code, self.error_code(body)), (400, "DIGEST_INVALID"))
+        self.assertEqual(seen, [MetaInfo.of_bytes(wrong, 1024)])
+        self.assertFalse(self.origin.store.has(DIGEST))
+        self.assertEqual(self.origin.store.list_uploads(), [])
+
+    def test_declared_size_not_reached_falls_back(self) -> None:
+        """Fewer bytes than declared: the store hashes the file itself (and it fails)."""
+        code, body, seen = self.sized_upload([BLOB[:3000]], len(BLOB))
+        self.assertEqual((code, self.error_code(body)), (400, "DIGEST_INVALID"))
+        self.assertEqual(seen, [None])
+
     def test_missing_content_range_is_400(self) -> None:
         """A PATCH without Content-Range: 400 BLOB_UPLOAD_INVALID."""
         uid = self.start()

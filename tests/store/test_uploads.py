@@ -155,6 +155,30 @@ class CommitTests(StoreTestCase):
         self.assertEqual((metainfo.length, metainfo.num_pieces), (0, 1))
         self.assertEqual(self.store.read_piece(metainfo.digest, 0), b"")
 
+    def test_commit_with_callers_metainfo(self) -> None:
+        """A caller's metainfo of the right digest and length is stored as it is."""
+        data = blob_bytes(4500)
+        digest = Digest.of_bytes(data)
+        hashed = MetaInfo.of_bytes(data, 1500)  # not the table's 1000: proves it is not redone
+        uid = self.store.create_upload()
+        self.store.write_upload(uid, 0, data)
+        metainfo = self.store.commit_upload(uid, digest, SMALL_PIECES, hashed=hashed)
+        self.assertEqual(metainfo, hashed)
+        self.assertEqual(self.store.get_metainfo(digest), hashed)
+
+    def test_commit_with_callers_metainfo_checks_digest_and_length(self) -> None:
+        """A caller's metainfo of another digest or length: DigestMismatch, upload discarded."""
+        data = blob_bytes(4500)
+        digest = Digest.of_bytes(data)
+        for hashed in (MetaInfo.of_bytes(data[:4000], 1000), MetaInfo.of_bytes(b"x" * 4500, 1000)):
+            uid = self.store.create_upload()
+            self.store.write_upload(uid, 0, data)
+            self.assertRaises(
+                DigestMismatch, self.store.commit_upload, uid, digest, SMALL_PIECES, hashed=hashed
+            )
+            self.assertFalse(self.store.has(digest))
+            self.assertEqual(files_under(self.root), set())
+
     def test_commit_mismatch_discards(self) -> None:
         """A wrong digest raises DigestMismatch naming both digests and the upload is discarded."""
         uid = self.store.create_upload()
