@@ -38,6 +38,7 @@ docs/security.md for the model and how to roll certificates.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from enum import Enum
 from typing import Any, ClassVar, Final, cast
@@ -69,6 +70,7 @@ from twisted.internet.ssl import (
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python import usage
 from twisted.web.iweb import IPolicyForHTTPS, IRequest
 from twisted.web.resource import IResource, Resource, getChildForRequest
 from zope.interface import implementer
@@ -87,6 +89,7 @@ __all__ = [
     "ClusterTLS",
     "TLSFileError",
     "TLSServerEndpoint",
+    "check_tls_files",
     "client_certificate_status",
     "register_expiry_gauge",
 ]
@@ -245,16 +248,27 @@ class ClientCertificateGuard(Resource):
     Writes (any method but GET and HEAD) need one when ``writes`` is set,
     every request when ``reads`` is set.  A request over plain HTTP counts as
     having none: the guard fails closed.  Everything else goes to ``wrapped``.
+    With ``registry`` (the proxy's registry port) the 403 body is a registry
+    error (``{"errors": [{"code": "DENIED", ...}]}``), which docker and skopeo
+    show to their user in full.
     """
 
     isLeaf = True
     log: ClassVar[Logger] = Logger()
 
-    def __init__(self, wrapped: IResource, *, writes: bool = True, reads: bool = False) -> None:
+    def __init__(
+        self,
+        wrapped: IResource,
+        *,
+        writes: bool = True,
+        reads: bool = False,
+        registry: bool = False,
+    ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self.wrapped = wrapped
         self.writes = writes
         self.reads = reads
+        self.registry = registry
 
     def render(self, request: IRequest) -> Any:
         """Refuse with 403, or render the wrapped resource."""
@@ -277,13 +291,18 @@ class ClientCertificateGuard(Resource):
             client=request.getClientAddress(),
             status=status.value,
         )
+        message = (
+            f"{what} to this server need a client certificate signed by the "
+            f"cluster CA (mutual TLS); this connection presented {status.value}"
+        )
         request.setResponseCode(403)
-        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
         request.setHeader(b"cache-control", b"no-store")
-        return (
-            f"403 Forbidden: {what} to this server need a client certificate signed by the "
-            f"cluster CA (mutual TLS); this connection presented {status.value}.\n"
-        ).encode()
+        if self.registry:
+            request.setHeader(b"content-type", b"application/json")
+            error = {"code": "DENIED", "message": message, "detail": None}
+            return json.dumps({"errors": [error]}).encode() + b"\n"
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        return f"403 Forbidden: {message}.\n".encode()
 
 
 @implementer(IPolicyForHTTPS)
@@ -485,12 +504,18 @@ class ClusterTLS:
             return endpoint
         return TLSServerEndpoint(endpoint, self.server_options(), reactor)
 
-    def guard(self, resource: IResource) -> IResource:
-        """``resource`` behind the client-certificate check when serving TLS, else itself."""
+    def guard(self, resource: IResource, *, registry: bool = False) -> IResource:
+        """``resource`` behind the client-certificate check when serving TLS, else itself.
+
+        ``registry``: refuse with registry errors (the proxy's docker registry port).
+        """
         if self.server is None or not (self.require_for_writes or self.require_for_reads):
             return resource
         return ClientCertificateGuard(
-            resource, writes=self.require_for_writes, reads=self.require_for_reads
+            resource,
+            writes=self.require_for_writes,
+            reads=self.require_for_reads,
+            registry=registry,
         )
 
     def client_policy(self) -> IPolicyForHTTPS | None:
@@ -521,3 +546,21 @@ class ClusterTLS:
         if registry is not None and certificates:
             register_expiry_gauge(registry, certificates, clock)
         return CertificateExpiryMonitor(certificates, clock)
+
+
+_FILE_SETTINGS: Final = ("ca", "cert", "key", "client_cert", "client_key", "passphrase_file")
+
+
+def check_tls_files(config: TLSConfig, *, serve: bool = True, section: str = "tls") -> None:
+    """Read ``config``'s files now; a bad one raises ``usage.UsageError`` naming it.
+
+    For the daemons' ``Options.postOptions``, so that twistd stops with one
+    line (``tls.cert: /etc/kraken/origin.pem: No such file or directory``)
+    instead of a traceback from ``makeService``.  Blocking; start-up only.
+    """
+    try:
+        ClusterTLS.from_config(config, serve=serve)
+    except TLSFileError as e:
+        key = next((k for k in _FILE_SETTINGS if getattr(config, k) == e.path), None)
+        where = f"{section}.{key}: " if key else ""
+        raise usage.UsageError(f"{where}{e.path}: {e.reason}") from None

@@ -56,7 +56,7 @@ from kraken.services.agent import (
     filesystem_size,
 )
 from kraken.store import BlobStore, StoreCleaner
-from kraken.tls import ClusterTLS
+from kraken.tls import ClusterTLS, check_tls_files
 
 __all__ = [
     "UPLOAD_EXPIRY_INTERVAL",
@@ -87,6 +87,7 @@ class Options(usage.Options):
             self["proxy_config"] = load_config("proxy", self["config"])
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
+        check_tls_files(self["proxy_config"].tls)  # a bad file: one line naming it
 
 
 class ProxyService(MultiService):
@@ -208,7 +209,7 @@ def build_proxy(
         # Uploads are expired by the API, which knows which ones are in use.
         cleaner = StoreCleaner(store, cache=policy, downloads=policy, uploads=None)
         services.append(CleanupService(config.cleanup.interval, cleaner, reactor, pool))
-    site = Site(tls.guard(api.resource()))  # type: ignore[no-untyped-call]
+    site = Site(tls.guard(api.resource(), registry=True))  # type: ignore[no-untyped-call]
     site.displayTracebacks = False
     endpoint = serverFromString(reactor, listen or config.server.listen)  # type: ignore[no-untyped-call]
     endpoint = tls.server_endpoint(endpoint, reactor)
