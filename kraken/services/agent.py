@@ -54,7 +54,7 @@ from kraken.protocols.downloader import AnnouncerAdapter, P2PBlobDownloader
 from kraken.protocols.peer import PeerNode, threadpool_runner
 from kraken.protocols.tracker_client import PollPolicy, TrackerClient, TrackerUnavailable
 from kraken.store import BlobStore, CleanupPolicy, StoreCleaner
-from kraken.tls import ClusterTLS
+from kraken.tls import ClusterTLS, check_tls_files
 from kraken.torrent.actions import EngineConfig
 from kraken.torrent.bandwidth import BandwidthLimiter
 from kraken.torrent.scheduler import Scheduler
@@ -90,6 +90,7 @@ class Options(usage.Options):
             self["agent_config"] = load_config("agent", self["config"])
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
+        check_tls_files(self["agent_config"].tls, serve=False)  # a bad file: one line naming it
 
 
 class AgentService(MultiService):

@@ -59,7 +59,7 @@ from kraken.http.client import NO_RETRY, HTTPClientFactory, KrakenHTTPClient, re
 from kraken.persistedretry import Backoff, PrometheusQueueMetrics, RetryQueue, SQLiteTaskStore
 from kraken.protocols.buildindex_client import BuildIndexClient
 from kraken.protocols.origin_client import OriginClient, OriginClusterClient
-from kraken.tls import ClusterTLS
+from kraken.tls import ClusterTLS, check_tls_files
 
 __all__ = ["THREADS", "BuildIndexService", "Options", "build_build_index", "makeService"]
 
@@ -81,6 +81,7 @@ class Options(usage.Options):
             self["build_index_config"] = load_config("build-index", self["config"])
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
+        check_tls_files(self["build_index_config"].tls)  # a bad file: one line naming it
 
 
 class _OnStop(Service):

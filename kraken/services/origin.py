@@ -60,7 +60,7 @@ from kraken.protocols.archives import OriginArchive
 from kraken.protocols.origin_client import OriginClient
 from kraken.protocols.peer import PeerNode, make_scheduler
 from kraken.store import BlobStore, CleanupPolicy, StoreCleaner
-from kraken.tls import ClusterTLS
+from kraken.tls import ClusterTLS, check_tls_files
 from kraken.torrent.actions import EngineConfig
 
 #: Threads for blob I/O and hashing (uploads, downloads, backend transfers, pieces).
@@ -81,6 +81,7 @@ class Options(usage.Options):
             self["origin_config"] = load_config("origin", self["config"])
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
+        check_tls_files(self["origin_config"].tls)  # a bad file: one line naming it
 
 
 class _PeerNodeService(Service):

@@ -38,7 +38,7 @@ from kraken.http.client import NO_RETRY, HTTPClientFactory, KrakenHTTPClient, re
 from kraken.peers.origins import HTTPOriginCluster
 from kraken.peers.redis import RedisPeerStore, RedisPool
 from kraken.peers.store import IPeerStore, MemoryPeerStore
-from kraken.tls import ClusterTLS
+from kraken.tls import ClusterTLS, check_tls_files
 
 #: Seconds the tracker gives one origin to answer before trying the next.
 ORIGIN_TIMEOUT = 10.0
@@ -58,6 +58,7 @@ class Options(usage.Options):
             self["tracker_config"] = load_config("tracker", self["config"])
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
+        check_tls_files(self["tracker_config"].tls)  # a bad file: one line naming it
 
 
 class TrackerService(MultiService):
