@@ -6,7 +6,11 @@ A development certificate authority for mutual TLS between Kraken components.
 ``DIR/NAME-key.pem``: a certificate signed by that CA and usable both as a
 server certificate and as a client certificate (extended key usages
 ``serverAuth`` and ``clientAuth``), whose subject alternative names default to
-``localhost`` and ``127.0.0.1``.
+``localhost`` and ``127.0.0.1``.  ``kraken certs export DIR NAME OUT`` copies
+the CA and NAME's pair into OUT under the names skopeo's ``--dest-cert-dir``
+(and ``--src-cert-dir``, ``--cert-dir``) and docker's
+``/etc/docker/certs.d/HOST:PORT/`` read: ``OUT/ca.crt``, ``OUT/NAME.cert``,
+``OUT/NAME.key`` (:func:`export_cert_dir`).
 
 Keys are ECDSA P-256 (fast to make, accepted by Go's ``crypto/tls`` as used by
 docker and skopeo).  Private keys are written with mode 0600.  Everything here
@@ -19,6 +23,7 @@ expired or not-yet-valid certificates.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import ipaddress
 import os
@@ -39,6 +44,7 @@ __all__ = [
     "IssuedCertificate",
     "cert_paths",
     "ensure_certificates",
+    "export_cert_dir",
     "init_ca",
     "issue",
     "load_ca",
@@ -283,3 +289,51 @@ def ensure_certificates(
     for name in names:
         if not os.path.exists(cert_paths(directory, name)[0]):
             issue(directory, name, sans)
+
+
+def _replace(path: str, data: bytes, mode: int) -> None:
+    """Write ``path`` whole: a temporary file renamed over it, so no reader sees half a file."""
+    temporary = f"{path}.tmp{os.getpid()}"
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(temporary, mode)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+
+
+def export_cert_dir(directory: str, name: str, out: str) -> tuple[str, str, str]:
+    """Copy the CA and ``name``'s pair from ``directory`` into ``out`` for skopeo and docker.
+
+    Writes ``out/ca.crt`` (the CA to verify servers with), ``out/NAME.cert``
+    and ``out/NAME.key`` (the client certificate to present, key mode 0600):
+    the layout of containers/image's ``--cert-dir`` (skopeo, podman, buildah)
+    and of docker's ``certs.d/HOST:PORT``, which take ``*.crt`` files as CAs and
+    each ``*.cert`` with the ``*.key`` of the same name as a client pair.
+    Existing files in ``out`` are replaced (re-export after a roll).  Returns
+    the three paths.  Raises ``OSError`` (e.g. ``FileNotFoundError``) when a
+    source file is missing, ``ValueError`` for a bad name.
+    """
+    if not name or "/" in name or name.startswith(".") or name in ("ca",):
+        raise ValueError(f"bad certificate name: {name!r}")
+    cert_path, key_path = cert_paths(directory, name)
+    with open(os.path.join(directory, CA_CERT_FILE), "rb") as f:
+        ca = f.read()
+    with open(cert_path, "rb") as f:
+        cert = f.read()
+    with open(key_path, "rb") as f:
+        key = f.read()
+    os.makedirs(out, mode=0o755, exist_ok=True)
+    paths = (
+        os.path.join(out, "ca.crt"),
+        os.path.join(out, f"{name}.cert"),
+        os.path.join(out, f"{name}.key"),
+    )
+    _replace(paths[2], key, 0o600)
+    _replace(paths[1], cert, 0o644)
+    _replace(paths[0], ca, 0o644)
+    return paths

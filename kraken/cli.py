@@ -69,6 +69,26 @@ def _certs_issue(args: argparse.Namespace) -> int:
     return 0
 
 
+def _certs_export(args: argparse.Namespace) -> int:
+    from kraken.certs import export_cert_dir
+
+    try:
+        paths = export_cert_dir(args.dir, args.name, args.out)
+    except FileNotFoundError as e:
+        print(
+            f"kraken certs export: {e.filename}: missing (kraken certs init / issue first)",
+            file=sys.stderr,
+        )
+        return 1
+    except (OSError, ValueError) as e:
+        print(f"kraken certs export: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {', '.join(paths)}")
+    print(f"  skopeo copy --dest-cert-dir {args.out} ... docker://HOST:PORT/...")
+    print("  docker: copy them into /etc/docker/certs.d/HOST:PORT/")
+    return 0
+
+
 def _add_certs(sub: Any) -> None:
     certs = sub.add_parser(
         "certs", help="development CA and certificates for mutual TLS (docs/security.md)"
@@ -92,6 +112,15 @@ def _add_certs(sub: Any) -> None:
     )
     issue.add_argument("--days", type=int, default=365, help="validity in days (default 365)")
     issue.set_defaults(func=_certs_issue)
+    export = certs_sub.add_parser(
+        "export",
+        help="copy DIR/ca.pem and NAME's pair into OUT as ca.crt, NAME.cert and NAME.key "
+        "(skopeo --dest-cert-dir, docker certs.d)",
+    )
+    export.add_argument("dir", metavar="DIR")
+    export.add_argument("name", metavar="NAME")
+    export.add_argument("out", metavar="OUT")
+    export.set_defaults(func=_certs_export)
 
 
 def _herd(args: argparse.Namespace) -> int:
@@ -103,6 +132,8 @@ def _herd(args: argparse.Namespace) -> int:
         value = getattr(args, name)
         if value is not None:
             options.append(f"--{name.replace('_', '-')}={value}")
+    if args.tls:
+        options.append("--tls")
     sys.argv = ["twistd", "--nodaemon", "--pidfile=", "kraken-herd", *options]
     run()  # type: ignore[no-untyped-call]
     return 0
@@ -121,6 +152,11 @@ def _add_herd(sub: Any) -> None:
     herd.add_argument("--origins", type=int, help="origins in the ring (default 1)")
     herd.add_argument("--base-port", type=int, help="proxy port; the others follow (15000)")
     herd.add_argument("--agent-base-port", type=int, help="first agent's registry port (16000)")
+    herd.add_argument(
+        "--tls",
+        action="store_true",
+        help="mutual TLS between the components (CA and certificates in <data>/tls)",
+    )
     herd.set_defaults(func=_herd)
 
 

@@ -16,6 +16,12 @@ members it calls.  A ``--config`` file (a ``herd`` configuration, docs/configura
 merged over the plan, member by member, so it can change anything; extra origins and agents
 take their member section too, but keep the plan's listen addresses so that they do not
 collide.  Member data directories are ``<data>/<daemon>`` (``<data>/agent-1``, ...).
+
+``--tls`` makes, on first start, a development CA and the certificates of every member and of
+``client`` in ``<data>/tls`` (:func:`kraken.certs.ensure_certificates`), gives every member a
+``tls:`` section, and copies the CA and ``client``'s pair into ``<data>/tls/skopeo`` as
+``ca.crt``, ``client.cert`` and ``client.key``, the directory ``skopeo copy --dest-cert-dir``
+takes to verify the proxy and present a client certificate (docs/security.md).
 """
 
 from __future__ import annotations
@@ -28,12 +34,15 @@ from twisted.application.service import MultiService, Service
 from twisted.logger import Logger
 from twisted.python import usage
 
-from kraken.certs import CA_CERT_FILE, cert_paths, ensure_certificates
+from kraken.certs import CA_CERT_FILE, cert_paths, ensure_certificates, export_cert_dir
 from kraken.config import load_config
 from kraken.config.loader import parse_config
 from kraken.config.structure import ConfigError
+from kraken.tls import check_tls_files
 
 __all__ = [
+    "HERD_CERTIFICATES",
+    "SKOPEO_CERT_DIR",
     "HerdPlan",
     "HerdService",
     "Options",
@@ -81,6 +90,10 @@ class Options(usage.Options):
             )
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
+        except (OSError, ValueError) as e:  # --tls: <data>/tls cannot be made or read
+            raise usage.UsageError(f"--tls: {e}") from None
+        for kind, name, config in self["herd_plan"].members:  # a bad file: one line naming it
+            check_tls_files(config.tls, serve=kind != "agent", section=f"{name}.tls")
 
 
 def _read_yaml(path: str | None) -> dict[str, Any]:
@@ -120,9 +133,13 @@ def _hosts(members: list[str]) -> dict[str, Any]:
 class HerdPlan:
     """Parsed member configurations: ``(kind, name, config)`` in start order."""
 
-    def __init__(self, members: list[tuple[str, str, Any]], data: str) -> None:
+    def __init__(
+        self, members: list[tuple[str, str, Any]], data: str, cert_dir: str | None = None
+    ) -> None:
         self.members = members
         self.data = data
+        #: With ``--tls``: skopeo's ``--dest-cert-dir`` for the proxy (CA and client pair).
+        self.cert_dir = cert_dir
 
     def of(self, kind: str) -> list[Any]:
         """The configurations of every member of ``kind``."""
@@ -131,6 +148,8 @@ class HerdPlan:
 
 #: Certificates ``--tls`` makes in ``<data>/tls`` (``client`` is for people and scripts).
 HERD_CERTIFICATES = ("origin", "tracker", "build-index", "proxy", "agent", "client")
+#: ``<data>/tls/<this>``: ``ca.crt``, ``client.cert``, ``client.key`` for skopeo and docker.
+SKOPEO_CERT_DIR = "skopeo"
 
 
 def herd_plan(
@@ -168,8 +187,10 @@ def herd_plan(
     members: list[tuple[str, str, Any]] = []
 
     tls_dir = f"{root}/tls"
-    if tls:  # blocking, at start-up only: the dev CA and certificates, made once
+    cert_dir = f"{tls_dir}/{SKOPEO_CERT_DIR}" if tls else None
+    if cert_dir is not None:  # blocking, at start-up only: the dev CA and certificates, made once
         ensure_certificates(tls_dir, HERD_CERTIFICATES)
+        export_cert_dir(tls_dir, "client", cert_dir)  # refreshed each start (after a re-issue)
 
     def add(kind: str, key: str, name: str, plan: dict[str, Any], keep: tuple[str, ...]) -> None:
         if tls:
@@ -247,7 +268,7 @@ def herd_plan(
             },
             ("registry", "peer", "server"),
         )
-    return HerdPlan(members, root)
+    return HerdPlan(members, root, cert_dir)
 
 
 def _port(listen: str) -> str:
@@ -257,6 +278,15 @@ def _port(listen: str) -> str:
         interface = next((p.split("=", 1)[1] for p in parts if p.startswith("interface=")), "")
         return f"{interface or '0.0.0.0'}:{parts[1]}"  # noqa: S104 - a display string
     return listen
+
+
+def _push_tls_option(plan: HerdPlan, proxy: Any) -> str:
+    """skopeo's option for the proxy's registry port: plain HTTP, or TLS checked with the CA."""
+    if proxy.tls.cert is None:
+        return "--dest-tls-verify=false"
+    if plan.cert_dir is not None and proxy.tls.ca == f"{plan.data}/tls/{CA_CERT_FILE}":
+        return f"--dest-cert-dir {plan.cert_dir}"
+    return "--dest-cert-dir <dir with ca.crt, client.cert, client.key>"
 
 
 class _Banner(Service):
@@ -281,6 +311,8 @@ class HerdService(MultiService):
         super().__init__()  # type: ignore[no-untyped-call]
         self.plan = plan
         self.members: dict[str, MultiService] = {}
+        #: The lines logged once every member has started (where to push and pull).
+        self.banner: list[str] = []
 
 
 def build_herd(plan: HerdPlan, reactor: Any) -> HerdService:
@@ -314,7 +346,7 @@ def build_herd(plan: HerdPlan, reactor: Any) -> HerdService:
     lines = [
         "Kraken herd is up: " + ", ".join(name for _, name, _ in plan.members),
         f"data and filesystem backend under {plan.data}",
-        f"push:  skopeo copy --dest-tls-verify=false <image> "
+        f"push:  skopeo copy {_push_tls_option(plan, proxy)} <image> "
         f"docker://{_port(proxy.server.listen)}/<repo>:<tag>",
     ]
     for agent in agents:
@@ -323,6 +355,13 @@ def build_herd(plan: HerdPlan, reactor: Any) -> HerdService:
             f"docker://{_port(agent.registry.listen)}/<repo>:<tag> <dest>"
         )
     lines.append("containerd: see docs/containerd.md (hosts.toml mirror to the agent)")
+    if plan.cert_dir is not None:
+        tls_dir = f"{plan.data}/tls"
+        lines.append(
+            f"TLS:   CA and certificates in {tls_dir}; by hand: curl --cacert {tls_dir}/ca.pem "
+            f"--cert {tls_dir}/client.pem --key {tls_dir}/client-key.pem https://..."
+        )
+    herd.banner = lines
     _Banner(lines).setServiceParent(herd)  # type: ignore[no-untyped-call]
     return herd
 

@@ -109,6 +109,38 @@ class CertsCommandTests(SynchronousTestCase):
         self.assertEqual(rc, 1)
         self.assertIn("not a DNS name or IP address", err)
 
+    def test_export(self) -> None:
+        """export copies the CA and NAME's pair as ca.crt, NAME.cert, NAME.key (key 0600).
+
+        Those are the names skopeo's --dest-cert-dir and docker's certs.d read; a second
+        export (after a re-issue) replaces the files.
+        """
+        run_cli("certs", "init", self.dir)
+        run_cli("certs", "issue", self.dir, "ci")
+        out = os.path.join(self.mktemp(), "skopeo")
+        rc, stdout, _ = run_cli("certs", "export", self.dir, "ci", out)
+        self.assertEqual(rc, 0)
+        self.assertIn(f"--dest-cert-dir {out}", stdout)
+        self.assertEqual(sorted(os.listdir(out)), ["ca.crt", "ci.cert", "ci.key"])
+        pairs = (("ca.crt", "ca.pem"), ("ci.cert", "ci.pem"), ("ci.key", "ci-key.pem"))
+        for exported, original in pairs:
+            copy, source = os.path.join(out, exported), os.path.join(self.dir, original)
+            with open(copy, "rb") as a, open(source, "rb") as b:
+                self.assertEqual(a.read(), b.read(), exported)
+        self.assertEqual(stat.S_IMODE(os.stat(os.path.join(out, "ci.key")).st_mode), 0o600)
+        os.unlink(os.path.join(self.dir, "ci.pem"))
+        os.unlink(os.path.join(self.dir, "ci-key.pem"))
+        run_cli("certs", "issue", self.dir, "ci")
+        self.assertEqual(run_cli("certs", "export", self.dir, "ci", out)[0], 0)
+        self.assertEqual(load(os.path.join(out, "ci.cert")), load(os.path.join(self.dir, "ci.pem")))
+
+    def test_export_missing(self) -> None:
+        """export of a name never issued fails with status 1 and says what to do."""
+        run_cli("certs", "init", self.dir)
+        rc, _, err = run_cli("certs", "export", self.dir, "nobody", self.mktemp())
+        self.assertEqual(rc, 1)
+        self.assertIn("nobody.pem: missing", err)
+
     def test_ensure_certificates(self) -> None:
         """ensure_certificates creates what is missing and keeps what exists."""
         ensure_certificates(self.dir, ["origin"])
