@@ -278,6 +278,8 @@ class PeerProtocol(Int32StringReceiver):
         self._held: list[bytes] = []
         #: fires when the connection is gone (PeerNode.stop waits for it).
         self.lost: Deferred[None] = Deferred()
+        #: payload bytes arrived since the node's last tick (the engine's stall clock).
+        self.payload_bytes = False
 
     def raw_transport(self) -> Any:
         """The transport (a TCP or in-memory one: producers, pause, abort)."""
@@ -431,6 +433,7 @@ class PeerProtocol(Int32StringReceiver):
                 self._resume_call = self.node.reactor.callLater(delay, self._resume_reading)
         while view and self.state != "closed":
             if self._raw_left:
+                self.payload_bytes = True
                 n = min(self._raw_left, len(view))
                 if self._raw_view is not None:
                     self._raw_view[self._raw_pos : self._raw_pos + n] = view[:n]
@@ -683,8 +686,13 @@ class PeerNode:
         return defer.gatherResults([p.lost for p in live])
 
     def tick(self) -> None:
-        """One engine timer step."""
-        self.run(self.scheduler.tick())
+        """One engine timer step; tells the engine which connections received payload bytes."""
+        progressed = []
+        for conn, proto in self.protocols.items():
+            if proto.payload_bytes:
+                proto.payload_bytes = False
+                progressed.append(conn)
+        self.run(self.scheduler.tick(progressed))
 
     def factory(self) -> PeerFactory:
         """A factory for a listening port."""

@@ -8,12 +8,29 @@ tests/torrent/test_dispatch_properties.py):
 - no request is outstanding for a piece we have, or to a peer lacking it;
 - outside endgame no piece is requested from two peers; never twice from one;
 - every missing piece not being written is requested from some peer
-  whenever a connected peer has it, has spare pipeline and has not failed it
-  recently.
+  whenever a connected peer may serve it (:meth:`PieceDispatcher.may_request`:
+  it has the piece, has not failed it recently, and, for an origin, no
+  connected agent could serve it instead) and has spare pipeline.
+
+Request timeout (DESIGN 5, ``EngineConfig.request_timeout``) measures a
+peer's *progress*, not how long a request has been queued: an uploader sends
+one piece at a time per connection while it serves many connections, so our
+later requests wait behind earlier ones through no fault of the peer.  Each
+peer has one stall clock, restarted when a request is sent to it while
+nothing else was outstanding, when a PIECE_PAYLOAD header arrives from it,
+when payload bytes arrive (reported by the driver with ``progress``, about
+once a tick), and when a payload ends.  A peer whose clock reaches the
+timeout with requests outstanding is stalled: every request to it is
+cancelled (CANCEL_PIECE, so it does not send them later), marked failed for
+that peer and given to other peers.
 
 Selection is rarest first (fewest connected peers have it) with a random
-tie-break.  Endgame (few pieces missing) requests a piece from several
-peers and cancels the others when one copy has been written.
+tie-break.  Origins are asked only for pieces that no connected agent can
+give (fewest agents first) and never for endgame duplicates: the origins'
+upload is the swarm's scarcest resource and should bring in pieces the
+neighbourhood lacks, not copies that agents can trade.  Endgame (few
+pieces missing) requests a piece from several peers and cancels the others
+when one copy has been written.
 """
 
 from __future__ import annotations
@@ -53,6 +70,7 @@ class PeerState:
         "pending",
         "receiving",
         "sending",
+        "stall_clock",
         "uploads",
     )
 
@@ -71,7 +89,7 @@ class PeerState:
         self.bitfield = bitfield
         self.origin = origin
         self.limit = limit
-        #: index -> deadline of our outstanding requests to this peer.
+        #: index -> when we sent our outstanding request for it to this peer.
         self.pending: dict[int, float] = {}
         #: cancelled or expired requests whose payload we still tolerate.
         self.forgiven: set[int] = set()
@@ -83,6 +101,8 @@ class PeerState:
         self.sending: int | None = None
         self.created = now
         self.last_progress = now
+        #: start of the current wait for this peer's progress (see the module doc).
+        self.stall_clock = now
 
 
 class PieceDispatcher:
@@ -112,6 +132,8 @@ class PieceDispatcher:
         #: index -> connections with an outstanding request for it.
         self.requested: dict[int, set[ConnId]] = {}
         self.avail = [0] * metainfo.num_pieces
+        #: like ``avail``, counting only peers that are not origins.
+        self.agent_avail = [0] * metainfo.num_pieces
         self.peers: dict[ConnId, PeerState] = {}
         self.timeout = config.request_timeout(metainfo.piece_length)
 
@@ -140,12 +162,33 @@ class PieceDispatcher:
         return True
 
     def eligible(self, peer: PeerState, index: int, now: float) -> bool:
-        """Whether ``index`` may be requested from ``peer`` now (ignoring its quota)."""
+        """Whether ``index`` may be requested from an agent ``peer`` now (ignoring its quota)."""
         if index not in self.missing or index in self.writing or index in peer.pending:
             return False
         if index not in peer.bitfield or self._failed_recently(peer, index, now):
             return False
         return self.endgame() or not self.requested.get(index)
+
+    def may_request(self, peer: PeerState, index: int, now: float) -> bool:
+        """Whether ``index`` may be requested from ``peer`` now (ignoring its quota)."""
+        if peer.origin:
+            return self._origin_eligible(peer, index, now)
+        return self.eligible(peer, index, now)
+
+    def _origin_eligible(self, peer: PeerState, index: int, now: float) -> bool:
+        """
+        Whether ``index`` may be requested from the origin ``peer``: as :meth:`eligible`,
+        but only pieces that no connected agent can give us, and never a second copy
+        (endgame duplicates go to agents).
+        """
+        if not self.eligible(peer, index, now) or self.requested.get(index):
+            return False
+        if not self.agent_avail[index]:
+            return True
+        return not any(
+            not p.origin and index in p.bitfield and not self._failed_recently(p, index, now)
+            for p in self.peers.values()
+        )
 
     # -- peers -----------------------------------------------------------------
 
@@ -158,7 +201,7 @@ class PieceDispatcher:
         peer = PeerState(conn, peer_id, bitfield.copy(), origin=origin, limit=limit, now=now)
         self.peers[conn] = peer
         for i in peer.bitfield:
-            self.avail[i] += 1
+            self._gain(peer, i)
         return self._fill(peer)
 
     def remove_peer(self, conn: ConnId) -> list[Action]:
@@ -168,9 +211,16 @@ class PieceDispatcher:
             return []
         for i in peer.bitfield:
             self.avail[i] -= 1
+            if not peer.origin:
+                self.agent_avail[i] -= 1
         for i in peer.pending:
             self.requested[i].discard(conn)
         return self.fill_all()
+
+    def _gain(self, peer: PeerState, index: int) -> None:
+        self.avail[index] += 1
+        if not peer.origin:
+            self.agent_avail[index] += 1
 
     def _violation(self, peer: PeerState, reason: str) -> list[Action]:
         return [Close(peer.conn, reason, blacklisted=True)]
@@ -183,14 +233,22 @@ class PieceDispatcher:
             return []
         now = self._now()
         rand = self._rng.random
-        candidates = [
-            (self.avail[i], rand(), i) for i in self.missing if self.eligible(peer, i, now)
-        ]
+        if peer.origin:
+            candidates = [
+                (self.agent_avail[i], self.avail[i], rand(), i)
+                for i in self.missing
+                if self._origin_eligible(peer, i, now)
+            ]
+        else:
+            candidates = [
+                (0, self.avail[i], rand(), i) for i in self.missing if self.eligible(peer, i, now)
+            ]
         chosen = heapq.nsmallest(quota, candidates)
         actions: list[Action] = []
-        deadline = now + self.timeout
-        for _, _, i in chosen:
-            peer.pending[i] = deadline
+        if chosen and not peer.pending and peer.receiving is None:
+            peer.stall_clock = now
+        for _, _, _, i in chosen:
+            peer.pending[i] = now
             peer.forgiven.discard(i)
             self.requested.setdefault(i, set()).add(peer.conn)
             actions.append(Send(peer.conn, PieceRequest(i)))
@@ -205,19 +263,28 @@ class PieceDispatcher:
             actions.extend(self._fill(peer))
         return actions
 
+    def progress(self, conn: ConnId) -> None:
+        """Payload bytes arrived from this peer: restart its stall clock."""
+        peer = self.peers.get(conn)
+        if peer is not None:
+            peer.stall_clock = self._now()
+
     def expire(self) -> list[Action]:
-        """Requests past their deadline are retried on other peers."""
+        """Requests to stalled peers (no progress for the timeout) are retried elsewhere."""
         now = self._now()
-        expired = False
+        actions: list[Action] = []
         for peer in self.peers.values():
-            for i, deadline in list(peer.pending.items()):
-                if deadline <= now:
-                    del peer.pending[i]
-                    self.requested[i].discard(peer.conn)
-                    peer.forgiven.add(i)
-                    peer.failed[i] = now
-                    expired = True
-        return self.fill_all() if expired else []
+            if not peer.pending or now - peer.stall_clock < self.timeout:
+                continue
+            for i in list(peer.pending):
+                del peer.pending[i]
+                self.requested[i].discard(peer.conn)
+                peer.forgiven.add(i)
+                peer.failed[i] = now
+                actions.append(Send(peer.conn, CancelPiece(i)))
+        if actions:
+            actions.extend(self.fill_all())
+        return actions
 
     # -- messages from the peer ------------------------------------------------
 
@@ -232,7 +299,7 @@ class PieceDispatcher:
         if not self._index_ok(index):
             return self._violation(peer, f"announced piece {index} out of range")
         if peer.bitfield.set(index):
-            self.avail[index] += 1
+            self._gain(peer, index)
         return self._fill(peer)
 
     def on_complete(self, conn: ConnId) -> list[Action]:
@@ -242,7 +309,7 @@ class PieceDispatcher:
             return []
         for i in list(peer.bitfield.missing()):
             peer.bitfield.set(i)
-            self.avail[i] += 1
+            self._gain(peer, i)
         if self.complete:
             return [Close(conn, "both sides complete")]
         return self._fill(peer)
@@ -294,7 +361,7 @@ class PieceDispatcher:
         peer.sending = None
         peer.last_progress = self._now()
         if peer.bitfield.set(index):
-            self.avail[index] += 1
+            self._gain(peer, index)
         return self._next_upload(peer)
 
     def send_failed(self, conn: ConnId, index: int, reason: str) -> list[Action]:
@@ -329,6 +396,7 @@ class PieceDispatcher:
             return PayloadVerdict.REJECT, self._violation(peer, "payload inside a payload")
         if index not in peer.pending and index not in peer.forgiven:
             return PayloadVerdict.REJECT, self._violation(peer, f"unrequested payload {index}")
+        peer.stall_clock = self._now()
         if index not in self.missing or index in self.writing:
             self._settle_request(peer, index)
             return PayloadVerdict.DISCARD, self._fill(peer)
@@ -346,6 +414,7 @@ class PieceDispatcher:
         if peer is None or peer.receiving != index:
             return PayloadVerdict.DISCARD, []
         peer.receiving = None
+        peer.stall_clock = self._now()
         self._settle_request(peer, index)
         if index not in self.missing or index in self.writing:
             return PayloadVerdict.DISCARD, self._fill(peer)

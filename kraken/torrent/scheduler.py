@@ -576,10 +576,20 @@ class Scheduler:
 
     # -- time ----------------------------------------------------------------------
 
-    def tick(self) -> list[Action]:
-        """Timers: request timeouts, idle/old connections, idle torrents, announces."""
+    def tick(self, progressed: Iterable[ConnId] = ()) -> list[Action]:
+        """
+        Timers: request timeouts, idle/old connections, idle torrents, announces.
+
+        ``progressed`` are the connections on which piece payload bytes arrived since
+        the last tick: their stall clocks restart (the request timeout measures a
+        peer's progress, see :mod:`kraken.torrent.dispatch`).
+        """
         now = self._now()
         actions: list[Action] = []
+        for conn in progressed:
+            d = self._dispatcher_of(conn)
+            if d is not None:
+                d.progress(conn)
         for key in [k for k, until in self.blacklist.items() if until <= now]:
             del self.blacklist[key]
         for t in self.torrents.values():

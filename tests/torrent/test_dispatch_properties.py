@@ -47,7 +47,7 @@ def check_invariants(test: SynchronousTestCase, d: PieceDispatcher) -> None:
         for peer in d.peers.values():
             if len(peer.pending) < peer.limit and i in peer.bitfield:
                 test.assertFalse(
-                    d.eligible(peer, i, now), f"piece {i} idle while {peer.conn} could serve it"
+                    d.may_request(peer, i, now), f"piece {i} idle while {peer.conn} could serve it"
                 )
 
 

@@ -196,13 +196,49 @@ class DispatchTests(SynchronousTestCase):
 
     def test_pipeline_limits(self) -> None:
         """3 outstanding requests to an agent, 5 to an origin."""
-        h = Harness()
+        h = Harness(pipeline_limit=3, origin_pipeline_limit=5)
         h.download()
         _, actions = h.connect(1, ALL)
         self.assertEqual(len(requests(actions)), 3)
+        h = Harness(pipeline_limit=3, origin_pipeline_limit=5)
+        h.download()
         (dial,) = h.s.announce_result(H, [peer(2, origin=True)], 3.0)
         actions = h.s.dial_succeeded(dial.conn, h.hs(2, ALL))
         self.assertEqual(len(requests(actions)), 5)
+
+    def test_origins_only_for_what_agents_cannot_give(self) -> None:
+        """
+        An origin is asked only for pieces no connected agent can serve (agents that
+        lack them, or failed them), and never for an endgame duplicate.
+        """
+        h = Harness(pipeline_limit=1, origin_pipeline_limit=8)
+        h.download()
+        agent, actions = h.connect(1, [0, 1, 2, 3])
+        self.assertEqual(len(requests(actions, agent)), 1)
+        (dial,) = h.s.announce_result(H, [peer(2, origin=True)], 3.0)
+        origin = dial.conn
+        actions = h.s.dial_succeeded(origin, h.hs(2, ALL))
+        self.assertEqual(sorted(requests(actions, origin)), [4, 5, 6, 7])
+        (asked,) = h.s.torrents[H].dispatcher.peers[agent].pending
+        # The origin delivers one piece at 3 s; nothing more is asked of it.
+        h.t = 3.0
+        self.assertEqual(requests(h.deliver(origin, 4), origin), [])
+        # The agent stalls at 4 s: its piece goes to the origin, another of its pieces to it.
+        h.t = 4.0
+        actions = h.s.tick()
+        self.assertIn(Send(agent, CancelPiece(asked)), actions)
+        self.assertEqual(requests(actions, origin), [asked])
+        (again,) = requests(actions, agent)
+        self.assertIn(again, {0, 1, 2, 3} - {asked})
+        # Endgame: the last piece is not duplicated onto the origin.
+        h = Harness(pipeline_limit=2, origin_pipeline_limit=2)
+        h.download(have=range(PIECES - 1))
+        _, first = h.connect(1, ALL)
+        (dial,) = h.s.announce_result(H, [peer(2, origin=True)], 3.0)
+        _, second = h.connect(3, ALL)
+        self.assertEqual(requests(first + second), [7, 7])
+        actions = h.s.dial_succeeded(dial.conn, h.hs(2, ALL))
+        self.assertEqual(requests(actions), [])
 
     def test_rarest_first(self) -> None:
         """The piece only one peer has is requested before common ones."""
@@ -221,7 +257,7 @@ class DispatchTests(SynchronousTestCase):
         self.assertEqual(sorted(requests(actions)), [5, 6, 7])
 
     def test_timeout_retries_elsewhere(self) -> None:
-        """A request unanswered for 4 s goes to another peer, not back to the slow one."""
+        """A request to a peer silent for 4 s goes to another peer, not back to the slow one."""
         h = Harness(pipeline_limit=1)
         h.download()
         slow, actions = h.connect(1, [3])
@@ -237,6 +273,47 @@ class DispatchTests(SynchronousTestCase):
         # The slow peer's late payload is still welcome.
         verdict, _ = h.s.payload_start(slow, 3, 1024)
         self.assertEqual(verdict, PayloadVerdict.RECEIVE)
+
+    def test_timeout_measures_progress_not_queueing(self) -> None:
+        """
+        Requests queued behind others at a busy peer do not time out while the peer
+        makes progress (payload headers, payload bytes reported at the tick, payload
+        ends); a peer that delivers nothing for 4 s is stalled: all its requests are
+        cancelled and go elsewhere.
+        """
+        h = Harness(pipeline_limit=3)
+        h.download()
+        busy, actions = h.connect(1, ALL)
+        first = requests(actions, busy)
+        self.assertEqual(len(first), 3)
+        # One piece every 3 s: 12 s in, nothing has timed out.
+        for step in range(4):
+            h.t += 3.0
+            pending = sorted(h.s.torrents[H].dispatcher.peers[busy].pending)
+            h.deliver(busy, pending[0])
+            self.assertEqual([a for a in h.s.tick() if isinstance(a, Send)], [], step)
+        # A header at 13 s, bytes reported at the 16 s tick: still making progress.
+        h.t = 13.0
+        index = sorted(h.s.torrents[H].dispatcher.peers[busy].pending)[0]
+        verdict, _ = h.s.payload_start(busy, index, 1024)
+        self.assertEqual(verdict, PayloadVerdict.RECEIVE)
+        h.t = 16.0
+        self.assertEqual(h.s.tick([busy]), [])
+        other, actions = h.connect(2, ALL)
+        # Nothing more until 20 s: stalled; every request to it is cancelled and retried.
+        h.t = 19.9
+        self.assertFalse([a for a in h.s.tick() if isinstance(a, Send) and a.conn == busy])
+        stuck = set(h.s.torrents[H].dispatcher.peers[busy].pending)
+        h.t = 20.0
+        actions = h.s.tick()
+        cancels = {
+            a.message.index
+            for a in actions
+            if isinstance(a, Send) and a.conn == busy and isinstance(a.message, CancelPiece)
+        }
+        self.assertEqual(cancels, stuck)
+        self.assertTrue(set(requests(actions, other)) & stuck)
+        self.assertFalse(set(requests(actions, busy)) & stuck)
 
     def test_timeout_scales_with_piece_size(self) -> None:
         """max(4 s, 4 s per MiB)."""
