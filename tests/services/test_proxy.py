@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 
 from twisted.application.internet import StreamServerEndpointService, TimerService
+from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
@@ -72,7 +73,9 @@ class RefuseTLSTests(SynchronousTestCase):
         """A protocol of the wrapped site on a string transport."""
         resource = Data(b"hello", "text/plain")  # type: ignore[no-untyped-call]
         resource.isLeaf = True
-        factory = refuse_tls(Site(resource))  # type: ignore[no-untyped-call]
+        # The site's idle timeouts go on a Clock: on the global reactor they would outlive
+        # this synchronous test and make the next reactor-based test fail as unclean.
+        factory = refuse_tls(Site(resource, reactor=Clock()))  # type: ignore[no-untyped-call]
         protocol = factory.buildProtocol(None)
         transport = StringTransport()
         protocol.makeConnection(transport)
