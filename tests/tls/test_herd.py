@@ -72,7 +72,8 @@ class TLSHerdTests(TestCase):
 
     async def until_ready(self, herd: HerdService) -> None:
         """Wait (50 ms steps, 30 s at most) until the proxy and tracker see the origin."""
-        proxy, tracker = herd.members["proxy"], herd.members["tracker"]
+        proxy: Any = herd.members["proxy"]
+        tracker: Any = herd.members["tracker"]
         checks: list[Any] = [proxy.origins.usable, tracker.api.origins.ready]
         for check in checks:
             for _ in range(600):
@@ -98,7 +99,7 @@ class TLSHerdTests(TestCase):
 
     def path(self) -> str:
         """A fresh absolute temporary path."""
-        return os.path.abspath(self.mktemp())
+        return os.path.abspath(str(self.mktemp()))
 
     def image(self) -> str:
         """A fresh two-layer OCI image layout tagged v1; its path."""
@@ -108,7 +109,7 @@ class TLSHerdTests(TestCase):
 
     def ca_only_dir(self) -> str:
         """A skopeo certificate directory with the herd's CA and no client certificate."""
-        path = os.path.abspath(self.mktemp())
+        path = self.path()
         os.makedirs(path)
         shutil.copy(os.path.join(self.data, "tls", "skopeo", "ca.crt"), path)
         return path

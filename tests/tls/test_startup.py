@@ -41,7 +41,7 @@ class StartupErrorTests(SynchronousTestCase):
 
     def config_file(self, tls: dict[str, str]) -> str:
         """A configuration file with ``tls`` as its tls section (JSON is YAML)."""
-        path = os.path.abspath(self.mktemp())
+        path = os.path.abspath(str(self.mktemp()))
         with open(path, "w") as f:
             json.dump({"tls": tls}, f)
         return path
@@ -130,7 +130,7 @@ class RegistryGuardTests(SynchronousTestCase):
     def test_registry_error_body(self) -> None:
         """registry=True: a 403 with {"errors": [{"code": "DENIED", "message": ...}]}."""
         guard = ClientCertificateGuard(Resource(), registry=True)
-        request = DummyRequest([b"v2", b"x", b"blobs", b"uploads", b""])
+        request: Any = DummyRequest([b"v2", b"x", b"blobs", b"uploads", b""])
         request.method = b"POST"
         body = guard.render(request)
         self.assertEqual(request.responseCode, 403)
@@ -143,7 +143,7 @@ class RegistryGuardTests(SynchronousTestCase):
     def test_plain_error_body(self) -> None:
         """Without registry (the other daemons): a plain-text 403 saying why."""
         guard = ClientCertificateGuard(Resource())
-        request = DummyRequest([b"x"])
+        request: Any = DummyRequest([b"x"])
         request.method = b"PUT"
         body = guard.render(request)
         self.assertEqual(request.responseCode, 403)
