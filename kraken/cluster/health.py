@@ -7,6 +7,7 @@ Two kinds, both behind :class:`IHealthFilter`:
   the probe to ``GET /health``; :class:`HTTPHealthProbe` does that with a treq
   client).  3 consecutive failures mark a host down, 2 consecutive passes mark
   it up again; new hosts start healthy; a list of one host is always healthy.
+  Cancelling a run cancels its probes (a stopping service drops them).
 * :class:`PassiveHealthFilter` learns from callers, who report network errors
   with :meth:`PassiveHealthFilter.failed`.  3 failures within 5 minutes make a
   host unhealthy for 5 minutes; if every host is unhealthy, all are used.
@@ -19,16 +20,15 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 
-import treq
 from attrs import define, field, frozen
-from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, gatherResults, maybeDeferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IResponse
 from zope.interface import Interface, implementer
 
-from kraken.http.client import HTTPStatusError, KrakenHTTPClient
+from kraken.http.client import HTTPStatusError, KrakenHTTPClient, read_body
 
 #: Checks one ``host:port``: the Deferred fires (with anything) if the host
 #: is healthy and fails otherwise.
@@ -85,6 +85,8 @@ class ActiveHealthFilter:
     after ``timeout`` seconds is cancelled and counts as a failure, so one
     run takes at most ``timeout`` seconds (probes run concurrently).  Hosts
     that leave the list are forgotten; hosts that join start healthy.
+    Cancelling the Deferred of :meth:`run` cancels its probes, which then
+    count neither way.
     """
 
     log = Logger()
@@ -140,8 +142,8 @@ class ActiveHealthFilter:
 
     def _failed(self, host: str, reason: Failure) -> None:
         record = self._records.get(host)
-        if record is None:
-            return
+        if record is None or isinstance(reason.value, CancelledError):
+            return  # a timeout arrives as TimeoutError; this is the caller's cancel
         record.passes = 0
         record.failures += 1
         if record.healthy and record.failures >= self.fails:
@@ -232,8 +234,9 @@ class HTTPHealthProbe:
         url = f"http://{host}/health"
 
         def drain(response: IResponse) -> Deferred[object]:
-            # Read the body so that the pooled connection can be reused.
-            return treq.content(response).addCallback(lambda _: None)
+            # Read the body so that the pooled connection can be reused; unlike
+            # treq.content, read_body drops the connection when cancelled.
+            return read_body(response, 4096).addCallback(lambda _: None)
 
         def status_error(failure: Failure) -> Failure:
             error = failure.value

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from attrs import define, field
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -52,6 +52,7 @@ class Membership(Service):
     _watchers: list[Watcher] = field(factory=list, init=False)
     _loop: LoopingCall | None = field(default=None, init=False)
     _waiting: list[Deferred[None]] | None = field(default=None, init=False)
+    _refreshing: Deferred[None] | None = field(default=None, init=False)
 
     def __attrs_post_init__(self) -> None:
         if self.interval <= 0:
@@ -82,7 +83,10 @@ class Membership(Service):
             return waiter
         self._waiting = []
         refreshed = self.hosts.resolve().addCallback(self._filter)
-        return refreshed.addErrback(self._refresh_failed).addBoth(self._wake)
+        refreshed.addErrback(self._refresh_failed).addBoth(self._wake)
+        if self._waiting is not None:  # still running: stopService may cancel it
+            self._refreshing = refreshed
+        return refreshed
 
     def _filter(self, members: frozenset[str]) -> Deferred[None]:
         def apply(healthy: frozenset[str]) -> None:
@@ -103,6 +107,8 @@ class Membership(Service):
                 self.log.failure("membership watcher {watcher!r} failed", watcher=watcher)
 
     def _refresh_failed(self, reason: Failure) -> None:
+        if isinstance(reason.value, CancelledError):
+            return
         if isinstance(reason.value, HostListUnavailable):
             self.log.warn("cluster has no members yet: {error}", error=reason.getErrorMessage())
         else:
@@ -110,6 +116,7 @@ class Membership(Service):
 
     def _wake(self, _: object) -> None:
         waiting, self._waiting = self._waiting or [], None
+        self._refreshing = None
         for waiter in waiting:
             waiter.callback(None)
 
@@ -122,9 +129,26 @@ class Membership(Service):
             lambda reason: self.log.failure("membership refresh loop stopped", reason)
         )
 
-    def stopService(self) -> None:
-        """Stop refreshing (a refresh in progress still completes)."""
+    def stopService(self) -> Deferred[None]:
+        """Stop refreshing and cancel a refresh in progress (its probes with it).
+
+        Fires when the cancelled refresh has finished, so that no health
+        check outlives the service (and its connection the HTTP pool's close).
+        The snapshots keep their last values.
+        """
         if self._loop is not None and self._loop.running:
             self._loop.stop()
         self._loop = None
         super().stopService()  # type: ignore[no-untyped-call]
+        refreshing = self._refreshing
+        if refreshing is None:
+            return succeed(None)
+        finished: Deferred[None] = Deferred()
+
+        def finish(result: object) -> object:
+            finished.callback(None)
+            return result
+
+        refreshing.addBoth(finish)
+        refreshing.cancel()
+        return finished

@@ -419,6 +419,23 @@ class KrakenHTTPClient:
         raise HTTPStatusError(response.code, error_body, call.url, call.method)
 
 
+class _ClosablePool(HTTPConnectionPool):
+    """A connection pool that, once closed, closes connections instead of keeping them.
+
+    A request still in flight when the owner closes the pool finishes later;
+    Twisted's pool would then cache its connection (with a 240 s timer) and
+    leave it open behind a stopped service.
+    """
+
+    closed = False
+
+    def _putConnection(self, key: Any, connection: Any) -> None:
+        if self.closed:
+            connection.transport.loseConnection()
+            return
+        super()._putConnection(key, connection)  # type: ignore[no-untyped-call]
+
+
 @define
 class HTTPClientFactory:
     """Makes every inter-component HTTP client, with one connection pool.
@@ -441,7 +458,7 @@ class HTTPClientFactory:
     _treq: HTTPClient = field(init=False)
 
     def __attrs_post_init__(self) -> None:
-        self.pool = HTTPConnectionPool(self.reactor, persistent=True)  # type: ignore[no-untyped-call]
+        self.pool = _ClosablePool(self.reactor, persistent=True)  # type: ignore[no-untyped-call]
         self.pool.maxPersistentPerHost = self.max_persistent_per_host
         agent = self.agent
         if agent is None:
@@ -463,8 +480,15 @@ class HTTPClientFactory:
         )
 
     def close(self) -> Deferred[None]:
-        """Close idle pooled connections (call from the owning service's ``stopService``)."""
-        closed: Deferred[None] = self.pool.closeCachedConnections()  # type: ignore[no-untyped-call]
+        """Close idle pooled connections (call from the owning service's ``stopService``).
+
+        Requests in flight are left to finish (their owners cancel them), but
+        their connections are closed when they do, not pooled. Fires when the
+        idle connections are closed.
+        """
+        pool = cast(_ClosablePool, self.pool)
+        pool.closed = True
+        closed: Deferred[None] = pool.closeCachedConnections()  # type: ignore[no-untyped-call]
         return closed
 
 

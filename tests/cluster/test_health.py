@@ -151,6 +151,21 @@ class ActiveHealthFilterTests(HealthFilterTestsMixin, SynchronousTestCase):
             self.assertEqual(self.probe.cancelled, ["b:1"] * (n + 1))
         self.assertEqual(result, HOSTS - {"b:1"})
 
+    def test_cancelled_run_cancels_probes(self) -> None:
+        """Cancelling a run cancels every probe in flight; cancelled probes count neither way."""
+        for _ in range(3):
+            ran = self.filter.run(HOSTS)
+            ran.cancel()
+            self.assertEqual(self.successResultOf(ran), HOSTS)
+        self.assertEqual(sorted(self.probe.cancelled), sorted(sorted(HOSTS) * 3))
+        self.assertEqual(self.filter.healthy(HOSTS), HOSTS)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        # Two failures before and one after the cancelled runs do not add up to three.
+        self.round({"a:1"})
+        self.round({"a:1"})
+        self.filter.run(HOSTS).cancel()
+        self.assertEqual(self.round({"a:1"}), HOSTS - {"a:1"})
+
     def test_probe_raising_is_failure(self) -> None:
         """A probe that raises synchronously counts as a failure, not a crash."""
 

@@ -185,6 +185,31 @@ class MembershipTests(SynchronousTestCase):
         self.hosts.pending.pop().callback(frozenset({"a:1"}))
         self.assertEqual(m.members, frozenset({"a:1"}))
 
+    def test_stop_cancels_refresh_in_flight(self) -> None:
+        """Stopping cancels the probes of a running refresh and fires once it has finished."""
+        probes: list[Deferred[object]] = []
+        cancelled: list[str] = []
+
+        def probe(host: str) -> Deferred[object]:
+            d: Deferred[object] = Deferred(lambda _: cancelled.append(host))
+            probes.append(d)
+            return d
+
+        m = self.membership(ActiveHealthFilter(probe, self.clock))
+        m.startService()
+        self.assertEqual(len(probes), 3)
+        stopped = m.stopService()
+        self.assertIsNone(self.successResultOf(stopped))
+        self.assertEqual(sorted(cancelled), sorted(self.hosts.hosts))
+        self.assertEqual(self.flushLoggedErrors(), [])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        # Idle, it stops at once; a refresh after that is not the stopped one.
+        m.startService()
+        for d in probes[3:]:
+            d.callback(None)
+        self.successResultOf(m.stopService())
+        self.assertEqual(len(cancelled), 3)
+
     def test_concurrent_refresh_shares(self) -> None:
         """A refresh asked for while one is running waits for it instead of starting another."""
         self.hosts.pending = []

@@ -9,7 +9,7 @@ from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.error import ConnectionLost, ConnectionRefusedError, DNSLookupError
 from twisted.internet.interfaces import IConsumer
 from twisted.internet.task import Clock
-from twisted.internet.testing import MemoryReactorClock
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web import error as web_error
@@ -414,6 +414,45 @@ class TLSTests(SynchronousTestCase):
         d.cancel()
         self.failureResultOf(d, CancelledError)
         self.successResultOf(factory.close())
+
+
+class PoolClosingTests(SynchronousTestCase):
+    """close() leaves no pooled connection behind, even for a request still in flight."""
+
+    def connect(self) -> tuple[HTTPClientFactory, MemoryReactorClock, Deferred[Any], Any]:
+        """A GET over the factory's own pooled Agent, connected to a string transport."""
+        reactor = MemoryReactorClock()
+        factory = HTTPClientFactory(reactor)
+        d = factory.client().get("http://127.0.0.1:15002/health", retry=False)
+        protocol = reactor.tcpClients[0][2].buildProtocol(None)
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        self.assertTrue(transport.value().startswith(b"GET /health HTTP/1.1"))
+        return factory, reactor, d, (protocol, transport)
+
+    def answer(self, d: Deferred[Any], protocol: Any) -> None:
+        """Answer the request with a 2-byte body and read it."""
+        protocol.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nOK")
+        self.assertEqual(self.successResultOf(read_body(self.successResultOf(d), 10)), b"OK")
+
+    def test_finished_after_close_is_not_pooled(self) -> None:
+        """A request answered after close() has its connection closed, with no pool timer left."""
+        factory, reactor, d, (protocol, transport) = self.connect()
+        self.successResultOf(factory.close())
+        self.answer(d, protocol)
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual([c for c in reactor.getDelayedCalls() if c.active()], [])
+
+    def test_pooled_before_close(self) -> None:
+        """Before close() a finished request's connection is kept for reuse (the control case)."""
+        factory, reactor, d, (protocol, transport) = self.connect()
+        self.answer(d, protocol)
+        self.assertFalse(transport.disconnecting)
+        self.assertEqual(len([c for c in reactor.getDelayedCalls() if c.active()]), 1)
+        closed = factory.close()
+        protocol.connectionLost(Failure(ConnectionLost()))
+        self.successResultOf(closed)
+        self.assertEqual([c for c in reactor.getDelayedCalls() if c.active()], [])
 
 
 class NetworkFailureClassificationTests(SynchronousTestCase):

@@ -130,8 +130,6 @@ class ClusterTests(TestCase):
 
     def setUp(self) -> None:
         """Start the tracker, the origins and the tag server; agents start per test."""
-        # Runs last: lets server sides see the clients' pooled connections close.
-        self.addCleanup(lambda: deferLater(reactor, 0.3))
         self.origin_ports = [free_port() for _ in range(3)]
         self.origin_members = [f"127.0.0.1:{p}" for p in self.origin_ports]
         self.tracker_port = free_port()
@@ -146,7 +144,6 @@ class ClusterTests(TestCase):
                     "server": {"listen": f"tcp:{port}:interface=127.0.0.1"},
                     "peer": {"listen": f"tcp:{free_port()}:interface=127.0.0.1"},
                     "cluster": {"static": self.origin_members},
-                    "healthcheck": {"interval": 2.0, "timeout": 1.0},
                     "metainfo": {"piece_lengths": {0: PIECE}},
                     "backends": [{"namespace": ".*", "backend": {"fs": {"root": backend}}}],
                 },
@@ -161,10 +158,7 @@ class ClusterTests(TestCase):
             {
                 "data_dir": os.path.abspath(self.mktemp()),
                 "server": {"listen": f"tcp:{self.tracker_port}:interface=127.0.0.1"},
-                "origin": {
-                    "hosts": {"static": self.origin_members},
-                    "healthcheck": {"interval": 2.0},
-                },
+                "origin": {"hosts": {"static": self.origin_members}},
                 "announce_interval": 0.5,
             },
         )
