@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import re
 from typing import IO, Any, ClassVar, Final
-from urllib.parse import unquote
 
 from attrs import define, field
 from klein import Klein
@@ -314,12 +313,16 @@ class _BlobSender:
         return sent
 
 
+# Klein (werkzeug) has already percent-decoded path parameters once: decoding them again
+# would turn a namespace's literal "%2F" into "/".
+
+
 def _digest(value: str) -> Digest:
-    return Digest.parse(unquote(value))
+    return Digest.parse(value)
 
 
 def _namespace(value: str) -> str:
-    return check_namespace(unquote(value))
+    return check_namespace(value)
 
 
 @define

@@ -23,7 +23,6 @@ import json
 import random
 import time
 from typing import Any, ClassVar, Final
-from urllib.parse import unquote
 
 from attrs import define, field
 from klein import Klein
@@ -304,7 +303,7 @@ class TrackerAPI:
     async def metainfo(self, request: IRequest, namespace: str, digest: str) -> bytes:
         """The owner origin's metainfo answer, cached and collapsed."""
         d = Digest.parse(digest)
-        ns = check_namespace(unquote(namespace))
+        ns = check_namespace(namespace)  # Klein has already decoded the path once
         answer = await self._metainfo.get((ns, d), lambda: self._ask_origins(ns, d))
         self.metrics.metainfo_answers.labels(str(answer.status)).inc()
         if answer.status == 200:

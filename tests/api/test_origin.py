@@ -279,6 +279,7 @@ class UploadTests(OriginAPITestCase):
 
     def test_namespace_decoded_once(self) -> None:
         """``%252F`` stays a literal ``%2F`` in the namespace the write-back uses."""
+        self.origin.backend.down = True  # keeps the write-back task queued, to be looked at
         self.start(ns="a%252Fb")
         uid = self.start(ns="a%252Fb")
         code, _, _ = self.call(
@@ -290,9 +291,15 @@ class UploadTests(OriginAPITestCase):
         self.assertEqual(code, 204)
         code, _, _ = self.call("PUT", f"/namespace/a%252Fb/blobs/{DIGEST}/uploads/{uid}")
         self.assertEqual(code, 200)
-        self.assertEqual(
-            [t.payload["namespace"] for t in self.origin.queue.tasks()] or ["a%2Fb"], ["a%2Fb"]
-        )
+        self.assertEqual([t.payload["namespace"] for t in self.origin.queue.tasks()], ["a%2Fb"])
+
+    def test_digest_decoded_once(self) -> None:
+        """A digest with an escaped colon (``sha256%253A...``) is not decoded twice: 400."""
+        quoted = str(DIGEST).replace(":", "%253A")
+        code, _, body = self.call("POST", f"/namespace/{NS_Q}/blobs/{quoted}/uploads")
+        self.assertEqual((code, self.error_code(body)), (400, "DIGEST_INVALID"))
+        code, _, _ = self.call("POST", f"/namespace/{NS_Q}/blobs/{DIGEST}/uploads")
+        self.assertEqual(code, 200)
 
 
 class DownloadTests(OriginAPITestCase):

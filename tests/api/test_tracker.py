@@ -504,6 +504,11 @@ class MetaInfoTests(TrackerAPITestCase):
         self.assertIn("namespace", body.decode())
         self.assertEqual(self.origins.metainfo_calls, [])
 
+    def test_path_decoded_once(self) -> None:
+        """An escaped '%' (a%252Fb) reaches the origins as the namespace a%2Fb, never a/b."""
+        self.assertNoResult(self.get(f"/namespace/a%252Fb/blobs/{DIGEST}/metainfo"))
+        self.assertEqual(self.origins.metainfo_calls, [("a%2Fb", DIGEST)])
+
     def test_check_namespace(self) -> None:
         """check_namespace accepts repository names and rejects traversal and control bytes."""
         self.assertEqual(check_namespace("library/ubuntu"), "library/ubuntu")
