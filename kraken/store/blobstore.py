@@ -440,8 +440,10 @@ class BlobStore:
         persisted in the same atomic move (no window where cleanup could take
         it).
 
-        Raises DigestMismatch (the upload is discarded), BlobExists (already
-        cached; the upload is discarded) or UploadNotFound.
+        Raises DigestMismatch (the upload is discarded), BlobExists (the
+        upload is ``digest`` but it is already cached; the upload is discarded)
+        or UploadNotFound.  The content is always verified, even when the blob
+        is cached, so DigestMismatch wins over BlobExists.
         """
         paths = self.layout.upload(uid)
         with self._cond:
@@ -476,9 +478,8 @@ class BlobStore:
         *,
         hashed: MetaInfo | None = None,
     ) -> MetaInfo:
-        if self.has(digest):
-            self._discard_upload(paths)
-            raise BlobExists(digest)
+        # Verify before looking for the blob: a wrong upload claiming a cached
+        # digest is a DigestMismatch, not a success.
         try:
             fd = os.open(paths.data, os.O_RDONLY)
         except FileNotFoundError:

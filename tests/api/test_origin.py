@@ -132,6 +132,16 @@ class UploadTests(OriginAPITestCase):
         self.assertEqual(self.commit(uid)[0], 409)
         self.assertEqual(self.origin.store.list_uploads(), [])
 
+    def test_wrong_bytes_for_existing_blob_is_400(self) -> None:
+        """An upload claiming a cached blob's digest with other bytes: 400 DIGEST_INVALID."""
+        uid = self.start()
+        self.assertEqual(self.patch(uid, 0, len(BLOB), bytes(len(BLOB)))[0], 204)
+        self.upload()
+        code, body = self.commit(uid)
+        self.assertEqual((code, self.error_code(body)), (400, "DIGEST_INVALID"))
+        self.assertEqual(self.origin.store.list_uploads(), [])
+        self.assertEqual(self.call("GET", f"/namespace/{NS_Q}/blobs/{DIGEST}")[2], BLOB)
+
     def test_digest_mismatch_is_400_and_discarded(self) -> None:
         """Content that is not the digest: 400 DIGEST_INVALID, nothing stored."""
         uid = self.start()

@@ -289,6 +289,21 @@ class BlobUploadTests(ProxyTestCase):
         self.assertEqual(self.store.list_uploads(), [])
         self.assertEqual(self.call("GET", location)[0], 404)
 
+    def test_wrong_bytes_for_cached_digest(self) -> None:
+        """PUT claiming a blob the proxy has cached, with other bytes: 400, not 201."""
+        cached = layer(5)
+        digest = self.push_blob(cached)
+        self.assertTrue(self.store.has(digest))
+        location = self.start()
+        self.call("PATCH", location, data=layer(6))
+        code, _, body = self.call("PUT", f"{location}?digest={digest}")
+        self.assertEqual((code, self.error(body)), (400, "DIGEST_INVALID"))
+        self.assertEqual(self.store.list_uploads(), [])
+        # The cached blob is untouched, and the right bytes under that digest still succeed.
+        location = self.start()
+        self.call("PATCH", location, data=cached)
+        self.assertEqual(self.call("PUT", f"{location}?digest={digest}")[0], 201)
+
     def test_put_without_or_with_bad_digest(self) -> None:
         """PUT without ?digest= or with a malformed one is 400 DIGEST_INVALID."""
         location = self.start()

@@ -204,6 +204,22 @@ class CommitTests(StoreTestCase):
         self.assertEqual(self.store.list_uploads(), [])
         self.assertTrue(self.store.has(first.digest))
 
+    def test_commit_existing_digest_wrong_bytes_is_mismatch(self) -> None:
+        """Claiming a cached blob's digest for other bytes is DigestMismatch, not BlobExists."""
+        first = self.store.put_bytes(b"same")
+        uid = self.store.create_upload()
+        self.store.write_upload(uid, 0, b"different")
+        self.assertRaises(DigestMismatch, self.store.commit_upload, uid, first.digest)
+        self.assertRaises(UploadNotFound, self.store.upload_size, uid)
+        self.assertEqual(self.store.read_piece(first.digest, 0), b"same")
+        hashed = MetaInfo.of_bytes(b"different", 1000)
+        uid = self.store.create_upload()
+        self.store.write_upload(uid, 0, b"different")
+        self.assertRaises(
+            DigestMismatch, self.store.commit_upload, uid, first.digest, hashed=hashed
+        )
+        self.assertEqual(self.store.list_uploads(), [])
+
     def test_commit_persist(self) -> None:
         """commit_upload(persist=True) lands in the cache already persisted."""
         metainfo = self.store.put_bytes(b"keep me", persist=True)
