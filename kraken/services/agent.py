@@ -48,6 +48,7 @@ from kraken.config.sections import CleanupConfig, HostListConfig, SchedulerConfi
 from kraken.config.structure import ConfigError
 from kraken.core import Digest, PeerID
 from kraken.http.client import NO_RETRY, HTTPClientFactory, KrakenHTTPClient, read_body
+from kraken.http.plain import refuse_tls
 from kraken.protocols.archives import AgentArchive
 from kraken.protocols.buildindex_client import BuildIndexClient
 from kraken.protocols.downloader import AnnouncerAdapter, P2PBlobDownloader
@@ -368,7 +369,9 @@ def build_agent(
         cleaner = StoreCleaner(store, cache=policy, downloads=policy, uploads=None)
         services.append(CleanupService(config.cleanup.interval, cleaner, reactor, pool))
     services.append(_listener(reactor, server_listen or config.server.listen, _site(api)))
-    services.append(_listener(reactor, registry_listen or config.registry.listen, _site(registry)))
+    # docker and skopeo try HTTPS first: turn the handshake away at once (kraken.http.plain).
+    registry_site = refuse_tls(_site(registry))
+    services.append(_listener(reactor, registry_listen or config.registry.listen, registry_site))
     services.append(_OnStop(http.close))
     services.append(tls.expiry_monitor(reactor, metrics.registry))
 

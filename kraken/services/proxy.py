@@ -23,7 +23,6 @@ from twisted.application.internet import StreamServerEndpointService, TimerServi
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.endpoints import serverFromString
-from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python import usage
 from twisted.python.threadpool import ThreadPool
 from twisted.web.server import Site
@@ -47,6 +46,7 @@ from kraken.config import ProxyConfig, load_config
 from kraken.config.sections import ActiveHealthConfig, HostListConfig
 from kraken.config.structure import ConfigError
 from kraken.http.client import NO_RETRY, HTTPClientFactory
+from kraken.http.plain import refuse_tls
 from kraken.protocols.buildindex_client import BuildIndexClient
 from kraken.protocols.origin_client import OriginClient, OriginClusterClient
 from kraken.services.agent import (
@@ -64,7 +64,6 @@ __all__ = [
     "ProxyService",
     "build_proxy",
     "makeService",
-    "refuse_tls",
 ]
 
 #: Threads doing the proxy's blocking file I/O (upload chunks, hashing, reads for origins).
@@ -110,38 +109,6 @@ class _OnStop(Service):
         """Run the cleanup; the tree waits for it."""
         Service.stopService(self)  # type: ignore[no-untyped-call]
         return maybeDeferred(self.cleanup)
-
-
-class _RefuseTLSProtocol(ProtocolWrapper):
-    """Answers a TLS ClientHello on this plain-HTTP port with a 400 and closes at once."""
-
-    _first = True
-
-    def dataReceived(self, data: bytes) -> None:
-        """Check the first byte for a TLS handshake record (0x16), then pass everything on."""
-        if self._first and data:
-            self._first = False
-            if data[:1] == b"\x16" and self.transport is not None:
-                self.transport.write(_TLS_ANSWER)
-                self.transport.loseConnection()
-                return
-        super().dataReceived(data)  # type: ignore[no-untyped-call]
-
-
-_TLS_ANSWER: Final = b"HTTP/1.0 400 Bad Request\r\n\r\nthis port speaks plain HTTP\n"
-
-
-def refuse_tls(site: Site) -> WrappingFactory:
-    """``site`` behind a check that drops TLS handshakes at once.
-
-    docker and skopeo try HTTPS first even for an ``insecure`` registry and fall
-    back to HTTP on a handshake error; twisted.web would wait for the end of a
-    request line that never comes, so each client would sit out Go's 10 s TLS
-    handshake timeout on every run.
-    """
-    factory = WrappingFactory(site)  # type: ignore[no-untyped-call]
-    factory.protocol = _RefuseTLSProtocol
-    return factory
 
 
 def _host_list(hosts: HostListConfig, reactor: Any) -> IHostList:

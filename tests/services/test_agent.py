@@ -12,6 +12,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from kraken.config.loader import parse_config
 from kraken.config.sections import CleanupConfig
 from kraken.config.values import DiskLimit
+from kraken.http.plain import TLS_ANSWER
 from kraken.services.agent import (
     AgentService,
     CleanupService,
@@ -21,6 +22,7 @@ from kraken.services.agent import (
     engine_config,
     makeService,
 )
+from tests.http.test_plain import answer_to_tls_hello
 
 
 class OptionsTests(SynchronousTestCase):
@@ -54,6 +56,16 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual(
             listening, [(16000, "127.0.0.1"), (16001, "127.0.0.1"), (16002, "127.0.0.1")]
         )
+
+    def test_registry_port_refuses_tls(self) -> None:
+        """The registry port (16000) answers a TLS ClientHello with a plain 400 and closes."""
+        fake = MemoryReactorClock()
+        raw = {"data_dir": self.mktemp(), "cleanup": {"enabled": False}}
+        service = build_agent(parse_config("agent", raw), fake)
+        service.startService()
+        self.addCleanup(service.stopService)
+        [registry] = [factory for port, factory, _, _ in fake.tcpServers if port == 16000]
+        self.assertEqual(answer_to_tls_hello(registry), (TLS_ANSWER, True))
 
     def test_overrides(self) -> None:
         """--registry-listen and friends replace the configured endpoints."""

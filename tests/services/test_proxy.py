@@ -7,16 +7,15 @@ from __future__ import annotations
 import os
 
 from twisted.application.internet import StreamServerEndpointService, TimerService
-from twisted.internet.task import Clock
-from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.internet.testing import MemoryReactorClock
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
-from twisted.web.server import Site
-from twisted.web.static import Data
 
 from kraken.cluster import Membership
 from kraken.config.loader import parse_config
-from kraken.services.proxy import Options, ProxyService, build_proxy, makeService, refuse_tls
+from kraken.http.plain import TLS_ANSWER
+from kraken.services.proxy import Options, ProxyService, build_proxy, makeService
+from tests.http.test_plain import answer_to_tls_hello
 
 
 class OptionsTests(SynchronousTestCase):
@@ -67,30 +66,11 @@ class OptionsTests(SynchronousTestCase):
 
 
 class RefuseTLSTests(SynchronousTestCase):
-    """The plain-HTTP port drops TLS handshakes at once and serves HTTP as usual."""
+    """The proxy's registry port turns a TLS ClientHello away at once (kraken.http.plain)."""
 
-    def connect(self) -> tuple[object, StringTransport]:
-        """A protocol of the wrapped site on a string transport."""
-        resource = Data(b"hello", "text/plain")  # type: ignore[no-untyped-call]
-        resource.isLeaf = True
-        # The site's idle timeouts go on a Clock: on the global reactor they would outlive
-        # this synchronous test and make the next reactor-based test fail as unclean.
-        factory = refuse_tls(Site(resource, reactor=Clock()))  # type: ignore[no-untyped-call]
-        protocol = factory.buildProtocol(None)
-        transport = StringTransport()
-        protocol.makeConnection(transport)
-        return protocol, transport
-
-    def test_tls_hello_closed(self) -> None:
-        """A first byte 0x16 gets a 400 and the connection is closed."""
-        protocol, transport = self.connect()
-        protocol.dataReceived(b"\x16\x03\x01\x02\x00\x01")  # type: ignore[attr-defined]
-        self.assertTrue(transport.disconnecting)
-        self.assertTrue(transport.value().startswith(b"HTTP/1.0 400"))
-
-    def test_http_served(self) -> None:
-        """An ordinary request is answered by the site."""
-        protocol, transport = self.connect()
-        protocol.dataReceived(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")  # type: ignore[attr-defined]
-        self.assertIn(b"200 OK", transport.value())
-        self.assertIn(b"hello", transport.value())
+    def test_listener_refuses_tls(self) -> None:
+        """The listener answers a ClientHello with a plain 400 and closes."""
+        config = parse_config("proxy", {"data_dir": self.mktemp(), "cleanup": {"enabled": False}})
+        service = build_proxy(config, MemoryReactorClock())
+        [listener] = [s for s in service if isinstance(s, StreamServerEndpointService)]
+        self.assertEqual(answer_to_tls_hello(listener.factory), (TLS_ANSWER, True))
