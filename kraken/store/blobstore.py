@@ -566,12 +566,13 @@ class BlobStore:
 
     # ------------------------------------------------------------------ downloads
 
-    def create_download(self, metainfo: MetaInfo) -> Bitfield:
+    def create_download(self, metainfo: MetaInfo, *, namespace: str | None = None) -> Bitfield:
         """
         Start downloading the blob of ``metainfo``; return the pieces already present.
 
         Creates a sparse data file of the full length and the metainfo and
-        piece status sidecars.  If the download exists with the same metainfo
+        piece status sidecars, and a namespace sidecar when ``namespace`` is
+        given (see :meth:`get_namespace`).  If the download exists with the same metainfo
         (a restarted agent, or a second caller) it is kept and its current
         status returned.  Raises BlobExists if the blob is already cached and
         MetaInfoConflict if a download exists with different metainfo.
@@ -603,6 +604,8 @@ class BlobStore:
                     os.close(fd)
                 self._write_sidecar(staging.metainfo, metainfo.to_json())
                 self._write_sidecar(staging.last_access, repr(now).encode("ascii"))
+                if namespace is not None:
+                    self._write_sidecar(staging.namespace, namespace.encode("utf-8"))
                 os.makedirs(os.path.dirname(download.dir), exist_ok=True)
                 os.rename(staging.dir, download.dir)
             except BaseException:
@@ -815,6 +818,22 @@ class BlobStore:
     def get_metainfo(self, digest: Digest) -> MetaInfo:
         """The metainfo of a cached blob or of a download in progress (BlobNotFound if neither)."""
         return self._require_metainfo(digest)
+
+    def get_namespace(self, digest: Digest) -> str | None:
+        """
+        The namespace the cached blob or download of ``digest`` was started under.
+
+        None when none was recorded (a blob committed from an upload, or
+        created before namespaces were recorded) or when neither exists.
+        """
+        for paths in (self.layout.cache(digest), self.layout.download(digest)):
+            try:
+                return _read_file(paths.namespace).decode("utf-8")
+            except FileNotFoundError:
+                continue
+            except UnicodeDecodeError:
+                return None
+        return None
 
     def set_metainfo(self, digest: Digest, metainfo: MetaInfo) -> None:
         """

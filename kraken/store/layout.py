@@ -11,7 +11,9 @@ Where the store keeps things on disk (pure path arithmetic, no I/O).
 Each entry directory holds ``data`` and sidecar files next to it:
 ``metainfo`` (canonical metainfo JSON), ``piece_status`` (downloads: one byte
 per piece, 1 when present), ``last_access`` (decimal seconds from the store's
-clock), ``persist`` (exists when the blob must not be deleted).
+clock), ``persist`` (exists when the blob must not be deleted), ``namespace``
+(optional: the namespace a download was started under, UTF-8; it moves into
+the cache with the blob).
 
 Every path is built from a validated :class:`~kraken.core.Digest` (64
 lowercase hex) or a validated upload id (32 lowercase hex), so no name from
@@ -39,6 +41,7 @@ METAINFO: Final = "metainfo"
 PIECE_STATUS: Final = "piece_status"
 LAST_ACCESS: Final = "last_access"
 PERSIST: Final = "persist"
+NAMESPACE: Final = "namespace"
 
 _UID: Final = re.compile(r"[0-9a-f]{32}\Z")
 
@@ -80,6 +83,11 @@ class EntryPaths:
     def persist(self) -> str:
         """Persist flag sidecar (present = persisted)."""
         return os.path.join(self.dir, PERSIST)
+
+    @property
+    def namespace(self) -> str:
+        """Namespace sidecar (optional)."""
+        return os.path.join(self.dir, NAMESPACE)
 
 
 @frozen

@@ -149,6 +149,28 @@ class DownloadTests(StoreTestCase):
         self.assertEqual((info.mtime, info.last_access), (START + 60, START + 60))
         self.assertEqual(self.store.get_metainfo(self.digest), self.metainfo)
 
+    def test_namespace_recorded_and_moved_to_cache(self) -> None:
+        """create_download(namespace=) records it; it moves to the cache and survives a restart."""
+        self.assertIsNone(self.store.get_namespace(self.digest))
+        self.store.create_download(self.metainfo, namespace="library/ubuntu")
+        self.assertEqual(self.store.get_namespace(self.digest), "library/ubuntu")
+        # A resumed download keeps the first namespace.
+        self.store.create_download(self.metainfo, namespace="other")
+        for i, piece in enumerate(self.pieces):
+            self.store.write_piece(self.digest, i, piece)
+        self.store.complete_download(self.digest)
+        self.assertIn("namespace", os.listdir(self.entry("cache")))
+        self.assertEqual(self.restart().get_namespace(self.digest), "library/ubuntu")
+        self.store.delete(self.digest)
+        self.assertIsNone(self.store.get_namespace(self.digest))
+
+    def test_no_namespace_recorded(self) -> None:
+        """Without a namespace (or for an uploaded blob) get_namespace is None."""
+        self.store.create_download(self.metainfo)
+        self.assertIsNone(self.store.get_namespace(self.digest))
+        other = self.store.put_bytes(b"uploaded")
+        self.assertIsNone(self.store.get_namespace(other.digest))
+
     def test_complete_idempotent(self) -> None:
         """Completing again after completion returns the cached metainfo."""
         self.store.create_download(self.metainfo)
