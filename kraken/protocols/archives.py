@@ -90,9 +90,13 @@ class AgentArchive:
         self.store = store
 
     def create(self, namespace: str, metainfo: MetaInfo) -> IPieceStorage:
-        """Start or resume the download (or return the cached blob)."""
+        """Start or resume the download (or return the cached blob).
+
+        The store records ``namespace`` with a new download, so that the blob
+        can be announced under it again after a restart.
+        """
         with contextlib.suppress(BlobExists):
-            self.store.create_download(metainfo)
+            self.store.create_download(metainfo, namespace=namespace)
         return StorePieceStorage(self.store, metainfo, read_only=False)
 
     def open(self, namespace: str, digest: Digest) -> IPieceStorage | None:

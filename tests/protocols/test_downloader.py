@@ -1,0 +1,139 @@
+"""
+Tests for kraken.protocols.downloader: seeding the cache after a restart, forgetting removed blobs.
+
+A real BlobStore under a temporary directory, a real Scheduler and PeerNode on a Clock,
+blocking calls inline, and an announcer that records what the engine announces.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from kraken.core import Digest, MetaInfo, PeerID, PeerInfo
+from kraken.protocols.archives import AgentArchive
+from kraken.protocols.downloader import P2PBlobDownloader, list_cached_torrents
+from kraken.protocols.peer import PeerNode, synchronous_runner
+from kraken.store import BlobStore
+from kraken.torrent.actions import Announce
+from kraken.torrent.scheduler import Scheduler
+
+NAMESPACE = "library/ubuntu"
+
+
+class SeedCachedTests(SynchronousTestCase):
+    """A restarted agent announces what its cache holds, and stops once cleanup removes it."""
+
+    def setUp(self) -> None:
+        """A store with a downloaded blob (namespace recorded) and an uploaded one (none)."""
+        self.clock = Clock()
+        self.root = self.mktemp()
+        store = BlobStore(self.root, self.clock)
+        data = random.Random(1).randbytes(5000)
+        self.downloaded = MetaInfo.of_bytes(data, 1000)
+        store.create_download(self.downloaded, namespace=NAMESPACE)
+        for i in range(self.downloaded.num_pieces):
+            offset = self.downloaded.piece_offset(i)
+            store.write_piece(self.downloaded.digest, i, data[offset : offset + 1000])
+        store.complete_download(self.downloaded.digest)
+        self.uploaded = store.put_bytes(b"pushed through the proxy")
+        # The restart: a new store, engine and downloader over the same disk.
+        self.store = BlobStore(self.root, self.clock)
+        self.announced: list[Announce] = []
+        scheduler = Scheduler(
+            PeerID.from_address("10.0.0.2", 16001), self.clock.seconds, random.Random(2)
+        )
+        self.node = PeerNode(
+            self.clock,
+            scheduler,
+            AgentArchive(self.store),
+            synchronous_runner,
+            announcer=self.announce,
+        )
+        self.node.start()
+        self.addCleanup(self.node.stop)
+        self.downloader = P2PBlobDownloader(
+            self.store,
+            self.node,
+            None,  # type: ignore[arg-type]  # seeding never asks the tracker for metainfo
+            synchronous_runner,
+        )
+
+    def announce(self, action: Announce) -> Deferred[tuple[list[PeerInfo], float]]:
+        """The tracker: record the announce, hand out nobody."""
+        self.announced.append(action)
+        return succeed(([], 3.0))
+
+    def announces_during(self, seconds: float) -> set[tuple[Digest, str, bool]]:
+        """(digest, namespace, complete) of every announce in the next ``seconds``."""
+        self.announced.clear()
+        self.clock.pump([1.0] * int(seconds))
+        return {(a.digest, a.namespace, a.complete) for a in self.announced}
+
+    def test_list_cached_torrents(self) -> None:
+        """The listing opens both cached blobs, complete, with the recorded namespace or ''."""
+        found = list_cached_torrents(self.store, AgentArchive(self.store))
+        got = {(c.storage.metainfo, c.namespace, c.have.complete()) for c in found}
+        self.assertEqual(got, {(self.downloaded, NAMESPACE, True), (self.uploaded, "", True)})
+
+    def test_cached_blobs_announce_as_complete(self) -> None:
+        """After seed_cached every cached blob announces, complete, and again 30 s later."""
+        self.assertEqual(self.announces_during(40), set())
+        self.assertEqual(self.successResultOf(self.downloader.seed_cached()), 2)
+        expected = {
+            (self.downloaded.digest, NAMESPACE, True),
+            (self.uploaded.digest, "", True),
+        }
+        self.assertEqual(self.announces_during(10), expected)
+        for h in (self.downloaded.infohash, self.uploaded.infohash):
+            self.assertTrue(self.node.scheduler.torrents[h].complete)
+        self.assertEqual(self.announces_during(35), expected)
+        # Already tracked: a second call registers nothing new.
+        self.assertEqual(self.successResultOf(self.downloader.seed_cached()), 0)
+
+    def test_idle_seeders_keep_announcing(self) -> None:
+        """Past the seeder TTI the torrents leave the engine's table but still announce."""
+        self.successResultOf(self.downloader.seed_cached())
+        self.clock.pump([1.0] * 301)
+        self.assertFalse(self.node.scheduler.has_torrent(self.downloaded.infohash))
+        self.assertIn((self.downloaded.digest, NAMESPACE, True), self.announces_during(40))
+
+    def test_forget_removed_blobs(self) -> None:
+        """Blobs removed by cleanup are forgotten: no more announces for them, the rest go on."""
+        self.successResultOf(self.downloader.seed_cached())
+        self.store.delete(self.downloaded.digest)
+        self.downloader.forget({self.downloaded.digest})
+        self.assertFalse(self.node.scheduler.has_torrent(self.downloaded.infohash))
+        self.assertNotIn(self.downloaded.infohash, self.node.storages)
+        self.assertEqual(self.announces_during(70), {(self.uploaded.digest, "", True)})
+        # Also once idle (announcing from the dormant table), and for an unknown digest.
+        self.clock.pump([1.0] * 301)
+        self.downloader.forget({self.uploaded.digest, Digest.of_bytes(b"never cached")})
+        self.assertEqual(self.announces_during(70), set())
+
+    def test_restart_lists_off_the_reactor(self) -> None:
+        """seed_cached lists the store through the blocking runner, not on the caller's thread."""
+        calls: list[Any] = []
+
+        def runner(f: Any, *args: Any) -> Deferred[Any]:
+            calls.append(f)
+            return synchronous_runner(f, *args)
+
+        self.downloader.run_blocking = runner
+        self.successResultOf(self.downloader.seed_cached())
+        self.assertEqual(calls, [list_cached_torrents])
+
+
+class AgentArchiveNamespaceTests(SynchronousTestCase):
+    """The agent's archive records the namespace a download starts under."""
+
+    def test_create_records_namespace(self) -> None:
+        """AgentArchive.create stores the namespace with the new download."""
+        store = BlobStore(self.mktemp(), Clock())
+        metainfo = MetaInfo.of_bytes(b"some layer" * 300, 1000)
+        AgentArchive(store).create(NAMESPACE, metainfo)
+        self.assertEqual(store.get_namespace(metainfo.digest), NAMESPACE)
