@@ -5,9 +5,11 @@ The agent daemon: ``twistd -n kraken-agent [--config FILE.yaml]`` (DESIGN 8).
 HTTP client factory, tracker and build-index memberships with passive health,
 P2P engine, downloader, the two Klein apps), then parents the long-running
 ones to one :class:`AgentService`, in start order: the I/O thread pool, the
-memberships, the peer node and its listener, the cleanup timer, the agent
-API and registry listeners, and the HTTP pool's closer.  Stopping runs in
-reverse: listeners close first, the thread pool last.
+memberships, the peer node and its listener, the seeding of the cached blobs
+(so that they announce again after a restart), the cleanup timer (which makes
+the engine forget what it removes), the agent API and registry listeners, and
+the HTTP pool's closer.  Stopping runs in reverse: listeners close first, the
+thread pool last.
 
 With no configuration the single-host defaults apply: registry on
 127.0.0.1:16000, peer port 16001, agent API 16002, the tracker at
@@ -19,11 +21,12 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Callable
 from typing import Any, Final
 
 from twisted.application.internet import StreamServerEndpointService, TimerService
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
@@ -55,6 +58,7 @@ from kraken.protocols.downloader import AnnouncerAdapter, P2PBlobDownloader
 from kraken.protocols.peer import PeerNode, threadpool_runner
 from kraken.protocols.tracker_client import PollPolicy, TrackerClient, TrackerUnavailable
 from kraken.store import BlobStore, CleanupPolicy, StoreCleaner
+from kraken.store.layout import CACHE, DOWNLOAD
 from kraken.tls import ClusterTLS, check_tls_files
 from kraken.torrent.actions import EngineConfig
 from kraken.torrent.bandwidth import BandwidthLimiter
@@ -62,7 +66,9 @@ from kraken.torrent.scheduler import Scheduler
 
 __all__ = [
     "AgentService",
+    "CleanupService",
     "Options",
+    "SeedCachedService",
     "build_agent",
     "cleanup_policy",
     "engine_config",
@@ -162,16 +168,29 @@ class PeerNodeService(Service):
 
 
 class CleanupService(TimerService):
-    """Runs :meth:`StoreCleaner.run_cleanup` every ``interval`` seconds in the I/O pool."""
+    """Runs :meth:`StoreCleaner.run_cleanup` every ``interval`` seconds in the I/O pool.
+
+    ``on_removed`` is called on the reactor thread with the digests of the cached
+    blobs and downloads a pass removed (the agent's P2P engine forgets them).
+    """
 
     log = Logger()
 
-    def __init__(self, interval: float, cleaner: StoreCleaner, reactor: Any, pool: ThreadPool):
+    def __init__(
+        self,
+        interval: float,
+        cleaner: StoreCleaner,
+        reactor: Any,
+        pool: ThreadPool,
+        *,
+        on_removed: Callable[[set[Digest]], object] | None = None,
+    ):
         super().__init__(interval, self.run_once)  # type: ignore[no-untyped-call]
         self.cleaner = cleaner
         self.reactor = reactor
         self.pool = pool
         self.clock = reactor
+        self.on_removed = on_removed
 
     def run_once(self) -> Deferred[None]:
         """One cleanup pass off the reactor thread; errors are logged, never raised."""
@@ -183,9 +202,42 @@ class CleanupService(TimerService):
                     count=len(result.removed),
                     bytes=sum(r.size for r in result.removed),
                 )
+                if self.on_removed is not None:
+                    removed = result.removed_digests(CACHE) | result.removed_digests(DOWNLOAD)
+                    self.on_removed(removed)
 
         d: Deferred[Any] = deferToThreadPool(self.reactor, self.pool, self.cleaner.run_cleanup)
         return d.addCallbacks(report, lambda f: self.log.failure("store cleanup failed", f))
+
+
+class SeedCachedService(Service):
+    """At start, registers the cached blobs with the P2P engine so that they announce.
+
+    See :meth:`P2PBlobDownloader.seed_cached` (the store is listed in the I/O pool).
+    """
+
+    log = Logger()
+
+    def __init__(self, downloader: P2PBlobDownloader) -> None:
+        self.downloader = downloader
+        self.seeding: Deferred[int] | None = None
+
+    def startService(self) -> None:
+        """List the cache and register what it holds (in the background)."""
+        Service.startService(self)  # type: ignore[no-untyped-call]
+
+        def failed(reason: Any) -> None:
+            if not reason.check(CancelledError):
+                self.log.failure("seeding the cached blobs failed", reason)
+
+        self.seeding = self.downloader.seed_cached()
+        self.seeding.addErrback(failed)
+
+    def stopService(self) -> None:
+        """Drop a listing still running (the engine is stopping)."""
+        Service.stopService(self)  # type: ignore[no-untyped-call]
+        if self.seeding is not None:
+            self.seeding.cancel()
 
 
 def engine_config(config: SchedulerConfig) -> EngineConfig:
@@ -363,11 +415,16 @@ def build_agent(
     services: list[Service] = [ThreadPoolService(pool), tracker_members, bi_members]
     services.append(PeerNodeService(node))
     services.append(_listener(reactor, peer_listen or config.peer.listen, node.factory()))
+    services.append(SeedCachedService(downloader))
     fs_size = filesystem_size(data_dir)
     policy = cleanup_policy(config.cleanup, fs_size)
     if policy is not None:
         cleaner = StoreCleaner(store, cache=policy, downloads=policy, uploads=None)
-        services.append(CleanupService(config.cleanup.interval, cleaner, reactor, pool))
+        services.append(
+            CleanupService(
+                config.cleanup.interval, cleaner, reactor, pool, on_removed=downloader.forget
+            )
+        )
     services.append(_listener(reactor, server_listen or config.server.listen, _site(api)))
     # docker and skopeo try HTTPS first: turn the handshake away at once (kraken.http.plain).
     registry_site = refuse_tls(_site(registry))

@@ -3,26 +3,50 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python import usage
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from kraken.config.loader import parse_config
 from kraken.config.sections import CleanupConfig
 from kraken.config.values import DiskLimit
+from kraken.core import Digest
 from kraken.http.plain import TLS_ANSWER
 from kraken.services.agent import (
     AgentService,
     CleanupService,
     Options,
+    PeerNodeService,
+    SeedCachedService,
     build_agent,
     cleanup_policy,
     engine_config,
     makeService,
 )
+from kraken.store import BlobStore, CleanupPolicy, StoreCleaner
 from tests.http.test_plain import answer_to_tls_hello
+
+
+class _MemoryReactor(MemoryReactorClock):
+    """A memory reactor that keeps what worker threads hand back instead of running it.
+
+    A started agent lists its cache in the I/O pool; these tests look at its tree and
+    listeners, not at that background work.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.from_threads: list[Any] = []
+
+    def callFromThread(self, f: Any, *args: Any, **kw: Any) -> None:
+        """Keep the call (list.append is atomic)."""
+        self.from_threads.append((f, args, kw))
 
 
 class OptionsTests(SynchronousTestCase):
@@ -46,7 +70,7 @@ class OptionsTests(SynchronousTestCase):
 
     def test_listens_on_default_ports(self) -> None:
         """Started on a memory reactor: 16000, 16001 and 16002, all on 127.0.0.1."""
-        fake = MemoryReactorClock()
+        fake = _MemoryReactor()
         # Cleanup off: its first run would go to a real thread, which a memory reactor lacks.
         raw = {"data_dir": self.mktemp(), "cleanup": {"enabled": False}}
         service = build_agent(parse_config("agent", raw), fake)
@@ -59,7 +83,7 @@ class OptionsTests(SynchronousTestCase):
 
     def test_registry_port_refuses_tls(self) -> None:
         """The registry port (16000) answers a TLS ClientHello with a plain 400 and closes."""
-        fake = MemoryReactorClock()
+        fake = _MemoryReactor()
         raw = {"data_dir": self.mktemp(), "cleanup": {"enabled": False}}
         service = build_agent(parse_config("agent", raw), fake)
         service.startService()
@@ -69,7 +93,7 @@ class OptionsTests(SynchronousTestCase):
 
     def test_overrides(self) -> None:
         """--registry-listen and friends replace the configured endpoints."""
-        fake = MemoryReactorClock()
+        fake = _MemoryReactor()
         path = self.mktemp()
         with open(path, "w") as f:
             f.write(f"data_dir: {self.mktemp()}\ncleanup:\n  enabled: false\n")
@@ -97,6 +121,85 @@ class OptionsTests(SynchronousTestCase):
         with self.assertRaises(usage.UsageError) as e:
             Options().parseOptions(["--config", path])
         self.assertIn("nope", str(e.exception))
+
+
+class _InlinePool:
+    """A thread pool that runs work at once on the calling thread."""
+
+    def callInThreadWithCallback(self, on_result: Any, f: Any, *args: Any, **kw: Any) -> None:
+        """Run ``f`` and report its outcome."""
+        try:
+            result = f(*args, **kw)
+        except BaseException:
+            on_result(False, Failure())
+        else:
+            on_result(True, result)
+
+
+class _InlineReactor(Clock):
+    """A Clock whose callFromThread runs the call at once."""
+
+    def callFromThread(self, f: Any, *args: Any, **kw: Any) -> None:
+        """Run ``f`` now."""
+        f(*args, **kw)
+
+
+class CacheAndEngineTests(SynchronousTestCase):
+    """The engine learns of the cache at start and forgets what cleanup removes."""
+
+    def test_tree_seeds_after_the_engine_starts(self) -> None:
+        """The seeding service starts after the peer node and cleanup reports to the downloader."""
+        config = parse_config("agent", {"data_dir": self.mktemp()})
+        service = build_agent(config, MemoryReactorClock())
+        kinds = [type(s) for s in service]
+        self.assertEqual(kinds.index(SeedCachedService), kinds.index(PeerNodeService) + 2)
+        [seeder] = [s for s in service if isinstance(s, SeedCachedService)]
+        self.assertIs(seeder.downloader, service.downloader)
+        [cleanup] = [s for s in service if isinstance(s, CleanupService)]
+        self.assertEqual(cleanup.on_removed, service.downloader.forget)
+
+    def test_cleanup_reports_removed_digests(self) -> None:
+        """A cleanup pass hands the digests it removed from the cache to on_removed."""
+        reactor = _InlineReactor()
+        store = BlobStore(self.mktemp(), reactor)
+        old = store.put_bytes(b"old layer").digest
+        reactor.advance(120)
+        kept = store.put_bytes(b"new layer").digest
+        reactor.advance(30)
+        cleaner = StoreCleaner(store, cache=CleanupPolicy(tti=None, ttl=100))
+        removed: list[set[Digest]] = []
+        cleanup = CleanupService(
+            60,
+            cleaner,
+            reactor,
+            _InlinePool(),
+            on_removed=removed.append,  # type: ignore[arg-type]
+        )
+        self.successResultOf(cleanup.run_once())
+        self.assertEqual(removed, [{old}])
+        self.assertTrue(store.has(kept))
+        self.successResultOf(cleanup.run_once())
+        self.assertEqual(removed, [{old}])  # nothing removed: not called
+
+    def test_seeding_stops_with_the_tree(self) -> None:
+        """Stopping the service cancels a cache listing still running, without logging an error."""
+        cancelled: list[object] = []
+        pending: Deferred[int] = Deferred(cancelled.append)
+
+        class Downloader:
+            def seed_cached(self) -> Deferred[int]:
+                return pending
+
+        seeder = SeedCachedService(Downloader())  # type: ignore[arg-type]
+        seeder.startService()
+        seeder.stopService()
+        self.assertEqual(cancelled, [pending])
+        self.assertEqual(self.flushLoggedErrors(), [])
+        # Another failure is logged.
+        pending = Deferred()
+        seeder.startService()
+        pending.errback(OSError("disk gone"))
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
 
 
 class MappingTests(SynchronousTestCase):

@@ -9,7 +9,8 @@ A whole cluster in one reactor on real sockets: a tracker, 3 origins, agents, a 
 - a real ``containerd`` (own root, state, socket and config under a temporary directory)
   pulling and unpacking that image through the agent as a mirror for a registry that
   does not exist, configured with ``hosts.toml``;
-- an agent stopped mid-download and started again on the same disk resumes.
+- an agent stopped mid-download and started again on the same disk resumes;
+- an agent restarted on its disk announces the blobs in its cache as a seeder.
 """
 
 # Tiny config files and paths written by the test itself, in the test's own coroutines.
@@ -431,6 +432,37 @@ class ClusterTests(TestCase):
             self.assertEqual((response.code, body), (200, data))
             fetched = sum(self.pieces_served) - before
             self.assertLessEqual(fetched, pieces - had + 3, f"had {had}, fetched {fetched}")
+
+        return ensureDeferred(run())
+
+    def test_restart_announces_cached_blobs(self) -> None:
+        """An agent restarted on its disk announces the blobs it has as a seeder, unasked."""
+        data = random.Random(8).randbytes(3 * PIECE)
+
+        async def run() -> None:
+            await self.ready()
+            d = await self.push(data, "ns/cached")
+            data_dir = os.path.abspath(self.mktemp())
+            agent = self.start_agent(data_dir)
+            response, body = await self.get(
+                f"http://127.0.0.1:{agent.ports[1]}/namespace/ns%2Fcached/blobs/{d.hex}"  # type: ignore[attr-defined]
+            )
+            self.assertEqual((response.code, body), (200, data))
+            await agent.stopService()
+            self.agents.remove(agent)
+            again = self.start_agent(data_dir)
+            me = again.node.scheduler.peer_id
+            infohash = again.store.get_metainfo(d).infohash
+            self.assertEqual(again.store.get_namespace(d), "ns/cached")
+            for _ in range(500):
+                peers = await self.tracker.store.get_peers(infohash, 50)
+                if any(p.peer_id == me and p.complete for p in peers):
+                    break
+                await deferLater(reactor, 0.02)
+            else:
+                self.fail("the restarted agent never announced its cached blob")
+            torrent = again.node.scheduler.torrents[infohash]
+            self.assertEqual((torrent.complete, torrent.namespace), (True, "ns/cached"))
 
         return ensureDeferred(run())
 
