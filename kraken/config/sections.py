@@ -290,16 +290,23 @@ class SchedulerConfig:
     peers_per_announce: PositiveInt = setting(
         50, doc="Peers asked of the tracker; tried in its order until the slots are full."
     )
-    pipeline_limit: PositiveInt = setting(3, doc="Outstanding piece requests per agent peer.")
+    pipeline_limit: PositiveInt = setting(
+        2, doc="Outstanding piece requests per agent peer (tuned by `bench.swarm`)."
+    )
     origin_pipeline_limit: PositiveInt = setting(
-        5, doc="Outstanding piece requests per origin peer."
+        1, doc="Outstanding piece requests per origin peer (tuned by `bench.swarm`)."
     )
     endgame_threshold: PositiveInt | None = setting(
         None,
         doc="Endgame (same piece from several peers) starts when this many pieces remain; "
         "null: `pipeline_limit`.",
     )
-    request_min_timeout: Duration = setting(4.0, doc="Shortest piece request timeout.")
+    request_min_timeout: Duration = setting(
+        4.0,
+        doc="Shortest piece request timeout: how long a peer with requests outstanding may "
+        "deliver nothing (no payload header or bytes) before its requests go elsewhere; "
+        "time queued behind earlier requests does not count (docs/protocol.md).",
+    )
     request_timeout_per_mib: Duration = setting(
         4.0, doc="Request timeout per MiB of piece (the larger of the two applies)."
     )
@@ -322,6 +329,16 @@ class SchedulerConfig:
     max_announce_interval: Duration = setting(60.0, doc="Longest interval accepted from a tracker.")
     max_upload_queue: PositiveInt = setting(
         64, doc="Piece requests a peer may have queued with us before it counts as abuse."
+    )
+    upload_slots: PositiveInt | None = setting(
+        None,
+        doc="Pieces of one torrent sent at the same time over all its connections (the others "
+        "wait their turn, oldest first); null: every connection at once.",
+    )
+    origin_fallback_below: PositiveInt | None = setting(
+        None,
+        doc="Ask origins only while fewer piece requests than this are outstanding to agents; "
+        "null: whenever an origin has a piece no connected agent can give.",
     )
     bandwidth: BandwidthConfig = section(BandwidthConfig, doc="Peer traffic limits.")
 

@@ -258,6 +258,8 @@ def engine_config(config: SchedulerConfig) -> EngineConfig:
         complete_announce_interval=config.complete_announce_interval,
         max_announce_interval=config.max_announce_interval,
         max_upload_queue=config.max_upload_queue,
+        upload_slots=config.upload_slots,
+        origin_fallback_below=config.origin_fallback_below,
     )
 
 

@@ -24,8 +24,10 @@ class EngineConfig:
     """Tunables of the engine (DESIGN 5); times in seconds."""
 
     max_conns_per_torrent: int = 10
-    pipeline_limit: int = 3
-    origin_pipeline_limit: int = 5
+    #: DESIGN 5 says 3 and 5 "tune by benchmark": 2 and 1 are the swarm benchmark's
+    #: (docs/benchmarks.md, "Multi-host swarm").
+    pipeline_limit: int = 2
+    origin_pipeline_limit: int = 1
     #: Endgame starts when this many pieces or fewer are missing (None: pipeline_limit).
     endgame_threshold: int | None = None
     request_min_timeout: float = 4.0
@@ -40,6 +42,12 @@ class EngineConfig:
     max_announce_interval: float = 60.0
     #: Requests a peer may have queued with us before it counts as abuse.
     max_upload_queue: int = 64
+    #: Pieces of one torrent sent at the same time (over all its connections; the
+    #: others wait their turn, oldest first); None: every connection at once.
+    upload_slots: int | None = None
+    #: Ask origins only while fewer requests than this are outstanding to agents
+    #: (None: whenever an origin has a piece no connected agent can give).
+    origin_fallback_below: int | None = None
     #: Whether this node announces to a tracker (origins do not).
     announce: bool = True
     #: Whether this node is an origin (advertised in the handshake).
@@ -50,7 +58,10 @@ class EngineConfig:
         return self.pipeline_limit if self.endgame_threshold is None else self.endgame_threshold
 
     def request_timeout(self, piece_length: int) -> float:
-        """max(min timeout, per-MiB timeout x piece MiB)."""
+        """
+        max(min timeout, per-MiB timeout x piece MiB): how long a peer with requests
+        outstanding may make no progress (kraken.torrent.dispatch, docs/protocol.md).
+        """
         return max(
             self.request_min_timeout,
             self.request_timeout_per_mib * piece_length / (1024 * 1024),

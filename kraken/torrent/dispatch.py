@@ -136,6 +136,10 @@ class PieceDispatcher:
         self.agent_avail = [0] * metainfo.num_pieces
         self.peers: dict[ConnId, PeerState] = {}
         self.timeout = config.request_timeout(metainfo.piece_length)
+        #: connections a piece is being sent on (at most ``config.upload_slots``).
+        self._senders: set[ConnId] = set()
+        #: connections with queued requests waiting for an upload slot, oldest first.
+        self._upload_wait: deque[ConnId] = deque()
 
     # -- queries ---------------------------------------------------------------
 
@@ -169,9 +173,15 @@ class PieceDispatcher:
             return False
         return self.endgame() or not self.requested.get(index)
 
+    def _agent_requests(self) -> int:
+        return sum(len(p.pending) for p in self.peers.values() if not p.origin)
+
     def may_request(self, peer: PeerState, index: int, now: float) -> bool:
         """Whether ``index`` may be requested from ``peer`` now (ignoring its quota)."""
         if peer.origin:
+            below = self.config.origin_fallback_below
+            if below is not None and self._agent_requests() >= below:
+                return False
             return self._origin_eligible(peer, index, now)
         return self.eligible(peer, index, now)
 
@@ -215,6 +225,9 @@ class PieceDispatcher:
                 self.agent_avail[i] -= 1
         for i in peer.pending:
             self.requested[i].discard(conn)
+        if conn in self._senders:
+            self._senders.discard(conn)
+            return self._start_waiting() + self.fill_all()
         return self.fill_all()
 
     def _gain(self, peer: PeerState, index: int) -> None:
@@ -234,6 +247,9 @@ class PieceDispatcher:
         now = self._now()
         rand = self._rng.random
         if peer.origin:
+            below = self.config.origin_fallback_below
+            if below is not None and self._agent_requests() >= below:
+                return []
             candidates = [
                 (self.agent_avail[i], self.avail[i], rand(), i)
                 for i in self.missing
@@ -350,27 +366,48 @@ class PieceDispatcher:
     def _next_upload(self, peer: PeerState) -> list[Action]:
         if peer.sending is not None or not peer.uploads:
             return []
+        slots = self.config.upload_slots
+        if slots is not None and len(self._senders) >= slots:
+            if peer.conn not in self._upload_wait:
+                self._upload_wait.append(peer.conn)
+            return []
         peer.sending = peer.uploads.popleft()
+        self._senders.add(peer.conn)
         return [SendPiece(peer.conn, self.infohash, peer.sending)]
+
+    def _upload_done(self, peer: PeerState) -> list[Action]:
+        """``peer``'s piece went out: its slot goes to the longest-waiting peer, then to it."""
+        peer.sending = None
+        self._senders.discard(peer.conn)
+        return self._start_waiting(peer)
+
+    def _start_waiting(self, done: PeerState | None = None) -> list[Action]:
+        actions: list[Action] = []
+        if done is not None and done.uploads and done.conn not in self._upload_wait:
+            self._upload_wait.append(done.conn)
+        slots = self.config.upload_slots
+        while self._upload_wait and (slots is None or len(self._senders) < slots):
+            waiting = self.peers.get(self._upload_wait.popleft())
+            if waiting is not None:
+                actions.extend(self._next_upload(waiting))
+        return actions
 
     def piece_sent(self, conn: ConnId, index: int) -> list[Action]:
         """The driver finished streaming a piece to the peer."""
         peer = self.peers.get(conn)
         if peer is None or peer.sending != index:
             return []
-        peer.sending = None
         peer.last_progress = self._now()
         if peer.bitfield.set(index):
             self._gain(peer, index)
-        return self._next_upload(peer)
+        return self._upload_done(peer)
 
     def send_failed(self, conn: ConnId, index: int, reason: str) -> list[Action]:
         """Reading a piece to send failed: tell the peer, go on with the next."""
         peer = self.peers.get(conn)
         if peer is None or peer.sending != index:
             return []
-        peer.sending = None
-        return [Send(conn, Error(index, ErrorCode.READ_FAILED, reason)), *self._next_upload(peer)]
+        return [Send(conn, Error(index, ErrorCode.READ_FAILED, reason)), *self._upload_done(peer)]
 
     # -- payloads --------------------------------------------------------------
 

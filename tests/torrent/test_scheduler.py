@@ -315,6 +315,49 @@ class DispatchTests(SynchronousTestCase):
         self.assertTrue(set(requests(actions, other)) & stuck)
         self.assertFalse(set(requests(actions, busy)) & stuck)
 
+    def test_origin_fallback_below(self) -> None:
+        """
+        With origin_fallback_below=2 an origin is asked only while fewer than 2
+        requests are outstanding to agents.
+        """
+        h = Harness(pipeline_limit=2, origin_pipeline_limit=1, origin_fallback_below=2)
+        h.download()
+        agent, actions = h.connect(1, [0, 1])
+        self.assertEqual(sorted(requests(actions, agent)), [0, 1])
+        (dial,) = h.s.announce_result(H, [peer(2, origin=True)], 3.0)
+        origin = dial.conn
+        self.assertEqual(requests(h.s.dial_succeeded(origin, h.hs(2, ALL))), [])
+        actions = h.deliver(agent, 0)
+        (asked,) = requests(actions, origin)
+        self.assertIn(asked, range(2, PIECES))
+
+    def test_upload_slots(self) -> None:
+        """
+        With upload_slots=1 one piece is sent at a time over all connections: the
+        others wait their turn in order of arrival, and a slot held by a connection
+        that goes away passes on.
+        """
+        h = Harness(upload_slots=1)
+        h.download(have=ALL)
+        a, _ = h.s.accept(h.hs(1))
+        b, _ = h.s.accept(h.hs(2))
+        c, _ = h.s.accept(h.hs(3))
+        self.assertEqual(h.s.message(a, PieceRequest(0)), [SendPiece(a, H, 0)])
+        self.assertEqual(h.s.message(a, PieceRequest(1)), [])
+        self.assertEqual(h.s.message(b, PieceRequest(2)), [])
+        self.assertEqual(h.s.message(c, PieceRequest(3)), [])
+        self.assertEqual(h.s.piece_sent(a, 0), [SendPiece(b, H, 2)])
+        self.assertEqual(h.s.conn_lost(b), [SendPiece(c, H, 3)])
+        self.assertEqual(h.s.piece_sent(c, 3), [SendPiece(a, H, 1)])
+        self.assertEqual(h.s.piece_sent(a, 1), [])
+        # Without a limit every connection sends at once.
+        h = Harness()
+        h.download(have=ALL)
+        a, _ = h.s.accept(h.hs(1))
+        b, _ = h.s.accept(h.hs(2))
+        self.assertEqual(h.s.message(a, PieceRequest(0)), [SendPiece(a, H, 0)])
+        self.assertEqual(h.s.message(b, PieceRequest(1)), [SendPiece(b, H, 1)])
+
     def test_timeout_scales_with_piece_size(self) -> None:
         """max(4 s, 4 s per MiB)."""
         c = EngineConfig()
