@@ -65,13 +65,13 @@ class AgentDefaultsTests(SynchronousTestCase):
         )
 
     def test_scheduler(self) -> None:
-        """The P2P engine table of DESIGN 5."""
+        """The P2P engine table of DESIGN 5 (pipelines 2 and 1, tuned by bench.swarm)."""
         scheduler = self.config.scheduler
         self.assertEqual(scheduler.max_conns_per_torrent, 10)
         self.assertEqual(scheduler.peers_per_announce, 50)
-        self.assertEqual((scheduler.pipeline_limit, scheduler.origin_pipeline_limit), (3, 5))
+        self.assertEqual((scheduler.pipeline_limit, scheduler.origin_pipeline_limit), (2, 1))
         self.assertIsNone(scheduler.endgame_threshold)
-        self.assertEqual(scheduler.effective_endgame_threshold(), 3)
+        self.assertEqual(scheduler.effective_endgame_threshold(), 2)
         self.assertEqual(
             (scheduler.request_min_timeout, scheduler.request_timeout_per_mib), (4.0, 4.0)
         )
@@ -133,7 +133,7 @@ class OriginDefaultsTests(SynchronousTestCase):
         self.assertEqual(self.config.metainfo.table(), DEFAULT_PIECE_LENGTHS)
         self.assertEqual(
             dict(self.config.metainfo.piece_lengths),
-            {0: MiB, 64 * MiB: 4 * MiB, 2**30: 8 * MiB},
+            {0: MiB // 2, 256 * MiB: 2 * MiB, 2**30: 8 * MiB},
         )
         self.assertEqual((self.config.cleanup.tti, self.config.cleanup.ttl), (21600.0, 0.0))
 
