@@ -97,7 +97,7 @@ async def _main(reactor: Any, args: argparse.Namespace) -> int:
     cluster = _cluster(reactor, args.origin)
     try:
         if args.blob_command == "push":
-            from tqdm import tqdm  # type: ignore[import-untyped]
+            from tqdm import tqdm
 
             size = os.path.getsize(args.file)  # noqa: ASYNC240 - a CLI, before any I/O
             with tqdm(

@@ -479,6 +479,4 @@ class IngressLimitTests(OneConnection):
 
     def resume_timers(self) -> list[Any]:
         """Pending delayed calls that would resume reading this connection."""
-        return [
-            c for c in self.clock.getDelayedCalls() if c.func == self.proto._resume_reading
-        ]
+        return [c for c in self.clock.getDelayedCalls() if c.func == self.proto._resume_reading]

@@ -19,7 +19,9 @@ kraken_agent = ServiceMaker(
     "kraken-agent",
 )
 kraken_origin = ServiceMaker(
-    "Kraken origin", "kraken.services.origin", "Blob origin (uploads, seeding, write-back)",
+    "Kraken origin",
+    "kraken.services.origin",
+    "Blob origin (uploads, seeding, write-back)",
     "kraken-origin",
 )
 kraken_build_index = ServiceMaker(
