@@ -30,7 +30,10 @@ Push (``docker push``, ``skopeo copy``) and pull without P2P:
 - ``POST /proxy/v1/registry/prefetch`` (answer, then warm the origins in the
   background) and ``POST /proxy/v2/registry/prefetch`` (answer once warmed),
   body ``{"tag": "[host/]repo:tag"}`` (or ``repo@sha256:...``);
-- ``GET /health``.
+- ``GET /health``; ``GET /readiness``: 200 when every readiness check passes (the
+  daemon gives two: a healthy origin in the ring, a build-index answering its own
+  ``/readiness``), else 503 with the reasons; ``GET /metrics``: Prometheus text of
+  :class:`ProxyMetrics` (and the TLS expiry gauge when the daemon serves TLS).
 
 Errors are the v2 error JSON with the spec's codes.  Upload sessions live in
 memory (the store drops uploads on restart anyway) and expire after
@@ -42,13 +45,14 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-from collections.abc import Coroutine, Iterable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from typing import IO, Any, ClassVar, Final, Protocol, TypeVar
 from urllib.parse import urlencode
 
 from attrs import define, field
 from klein import Klein
-from twisted.internet.defer import Deferred, FirstError, gatherResults
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
+from twisted.internet.defer import Deferred, DeferredList, FirstError, gatherResults
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -114,6 +118,8 @@ __all__ = [
     "PROXY_ERRORS",
     "UPLOAD_TIMEOUT",
     "ProxyAPI",
+    "ProxyMetrics",
+    "ReadinessCheck",
     "TagIndex",
     "UploadSession",
     "paginate",
@@ -172,6 +178,55 @@ class TagIndex(Protocol):
 
     def list_tags(self, prefix: str) -> Deferred[list[str]]:
         """Every ``repo:tag`` starting with ``prefix``."""
+
+
+#: A named readiness check: fires when ready, fails with the reason otherwise.
+ReadinessCheck = tuple[str, Callable[[], Deferred[Any]]]
+
+
+@define
+class ProxyMetrics:
+    """The proxy's Prometheus metrics, in a registry of their own."""
+
+    registry: CollectorRegistry = field(factory=CollectorRegistry)
+    pushes: Counter = field(init=False)
+    blob_bytes: Counter = field(init=False)
+    manifest_puts: Counter = field(init=False)
+    errors: Counter = field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        r = self.registry
+        self.pushes = Counter(
+            "kraken_proxy_blob_pushes",
+            "Blobs pushed into the origin ring, by kind (upload, mount)",
+            ["kind"],
+            registry=r,
+        )
+        self.blob_bytes = Counter(
+            "kraken_proxy_blob_bytes_uploaded",
+            "Bytes of blob uploads committed to the origin ring",
+            registry=r,
+        )
+        self.manifest_puts = Counter(
+            "kraken_proxy_manifest_puts",
+            "Manifests stored, by reference kind (tag, digest)",
+            ["reference"],
+            registry=r,
+        )
+        self.errors = Counter(
+            "kraken_proxy_errors",
+            "Error answers by registry error code and HTTP status",
+            ["code", "status"],
+            registry=r,
+        )
+
+    def error(self, exc: BaseException) -> None:
+        """Count the answer ``exc`` will become (500 ``UNKNOWN`` when it is unexpected)."""
+        api_error = PROXY_ERRORS.to_api_error(exc)
+        if api_error is None:
+            self.errors.labels("UNKNOWN", "500").inc()
+        else:
+            self.errors.labels(api_error.registry_code.name, str(api_error.status)).inc()
 
 
 @define
@@ -321,6 +376,8 @@ class ProxyAPI:
     prefetch_min_size: int = 0
     prefetch_max_size: int = 50 * 1024**3
     upload_timeout: float = UPLOAD_TIMEOUT
+    readiness_checks: Sequence[ReadinessCheck] = ()
+    metrics: ProxyMetrics = field(factory=ProxyMetrics)
     _uploads: dict[str, UploadSession] = field(factory=dict, init=False)
     _fetches: dict[Digest, list[Deferred[None]]] = field(factory=dict, init=False)
 
@@ -340,6 +397,28 @@ class ProxyAPI:
         """Liveness: ``OK``."""
         return b"OK\n"
 
+    @app.route("/readiness", methods=["GET"])
+    async def readiness(self, request: IRequest) -> bytes:
+        """200 when every readiness check passes (origin ring, build-index), else 503 why."""
+        names = [name for name, _ in self.readiness_checks]
+        results = await DeferredList(
+            [check() for _, check in self.readiness_checks], consumeErrors=True
+        )
+        problems = [
+            f"{name}: {result.getErrorMessage()}"
+            for name, (ok, result) in zip(names, results, strict=True)
+            if not ok
+        ]
+        if problems:
+            raise APIError(503, "not ready: " + "; ".join(problems), code=UNAVAILABLE)
+        return b"OK\n"
+
+    @app.route("/metrics", methods=["GET"])
+    def prometheus(self, request: IRequest) -> bytes:
+        """Prometheus text exposition of :class:`ProxyMetrics`."""
+        _set(request, "Content-Type", CONTENT_TYPE_LATEST)
+        return generate_latest(self.metrics.registry)
+
     @app.route("/v2/", methods=_ALL_METHODS)
     @app.route("/v2", methods=_ALL_METHODS)
     def base(self, request: IRequest) -> bytes:
@@ -353,6 +432,13 @@ class ProxyAPI:
     @app.route("/v2/<path:rest>", methods=_ALL_METHODS)
     async def v2(self, request: IRequest, rest: str) -> bytes:
         """Every repository route and the catalog: dispatch on the path's kind and the method."""
+        try:
+            return await self._v2(request, rest)
+        except Exception as e:
+            self.metrics.error(e)
+            raise
+
+    async def _v2(self, request: IRequest, rest: str) -> bytes:
         request.setHeader(*API_VERSION_HEADER)  # type: ignore[no-untyped-call]
         method = request.method.decode("ascii", "replace")
         if rest.rstrip("/") == "_catalog":
@@ -537,6 +623,7 @@ class ProxyAPI:
         if mount is not None:
             digest = Digest.parse(mount)
             if await self._origin_size(name, digest) is not None:
+                self.metrics.pushes.labels("mount").inc()
                 return self._created(request, f"/v2/{name}/blobs/{digest}", digest)
         session = await self._new_session(name)
         digest_arg = _arg(request, "digest")
@@ -600,6 +687,8 @@ class ProxyAPI:
             await self._drop(session)
             raise
         await self._to_origin(session.name, digest)
+        self.metrics.pushes.labels("upload").inc()
+        self.metrics.blob_bytes.inc(session.size)
         return self._created(request, f"/v2/{session.name}/blobs/{digest}", digest)
 
     def expire_uploads(self) -> int:
@@ -699,6 +788,7 @@ class ProxyAPI:
                 raise RegistryError(
                     MANIFEST_BLOB_UNKNOWN, f"the build-index refused {name}:{ref}: {text}"
                 ) from None
+        self.metrics.manifest_puts.labels("digest" if isinstance(ref, Digest) else "tag").inc()
         return self._created(request, f"/v2/{name}/manifests/{digest}", digest)
 
     # -- listings -------------------------------------------------------------------------
@@ -761,6 +851,7 @@ class ProxyAPI:
             else:
                 warm.addErrback(lambda f: self.log.failure("prefetch of {tag} failed", f, tag=tag))
         except Exception as e:
+            self.metrics.error(e)
             error = PROXY_ERRORS.to_api_error(e)
             if error is None:
                 self.log.failure("prefetch of {tag}", Failure(), tag=tag)  # type: ignore[no-untyped-call]

@@ -21,7 +21,7 @@ from typing import Any, Final
 
 from twisted.application.internet import StreamServerEndpointService, TimerService
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 from twisted.python.threadpool import ThreadPool
@@ -126,6 +126,13 @@ def _health(check: ActiveHealthConfig, http: HTTPClientFactory, reactor: Any) ->
     return ActiveHealthFilter(probe, reactor, check.fails, check.passes, check.timeout)
 
 
+def _origin_readiness(origins: Membership) -> Deferred[None]:
+    """Ready when the origin ring's health checks found at least one origin answering."""
+    if not origins.healthy:
+        return fail(RuntimeError("no origin answers its health check"))
+    return succeed(None)
+
+
 def build_proxy(
     config: ProxyConfig, reactor: Any, listen: str | None = None, *, io_threads: int = IO_THREADS
 ) -> ProxyService:
@@ -165,6 +172,10 @@ def build_proxy(
         reactor,
         prefetch_min_size=config.prefetch.min_blob_size,
         prefetch_max_size=config.prefetch.max_blob_size,
+        readiness_checks=(
+            ("origin", lambda: _origin_readiness(origin_members)),
+            ("build-index", tags.readiness),
+        ),
     )
 
     services: list[Service] = [ThreadPoolService(pool), origin_members, bi_members]
@@ -180,7 +191,7 @@ def build_proxy(
     site.displayTracebacks = False
     endpoint = serverFromString(reactor, listen or config.server.listen)  # type: ignore[no-untyped-call]
     endpoint = tls.server_endpoint(endpoint, reactor)
-    services.append(tls.expiry_monitor(reactor))
+    services.append(tls.expiry_monitor(reactor, api.metrics.registry))
     services.append(StreamServerEndpointService(endpoint, refuse_tls(site)))  # type: ignore[no-untyped-call]
     services.append(_OnStop(http.close))
 

@@ -20,7 +20,13 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from kraken.api.distribution import DOCKER_MANIFEST_V2, OCI_IMAGE_INDEX, OCI_IMAGE_MANIFEST
-from kraken.api.proxy import ProxyAPI, paginate, parse_image_reference, tag_repository
+from kraken.api.proxy import (
+    ProxyAPI,
+    ProxyMetrics,
+    paginate,
+    parse_image_reference,
+    tag_repository,
+)
 from kraken.backends.threads import run_inline
 from kraken.core import Digest
 from kraken.http.client import HTTPClientFactory
@@ -595,6 +601,107 @@ class PrefetchTests(ProxyTestCase):
             code, _, body = self.call("POST", "/proxy/v1/registry/prefetch", data=data)
             self.assertEqual(code, status, body)
             self.assertEqual(json.loads(body)["prefetched"], False)
+
+
+def metric(metrics: ProxyMetrics, name: str, **labels: str) -> float:
+    """The current value of sample ``name`` with ``labels`` (0 when absent)."""
+    value = metrics.registry.get_sample_value(name, labels)
+    return 0.0 if value is None else value
+
+
+class ReadinessTests(ProxyTestCase):
+    """``GET /readiness`` runs the checks it was given."""
+
+    def test_ready_when_every_check_passes(self) -> None:
+        """Both checks fire: 200 OK, and each check was asked."""
+        asked: list[str] = []
+
+        def check(name: str) -> Any:
+            def run() -> Deferred[None]:
+                asked.append(name)
+                return succeed(None)
+
+            return run
+
+        self.api.readiness_checks = (("origin", check("origin")), ("build-index", check("bi")))
+        code, _, body = self.call("GET", "/readiness")
+        self.assertEqual((code, body), (200, b"OK\n"))
+        self.assertEqual(asked, ["origin", "bi"])
+
+    def test_not_ready_names_the_failing_checks(self) -> None:
+        """A failing check is 503 UNAVAILABLE naming that check and its reason only."""
+        self.api.readiness_checks = (
+            ("origin", lambda: succeed(None)),
+            ("build-index", lambda: fail(RuntimeError("connection refused"))),
+        )
+        code, _, body = self.call("GET", "/readiness")
+        self.assertEqual((code, self.error(body)), (503, "UNAVAILABLE"))
+        message = json.loads(body)["errors"][0]["message"]
+        self.assertIn("build-index: connection refused", message)
+        self.assertNotIn("origin", message)
+
+
+class MetricsTests(ProxyTestCase):
+    """``GET /metrics`` and what the routes count."""
+
+    def test_exposition(self) -> None:
+        """/metrics is Prometheus text naming the proxy's counters."""
+        code, headers, body = self.call("GET", "/metrics")
+        self.assertEqual(code, 200)
+        self.assertTrue((self.header(headers, "Content-Type") or "").startswith("text/plain"))
+        for name in (
+            "kraken_proxy_blob_pushes",
+            "kraken_proxy_blob_bytes_uploaded",
+            "kraken_proxy_manifest_puts",
+            "kraken_proxy_errors",
+        ):
+            self.assertIn(name.encode(), body)
+
+    def test_push_counts_blobs_bytes_and_manifests(self) -> None:
+        """An image push counts 3 uploaded blobs, their bytes and one tag manifest put."""
+        self.push_image("v1", seed=7)
+        layers = [layer(7), layer(107)]
+        config = json.dumps({"seed": 7, "rootfs": {"type": "layers"}}).encode()
+        m = self.api.metrics
+        self.assertEqual(metric(m, "kraken_proxy_blob_pushes_total", kind="upload"), 3)
+        self.assertEqual(
+            metric(m, "kraken_proxy_blob_bytes_uploaded_total"), sum(map(len, [*layers, config]))
+        )
+        self.assertEqual(metric(m, "kraken_proxy_manifest_puts_total", reference="tag"), 1)
+        self.assertEqual(metric(m, "kraken_proxy_manifest_puts_total", reference="digest"), 0)
+        _, _, body = self.call("GET", "/metrics")
+        self.assertIn(b'kraken_proxy_manifest_puts_total{reference="tag"} 1.0', body)
+
+    def test_mount_counts_as_a_push(self) -> None:
+        """A successful cross-repository mount counts under kind=mount, no bytes."""
+        d = self.push_blob(layer(8))
+        before = metric(self.api.metrics, "kraken_proxy_blob_bytes_uploaded_total")
+        code, _, _ = self.call("POST", f"/v2/other/repo/blobs/uploads/?mount={d}&from={REPO}")
+        self.assertEqual(code, 201)
+        m = self.api.metrics
+        self.assertEqual(metric(m, "kraken_proxy_blob_pushes_total", kind="mount"), 1)
+        self.assertEqual(metric(m, "kraken_proxy_blob_bytes_uploaded_total"), before)
+
+    def test_errors_by_code(self) -> None:
+        """Error answers are counted by registry code and status; successes are not."""
+        self.call("GET", "/v2/")
+        self.call("GET", f"/v2/{REPO}/manifests/nope")
+        self.call("GET", f"/v2/{REPO}/manifests/nope")
+        self.call("POST", "/v2/Bad/Name/blobs/uploads/")
+        m = self.api.metrics
+        self.assertEqual(
+            metric(m, "kraken_proxy_errors_total", code="MANIFEST_UNKNOWN", status="404"), 2
+        )
+        self.assertEqual(
+            metric(m, "kraken_proxy_errors_total", code="NAME_INVALID", status="400"), 1
+        )
+        total = sum(
+            s.value
+            for family in m.registry.collect()
+            for s in family.samples
+            if s.name == "kraken_proxy_errors_total"
+        )
+        self.assertEqual(total, 3)
 
 
 class HelperTests(SynchronousTestCase):
