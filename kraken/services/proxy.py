@@ -19,44 +19,37 @@ from __future__ import annotations
 import os
 from typing import Any, Final
 
-from twisted.application.internet import StreamServerEndpointService, TimerService
+from twisted.application.internet import TimerService
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
-from twisted.internet.endpoints import serverFromString
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.python import usage
 from twisted.python.threadpool import ThreadPool
 from twisted.web.server import Site
 
 from kraken.api.proxy import ProxyAPI
 from kraken.backends.threads import threadpool_runner
-from kraken.cluster import (
-    ActiveHealthFilter,
-    DNSHostList,
-    HTTPHealthProbe,
-    IHealthFilter,
-    IHostList,
-    Membership,
-    NoHealthFilter,
-    PassiveHealthFilter,
-    StaticHostList,
-    name_resolver_lookup,
-    parse_host_port,
-)
-from kraken.config import ProxyConfig, load_config
-from kraken.config.sections import ActiveHealthConfig, HostListConfig
-from kraken.config.structure import ConfigError
+from kraken.cluster import Membership, NoHealthFilter, PassiveHealthFilter
+from kraken.config import ProxyConfig
 from kraken.http.client import NO_RETRY, HTTPClientFactory
 from kraken.http.plain import refuse_tls
 from kraken.protocols.buildindex_client import BuildIndexClient
 from kraken.protocols.origin_client import OriginClient, OriginClusterClient
-from kraken.services.agent import (
+from kraken.services.parts import (
+    LISTEN_OPTION,
     CleanupService,
+    DaemonOptions,
+    OnStop,
     ThreadPoolService,
+    active_membership,
     cleanup_policy,
+    daemon_config,
     filesystem_size,
+    host_list_from_config,
+    running_reactor,
+    tls_listener,
 )
 from kraken.store import BlobStore, StoreCleaner
-from kraken.tls import ClusterTLS, check_tls_files
+from kraken.tls import ClusterTLS
 
 __all__ = [
     "UPLOAD_EXPIRY_INTERVAL",
@@ -72,21 +65,11 @@ IO_THREADS: Final = 16
 UPLOAD_EXPIRY_INTERVAL: Final = 60.0
 
 
-class Options(usage.Options):
+class Options(DaemonOptions):
     """Command line of ``twistd kraken-proxy``."""
 
-    optParameters = [
-        ["config", "c", None, "YAML configuration file (default: single-host defaults)."],
-        ["listen", None, None, "Override server.listen (a Twisted server endpoint string)."],
-    ]
-
-    def postOptions(self) -> None:
-        """Load and check the configuration now, so that a bad one stops twistd with a message."""
-        try:
-            self["proxy_config"] = load_config("proxy", self["config"])
-        except ConfigError as e:
-            raise usage.UsageError(str(e)) from None
-        check_tls_files(self["proxy_config"].tls)  # a bad file: one line naming it
+    daemon = "proxy"
+    optParameters = [LISTEN_OPTION]
 
 
 class ProxyService(MultiService):
@@ -97,33 +80,6 @@ class ProxyService(MultiService):
         self.api = api
         self.store = store
         self.origins = origins
-
-
-class _OnStop(Service):
-    """Runs a cleanup (closing the HTTP pool) when the tree stops."""
-
-    def __init__(self, cleanup: Any) -> None:
-        self.cleanup = cleanup
-
-    def stopService(self) -> Deferred[Any]:
-        """Run the cleanup; the tree waits for it."""
-        Service.stopService(self)  # type: ignore[no-untyped-call]
-        return maybeDeferred(self.cleanup)
-
-
-def _host_list(hosts: HostListConfig, reactor: Any) -> IHostList:
-    if hosts.static is not None:
-        return StaticHostList(hosts.static)
-    assert hosts.dns is not None, "checked by the config"
-    name, port = parse_host_port(hosts.dns)
-    return DNSHostList(name, port, name_resolver_lookup(reactor.nameResolver), reactor, hosts.ttl)
-
-
-def _health(check: ActiveHealthConfig, http: HTTPClientFactory, reactor: Any) -> IHealthFilter:
-    if not check.enabled:
-        return NoHealthFilter()
-    probe = HTTPHealthProbe(http.client(retry=NO_RETRY), check.timeout)
-    return ActiveHealthFilter(probe, reactor, check.fails, check.passes, check.timeout)
 
 
 def _origin_readiness(origins: Membership) -> Deferred[None]:
@@ -145,18 +101,15 @@ def build_proxy(
 
     tls = ClusterTLS.from_config(config.tls)  # blocking, at start-up only
     http = HTTPClientFactory(reactor, tls=tls.client_policy())
-    origin_members = Membership(
-        _host_list(config.origin.hosts, reactor),
-        _health(config.origin.healthcheck, http, reactor),
-        reactor,
-        interval=config.origin.healthcheck.interval,
+    origin_members = active_membership(
+        config.origin.hosts, config.origin.healthcheck, http.client(retry=NO_RETRY), reactor
     )
     origins = OriginClusterClient(
         OriginClient(http.client(), reactor, chunk_size=config.origin.upload_chunk_size),
         origin_members.usable,
     )
     bi_members = Membership(
-        _host_list(config.build_index.hosts, reactor),
+        host_list_from_config(config.build_index.hosts, reactor),
         NoHealthFilter(),
         reactor,
         interval=config.build_index.healthcheck.interval,
@@ -189,11 +142,9 @@ def build_proxy(
         services.append(CleanupService(config.cleanup.interval, cleaner, reactor, pool))
     site = Site(tls.guard(api.resource(), registry=True))  # type: ignore[no-untyped-call]
     site.displayTracebacks = False
-    endpoint = serverFromString(reactor, listen or config.server.listen)  # type: ignore[no-untyped-call]
-    endpoint = tls.server_endpoint(endpoint, reactor)
     services.append(tls.expiry_monitor(reactor, api.metrics.registry))
-    services.append(StreamServerEndpointService(endpoint, refuse_tls(site)))  # type: ignore[no-untyped-call]
-    services.append(_OnStop(http.close))
+    services.append(tls_listener(reactor, tls, listen or config.server.listen, refuse_tls(site)))
+    services.append(OnStop(http.close))
 
     tree = ProxyService(api, store, origin_members)
     for service in services:
@@ -203,9 +154,5 @@ def build_proxy(
 
 def makeService(options: usage.Options, reactor: Any = None) -> MultiService:
     """The twistd entry point: a proxy for the parsed ``options``."""
-    if reactor is None:
-        from twisted.internet import reactor as global_reactor
-
-        reactor = global_reactor
-    config = options.get("proxy_config") or load_config("proxy", options["config"])
-    return build_proxy(config, reactor, options["listen"])
+    config = daemon_config(options, "proxy")
+    return build_proxy(config, running_reactor(reactor), options["listen"])

@@ -12,53 +12,38 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.application.internet import StreamServerEndpointService, TimerService
+from twisted.application.internet import TimerService
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred, maybeDeferred
-from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 from twisted.web.server import Site
 
 from kraken.api.tracker import TrackerAPI
-from kraken.cluster import (
-    ActiveHealthFilter,
-    DNSHostList,
-    IHealthFilter,
-    IHostList,
-    Membership,
-    NoHealthFilter,
-    StaticHostList,
-    name_resolver_lookup,
-    parse_host_port,
-)
-from kraken.config import TrackerConfig, load_config
-from kraken.config.sections import ActiveClusterClientConfig
-from kraken.config.structure import ConfigError
-from kraken.http.client import NO_RETRY, HTTPClientFactory, KrakenHTTPClient, read_body
+from kraken.cluster import parse_host_port
+from kraken.config import TrackerConfig
+from kraken.http.client import NO_RETRY, HTTPClientFactory
 from kraken.peers.origins import HTTPOriginCluster
 from kraken.peers.redis import RedisPeerStore, RedisPool
 from kraken.peers.store import IPeerStore, MemoryPeerStore
-from kraken.tls import ClusterTLS, check_tls_files
+from kraken.services.parts import (
+    LISTEN_OPTION,
+    DaemonOptions,
+    OnStop,
+    active_membership,
+    daemon_config,
+    running_reactor,
+    tls_listener,
+)
+from kraken.tls import ClusterTLS
 
 #: Seconds the tracker gives one origin to answer before trying the next.
 ORIGIN_TIMEOUT = 10.0
 
 
-class Options(usage.Options):
+class Options(DaemonOptions):
     """Command line of ``twistd kraken-tracker``."""
 
-    optParameters = [
-        ["config", "c", None, "YAML configuration file (default: single-host defaults)."],
-        ["listen", None, None, "Override server.listen (a Twisted server endpoint string)."],
-    ]
-
-    def postOptions(self) -> None:
-        """Load and check the configuration now, so that a bad one stops twistd with a message."""
-        try:
-            self["tracker_config"] = load_config("tracker", self["config"])
-        except ConfigError as e:
-            raise usage.UsageError(str(e)) from None
-        check_tls_files(self["tracker_config"].tls)  # a bad file: one line naming it
+    daemon = "tracker"
+    optParameters = [LISTEN_OPTION]
 
 
 class TrackerService(MultiService):
@@ -92,45 +77,6 @@ class TrackerSite(Site):
         super().log(request)
 
 
-class _OnStop(Service):
-    """Runs a cleanup (closing a pool) when the tree stops."""
-
-    def __init__(self, cleanup: Any) -> None:
-        self.cleanup = cleanup
-
-    def stopService(self) -> Deferred[Any]:
-        """Run the cleanup; the tree waits for it."""
-        Service.stopService(self)  # type: ignore[no-untyped-call]
-        return maybeDeferred(self.cleanup)
-
-
-def _host_list(config: ActiveClusterClientConfig, reactor: Any) -> IHostList:
-    hosts = config.hosts
-    if hosts.static is not None:
-        return StaticHostList(hosts.static)
-    assert hosts.dns is not None, "checked by the config"
-    name, port = parse_host_port(hosts.dns)
-    return DNSHostList(name, port, name_resolver_lookup(reactor.nameResolver), reactor, hosts.ttl)
-
-
-def _health_filter(
-    config: ActiveClusterClientConfig, client: KrakenHTTPClient, reactor: Any
-) -> IHealthFilter:
-    check = config.healthcheck
-    if not check.enabled:
-        return NoHealthFilter()
-
-    async def _probe(host: str) -> object:
-        # The client raises for any status but 200; drain the body so the connection is reused.
-        response = await client.get(f"http://{host}/health", timeout=check.timeout, retry=False)
-        return await read_body(response, 4096)
-
-    def probe(host: str) -> Deferred[object]:
-        return Deferred.fromCoroutine(_probe(host))
-
-    return ActiveHealthFilter(probe, reactor, check.fails, check.passes, check.timeout)
-
-
 def _read_password(path: str | None) -> str | None:
     if path is None:
         return None
@@ -145,11 +91,8 @@ def build_tracker(config: TrackerConfig, reactor: Any, listen: str | None = None
         reactor, tls=tls.client_policy(), timeout=ORIGIN_TIMEOUT, retry=NO_RETRY
     )
     origin_client = http.client()
-    membership = Membership(
-        _host_list(config.origin, reactor),
-        _health_filter(config.origin, origin_client, reactor),
-        reactor,
-        interval=config.origin.healthcheck.interval,
+    membership = active_membership(
+        config.origin.hosts, config.origin.healthcheck, origin_client, reactor
     )
     origins = HTTPOriginCluster(origin_client, membership, reactor)
 
@@ -187,11 +130,8 @@ def build_tracker(config: TrackerConfig, reactor: Any, listen: str | None = None
         metainfo_max_entries=config.metainfo_cache.max_entries,
     )
     site = TrackerSite(tls.guard(api.resource()))
-    endpoint = serverFromString(reactor, listen or config.server.listen)  # type: ignore[no-untyped-call]
-    endpoint = tls.server_endpoint(endpoint, reactor)
-    listener = StreamServerEndpointService(endpoint, site)  # type: ignore[no-untyped-call]
-    services.append(listener)
-    services.append(_OnStop(http.close))
+    services.append(tls_listener(reactor, tls, listen or config.server.listen, site))
+    services.append(OnStop(http.close))
     services.append(tls.expiry_monitor(reactor, api.metrics.registry))
 
     tree = TrackerService(api, store)
@@ -202,9 +142,5 @@ def build_tracker(config: TrackerConfig, reactor: Any, listen: str | None = None
 
 def makeService(options: usage.Options, reactor: Any = None) -> MultiService:
     """The twistd entry point: a tracker for the parsed ``options``."""
-    if reactor is None:
-        from twisted.internet import reactor as global_reactor
-
-        reactor = global_reactor
-    config = options.get("tracker_config") or load_config("tracker", options["config"])
-    return build_tracker(config, reactor, options["listen"])
+    config = daemon_config(options, "tracker")
+    return build_tracker(config, running_reactor(reactor), options["listen"])
