@@ -21,7 +21,7 @@ from typing import Any
 import attrs
 from twisted.application.internet import StreamServerEndpointService, TimerService
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
@@ -32,24 +32,9 @@ from twisted.web.server import Site
 from kraken.api.origin import OriginAPI, OriginMetrics
 from kraken.backends.config import BackendContext, BackendsConfig
 from kraken.backends.router import BackendRouter
-from kraken.backends.threads import BlockingRunner, threadpool_runner
-from kraken.cluster import (
-    ActiveHealthFilter,
-    DNSHostList,
-    HTTPHealthProbe,
-    IHealthFilter,
-    IHostList,
-    Membership,
-    NoHealthFilter,
-    RendezvousRing,
-    StaticHostList,
-    name_resolver_lookup,
-    parse_host_port,
-)
-from kraken.config import OriginConfig, load_config
-from kraken.config.sections import HostListConfig
-from kraken.config.structure import ConfigError
-from kraken.config.values import parse_endpoint
+from kraken.backends.threads import BlockingRunner
+from kraken.cluster import Membership, RendezvousRing, parse_host_port
+from kraken.config import OriginConfig
 from kraken.core import PeerID, PeerInfo
 from kraken.http.client import NO_RETRY, HTTPClientFactory
 from kraken.origin.refresh import BackendFetcher
@@ -59,58 +44,33 @@ from kraken.persistedretry import Backoff, PrometheusQueueMetrics, RetryQueue, S
 from kraken.protocols.archives import OriginArchive
 from kraken.protocols.origin_client import OriginClient
 from kraken.protocols.peer import PeerNode, make_scheduler
-from kraken.store import BlobStore, CleanupPolicy, StoreCleaner
-from kraken.tls import ClusterTLS, check_tls_files
+from kraken.services.parts import (
+    LISTEN_OPTION,
+    DaemonOptions,
+    OnStop,
+    PeerNodeService,
+    active_membership,
+    advertised_address,
+    cleanup_policy,
+    daemon_config,
+    filesystem_size,
+    owned_thread_pool,
+    running_reactor,
+    tls_listener,
+)
+from kraken.store import BlobStore, StoreCleaner
+from kraken.tls import ClusterTLS
 from kraken.torrent.actions import EngineConfig
 
 #: Threads for blob I/O and hashing (uploads, downloads, backend transfers, pieces).
 THREADS = 16
 
 
-class Options(usage.Options):
+class Options(DaemonOptions):
     """Command line of ``twistd kraken-origin``."""
 
-    optParameters = [
-        ["config", "c", None, "YAML configuration file (default: single-host defaults)."],
-        ["listen", None, None, "Override server.listen (a Twisted server endpoint string)."],
-    ]
-
-    def postOptions(self) -> None:
-        """Load and check the configuration now, so that a bad one stops twistd with a message."""
-        try:
-            self["origin_config"] = load_config("origin", self["config"])
-        except ConfigError as e:
-            raise usage.UsageError(str(e)) from None
-        check_tls_files(self["origin_config"].tls)  # a bad file: one line naming it
-
-
-class _PeerNodeService(Service):
-    """Starts the P2P engine's timer and closes its connections on stop."""
-
-    def __init__(self, node: PeerNode) -> None:
-        self.node = node
-
-    def startService(self) -> None:
-        """Start the engine."""
-        Service.startService(self)  # type: ignore[no-untyped-call]
-        self.node.start()
-
-    def stopService(self) -> Deferred[Any]:
-        """Stop the engine; fires when its connections are closed."""
-        Service.stopService(self)  # type: ignore[no-untyped-call]
-        return self.node.stop()
-
-
-class _OnStop(Service):
-    """Runs a cleanup (closing pools and backends) when the tree stops."""
-
-    def __init__(self, cleanup: Any) -> None:
-        self.cleanup = cleanup
-
-    def stopService(self) -> Deferred[Any]:
-        """Run the cleanup; the tree waits for it."""
-        Service.stopService(self)  # type: ignore[no-untyped-call]
-        return maybeDeferred(self.cleanup)
+    daemon = "origin"
+    optParameters = [LISTEN_OPTION]
 
 
 class _ClosingSite(Site):
@@ -184,29 +144,6 @@ class OriginService(MultiService):
         return waited.addCallback(stop).addBoth(join)
 
 
-def _host_list(config: HostListConfig, reactor: Any) -> IHostList:
-    if config.static is not None:
-        return StaticHostList(config.static)
-    assert config.dns is not None, "checked by the config"
-    name, port = parse_host_port(config.dns)
-    return DNSHostList(name, port, name_resolver_lookup(reactor.nameResolver), reactor, config.ttl)
-
-
-def _cleanup_policy(config: OriginConfig, root: str) -> CleanupPolicy | None:
-    cleanup = config.cleanup
-    if not cleanup.enabled:
-        return None
-    high = low = None
-    if cleanup.high_watermark is not None:
-        st = os.statvfs(root)  # blocking, at start-up only
-        disk = st.f_blocks * st.f_frsize
-        high = cleanup.high_watermark.resolve(disk)
-        low = cleanup.low_watermark.resolve(disk) if cleanup.low_watermark is not None else None
-    return CleanupPolicy(
-        tti=cleanup.tti or None, ttl=cleanup.ttl or None, high_watermark=high, low_watermark=low
-    )
-
-
 def _engine_config(config: OriginConfig) -> EngineConfig:
     names = {f.name for f in attrs.fields(EngineConfig)}
     values = {
@@ -233,12 +170,7 @@ def build_origin(
     :data:`THREADS` threads is made (or ``pool`` used) and started with the tree.
     """
     services: list[Service] = []
-    if run is None:
-        if pool is None:
-            pool = ThreadPool(minthreads=0, maxthreads=THREADS, name="kraken-origin")
-        run = threadpool_runner(reactor, pool)
-    else:
-        pool = None
+    run, pool = owned_thread_pool(reactor, run, pool, THREADS, "kraken-origin")
 
     data_dir = str(config.data_dir)
     os.makedirs(data_dir, exist_ok=True)  # blocking, at start-up only
@@ -249,20 +181,11 @@ def build_origin(
 
     tls = ClusterTLS.from_config(config.tls)  # blocking, at start-up only
     http = HTTPClientFactory(reactor, tls=tls.client_policy())
-    health: IHealthFilter = NoHealthFilter()
-    check = config.healthcheck
-    if check.enabled:
-        probe = HTTPHealthProbe(http.client(retry=NO_RETRY), check.timeout)
-        health = ActiveHealthFilter(probe, reactor, check.fails, check.passes, check.timeout)
-    membership = Membership(
-        _host_list(config.cluster, reactor), health, reactor, interval=check.interval
+    membership = active_membership(
+        config.cluster, config.healthcheck, http.client(retry=NO_RETRY), reactor
     )
     ring = RendezvousRing(membership, config.hashring.max_replica)
-    self_address = config.server.advertised()
-    if listen is not None and config.server.advertise is None:
-        host_port = parse_endpoint(listen).host_port()
-        if host_port is not None:
-            self_address = f"{host_port[0]}:{host_port[1]}"
+    self_address = advertised_address(config.server, listen)
 
     metrics = OriginMetrics()
     executor = WritebackExecutor(store, backends, run)
@@ -320,24 +243,22 @@ def build_origin(
 
     services.append(queue)
     services.append(membership)
-    policy = _cleanup_policy(config, data_dir)
+    policy = cleanup_policy(config.cleanup, filesystem_size(data_dir))
     if policy is not None:
         cleaner = StoreCleaner(store, cache=policy)
         sweeper = TimerService(config.cleanup.interval, run, cleaner.run_cleanup)  # type: ignore[no-untyped-call]
         sweeper.clock = reactor
         services.append(sweeper)
-    services.append(_PeerNodeService(node))
+    services.append(PeerNodeService(node))
     peer_endpoint = serverFromString(reactor, config.peer.listen)  # type: ignore[no-untyped-call]
     services.append(StreamServerEndpointService(peer_endpoint, node.factory()))  # type: ignore[no-untyped-call]
     site = _ClosingSite(tls.guard(api.resource()))
     site.displayTracebacks = False
-    endpoint = serverFromString(reactor, listen or config.server.listen)  # type: ignore[no-untyped-call]
-    endpoint = tls.server_endpoint(endpoint, reactor)
     services.append(tls.expiry_monitor(reactor, metrics.registry))
-    services.append(StreamServerEndpointService(endpoint, site))  # type: ignore[no-untyped-call]
-    services.append(_OnStop(lambda: site.abort_connections(reactor)))
-    services.append(_OnStop(http.close))
-    services.append(_OnStop(backends.close))
+    services.append(tls_listener(reactor, tls, listen or config.server.listen, site))
+    services.append(OnStop(lambda: site.abort_connections(reactor)))
+    services.append(OnStop(http.close))
+    services.append(OnStop(backends.close))
 
     tree = OriginService(api, store, queue, membership, node, backends, pool)
     for service in services:
@@ -347,10 +268,6 @@ def build_origin(
 
 def makeService(options: usage.Options, reactor: Any = None) -> MultiService:
     """The twistd entry point: an origin for the parsed ``options``."""
-    if reactor is None:
-        from twisted.internet import reactor as global_reactor
-
-        reactor = global_reactor
-    config = options.get("origin_config") or load_config("origin", options["config"])
+    config = daemon_config(options, "origin")
     Logger().info("origin data in {data_dir}", data_dir=config.data_dir)
-    return build_origin(config, reactor, options["listen"])
+    return build_origin(config, running_reactor(reactor), options["listen"])
