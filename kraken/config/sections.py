@@ -336,9 +336,10 @@ class SchedulerConfig:
         "wait their turn, oldest first); null: every connection at once.",
     )
     origin_fallback_below: PositiveInt | None = setting(
-        None,
-        doc="Ask origins only while fewer piece requests than this are outstanding to agents; "
-        "null: whenever an origin has a piece no connected agent can give.",
+        12,
+        doc="Ask origins only while fewer piece requests than this are outstanding to agents "
+        "(tuned by `bench.swarm`); null: whenever an origin has a piece no connected agent "
+        "can give.",
     )
     bandwidth: BandwidthConfig = section(BandwidthConfig, doc="Peer traffic limits.")
 

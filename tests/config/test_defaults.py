@@ -72,6 +72,7 @@ class AgentDefaultsTests(SynchronousTestCase):
         self.assertEqual((scheduler.pipeline_limit, scheduler.origin_pipeline_limit), (2, 1))
         self.assertIsNone(scheduler.endgame_threshold)
         self.assertEqual(scheduler.effective_endgame_threshold(), 2)
+        self.assertEqual((scheduler.upload_slots, scheduler.origin_fallback_below), (None, 12))
         self.assertEqual(
             (scheduler.request_min_timeout, scheduler.request_timeout_per_mib), (4.0, 4.0)
         )
