@@ -22,10 +22,8 @@ import os
 import random
 from typing import Any
 
-from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred, maybeDeferred
-from twisted.internet.endpoints import serverFromString
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.threadpool import ThreadPool
@@ -34,32 +32,32 @@ from twisted.web.server import Site
 from kraken.api.build_index import BuildIndexAPI, BuildIndexMetrics
 from kraken.backends.config import BackendContext, BackendsConfig
 from kraken.backends.router import BackendRouter
-from kraken.backends.threads import BlockingRunner, threadpool_runner
+from kraken.backends.threads import BlockingRunner
 from kraken.buildindex.dependencies import DependencyResolver, TagTypeRules
 from kraken.buildindex.replication import REPLICATE_TAG_KIND, RemoteRules, TagReplicationExecutor
 from kraken.buildindex.tags import TagStore
 from kraken.cluster import (
-    ActiveHealthFilter,
-    DNSHostList,
-    HTTPHealthProbe,
-    IHealthFilter,
-    IHostList,
     Membership,
-    NoHealthFilter,
     PassiveHealthFilter,
-    StaticHostList,
-    name_resolver_lookup,
-    parse_host_port,
 )
-from kraken.config import BuildIndexConfig, load_config
-from kraken.config.sections import ActiveClusterClientConfig, HostListConfig
-from kraken.config.structure import ConfigError
-from kraken.config.values import parse_endpoint
+from kraken.config import BuildIndexConfig
+from kraken.config.sections import HostListConfig
 from kraken.http.client import NO_RETRY, HTTPClientFactory, KrakenHTTPClient, read_body
 from kraken.persistedretry import Backoff, PrometheusQueueMetrics, RetryQueue, SQLiteTaskStore
 from kraken.protocols.buildindex_client import BuildIndexClient
 from kraken.protocols.origin_client import OriginClient, OriginClusterClient
-from kraken.tls import ClusterTLS, check_tls_files
+from kraken.services.parts import (
+    LISTEN_OPTION,
+    DaemonOptions,
+    OnStop,
+    active_membership,
+    advertised_address,
+    daemon_config,
+    owned_thread_pool,
+    running_reactor,
+    tls_listener,
+)
+from kraken.tls import ClusterTLS
 
 __all__ = ["THREADS", "BuildIndexService", "Options", "build_build_index", "makeService"]
 
@@ -67,33 +65,11 @@ __all__ = ["THREADS", "BuildIndexService", "Options", "build_build_index", "make
 THREADS = 8
 
 
-class Options(usage.Options):
+class Options(DaemonOptions):
     """Command line of ``twistd kraken-build-index``."""
 
-    optParameters = [
-        ["config", "c", None, "YAML configuration file (default: single-host defaults)."],
-        ["listen", None, None, "Override server.listen (a Twisted server endpoint string)."],
-    ]
-
-    def postOptions(self) -> None:
-        """Load and check the configuration now, so that a bad one stops twistd with a message."""
-        try:
-            self["build_index_config"] = load_config("build-index", self["config"])
-        except ConfigError as e:
-            raise usage.UsageError(str(e)) from None
-        check_tls_files(self["build_index_config"].tls)  # a bad file: one line naming it
-
-
-class _OnStop(Service):
-    """Runs a cleanup (closing pools and backends) when the tree stops."""
-
-    def __init__(self, cleanup: Any) -> None:
-        self.cleanup = cleanup
-
-    def stopService(self) -> Deferred[Any]:
-        """Run the cleanup; the tree waits for it."""
-        Service.stopService(self)  # type: ignore[no-untyped-call]
-        return maybeDeferred(self.cleanup)
+    daemon = "build-index"
+    optParameters = [LISTEN_OPTION]
 
 
 class BuildIndexService(MultiService):
@@ -135,25 +111,6 @@ class BuildIndexService(MultiService):
         return stopped.addBoth(join)
 
 
-def _host_list(config: HostListConfig, reactor: Any) -> IHostList:
-    if config.static is not None:
-        return StaticHostList(config.static)
-    assert config.dns is not None, "checked by the config"
-    name, port = parse_host_port(config.dns)
-    return DNSHostList(name, port, name_resolver_lookup(reactor.nameResolver), reactor, config.ttl)
-
-
-def _membership(
-    config: ActiveClusterClientConfig, http: HTTPClientFactory, reactor: Any
-) -> Membership:
-    health: IHealthFilter = NoHealthFilter()
-    check = config.healthcheck
-    if check.enabled:
-        probe = HTTPHealthProbe(http.client(retry=NO_RETRY), check.timeout)
-        health = ActiveHealthFilter(probe, reactor, check.fails, check.passes, check.timeout)
-    return Membership(_host_list(config.hosts, reactor), health, reactor, interval=check.interval)
-
-
 def _origin_address(config: HostListConfig) -> str:
     """What ``GET /origin`` answers: the DNS ``name:port``, else the static members."""
     if config.dns is not None:
@@ -191,12 +148,7 @@ def build_build_index(
     ``run`` replaces the thread-pool runner (tests); otherwise a pool of
     :data:`THREADS` threads is made (or ``pool`` used) and started with the tree.
     """
-    if run is None:
-        if pool is None:
-            pool = ThreadPool(minthreads=0, maxthreads=THREADS, name="kraken-build-index")
-        run = threadpool_runner(reactor, pool)
-    else:
-        pool = None
+    run, pool = owned_thread_pool(reactor, run, pool, THREADS, "kraken-build-index")
 
     data_dir = str(config.data_dir)
     os.makedirs(data_dir, exist_ok=True)  # blocking, at start-up only
@@ -205,13 +157,13 @@ def build_build_index(
     )
     tls = ClusterTLS.from_config(config.tls)  # blocking, at start-up only
     http = HTTPClientFactory(reactor, tls=tls.client_policy())
-    origins = _membership(config.origin, http, reactor)
-    cluster = _membership(config.cluster, http, reactor)
-    self_address = config.server.advertised()
-    if listen is not None and config.server.advertise is None:
-        host_port = parse_endpoint(listen).host_port()
-        if host_port is not None:
-            self_address = f"{host_port[0]}:{host_port[1]}"
+    origins = active_membership(
+        config.origin.hosts, config.origin.healthcheck, http.client(retry=NO_RETRY), reactor
+    )
+    cluster = active_membership(
+        config.cluster.hosts, config.cluster.healthcheck, http.client(retry=NO_RETRY), reactor
+    )
+    self_address = advertised_address(config.server, listen)
 
     ring = OriginClusterClient(OriginClient(http.client(), reactor), origins.usable)
     resolver = DependencyResolver(
@@ -254,15 +206,13 @@ def build_build_index(
     tree = BuildIndexService(api, queue, cluster, origins, backends, pool=pool)
     site = Site(tls.guard(api.resource()))  # type: ignore[no-untyped-call]
     site.displayTracebacks = False
-    endpoint = serverFromString(reactor, listen or config.server.listen)  # type: ignore[no-untyped-call]
-    endpoint = tls.server_endpoint(endpoint, reactor)
     services: list[Service] = [
         queue,
         origins,
         cluster,
-        StreamServerEndpointService(endpoint, site),  # type: ignore[no-untyped-call]
-        _OnStop(http.close),
-        _OnStop(backends.close),
+        tls_listener(reactor, tls, listen or config.server.listen, site),
+        OnStop(http.close),
+        OnStop(backends.close),
         tls.expiry_monitor(reactor, metrics.registry),
     ]
     for service in services:
@@ -272,10 +222,6 @@ def build_build_index(
 
 def makeService(options: usage.Options, reactor: Any = None) -> MultiService:
     """The twistd entry point: a build-index for the parsed ``options``."""
-    if reactor is None:
-        from twisted.internet import reactor as global_reactor
-
-        reactor = global_reactor
-    config = options.get("build_index_config") or load_config("build-index", options["config"])
+    config = daemon_config(options, "build-index")
     Logger().info("build-index data in {data_dir}", data_dir=config.data_dir)
-    return build_build_index(config, reactor, options["listen"])
+    return build_build_index(config, running_reactor(reactor), options["listen"])
