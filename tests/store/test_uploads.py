@@ -9,7 +9,7 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kraken.core import Digest, DigestMismatch, MetaInfo, PieceLengthTable
+from kraken.core import DEFAULT_PIECE_LENGTHS, Digest, DigestMismatch, MetaInfo, PieceLengthTable
 from kraken.store import BlobExists, BlobStore, InvalidUploadID, UploadNotFound
 from tests.store.base import START, StoreTestCase, blob_bytes, files_under
 
@@ -144,9 +144,10 @@ class CommitTests(StoreTestCase):
         self.assertRaises(UploadNotFound, self.store.upload_size, uid)
 
     def test_commit_default_piece_lengths(self) -> None:
-        """Without a table, commit uses DEFAULT_PIECE_LENGTHS (1 MiB for small blobs)."""
+        """Without a table, commit uses DEFAULT_PIECE_LENGTHS (512 KiB for small blobs)."""
         metainfo = self.store.put_bytes(b"abc")
-        self.assertEqual(metainfo.piece_length, 1024 * 1024)
+        self.assertEqual(metainfo.piece_length, DEFAULT_PIECE_LENGTHS.for_size(3))
+        self.assertEqual(metainfo.piece_length, 512 * 1024)
 
     def test_commit_empty_blob(self) -> None:
         """An empty upload commits to an empty blob with one empty piece."""
