@@ -21,14 +21,12 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Callable
 from typing import Any, Final
 
-from twisted.application.internet import StreamServerEndpointService, TimerService
+from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.threadpool import ThreadPool
@@ -37,18 +35,13 @@ from twisted.web.server import Site
 from kraken.api.agent import AgentAPI, AgentMetrics
 from kraken.api.registry import RegistryAPI, parse_networks
 from kraken.cluster import (
-    DNSHostList,
-    IHostList,
     Membership,
     PassiveHealthFilter,
     RendezvousRing,
-    StaticHostList,
-    name_resolver_lookup,
     parse_host_port,
 )
-from kraken.config import AgentConfig, load_config
-from kraken.config.sections import CleanupConfig, HostListConfig, SchedulerConfig
-from kraken.config.structure import ConfigError
+from kraken.config import AgentConfig
+from kraken.config.sections import SchedulerConfig
 from kraken.core import Digest, PeerID
 from kraken.http.client import NO_RETRY, HTTPClientFactory, KrakenHTTPClient, read_body
 from kraken.http.plain import refuse_tls
@@ -57,9 +50,20 @@ from kraken.protocols.buildindex_client import BuildIndexClient
 from kraken.protocols.downloader import AnnouncerAdapter, P2PBlobDownloader
 from kraken.protocols.peer import PeerNode, threadpool_runner
 from kraken.protocols.tracker_client import PollPolicy, TrackerClient, TrackerUnavailable
-from kraken.store import BlobStore, CleanupPolicy, StoreCleaner
-from kraken.store.layout import CACHE, DOWNLOAD
-from kraken.tls import ClusterTLS, check_tls_files
+from kraken.services.parts import (
+    CleanupService,
+    DaemonOptions,
+    OnStop,
+    PeerNodeService,
+    ThreadPoolService,
+    cleanup_policy,
+    daemon_config,
+    filesystem_size,
+    host_list_from_config,
+    running_reactor,
+)
+from kraken.store import BlobStore, StoreCleaner
+from kraken.tls import ClusterTLS
 from kraken.torrent.actions import EngineConfig
 from kraken.torrent.bandwidth import BandwidthLimiter
 from kraken.torrent.scheduler import Scheduler
@@ -68,6 +72,7 @@ __all__ = [
     "AgentService",
     "CleanupService",
     "Options",
+    "PeerNodeService",
     "SeedCachedService",
     "build_agent",
     "cleanup_policy",
@@ -81,23 +86,16 @@ REQUEST_TIMEOUT: Final = 10.0
 IO_THREADS: Final = 16
 
 
-class Options(usage.Options):
+class Options(DaemonOptions):
     """Command line of ``twistd kraken-agent``."""
 
+    daemon = "agent"
+    serve_tls = False  # the agent's tls: section is client-side only
     optParameters = [
-        ["config", "c", None, "YAML configuration file (default: single-host defaults)."],
         ["registry-listen", None, None, "Override registry.listen (a server endpoint string)."],
         ["server-listen", None, None, "Override server.listen."],
         ["peer-listen", None, None, "Override peer.listen."],
     ]
-
-    def postOptions(self) -> None:
-        """Load and check the configuration now, so that a bad one stops twistd with a message."""
-        try:
-            self["agent_config"] = load_config("agent", self["config"])
-        except ConfigError as e:
-            raise usage.UsageError(str(e)) from None
-        check_tls_files(self["agent_config"].tls, serve=False)  # a bad file: one line naming it
 
 
 class AgentService(MultiService):
@@ -119,95 +117,6 @@ class AgentService(MultiService):
         self.node = node
         self.downloader = downloader
         self.cleaner = cleaner
-
-
-class _OnStop(Service):
-    """Runs a cleanup (closing a pool) when the tree stops."""
-
-    def __init__(self, cleanup: Any) -> None:
-        self.cleanup = cleanup
-
-    def stopService(self) -> Deferred[Any]:
-        """Run the cleanup; the tree waits for it."""
-        Service.stopService(self)  # type: ignore[no-untyped-call]
-        return maybeDeferred(self.cleanup)
-
-
-class ThreadPoolService(Service):
-    """Starts a thread pool with the tree and stops it (joining its threads) last."""
-
-    def __init__(self, pool: ThreadPool) -> None:
-        self.pool = pool
-
-    def startService(self) -> None:
-        """Start the threads."""
-        Service.startService(self)  # type: ignore[no-untyped-call]
-        self.pool.start()
-
-    def stopService(self) -> None:
-        """Stop the threads (waits for running work)."""
-        Service.stopService(self)  # type: ignore[no-untyped-call]
-        self.pool.stop()
-
-
-class PeerNodeService(Service):
-    """Runs the P2P engine's timer while the tree runs; stopping closes every connection."""
-
-    def __init__(self, node: PeerNode) -> None:
-        self.node = node
-
-    def startService(self) -> None:
-        """Start the engine's ticks."""
-        Service.startService(self)  # type: ignore[no-untyped-call]
-        self.node.start()
-
-    def stopService(self) -> Deferred[Any]:
-        """Fail waiting downloads and close connections; fires when they are gone."""
-        Service.stopService(self)  # type: ignore[no-untyped-call]
-        return self.node.stop()
-
-
-class CleanupService(TimerService):
-    """Runs :meth:`StoreCleaner.run_cleanup` every ``interval`` seconds in the I/O pool.
-
-    ``on_removed`` is called on the reactor thread with the digests of the cached
-    blobs and downloads a pass removed (the agent's P2P engine forgets them).
-    """
-
-    log = Logger()
-
-    def __init__(
-        self,
-        interval: float,
-        cleaner: StoreCleaner,
-        reactor: Any,
-        pool: ThreadPool,
-        *,
-        on_removed: Callable[[set[Digest]], object] | None = None,
-    ):
-        super().__init__(interval, self.run_once)  # type: ignore[no-untyped-call]
-        self.cleaner = cleaner
-        self.reactor = reactor
-        self.pool = pool
-        self.clock = reactor
-        self.on_removed = on_removed
-
-    def run_once(self) -> Deferred[None]:
-        """One cleanup pass off the reactor thread; errors are logged, never raised."""
-
-        def report(result: Any) -> None:
-            if result.removed:
-                self.log.info(
-                    "cleanup removed {count} blobs ({bytes} bytes)",
-                    count=len(result.removed),
-                    bytes=sum(r.size for r in result.removed),
-                )
-                if self.on_removed is not None:
-                    removed = result.removed_digests(CACHE) | result.removed_digests(DOWNLOAD)
-                    self.on_removed(removed)
-
-        d: Deferred[Any] = deferToThreadPool(self.reactor, self.pool, self.cleaner.run_cleanup)
-        return d.addCallbacks(report, lambda f: self.log.failure("store cleanup failed", f))
 
 
 class SeedCachedService(Service):
@@ -263,34 +172,6 @@ def engine_config(config: SchedulerConfig) -> EngineConfig:
     )
 
 
-def filesystem_size(path: str) -> int:
-    """Bytes of the filesystem holding ``path`` (``statvfs``; blocking, start-up only)."""
-    st = os.statvfs(path)
-    return st.f_blocks * st.f_frsize
-
-
-def cleanup_policy(config: CleanupConfig, fs_size: int) -> CleanupPolicy | None:
-    """The store policy for ``config`` (None when cleanup is off); 0 durations mean never.
-
-    Percent watermarks are taken of ``fs_size`` bytes.
-    """
-    if not config.enabled:
-        return None
-    high = None if config.high_watermark is None else config.high_watermark.resolve(fs_size)
-    low = None if config.low_watermark is None else config.low_watermark.resolve(fs_size)
-    return CleanupPolicy(
-        tti=config.tti or None, ttl=config.ttl or None, high_watermark=high, low_watermark=low
-    )
-
-
-def _host_list(hosts: HostListConfig, reactor: Any) -> IHostList:
-    if hosts.static is not None:
-        return StaticHostList(hosts.static)
-    assert hosts.dns is not None, "checked by the config"
-    name, port = parse_host_port(hosts.dns)
-    return DNSHostList(name, port, name_resolver_lookup(reactor.nameResolver), reactor, hosts.ttl)
-
-
 def _tracker_readiness(
     client: KrakenHTTPClient, tracker: TrackerClient, digest: Digest
 ) -> Deferred[None]:
@@ -337,7 +218,7 @@ def build_agent(
         config.tracker.passive_health.fail_timeout,
     )
     tracker_members = Membership(
-        _host_list(config.tracker.hosts, reactor),
+        host_list_from_config(config.tracker.hosts, reactor),
         tracker_health,
         reactor,
         interval=config.tracker.hashring.refresh_interval,
@@ -359,7 +240,9 @@ def build_agent(
         config.build_index.passive_health.fails,
         config.build_index.passive_health.fail_timeout,
     )
-    bi_members = Membership(_host_list(config.build_index.hosts, reactor), bi_health, reactor)
+    bi_members = Membership(
+        host_list_from_config(config.build_index.hosts, reactor), bi_health, reactor
+    )
     build_index = BuildIndexClient(client, lambda: bi_members.members, bi_health)
 
     if advertise is None:
@@ -431,7 +314,7 @@ def build_agent(
     # docker and skopeo try HTTPS first: turn the handshake away at once (kraken.http.plain).
     registry_site = refuse_tls(_site(registry))
     services.append(_listener(reactor, registry_listen or config.registry.listen, registry_site))
-    services.append(_OnStop(http.close))
+    services.append(OnStop(http.close))
     services.append(tls.expiry_monitor(reactor, metrics.registry))
 
     tree = AgentService(api, registry, store, node, downloader, cleaner)
@@ -453,14 +336,9 @@ def _listener(reactor: Any, description: str, factory: Any) -> StreamServerEndpo
 
 def makeService(options: usage.Options, reactor: Any = None) -> MultiService:
     """The twistd entry point: an agent for the parsed ``options``."""
-    if reactor is None:
-        from twisted.internet import reactor as global_reactor
-
-        reactor = global_reactor
-    config = options.get("agent_config") or load_config("agent", options["config"])
     return build_agent(
-        config,
-        reactor,
+        daemon_config(options, "agent"),
+        running_reactor(reactor),
         registry_listen=options["registry-listen"],
         server_listen=options["server-listen"],
         peer_listen=options["peer-listen"],
