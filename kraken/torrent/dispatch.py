@@ -26,11 +26,16 @@ that peer and given to other peers.
 
 Selection is rarest first (fewest connected peers have it) with a random
 tie-break.  Origins are asked only for pieces that no connected agent can
-give (fewest agents first) and never for endgame duplicates: the origins'
+give, never for endgame duplicates, and (``origin_fallback_below``) only
+while fewer than that many requests are outstanding to agents: the origins'
 upload is the swarm's scarcest resource and should bring in pieces the
 neighbourhood lacks, not copies that agents can trade.  Endgame (few
 pieces missing) requests a piece from several peers and cancels the others
 when one copy has been written.
+
+Serving: one piece at a time per connection, in request order; with
+``upload_slots`` at most that many pieces of the torrent at once over all
+connections, the others waiting their turn oldest first.
 """
 
 from __future__ import annotations
