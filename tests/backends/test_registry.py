@@ -12,12 +12,9 @@ from __future__ import annotations
 
 import base64
 import datetime
-import gzip
 import hashlib
-import io
 import json
 import os
-import tarfile
 import time
 import uuid
 import warnings
@@ -57,6 +54,7 @@ from tests.backends.base import BackendTests, RunAsynchronously, backend_test, b
 from tests.backends.servers import DockerRegistry, docker_registry, free_port
 from tests.backends.test_s3 import PauseEveryWriteConsumer
 from tests.external import require_program
+from tests.oci import OCILayout
 
 reactor: Any = _reactor
 
@@ -70,65 +68,18 @@ def _digest(data: bytes) -> str:
 
 
 class OCIImage:
-    """A one-layer OCI image written as an OCI layout directory."""
+    """A one-layer OCI image of random content, written as an OCI layout directory."""
 
     def __init__(self, directory: str, layer_size: int = 3 << 20) -> None:
-        payload = os.urandom(layer_size)
-        tar_buffer = io.BytesIO()
-        with tarfile.open(fileobj=tar_buffer, mode="w") as tar:
-            info = tarfile.TarInfo("payload.bin")
-            info.size = len(payload)
-            info.mtime = 0
-            tar.addfile(info, io.BytesIO(payload))
-        layer_tar = tar_buffer.getvalue()
-        self.layer = gzip.compress(layer_tar, mtime=0)
-        self.config = json.dumps(
-            {
-                "architecture": "amd64",
-                "os": "linux",
-                "config": {},
-                "rootfs": {"type": "layers", "diff_ids": [_digest(layer_tar)]},
-            }
-        ).encode()
-        self.manifest = json.dumps(
-            {
-                "schemaVersion": 2,
-                "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                "config": {
-                    "mediaType": "application/vnd.oci.image.config.v1+json",
-                    "digest": _digest(self.config),
-                    "size": len(self.config),
-                },
-                "layers": [
-                    {
-                        "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-                        "digest": _digest(self.layer),
-                        "size": len(self.layer),
-                    }
-                ],
-            }
-        ).encode()
-        index = {
-            "schemaVersion": 2,
-            "manifests": [
-                {
-                    "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                    "digest": _digest(self.manifest),
-                    "size": len(self.manifest),
-                    "annotations": {"org.opencontainers.image.ref.name": TAG},
-                }
-            ],
-        }
+        layout = OCILayout(directory)
+        seed = int.from_bytes(os.urandom(8))
+        descriptor = layout.image(seed, layer_sizes=(layer_size,))
+        layout.tag(descriptor, TAG)
         self.directory = directory
-        blobs = os.path.join(directory, "blobs", "sha256")
-        os.makedirs(blobs)
-        for blob in [self.layer, self.config, self.manifest]:
-            with open(os.path.join(blobs, hashlib.sha256(blob).hexdigest()), "wb") as f:
-                f.write(blob)
-        with open(os.path.join(directory, "oci-layout"), "w") as f:
-            json.dump({"imageLayoutVersion": "1.0.0"}, f)
-        with open(os.path.join(directory, "index.json"), "w") as f:
-            json.dump(index, f)
+        self.manifest = layout.read(descriptor)
+        manifest = json.loads(self.manifest)
+        self.config = layout.read(manifest["config"])
+        self.layer = layout.read(manifest["layers"][0])
 
     @property
     def manifest_digest(self) -> str:

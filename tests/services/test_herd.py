@@ -13,14 +13,10 @@ The herd (``twistd kraken-herd``): its port plan and wiring, and a real push and
 
 from __future__ import annotations
 
-import gzip
 import hashlib
-import io
-import json
 import os
 import random
 import socket
-import tarfile
 from collections.abc import Callable
 from typing import Any
 
@@ -34,6 +30,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from kraken.config.structure import ConfigError
 from kraken.services.herd import HerdService, Options, build_herd, herd_plan
 from tests.external import require_program
+from tests.oci import tagged_image
 
 
 class PlanTests(SynchronousTestCase):
@@ -163,50 +160,6 @@ def _free_block(size: int) -> int:
     raise RuntimeError("no free port block")
 
 
-def _oci_image(root: str, tag: str) -> list[bytes]:
-    """Write a 2-layer OCI image layout tagged ``tag`` under ``root``; its layer blobs."""
-    blobs = os.path.join(root, "blobs", "sha256")
-    os.makedirs(blobs)
-
-    def put(data: bytes, media_type: str) -> dict[str, Any]:
-        hexd = hashlib.sha256(data).hexdigest()
-        with open(os.path.join(blobs, hexd), "wb") as f:
-            f.write(data)
-        return {"mediaType": media_type, "digest": f"sha256:{hexd}", "size": len(data)}
-
-    rng = random.Random(5)
-    layers, diff_ids, descriptors = [], [], []
-    for n in range(2):
-        raw = io.BytesIO()
-        with tarfile.open(fileobj=raw, mode="w") as tar:
-            data = rng.randbytes(30_000)
-            info = tarfile.TarInfo(f"herd/{n}.bin")
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-        diff_ids.append("sha256:" + hashlib.sha256(raw.getvalue()).hexdigest())
-        layer = gzip.compress(raw.getvalue(), mtime=0)
-        layers.append(layer)
-        descriptors.append(put(layer, "application/vnd.oci.image.layer.v1.tar+gzip"))
-    config = json.dumps(
-        {"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": diff_ids}}
-    ).encode()
-    manifest = json.dumps(
-        {
-            "schemaVersion": 2,
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "config": put(config, "application/vnd.oci.image.config.v1+json"),
-            "layers": descriptors,
-        }
-    ).encode()
-    ref = put(manifest, "application/vnd.oci.image.manifest.v1+json")
-    ref["annotations"] = {"org.opencontainers.image.ref.name": tag}
-    with open(os.path.join(root, "index.json"), "w") as f:
-        json.dump({"schemaVersion": 2, "manifests": [ref]}, f)
-    with open(os.path.join(root, "oci-layout"), "w") as f:
-        json.dump({"imageLayoutVersion": "1.0.0"}, f)
-    return layers
-
-
 class HerdTests(TestCase):
     """A whole herd in this reactor on free ports, with skopeo on both ends."""
 
@@ -235,7 +188,7 @@ class HerdTests(TestCase):
         self.addCleanup(herd.stopService)
         self.addCleanup(lambda: deferLater(reactor, 0.3))
         source = os.path.abspath(self.mktemp())
-        layers = _oci_image(source, "v1")
+        layers = tagged_image(source, "v1")
         out = os.path.abspath(self.mktemp())
 
         async def skopeo_run(*args: str) -> None:

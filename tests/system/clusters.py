@@ -27,8 +27,8 @@ from kraken.services.build_index import BuildIndexService, build_build_index
 from kraken.services.origin import OriginService, build_origin
 from kraken.services.proxy import ProxyService, build_proxy
 from kraken.services.tracker import TrackerService, build_tracker
+from tests.oci import OCILayout
 from tests.peers.redisserver import free_port
-from tests.system.test_push_pull import OCILayout
 
 __all__ = ["Cluster", "new_layout", "pull_and_compare", "skopeo", "until"]
 

@@ -2,8 +2,7 @@
 Push with skopeo into the proxy, pull back from the proxy and from an agent, on real sockets.
 
 One reactor runs an origin, a tracker, a build-index, a proxy and an agent on 127.0.0.1 (free
-ports).  OCI layouts are built by hand (``oci-layout``, ``index.json``, config, gzipped tar
-layers, manifests):
+ports).  OCI layouts are built by hand (:class:`tests.oci.OCILayout`):
 
 - a 2-layer image and a 2-platform OCI index go in with ``skopeo copy oci:... docker://proxy``;
   ``skopeo inspect --raw`` through the proxy and the agent gives the pushed manifest's bytes,
@@ -15,13 +14,8 @@ layers, manifests):
 
 from __future__ import annotations
 
-import gzip
-import hashlib
-import io
 import json
 import os
-import random
-import tarfile
 from collections.abc import Callable
 from typing import Any
 
@@ -31,7 +25,6 @@ from twisted.internet.task import deferLater
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import TestCase
 
-from kraken.api.distribution import OCI_IMAGE_INDEX, OCI_IMAGE_MANIFEST
 from kraken.config.loader import parse_config
 from kraken.http.client import HTTPClientFactory, RetryPolicy, collect_body
 from kraken.services.agent import build_agent
@@ -40,94 +33,8 @@ from kraken.services.origin import build_origin
 from kraken.services.proxy import ProxyService, build_proxy
 from kraken.services.tracker import build_tracker
 from tests.external import require_program
+from tests.oci import OCILayout, digest_of
 from tests.peers.redisserver import free_port
-
-OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
-OCI_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
-
-
-def _sha(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-class OCILayout:
-    """An OCI image layout directory written by hand."""
-
-    def __init__(self, root: str) -> None:
-        self.root = root
-        os.makedirs(os.path.join(root, "blobs", "sha256"))
-        with open(os.path.join(root, "oci-layout"), "w") as f:
-            json.dump({"imageLayoutVersion": "1.0.0"}, f)
-        self.refs: list[dict[str, Any]] = []
-
-    def blob(self, data: bytes, media_type: str) -> dict[str, Any]:
-        """Store ``data``; its descriptor."""
-        digest = _sha(data)
-        with open(os.path.join(self.root, "blobs", "sha256", digest[7:]), "wb") as f:
-            f.write(data)
-        return {"mediaType": media_type, "digest": digest, "size": len(data)}
-
-    def image(self, seed: int, arch: str = "amd64") -> dict[str, Any]:
-        """A 2-layer image (gzipped tars, config, manifest); the manifest's descriptor."""
-        layers, diff_ids = [], []
-        rng = random.Random(seed)
-        for n in range(2):
-            raw = io.BytesIO()
-            with tarfile.open(fileobj=raw, mode="w") as tar:
-                data = rng.randbytes(20_000 + n * 1000)
-                info = tarfile.TarInfo(f"kraken/{arch}-{seed}-{n}.bin")
-                info.size = len(data)
-                info.mtime = 0
-                tar.addfile(info, io.BytesIO(data))
-            diff_ids.append(_sha(raw.getvalue()))
-            layers.append(self.blob(gzip.compress(raw.getvalue(), mtime=0), OCI_LAYER))
-        config = json.dumps(
-            {
-                "architecture": arch,
-                "os": "linux",
-                "config": {"Cmd": ["/bin/true"]},
-                "rootfs": {"type": "layers", "diff_ids": diff_ids},
-            }
-        ).encode()
-        manifest = json.dumps(
-            {
-                "schemaVersion": 2,
-                "mediaType": OCI_IMAGE_MANIFEST,
-                "config": self.blob(config, OCI_CONFIG),
-                "layers": layers,
-            }
-        ).encode()
-        descriptor = self.blob(manifest, OCI_IMAGE_MANIFEST)
-        descriptor["platform"] = {"architecture": arch, "os": "linux"}
-        return descriptor
-
-    def index(self, seed: int) -> dict[str, Any]:
-        """A 2-platform OCI index; its descriptor."""
-        data = json.dumps(
-            {
-                "schemaVersion": 2,
-                "mediaType": OCI_IMAGE_INDEX,
-                "manifests": [self.image(seed, "amd64"), self.image(seed + 1, "arm64")],
-            }
-        ).encode()
-        return self.blob(data, OCI_IMAGE_INDEX)
-
-    def tag(self, descriptor: dict[str, Any], name: str) -> None:
-        """Name ``descriptor`` ``name`` in ``index.json``."""
-        ref = {k: v for k, v in descriptor.items() if k != "platform"}
-        ref["annotations"] = {"org.opencontainers.image.ref.name": name}
-        self.refs.append(ref)
-        with open(os.path.join(self.root, "index.json"), "w") as f:
-            json.dump({"schemaVersion": 2, "manifests": self.refs}, f)
-
-    def blobs(self) -> dict[str, bytes]:
-        """Every blob by file name (hex digest)."""
-        directory = os.path.join(self.root, "blobs", "sha256")
-        result = {}
-        for name in os.listdir(directory):
-            with open(os.path.join(directory, name), "rb") as f:
-                result[name] = f.read()
-        return result
 
 
 class PushPullTests(TestCase):
@@ -284,7 +191,7 @@ class PushPullTests(TestCase):
         raw = await self.skopeo_run(
             "inspect", "--raw", "--tls-verify=false", f"docker://127.0.0.1:{port}/{ref}"
         )
-        self.assertEqual(_sha(raw), digest)
+        self.assertEqual(digest_of(raw), digest)
         out = self.layout()
         await self.skopeo_run(
             "copy",
@@ -295,7 +202,7 @@ class PushPullTests(TestCase):
         )
         pulled, pushed = out.blobs(), layout.blobs()
         for name, data in pulled.items():
-            self.assertEqual(_sha(data)[7:], name)
+            self.assertEqual(digest_of(data)[7:], name)
         self.assertEqual(pulled, pushed)
 
     async def get_json(self, url: str) -> tuple[Any, Any]:
@@ -380,7 +287,7 @@ class PushPullTests(TestCase):
                     "--tls-verify=false",
                     f"docker://127.0.0.1:{self.registry_port}/test/mut:latest",
                 )
-                return _sha(raw) == wanted
+                return digest_of(raw) == wanted
 
             await self.until(lambda: ensureDeferred(agent_serves_second()), "agent TTL", 10)
             await self.pull_and_compare(self.registry_port, "test/mut:latest", second, wanted)

@@ -31,8 +31,8 @@ from kraken.protocols.buildindex_client import (
     TagNotFound,
 )
 from tests.external import require_program
+from tests.oci import OCILayout
 from tests.system.clusters import Cluster, new_layout, pull_and_compare, skopeo, until
-from tests.system.test_push_pull import OCILayout
 
 REPO = "test/replicated"
 

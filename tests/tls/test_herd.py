@@ -39,7 +39,8 @@ from kraken.protocols.origin_client import OriginClient, bytes_chunks
 from kraken.services.herd import HerdService, build_herd, herd_plan
 from kraken.tls import ClusterTLS
 from tests.external import require_program
-from tests.services.test_herd import _free_block, _maybe_async, _oci_image
+from tests.oci import tagged_image
+from tests.services.test_herd import _free_block, _maybe_async
 
 
 def _blobs(layout: str) -> set[str]:
@@ -104,7 +105,7 @@ class TLSHerdTests(TestCase):
     def image(self) -> str:
         """A fresh two-layer OCI image layout tagged v1; its path."""
         source = self.path()
-        _oci_image(source, "v1")
+        tagged_image(source, "v1")
         return source
 
     def ca_only_dir(self) -> str:

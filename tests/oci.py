@@ -1,0 +1,128 @@
+"""
+OCI image layouts written by hand, for the tests that push them with skopeo.
+
+:class:`OCILayout` writes an image layout directory (``oci-layout``, ``index.json``,
+``blobs/sha256/``): images of gzipped tar layers with their config and manifest, OCI
+indexes of two platforms, and tags naming them.  Layer contents come from a seeded
+random generator, so a seed gives the same digests on every run.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import os
+import random
+import tarfile
+from collections.abc import Sequence
+from typing import Any
+
+from kraken.api.distribution import OCI_IMAGE_INDEX, OCI_IMAGE_MANIFEST
+
+__all__ = ["OCI_CONFIG", "OCI_LAYER", "OCILayout", "digest_of", "tagged_image"]
+
+OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+OCI_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
+
+
+def digest_of(data: bytes) -> str:
+    """``sha256:<hex>`` of ``data``."""
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+class OCILayout:
+    """An OCI image layout directory written by hand."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+        os.makedirs(os.path.join(root, "blobs", "sha256"))
+        with open(os.path.join(root, "oci-layout"), "w") as f:
+            json.dump({"imageLayoutVersion": "1.0.0"}, f)
+        self.refs: list[dict[str, Any]] = []
+
+    def blob(self, data: bytes, media_type: str) -> dict[str, Any]:
+        """Store ``data``; its descriptor."""
+        digest = digest_of(data)
+        with open(os.path.join(self.root, "blobs", "sha256", digest[7:]), "wb") as f:
+            f.write(data)
+        return {"mediaType": media_type, "digest": digest, "size": len(data)}
+
+    def read(self, descriptor: dict[str, Any]) -> bytes:
+        """The bytes of the blob ``descriptor`` names."""
+        with open(os.path.join(self.root, "blobs", "sha256", descriptor["digest"][7:]), "rb") as f:
+            return f.read()
+
+    def image(
+        self, seed: int, arch: str = "amd64", layer_sizes: Sequence[int] = (20_000, 21_000)
+    ) -> dict[str, Any]:
+        """An image of one gzipped tar layer per size, its config and manifest; the descriptor."""
+        layers, diff_ids = [], []
+        rng = random.Random(seed)
+        for n, size in enumerate(layer_sizes):
+            raw = io.BytesIO()
+            with tarfile.open(fileobj=raw, mode="w") as tar:
+                data = rng.randbytes(size)
+                info = tarfile.TarInfo(f"kraken/{arch}-{seed}-{n}.bin")
+                info.size = len(data)
+                info.mtime = 0
+                tar.addfile(info, io.BytesIO(data))
+            diff_ids.append(digest_of(raw.getvalue()))
+            layers.append(self.blob(gzip.compress(raw.getvalue(), mtime=0), OCI_LAYER))
+        config = json.dumps(
+            {
+                "architecture": arch,
+                "os": "linux",
+                "config": {"Cmd": ["/bin/true"]},
+                "rootfs": {"type": "layers", "diff_ids": diff_ids},
+            }
+        ).encode()
+        manifest = json.dumps(
+            {
+                "schemaVersion": 2,
+                "mediaType": OCI_IMAGE_MANIFEST,
+                "config": self.blob(config, OCI_CONFIG),
+                "layers": layers,
+            }
+        ).encode()
+        descriptor = self.blob(manifest, OCI_IMAGE_MANIFEST)
+        descriptor["platform"] = {"architecture": arch, "os": "linux"}
+        return descriptor
+
+    def index(self, seed: int) -> dict[str, Any]:
+        """A 2-platform OCI index; its descriptor."""
+        data = json.dumps(
+            {
+                "schemaVersion": 2,
+                "mediaType": OCI_IMAGE_INDEX,
+                "manifests": [self.image(seed, "amd64"), self.image(seed + 1, "arm64")],
+            }
+        ).encode()
+        return self.blob(data, OCI_IMAGE_INDEX)
+
+    def tag(self, descriptor: dict[str, Any], name: str) -> None:
+        """Name ``descriptor`` ``name`` in ``index.json``."""
+        ref = {k: v for k, v in descriptor.items() if k != "platform"}
+        ref["annotations"] = {"org.opencontainers.image.ref.name": name}
+        self.refs.append(ref)
+        with open(os.path.join(self.root, "index.json"), "w") as f:
+            json.dump({"schemaVersion": 2, "manifests": self.refs}, f)
+
+    def blobs(self) -> dict[str, bytes]:
+        """Every blob by file name (hex digest)."""
+        directory = os.path.join(self.root, "blobs", "sha256")
+        result = {}
+        for name in os.listdir(directory):
+            with open(os.path.join(directory, name), "rb") as f:
+                result[name] = f.read()
+        return result
+
+
+def tagged_image(root: str, tag: str, seed: int = 5) -> list[bytes]:
+    """Write a layout under ``root`` holding a 2-layer image tagged ``tag``; its layer blobs."""
+    layout = OCILayout(root)
+    descriptor = layout.image(seed, layer_sizes=(30_000, 30_000))
+    layout.tag(descriptor, tag)
+    manifest = json.loads(layout.read(descriptor))
+    return [layout.read(layer) for layer in manifest["layers"]]
