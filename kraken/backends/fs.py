@@ -44,9 +44,8 @@ from kraken.backends.interface import (
 )
 from kraken.backends.names import (
     BlobName,
-    check_limit,
+    check_list_arguments,
     check_namespace,
-    check_prefix,
     could_start_blob_name,
     could_start_tag_name,
     is_blob_name,
@@ -136,8 +135,7 @@ class FilesystemBackend:
         return ensureDeferred(self._list(prefix, limit, continuation_token))
 
     async def _list(self, prefix: str, limit: int, token: str | None) -> ListResult:
-        check_prefix(prefix)
-        check_limit(limit)
+        check_list_arguments(prefix, limit)
         if token is not None and (not isinstance(token, str) or len(token) > MAX_TOKEN_LENGTH):
             raise InvalidName(f"invalid continuation token {token!r}")
         names = await self.run(_names_under, self.root, prefix)

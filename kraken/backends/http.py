@@ -47,7 +47,7 @@ from kraken.backends.interface import (
     TransferStopped,
     UploadSource,
 )
-from kraken.backends.names import check_limit, check_namespace, check_prefix, parse_name
+from kraken.backends.names import check_list_arguments, check_namespace, parse_name
 from kraken.http.client import HTTPClientFactory, KrakenHTTPClient, RequestTimeout, TreqResponse
 
 #: Seconds to wait for a download's response headers (Go Kraken's ``download_timeout``).
@@ -291,8 +291,7 @@ class HTTPBackend:
     ) -> Deferred[ListResult]:
         """Fail with :class:`OperationNotSupported` (or :class:`InvalidName`)."""
         try:
-            check_prefix(prefix)
-            check_limit(limit)
+            check_list_arguments(prefix, limit)
         except InvalidName:
             return fail()
         return fail(OperationNotSupported(self.kind, "list"))

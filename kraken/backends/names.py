@@ -147,3 +147,13 @@ def check_limit(limit: object) -> int:
     if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= MAX_LIST_LIMIT:
         raise InvalidName(f"invalid list limit {limit!r}: expected an integer 1..{MAX_LIST_LIMIT}")
     return limit
+
+
+def check_list_arguments(prefix: object, limit: object) -> None:
+    """Raise :class:`InvalidName` unless ``prefix`` and ``limit`` are valid ``list`` arguments.
+
+    The checks every :meth:`IBackend.list` makes first (:func:`check_prefix`, then
+    :func:`check_limit`).
+    """
+    check_prefix(prefix)
+    check_limit(limit)

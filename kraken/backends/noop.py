@@ -21,7 +21,7 @@ from kraken.backends.interface import (
     ListResult,
     UploadSource,
 )
-from kraken.backends.names import check_limit, check_namespace, check_prefix, parse_name
+from kraken.backends.names import check_list_arguments, check_namespace, parse_name
 
 NOOP_NAMESPACE = "__noop__"
 
@@ -55,8 +55,7 @@ class NoopBackend:
     ) -> Deferred[ListResult]:
         """Fire with an empty last page (or fail with :class:`InvalidName`)."""
         try:
-            check_prefix(prefix)
-            check_limit(limit)
+            check_list_arguments(prefix, limit)
         except InvalidName:
             return fail()
         return succeed(ListResult((), None))

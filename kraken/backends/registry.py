@@ -60,9 +60,8 @@ from kraken.backends.interface import (
 from kraken.backends.names import (
     BlobName,
     TagName,
-    check_limit,
+    check_list_arguments,
     check_namespace,
-    check_prefix,
     is_segment,
     parse_name,
 )
@@ -324,8 +323,7 @@ class RegistryBackend:
     ) -> Deferred[ListResult]:
         """Fail with :class:`OperationNotSupported` (or :class:`InvalidName`)."""
         try:
-            check_prefix(prefix)
-            check_limit(limit)
+            check_list_arguments(prefix, limit)
         except InvalidName:
             return fail()
         return fail(OperationNotSupported(self.kind, "list"))

@@ -56,7 +56,12 @@ from kraken.backends.interface import (
     ListResult,
     UploadSource,
 )
-from kraken.backends.names import check_limit, check_namespace, check_prefix, is_segment, parse_name
+from kraken.backends.names import (
+    check_list_arguments,
+    check_namespace,
+    is_segment,
+    parse_name,
+)
 from kraken.backends.streams import DEFAULT_CHUNK_SIZE, FileSender
 from kraken.backends.threads import BlockingRunner
 
@@ -236,8 +241,7 @@ class S3Backend:
         return ensureDeferred(self._list(prefix, limit, continuation_token))
 
     async def _list(self, prefix: str, limit: int, token: str | None) -> ListResult:
-        check_prefix(prefix)
-        check_limit(limit)
+        check_list_arguments(prefix, limit)
         if token is not None and (
             not isinstance(token, str) or not token or len(token) > MAX_TOKEN_LENGTH
         ):

@@ -14,6 +14,7 @@ from kraken.backends.names import (
     BlobName,
     TagName,
     check_limit,
+    check_list_arguments,
     check_namespace,
     check_prefix,
     parse_name,
@@ -139,3 +140,19 @@ class LimitTests(SynchronousTestCase):
         self.assertEqual(check_limit(1000), 1000)
         for bad in [0, -5, 1001, True, 2.0, "3", None]:
             self.assertRaises(InvalidName, check_limit, bad)
+
+
+class ListArgumentsTests(SynchronousTestCase):
+    """check_list_arguments checks a list call's prefix and its limit."""
+
+    def test_valid_arguments_pass(self) -> None:
+        """A valid prefix with a valid limit raises nothing."""
+        check_list_arguments("", 1)
+        check_list_arguments("repo/app:", 1000)
+
+    def test_bad_prefix_or_limit_fails(self) -> None:
+        """A bad prefix with a good limit, and a good prefix with a bad limit, both fail."""
+        for prefix in BAD_PREFIXES:
+            self.assertRaises(InvalidName, check_list_arguments, prefix, 10)
+        for limit in [0, 1001, True, "3"]:
+            self.assertRaises(InvalidName, check_list_arguments, "", limit)
