@@ -57,6 +57,7 @@ from kraken.services.parts import (
     PeerNodeService,
     ThreadPoolService,
     cleanup_policy,
+    closing_listener,
     daemon_config,
     filesystem_size,
     host_list_from_config,
@@ -310,10 +311,12 @@ def build_agent(
                 config.cleanup.interval, cleaner, reactor, pool, on_removed=downloader.forget
             )
         )
-    services.append(_listener(reactor, server_listen or config.server.listen, _site(api)))
+    # ClosingListeners: stopping closes kept-alive connections too, not only the ports.
+    services.append(closing_listener(reactor, server_listen or config.server.listen, _site(api)))
     # docker and skopeo try HTTPS first: turn the handshake away at once (kraken.http.plain).
     registry_site = refuse_tls(_site(registry))
-    services.append(_listener(reactor, registry_listen or config.registry.listen, registry_site))
+    registry_listen = registry_listen or config.registry.listen
+    services.append(closing_listener(reactor, registry_listen, registry_site))
     services.append(OnStop(http.close))
     services.append(tls.expiry_monitor(reactor, metrics.registry))
 

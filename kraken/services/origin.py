@@ -7,7 +7,9 @@ backend fetcher, replicator, P2P engine, API), then parents the long-running one
 one :class:`OriginService`, in start order: the thread pool, the write-back queue, the
 ring membership, the store cleanup timer, the peer engine and its listener (seeding
 only: it never dials, never announces), and the HTTP listener.  Services stop in the
-reverse order, so the listeners close before the queue and the thread pool.
+reverse order, so the listeners close before the queue and the thread pool; the HTTP
+listener (:class:`kraken.services.parts.ClosingListener`) also closes the connections
+it accepted, so that no client keeps talking to a stopped origin.
 
 Data under ``data_dir``: ``store/`` (the blob store, durable mode) and
 ``writeback.db`` (the SQLite write-back queue).
@@ -23,7 +25,6 @@ from twisted.application.internet import StreamServerEndpointService, TimerServi
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.threadpool import ThreadPool
@@ -71,30 +72,6 @@ class Options(DaemonOptions):
 
     daemon = "origin"
     optParameters = [LISTEN_OPTION]
-
-
-class _ClosingSite(Site):
-    """A Site that can abort its open connections (a stopped origin must not keep them)."""
-
-    def __init__(self, resource: Any) -> None:
-        super().__init__(resource)  # type: ignore[no-untyped-call]
-        self.channels: set[Any] = set()
-
-    def buildProtocol(self, addr: Any) -> Any:
-        """Track each connection."""
-        channel = super().buildProtocol(addr)  # type: ignore[no-untyped-call]
-        if channel is not None:
-            self.channels.add(channel)
-        return channel
-
-    def abort_connections(self, reactor: Any) -> Deferred[None]:
-        """Drop every connection still open; fires once the reactor has closed them."""
-        channels, self.channels = self.channels, set()
-        for channel in channels:
-            transport = getattr(channel, "transport", None)
-            if transport is not None and getattr(transport, "connected", False):
-                transport.abortConnection()
-        return deferLater(reactor, 0.01)
 
 
 class OriginService(MultiService):
@@ -252,11 +229,11 @@ def build_origin(
     services.append(PeerNodeService(node))
     peer_endpoint = serverFromString(reactor, config.peer.listen)  # type: ignore[no-untyped-call]
     services.append(StreamServerEndpointService(peer_endpoint, node.factory()))  # type: ignore[no-untyped-call]
-    site = _ClosingSite(tls.guard(api.resource()))
+    site = Site(tls.guard(api.resource()))  # type: ignore[no-untyped-call]
     site.displayTracebacks = False
     services.append(tls.expiry_monitor(reactor, metrics.registry))
+    # A ClosingListener: stopping closes kept-alive connections too, not only the port.
     services.append(tls_listener(reactor, tls, listen or config.server.listen, site))
-    services.append(OnStop(lambda: site.abort_connections(reactor)))
     services.append(OnStop(http.close))
     services.append(OnStop(backends.close))
 

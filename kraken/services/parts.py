@@ -9,7 +9,9 @@ lives here: the command line that loads and checks a configuration
 (:class:`OnStop`, :class:`ThreadPoolService`, :class:`PeerNodeService`,
 :class:`CleanupService`), memberships built from host-list and health-check sections
 (:func:`host_list_from_config`, :func:`active_membership`), the I/O thread pool a tree owns
-(:func:`owned_thread_pool`), and the TLS-aware HTTP listener (:func:`tls_listener`).
+(:func:`owned_thread_pool`), and the HTTP listeners (:func:`tls_listener`,
+:func:`closing_listener`): a :class:`ClosingListener` that, when stopped, closes its port
+and then every connection it accepted, kept-alive ones included.
 """
 
 from __future__ import annotations
@@ -20,12 +22,16 @@ from typing import Any, ClassVar
 
 from twisted.application.internet import StreamServerEndpointService, TimerService
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
+from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python import usage
+from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
+from zope.interface import implementer
 
 from kraken.backends.threads import BlockingRunner, threadpool_runner
 from kraken.cluster import (
@@ -59,6 +65,8 @@ from kraken.tls import ClusterTLS, check_tls_files
 __all__ = [
     "LISTEN_OPTION",
     "CleanupService",
+    "ClosingListener",
+    "ConnectionsFactory",
     "DaemonOptions",
     "OnStop",
     "PeerNodeService",
@@ -67,6 +75,7 @@ __all__ = [
     "active_membership",
     "advertised_address",
     "cleanup_policy",
+    "closing_listener",
     "daemon_config",
     "filesystem_size",
     "host_list_from_config",
@@ -295,10 +304,104 @@ def advertised_address(server: AdvertisedListenConfig, listen: str | None) -> st
     return address
 
 
-def tls_listener(
-    reactor: Any, tls: ClusterTLS, description: str, factory: Any
-) -> StreamServerEndpointService:
-    """A service listening on the endpoint ``description``, under TLS when ``tls`` serves."""
+class _TrackedConnection(ProtocolWrapper):
+    """One accepted connection; tells its :class:`ConnectionsFactory` once it is gone."""
+
+    factory: ConnectionsFactory
+
+    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+        """Let the wrapped protocol see the loss, then count the connection gone."""
+        super().connectionLost(reason)  # type: ignore[no-untyped-call]
+        self.factory.connection_gone()
+
+
+class ConnectionsFactory(WrappingFactory):
+    """
+    A server factory (an HTTP ``Site``) that keeps its open connections, to close them.
+
+    ``protocols`` holds the wrappers of the connections made and not yet lost; the
+    wrapped factory's protocols see the wrapper as their transport (every transport
+    call and attribute is passed on).
+    """
+
+    protocol = _TrackedConnection
+
+    def __init__(self, wrapped: IProtocolFactory) -> None:
+        super().__init__(wrapped)  # type: ignore[no-untyped-call]
+        self._gone: list[Deferred[None]] = []
+
+    def connection_gone(self) -> None:
+        """Called by a connection once lost: wake :meth:`close_connections` when none is left."""
+        if not self.protocols:
+            waiters, self._gone = self._gone, []
+            for waiter in waiters:
+                waiter.callback(None)
+
+    def close_connections(self) -> Deferred[None]:
+        """Abort every open connection (idle or not); fires once all of them are lost."""
+        if not self.protocols:
+            return succeed(None)
+        gone: Deferred[None] = Deferred()
+        self._gone.append(gone)
+        for connection in list(self.protocols):
+            if connection.transport is not None:
+                connection.transport.abortConnection()
+        return gone
+
+
+@implementer(IStreamServerEndpoint)
+class _RecordingEndpoint:
+    """An endpoint that tells its :class:`ClosingListener` the port it listens on."""
+
+    def __init__(self, endpoint: IStreamServerEndpoint, listener: ClosingListener) -> None:
+        self.endpoint = endpoint
+        self.listener = listener
+
+    def listen(self, factory: IProtocolFactory) -> Deferred[IListeningPort]:
+        """Listen through the wrapped endpoint; record the port."""
+
+        def record(port: IListeningPort) -> IListeningPort:
+            self.listener.port = port
+            return port
+
+        listening: Deferred[IListeningPort] = self.endpoint.listen(factory)
+        return listening.addCallback(record)
+
+
+class ClosingListener(StreamServerEndpointService):
+    """
+    Serves ``factory`` on ``endpoint``; stopping closes the port, then every open connection.
+
+    A bare ``StreamServerEndpointService`` only closes the port: a client's kept-alive
+    HTTP connection would go on being served by the stopped daemon, whose thread pool,
+    queues and clients no longer answer, so its requests hang until the client gives up.
+    ``connections`` is the :class:`ConnectionsFactory` the port is given; ``port`` is
+    the listening port once listening (its ``getHost()`` tells a port 0's number).
+    """
+
+    def __init__(self, endpoint: IStreamServerEndpoint, factory: IProtocolFactory) -> None:
+        self.connections = ConnectionsFactory(factory)
+        self.port: IListeningPort | None = None
+        super().__init__(_RecordingEndpoint(endpoint, self), self.connections)  # type: ignore[no-untyped-call]
+
+    def stopService(self) -> Deferred[None]:
+        """Stop listening (no new connection is accepted), then abort the open ones."""
+        stopped: Deferred[Any] = maybeDeferred(super().stopService)
+
+        def close(result: object) -> Deferred[Any]:
+            return self.connections.close_connections().addCallback(lambda _: result)
+
+        return stopped.addBoth(close)
+
+
+def closing_listener(reactor: Any, description: str, factory: Any) -> ClosingListener:
+    """A :class:`ClosingListener` of ``factory`` on the endpoint ``description`` (plain)."""
+    endpoint = serverFromString(reactor, description)  # type: ignore[no-untyped-call]
+    return ClosingListener(endpoint, factory)
+
+
+def tls_listener(reactor: Any, tls: ClusterTLS, description: str, factory: Any) -> ClosingListener:
+    """A :class:`ClosingListener` on the endpoint ``description``, under TLS when ``tls`` serves."""
     endpoint = serverFromString(reactor, description)  # type: ignore[no-untyped-call]
     endpoint = tls.server_endpoint(endpoint, reactor)
-    return StreamServerEndpointService(endpoint, factory)  # type: ignore[no-untyped-call]
+    return ClosingListener(endpoint, factory)

@@ -29,6 +29,7 @@ from kraken.services.agent import (
     engine_config,
     makeService,
 )
+from kraken.services.parts import ClosingListener
 from kraken.store import BlobStore, CleanupPolicy, StoreCleaner
 from tests.http.test_plain import answer_to_tls_hello
 
@@ -64,7 +65,9 @@ class OptionsTests(SynchronousTestCase):
         service = makeService(options, MemoryReactorClock())
         self.assertIsInstance(service, AgentService)
         kinds = [type(s) for s in service]
-        self.assertEqual(kinds.count(StreamServerEndpointService), 3)
+        listeners = [s for s in service if isinstance(s, StreamServerEndpointService)]
+        self.assertEqual(len(listeners), 3)  # peer, agent API, registry
+        self.assertEqual(kinds.count(ClosingListener), 2)  # the HTTP ones close connections
         self.assertIn(CleanupService, kinds)
         self.assertTrue(os.path.isdir(os.path.join(tmp, "kraken-data", "agent", "store")))
 

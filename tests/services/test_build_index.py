@@ -44,6 +44,7 @@ from kraken.services.build_index import (
     makeService,
 )
 from kraken.services.origin import OriginService, build_origin
+from kraken.services.parts import ClosingListener
 from tests.peers.redisserver import free_port
 
 REPO = "test/app"
@@ -62,7 +63,7 @@ class OptionsTests(SynchronousTestCase):
         self.assertIsInstance(service, BuildIndexService)
         kinds = [type(s) for s in service]
         self.assertIn(RetryQueue, kinds)
-        self.assertEqual(kinds.count(StreamServerEndpointService), 1)
+        self.assertEqual(kinds.count(ClosingListener), 1)
 
     def test_listens_on_15004(self) -> None:
         """Started on a memory reactor, the default build-index listens on 15004."""

@@ -31,6 +31,7 @@ from kraken.protocols.origin_client import (
     bytes_chunks,
 )
 from kraken.services.origin import Options, OriginService, build_origin, makeService
+from kraken.services.parts import ClosingListener
 from tests.peers.redisserver import free_port
 
 NS = "library/test"
@@ -50,7 +51,9 @@ class OptionsTests(SynchronousTestCase):
         kinds = [type(s) for s in service]
         self.assertIn(RetryQueue, kinds)
         self.assertIn(Membership, kinds)
-        self.assertEqual(kinds.count(StreamServerEndpointService), 2)
+        listeners = [s for s in service if isinstance(s, StreamServerEndpointService)]
+        self.assertEqual(len(listeners), 2)  # peer and HTTP
+        self.assertIn(ClosingListener, kinds)  # the HTTP one closes its connections on stop
         self.assertEqual(os.getcwd(), cwd)
 
     def test_listens_on_15001_and_15002(self) -> None:

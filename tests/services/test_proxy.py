@@ -14,6 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from kraken.cluster import Membership
 from kraken.config.loader import parse_config
 from kraken.http.plain import TLS_ANSWER
+from kraken.services.parts import ClosingListener
 from kraken.services.proxy import Options, ProxyService, build_proxy, makeService
 from tests.http.test_plain import answer_to_tls_hello
 
@@ -30,7 +31,7 @@ class OptionsTests(SynchronousTestCase):
         kinds = [type(s) for s in service]
         self.assertEqual(kinds.count(Membership), 2)
         self.assertIn(TimerService, kinds)
-        self.assertEqual(kinds.count(StreamServerEndpointService), 1)
+        self.assertEqual(kinds.count(ClosingListener), 1)
         self.assertTrue(os.path.isdir(os.path.join("kraken-data", "proxy", "store")))
 
     def test_listens_on_15000(self) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from twisted.application.internet import StreamServerEndpointService, TimerService
+from twisted.application.internet import TimerService
 from twisted.internet import reactor
 from twisted.internet.defer import ensureDeferred
 from twisted.internet.testing import MemoryReactorClock
@@ -31,6 +31,7 @@ from kraken.peers.announce import AnnounceRequest
 from kraken.peers.redis import RedisPeerStore
 from kraken.peers.store import MemoryPeerStore
 from kraken.protocols.tracker_client import TrackerClient
+from kraken.services.parts import ClosingListener
 from kraken.services.tracker import Options, TrackerService, TrackerSite, makeService
 from tests.peers.fakeorigin import FakeOrigin
 from tests.peers.redisserver import RedisServer, free_port
@@ -85,7 +86,7 @@ class OptionsTests(SynchronousTestCase):
         self.assertIsInstance(service, TrackerService)
         self.assertIsInstance(service.store, MemoryPeerStore)
         kinds = {type(s) for s in service}
-        self.assertTrue({Membership, TimerService, StreamServerEndpointService} <= kinds)
+        self.assertTrue({Membership, TimerService, ClosingListener} <= kinds)
         self.assertEqual(service.api.interval_seconds, 3.0)
         self.assertEqual(service.api.handout_limit, 50)
 
