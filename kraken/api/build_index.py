@@ -38,7 +38,7 @@ from urllib.parse import quote, urlencode
 from attrs import define, field
 from klein import Klein
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -197,12 +197,20 @@ class BuildIndexAPI:
 
     @app.route("/readiness", methods=["GET"])
     async def readiness(self, request: Request) -> bytes:
-        """Ready when the backends and the origin answer and the replication queue is loaded."""
+        """
+        Ready when the replication queue runs and is loaded and the backends and the origin
+        answer.  A stopped queue is a 503 at once; a client that left gets no answer (and
+        no error is logged).
+        """
+        if not self.queue.running:
+            raise APIError(503, "not ready: replication queue stopped")
         try:
             await self.queue.when_ready()
             await self.ready()
+        except CancelledError:
+            raise  # the client left: Klein drops the request quietly
         except Exception as e:
-            raise APIError(503, f"not ready: {e}") from e
+            raise APIError(503, f"not ready: {str(e) or type(e).__name__}") from e
         return b"OK\n"
 
     @app.route("/metrics", methods=["GET"])

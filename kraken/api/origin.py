@@ -35,7 +35,7 @@ from typing import IO, Any, ClassVar, Final
 from attrs import define, field
 from klein import Klein
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
@@ -115,6 +115,12 @@ ORIGIN_ERRORS: Final = CORE_ERRORS.extended(
         BlobTooLarge: 500,
     }
 )
+
+
+def _reason(e: BaseException) -> str:
+    """An exception's message, or its type's name when it has none."""
+    return str(e) or type(e).__name__
+
 
 _RANGE = re.compile(r"(\d{1,19})-(\d{1,19})")
 _BYTES_RANGE = re.compile(r"bytes=(\d{0,19})-(\d{0,19})")
@@ -367,12 +373,27 @@ class OriginAPI:
 
     @app.route("/readiness", methods=["GET"])
     async def readiness(self, request: IRequest) -> bytes:
-        """Ready when every backend answers and the write-back queue is loaded."""
+        """
+        Ready when the write-back queue runs and is loaded and every backend answers.
+
+        A stopped queue (a stopped origin) or one that failed to load is a 503 at once,
+        naming the reason; a request whose client left is dropped without an answer.
+        """
+        queue = self.writeback.queue
+        if not queue.running:
+            raise APIError(503, "not ready: write-back queue stopped")
+        try:
+            await queue.when_ready()
+        except CancelledError:
+            raise  # the client left: Klein drops the request quietly
+        except Exception as e:
+            raise APIError(503, f"not ready: write-back queue failed to load: {_reason(e)}") from e
         try:
             await self.backends.check_readiness()
-            await self.writeback.queue.when_ready()
+        except CancelledError:
+            raise
         except Exception as e:
-            raise APIError(503, f"not ready: {e}") from e
+            raise APIError(503, f"not ready: backend: {_reason(e)}") from e
         return b"OK\n"
 
     @app.route("/metrics", methods=["GET"])

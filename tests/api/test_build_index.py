@@ -7,6 +7,7 @@ queueing.  Time is a ``Clock``; the tag backend is the fs backend run inline.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from klein import Klein
@@ -22,12 +23,14 @@ from kraken.backends.threads import run_inline
 from kraken.buildindex.dependencies import DependencyResolver, TagTypeRules
 from kraken.buildindex.replication import REPLICATE_TAG_KIND, RemoteRules
 from kraken.buildindex.tags import TagStore
+from kraken.cluster import Membership, NoHealthFilter, StaticHostList
 from kraken.cluster.health import PassiveHealthFilter
 from kraken.core import Digest
 from kraken.http.testing import memory_client_factory
 from kraken.persistedretry import MemoryTaskStore, RetryQueue, Task
 from kraken.protocols.buildindex_client import DUPLICATE_HEADER, BuildIndexClient
 from kraken.protocols.origin_client import OriginClient, OriginClusterClient
+from kraken.services.build_index import _origin_readiness
 
 ORIGIN = "origin:15002"
 REPO = "test/app"
@@ -51,6 +54,11 @@ class FakeOrigin:
         d = Digest.of_bytes(data)
         self.blobs[(namespace, str(d))] = data
         return d
+
+    @app.route("/readiness", methods=["GET"])
+    def readiness(self, request: Request) -> bytes:
+        """Always ready."""
+        return b"OK\n"
 
     @app.route("/blobs/<digest>/locations", methods=["GET"])
     def locations(self, request: Request, digest: str) -> bytes:
@@ -114,6 +122,8 @@ class BuildIndexAPITests(SynchronousTestCase):
             self.duplicates.append((f"{tag}={d}", header))
             return b""
 
+        #: What ``/readiness`` checks besides the queue (a test may put the daemon's check here).
+        self.ready: Callable[[], Deferred[None]] = lambda: succeed(None)
         factory, self.agent = memory_client_factory(
             {ORIGIN: self.origin.app.resource(), "peer:15004": peer_app.resource()}, self.clock
         )
@@ -124,6 +134,8 @@ class BuildIndexAPITests(SynchronousTestCase):
         backends = BackendsConfig.from_list(
             [{"namespace": ".*", "backend": {"fs": {"root": self.mktemp()}}}]
         ).build(BackendContext(self.clock, run_inline))
+        self.backends = backends
+        self.client = factory.client()
         self.executed: list[Task] = []
 
         class Recorder:
@@ -149,7 +161,7 @@ class BuildIndexAPITests(SynchronousTestCase):
             lambda: ["peer:15004"],
             "origin-a:15002",
             self.clock,
-            lambda: succeed(None),
+            lambda: self.ready(),  # noqa: PLW0108 - late bound: a test replaces self.ready
         )
         self.treq = StubTreq(self.api.resource())
 
@@ -355,6 +367,26 @@ class BuildIndexAPITests(SynchronousTestCase):
         self.assertEqual(self.request("GET", "/readiness")[0], 200)
         self.put(f"{REPO}:v1", self.image())
         self.assertIn(b"kraken_build_index_tag_puts", self.request("GET", "/metrics")[1])
+
+    def test_readiness_503_when_origin_unreachable(self) -> None:
+        """With the daemon's origin check, /readiness is 200, then 503 naming the refusal."""
+        origins = Membership(StaticHostList([ORIGIN]), NoHealthFilter(), self.clock)
+        origins.refresh()
+        self.ready = _origin_readiness(self.client, origins, self.backends)
+        self.assertEqual(self.request("GET", "/readiness"), (200, b"OK\n"))
+        self.agent.remove(ORIGIN)
+        code, body = self.request("GET", "/readiness")
+        self.assertEqual(code, 503)
+        self.assertTrue(body.startswith(b"not ready: "), body)
+        self.assertIn(ORIGIN.encode(), body)  # the reason names the origin asked
+
+    def test_readiness_503_when_queue_stopped(self) -> None:
+        """A stopped replication queue (a stopped build-index) is a 503 saying so, at once."""
+        self.ready = Deferred  # never answers: the queue alone decides
+        self.successResultOf(self.queue.stopService())
+        self.assertEqual(
+            self.request("GET", "/readiness"), (503, b"not ready: replication queue stopped")
+        )
 
     def test_origin_down_is_503(self) -> None:
         """When no origin answers, a PUT is 503."""

@@ -7,8 +7,10 @@ Blocking calls run inline and time is a Clock, so each request completes synchro
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
+from attrs import Factory, define
 from treq.testing import StubTreq
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
@@ -16,6 +18,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from kraken.core import Digest, MetaInfo
 from kraken.origin.writeback import WRITEBACK_KIND, writeback_key
+from kraken.persistedretry import LoadedTasks, MemoryTaskStore
 from tests.origin.harness import PIECES, BackendDown, MemoryOrigin, make_origin
 
 BLOB = bytes(range(256)) * 20  # 5120 bytes: 5 pieces of 1024
@@ -509,3 +512,90 @@ class ClusterEndpointTests(OriginAPITestCase):
         self.assertEqual(self.call("PUT", f"{base}/{uid}", data=b'{"delay_seconds": -1}')[0], 400)
         self.assertEqual(self.call("PUT", f"{base}/{uid}", data=b"[1]")[0], 400)
         self.assertFalse(self.origin.store.has(DIGEST))
+
+
+def message(body: bytes) -> str:
+    """The message of a registry error body."""
+    return json.loads(body)["errors"][0]["message"]  # type: ignore[no-any-return]
+
+
+@define
+class HeldLoadStore(MemoryTaskStore):
+    """A memory task store whose ``load`` waits for ``loading`` (a slow or failing disk)."""
+
+    loading: Deferred[None] = Factory(Deferred)
+
+    def load(self) -> Deferred[LoadedTasks]:
+        """The stored tasks once ``loading`` fires; its failure if it fails."""
+        return self.loading.addCallback(lambda _: MemoryTaskStore.load(self))
+
+
+class ReadinessTests(OriginAPITestCase):
+    """/readiness: 503 at once, naming the reason, when the write-back queue cannot serve."""
+
+    def hang_backends(self, origin: MemoryOrigin) -> None:
+        """Make the backends' readiness check never answer (a stopped I/O pool)."""
+        never: Callable[[], Deferred[None]] = Deferred
+        SynchronousTestCase.patch(self, origin.api.backends, "check_readiness", never)
+
+    def test_queue_stopped_is_503_at_once(self) -> None:
+        """A stopped queue (a stopped origin) is a 503 saying so, without asking the backends."""
+        self.hang_backends(self.origin)
+        self.successResultOf(self.origin.queue.stopService())
+        code, _, body = self.call("GET", "/readiness")  # synchronous: it did not wait
+        self.assertEqual((code, message(body)), (503, "not ready: write-back queue stopped"))
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+    def test_queue_failed_to_load_is_503(self) -> None:
+        """A queue whose store could not load is a 503 naming the store's error."""
+        store = HeldLoadStore()
+        origin = make_origin(self, self.clock, task_store=store)
+        store.loading.errback(OSError("disk gone"))
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)  # the queue's own report
+        code, _, body = self.call_on(origin, "GET", "/readiness")
+        self.assertEqual(
+            (code, message(body)), (503, "not ready: write-back queue failed to load: disk gone")
+        )
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+    def test_loading_waits_then_ready(self) -> None:
+        """While the queue loads, readiness waits; once loaded it is a 200."""
+        store = HeldLoadStore()
+        origin = make_origin(self, self.clock, task_store=store)
+
+        def finish_loading() -> None:
+            if not store.loading.called:
+                store.loading.callback(None)  # so that the queue's cleanup stop can finish
+
+        self.addCleanup(finish_loading)
+        treq = StubTreq(origin.api.resource())
+        sent = treq.get(BASE + "/readiness")
+        self.assertNoResult(sent)
+        store.loading.callback(None)
+        treq.flush()
+        response = self.successResultOf(sent)
+        self.assertEqual((response.code, self.successResultOf(response.content())), (200, b"OK\n"))
+
+    def test_client_leaving_is_not_an_error(self) -> None:
+        """A client that gives up on a waiting readiness leaves no error (and no 503) logged."""
+        self.hang_backends(self.origin)
+        treq = StubTreq(self.origin.api.resource())
+        sent = treq.get(BASE + "/readiness")
+        self.assertNoResult(sent)
+        sent.cancel()  # the client's timeout: the connection is aborted
+        treq.flush()
+        self.failureResultOf(sent)
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+    def test_backend_down_names_the_backend(self) -> None:
+        """A backend that fails its check is a 503 naming it as the reason."""
+        self.origin.backend.down = True
+        code, _, body = self.call("GET", "/readiness")
+        self.assertEqual((code, message(body)), (503, "not ready: backend: backend down"))
+
+    def call_on(self, origin: MemoryOrigin, method: str, path: str) -> tuple[int, Any, bytes]:
+        """:meth:`call` on another origin than the test's own."""
+        response = self.successResultOf(
+            StubTreq(origin.api.resource()).request(method, BASE + path)
+        )
+        return response.code, response.headers, self.successResultOf(response.content())
