@@ -19,9 +19,18 @@ import tarfile
 from collections.abc import Sequence
 from typing import Any
 
-from kraken.api.distribution import OCI_IMAGE_INDEX, OCI_IMAGE_MANIFEST
+from kraken.api.distribution import DOCKER_MANIFEST_V2, OCI_IMAGE_INDEX, OCI_IMAGE_MANIFEST
+from kraken.core import Digest
 
-__all__ = ["OCI_CONFIG", "OCI_LAYER", "OCILayout", "digest_of", "tagged_image"]
+__all__ = [
+    "OCI_CONFIG",
+    "OCI_LAYER",
+    "OCILayout",
+    "digest_of",
+    "manifest_of",
+    "tagged_image",
+    "tar_layer",
+]
 
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 OCI_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
@@ -30,6 +39,40 @@ OCI_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
 def digest_of(data: bytes) -> str:
     """``sha256:<hex>`` of ``data``."""
     return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def tar_layer(name: str, data: bytes) -> tuple[bytes, str]:
+    """A gzipped tar holding one file ``name`` of ``data`` (mtime 0); the layer, its diff ID."""
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w") as tar:
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        info.mtime = 0
+        tar.addfile(info, io.BytesIO(data))
+    return gzip.compress(raw.getvalue(), mtime=0), digest_of(raw.getvalue())
+
+
+def manifest_of(config: bytes, layers: list[bytes], media_type: str = DOCKER_MANIFEST_V2) -> bytes:
+    """A schema 2 (or OCI) image manifest of ``config`` and ``layers``."""
+    return json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": media_type,
+            "config": {
+                "mediaType": "application/vnd.docker.container.image.v1+json",
+                "size": len(config),
+                "digest": str(Digest.of_bytes(config)),
+            },
+            "layers": [
+                {
+                    "mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip",
+                    "size": len(b),
+                    "digest": str(Digest.of_bytes(b)),
+                }
+                for b in layers
+            ],
+        }
+    ).encode()
 
 
 class OCILayout:
@@ -61,15 +104,9 @@ class OCILayout:
         layers, diff_ids = [], []
         rng = random.Random(seed)
         for n, size in enumerate(layer_sizes):
-            raw = io.BytesIO()
-            with tarfile.open(fileobj=raw, mode="w") as tar:
-                data = rng.randbytes(size)
-                info = tarfile.TarInfo(f"kraken/{arch}-{seed}-{n}.bin")
-                info.size = len(data)
-                info.mtime = 0
-                tar.addfile(info, io.BytesIO(data))
-            diff_ids.append(digest_of(raw.getvalue()))
-            layers.append(self.blob(gzip.compress(raw.getvalue(), mtime=0), OCI_LAYER))
+            layer, diff_id = tar_layer(f"kraken/{arch}-{seed}-{n}.bin", rng.randbytes(size))
+            diff_ids.append(diff_id)
+            layers.append(self.blob(layer, OCI_LAYER))
         config = json.dumps(
             {
                 "architecture": arch,

@@ -35,6 +35,7 @@ from kraken.http.testing import HostRoutingAgent
 from kraken.protocols.buildindex_client import TagNotFound
 from kraken.protocols.origin_client import OriginClient, OriginClusterClient, PollPolicy
 from kraken.store import BlobStore
+from tests.oci import manifest_of
 from tests.origin.harness import BackendDown, MemoryOrigin, make_origin
 
 BASE = "http://proxy:15000"
@@ -73,29 +74,6 @@ class MemoryTags:
 def layer(seed: int, size: int = 3000) -> bytes:
     """A gzipped blob of ``size`` random bytes (so a little longer than ``size``)."""
     return gzip.compress(random.Random(seed).randbytes(size), mtime=0)
-
-
-def manifest_of(config: bytes, layers: list[bytes], media_type: str = DOCKER_MANIFEST_V2) -> bytes:
-    """A schema 2 (or OCI) image manifest of ``config`` and ``layers``."""
-    return json.dumps(
-        {
-            "schemaVersion": 2,
-            "mediaType": media_type,
-            "config": {
-                "mediaType": "application/vnd.docker.container.image.v1+json",
-                "size": len(config),
-                "digest": str(Digest.of_bytes(config)),
-            },
-            "layers": [
-                {
-                    "mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip",
-                    "size": len(b),
-                    "digest": str(Digest.of_bytes(b)),
-                }
-                for b in layers
-            ],
-        }
-    ).encode()
 
 
 class ProxyTestCase(SynchronousTestCase):

@@ -18,14 +18,11 @@ A whole cluster in one reactor on real sockets: a tracker, 3 origins, agents, a 
 
 from __future__ import annotations
 
-import gzip
-import io
 import json
 import os
 import platform
 import random
 import shutil
-import tarfile
 import tempfile
 from collections.abc import Callable
 from typing import Any, ClassVar
@@ -40,7 +37,6 @@ from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import TestCase
 from twisted.web.server import Site
 
-from kraken.api.distribution import DOCKER_MANIFEST_V2
 from kraken.config.loader import parse_config
 from kraken.core import Digest
 from kraken.http.client import HTTPClientFactory, RetryPolicy, collect_body
@@ -54,6 +50,7 @@ from kraken.services.agent import AgentService, build_agent
 from kraken.services.origin import OriginService, build_origin
 from kraken.services.tracker import TrackerService, build_tracker
 from tests.external import require_program
+from tests.oci import manifest_of, tar_layer
 from tests.peers.redisserver import free_port
 
 PIECE = 1024 * 1024
@@ -85,14 +82,9 @@ def make_image() -> tuple[list[bytes], bytes, bytes]:
     """A small real image: (gzipped tar layers, config JSON, schema2 manifest JSON)."""
     layers, diff_ids = [], []
     for n in range(2):
-        raw = io.BytesIO()
-        with tarfile.open(fileobj=raw, mode="w") as tar:
-            data = f"hello from layer {n}\n".encode() * 100
-            info = tarfile.TarInfo(f"kraken/layer{n}.txt")
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-        diff_ids.append(str(Digest.of_bytes(raw.getvalue())))
-        layers.append(gzip.compress(raw.getvalue(), mtime=0))
+        layer, diff_id = tar_layer(f"kraken/layer{n}.txt", f"hello from layer {n}\n".encode() * 100)
+        layers.append(layer)
+        diff_ids.append(diff_id)
     arch = {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(), platform.machine())
     config = json.dumps(
         {
@@ -102,25 +94,7 @@ def make_image() -> tuple[list[bytes], bytes, bytes]:
             "rootfs": {"type": "layers", "diff_ids": diff_ids},
         }
     ).encode()
-    manifest = json.dumps(
-        {
-            "schemaVersion": 2,
-            "mediaType": DOCKER_MANIFEST_V2,
-            "config": {
-                "mediaType": "application/vnd.docker.container.image.v1+json",
-                "size": len(config),
-                "digest": str(Digest.of_bytes(config)),
-            },
-            "layers": [
-                {
-                    "mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip",
-                    "size": len(layer),
-                    "digest": str(Digest.of_bytes(layer)),
-                }
-                for layer in layers
-            ],
-        }
-    ).encode()
+    manifest = manifest_of(config, layers)
     return layers, config, manifest
 
 
