@@ -22,7 +22,6 @@ from typing import Any
 from twisted.internet import reactor
 from twisted.internet.defer import ensureDeferred
 from twisted.internet.task import deferLater
-from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import TestCase
 
 from kraken.config.loader import parse_config
@@ -35,6 +34,7 @@ from kraken.services.tracker import build_tracker
 from tests.external import require_program
 from tests.oci import OCILayout, digest_of
 from tests.peers.redisserver import free_port
+from tests.system.clusters import new_layout, pull_and_compare, skopeo, until
 
 
 class PushPullTests(TestCase):
@@ -150,18 +150,11 @@ class PushPullTests(TestCase):
 
     def layout(self) -> OCILayout:
         """A new empty OCI layout under the test's temporary directory."""
-        return OCILayout(os.path.abspath(self.mktemp()))
+        return new_layout(self)
 
     async def until(self, condition: Callable[[], Any], what: str, limit: float = 30) -> None:
         """Wait (50 ms steps) for ``condition`` (may return a Deferred); fail after ``limit`` s."""
-        for _ in range(int(limit / 0.05)):
-            result = condition()
-            if hasattr(result, "addCallback"):
-                result = await result
-            if result:
-                return
-            await deferLater(reactor, 0.05)
-        self.fail(f"timed out waiting for {what}")
+        await until(self, condition, what, limit)
 
     async def ready(self) -> None:
         """Wait for the origin ring and the tracker to see a healthy origin."""
@@ -170,11 +163,7 @@ class PushPullTests(TestCase):
 
     async def skopeo_run(self, *args: str) -> bytes:
         """Run skopeo; its stdout (fails the test on a non-zero exit)."""
-        out, err, code = await getProcessOutputAndValue(
-            self.skopeo, list(args), env=dict(os.environ)
-        )
-        self.assertEqual(code, 0, f"skopeo {' '.join(args)}: {err.decode()}")
-        return bytes(out)
+        return await skopeo(self, self.skopeo, *args)
 
     async def push(self, layout: OCILayout, tag: str, ref: str) -> None:
         """``skopeo copy`` of ``layout``'s ``tag`` into the proxy as ``ref``."""
@@ -188,22 +177,7 @@ class PushPullTests(TestCase):
 
     async def pull_and_compare(self, port: int, ref: str, layout: OCILayout, digest: str) -> None:
         """``skopeo inspect --raw`` and ``copy`` out of ``port``: same manifest, same blobs."""
-        raw = await self.skopeo_run(
-            "inspect", "--raw", "--tls-verify=false", f"docker://127.0.0.1:{port}/{ref}"
-        )
-        self.assertEqual(digest_of(raw), digest)
-        out = self.layout()
-        await self.skopeo_run(
-            "copy",
-            "--multi-arch=all",
-            "--src-tls-verify=false",
-            f"docker://127.0.0.1:{port}/{ref}",
-            f"oci:{out.root}:x",
-        )
-        pulled, pushed = out.blobs(), layout.blobs()
-        for name, data in pulled.items():
-            self.assertEqual(digest_of(data)[7:], name)
-        self.assertEqual(pulled, pushed)
+        await pull_and_compare(self, self.skopeo, port, ref, layout, digest)
 
     async def get_json(self, url: str) -> tuple[Any, Any]:
         """GET ``url``: (response, decoded JSON body)."""
