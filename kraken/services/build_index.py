@@ -50,6 +50,7 @@ from kraken.services.parts import (
     LISTEN_OPTION,
     DaemonOptions,
     OnStop,
+    PoolOwningService,
     active_membership,
     advertised_address,
     daemon_config,
@@ -72,7 +73,7 @@ class Options(DaemonOptions):
     optParameters = [LISTEN_OPTION]
 
 
-class BuildIndexService(MultiService):
+class BuildIndexService(PoolOwningService):
     """The build-index's service tree; its parts are exposed for tests and embedding."""
 
     def __init__(
@@ -92,23 +93,6 @@ class BuildIndexService(MultiService):
         self.origins = origins
         self.backends = backends
         self.pool = pool
-
-    def startService(self) -> None:
-        """Start the thread pool (if the tree owns one), then the services."""
-        if self.pool is not None:
-            self.pool.start()
-        super().startService()  # type: ignore[no-untyped-call]
-
-    def stopService(self) -> Deferred[None]:
-        """Stop the services, then join the thread pool once they have all stopped."""
-        stopped: Deferred[None] = super().stopService()  # type: ignore[no-untyped-call]
-
-        def join(result: object) -> object:
-            if self.pool is not None:
-                self.pool.stop()
-            return result
-
-        return stopped.addBoth(join)
 
 
 def _origin_address(config: HostListConfig) -> str:

@@ -50,6 +50,7 @@ from kraken.services.parts import (
     DaemonOptions,
     OnStop,
     PeerNodeService,
+    PoolOwningService,
     active_membership,
     advertised_address,
     cleanup_policy,
@@ -74,7 +75,7 @@ class Options(DaemonOptions):
     optParameters = [LISTEN_OPTION]
 
 
-class OriginService(MultiService):
+class OriginService(PoolOwningService):
     """The origin's service tree; its parts are exposed for tests and embedding."""
 
     def __init__(  # noqa: PLR0917 - the tree's parts, each exposed as an attribute
@@ -96,12 +97,6 @@ class OriginService(MultiService):
         self.node = node
         self.backends = backends
 
-    def startService(self) -> None:
-        """Start the thread pool (if the tree owns one), then the services."""
-        if self.pool is not None:
-            self.pool.start()
-        super().startService()  # type: ignore[no-untyped-call]
-
     def stopService(self) -> Deferred[None]:
         """Wait for replications in flight, stop the services, then join the thread pool."""
         running = list(self.api.background)
@@ -113,12 +108,7 @@ class OriginService(MultiService):
             stopped: Deferred[None] = MultiService.stopService(self)  # type: ignore[no-untyped-call]
             return stopped
 
-        def join(result: object) -> object:
-            if self.pool is not None:
-                self.pool.stop()
-            return result
-
-        return waited.addCallback(stop).addBoth(join)
+        return waited.addCallback(stop).addBoth(self.join_pool)
 
 
 def _engine_config(config: OriginConfig) -> EngineConfig:

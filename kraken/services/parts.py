@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 from twisted.application.internet import StreamServerEndpointService, TimerService
-from twisted.application.service import Service
+from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint
@@ -70,6 +70,7 @@ __all__ = [
     "DaemonOptions",
     "OnStop",
     "PeerNodeService",
+    "PoolOwningService",
     "ThreadPoolService",
     "active_health_filter",
     "active_membership",
@@ -144,6 +145,34 @@ class OnStop(Service):
         """Run the cleanup; the tree waits for it."""
         Service.stopService(self)  # type: ignore[no-untyped-call]
         return maybeDeferred(self.cleanup)
+
+
+class PoolOwningService(MultiService):
+    """
+    A daemon's service tree that may own the thread pool its parts run blocking calls in.
+
+    ``pool`` (None when the tree was given a runner instead, see :func:`owned_thread_pool`)
+    starts before the children and is joined once they have all stopped.
+    """
+
+    pool: ThreadPool | None = None
+
+    def startService(self) -> None:
+        """Start the thread pool (if the tree owns one), then the services."""
+        if self.pool is not None:
+            self.pool.start()
+        super().startService()  # type: ignore[no-untyped-call]
+
+    def stopService(self) -> Deferred[None]:
+        """Stop the services, then join the thread pool once they have all stopped."""
+        stopped: Deferred[None] = super().stopService()  # type: ignore[no-untyped-call]
+        return stopped.addBoth(self.join_pool)
+
+    def join_pool(self, result: object) -> object:
+        """Stop the owned thread pool (waits for running work); pass ``result`` on."""
+        if self.pool is not None:
+            self.pool.stop()
+        return result
 
 
 class ThreadPoolService(Service):
