@@ -245,8 +245,20 @@ class PieceDispatcher:
 
     # -- requesting ------------------------------------------------------------
 
+    def limit_of(self, peer: PeerState) -> int:
+        """
+        Requests ``peer`` may have outstanding now.
+
+        An origin that is our only peer gets the agents' pipeline depth: nothing is traded
+        then, and one request at a time leaves its link idle for a round trip per piece
+        (bench.pair: ratio 0.46-0.60 with 1, 0.98-1.03 with 2, for 8 MiB pieces).
+        """
+        if peer.origin and not any(not p.origin for p in self.peers.values()):
+            return max(peer.limit, self.config.pipeline_limit)
+        return peer.limit
+
     def _fill(self, peer: PeerState) -> list[Action]:
-        quota = peer.limit - len(peer.pending)
+        quota = self.limit_of(peer) - len(peer.pending)
         if quota <= 0 or not self.missing:
             return []
         now = self._now()

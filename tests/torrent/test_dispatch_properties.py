@@ -33,7 +33,8 @@ def check_invariants(test: SynchronousTestCase, d: PieceDispatcher) -> None:
     """The invariants documented in kraken.torrent.dispatch."""
     now = d._now()
     for peer in d.peers.values():
-        test.assertLessEqual(len(peer.pending), peer.limit)
+        ceiling = max(peer.limit, d.config.pipeline_limit) if peer.origin else peer.limit
+        test.assertLessEqual(len(peer.pending), ceiling)
         for i in peer.pending:
             test.assertNotIn(i, d.have, "request for a piece we have")
             test.assertIn(i, peer.bitfield, "request to a peer lacking the piece")
@@ -45,7 +46,7 @@ def check_invariants(test: SynchronousTestCase, d: PieceDispatcher) -> None:
         if i in d.writing or d.requested.get(i):
             continue
         for peer in d.peers.values():
-            if len(peer.pending) < peer.limit and i in peer.bitfield:
+            if len(peer.pending) < d.limit_of(peer) and i in peer.bitfield:
                 test.assertFalse(
                     d.may_request(peer, i, now), f"piece {i} idle while {peer.conn} could serve it"
                 )

@@ -206,6 +206,23 @@ class DispatchTests(SynchronousTestCase):
         actions = h.s.dial_succeeded(dial.conn, h.hs(2, ALL))
         self.assertEqual(len(requests(actions)), 5)
 
+    def test_lone_origin_gets_the_agent_pipeline(self) -> None:
+        """
+        An origin that is our only peer may have the agents' depth of requests out;
+        once an agent is connected, the origin is back to its own limit.
+        """
+        h = Harness(pipeline_limit=2, origin_pipeline_limit=1)
+        h.download()
+        (dial,) = h.s.announce_result(H, [peer(2, origin=True)], 3.0)
+        origin = dial.conn
+        first = requests(h.s.dial_succeeded(origin, h.hs(2, ALL)), origin)
+        self.assertEqual(len(first), 2)
+        h.connect(1, [])  # an agent with nothing yet: the origin is no longer alone
+        actions = h.deliver(origin, first[0])
+        self.assertEqual(requests(actions, origin), [])  # one still out = its own limit of 1
+        actions = h.deliver(origin, first[1])
+        self.assertEqual(len(requests(actions, origin)), 1)
+
     def test_origins_only_for_what_agents_cannot_give(self) -> None:
         """
         An origin is asked only for pieces no connected agent can serve (agents that
