@@ -43,7 +43,8 @@ from kraken.peers.store import DEFAULT_PEER_TTL, IPeerStore, StoredPeer
 
 DEFAULT_KEY_PREFIX: Final = "kraken:peers:"
 
-_UPDATE: Final = """
+#: Record an announce; the complete flag, once set, stays while the entry lives.
+_RECORD: Final = """
 local complete = ARGV[6]
 if complete == '0' then
   local score = redis.call('ZSCORE', KEYS[1], ARGV[3])
@@ -56,10 +57,9 @@ redis.call('HSET', KEYS[2], ARGV[3], complete .. '|' .. ARGV[5] .. '|' .. ARGV[4
 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[3])
 redis.call('PEXPIRE', KEYS[1], ARGV[7])
 redis.call('PEXPIRE', KEYS[2], ARGV[7])
-return complete
 """
-
-_GET: Final = """
+#: Drop the entries whose expiry (ZSET score) is past ARGV[1].
+_EXPIRE: Final = """
 local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
 if #expired > 0 then
   for i = 1, #expired, 1000 do
@@ -67,6 +67,16 @@ if #expired > 0 then
   end
   redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
 end
+"""
+_UPDATE: Final = (
+    _RECORD
+    + """
+return complete
+"""
+)
+_GET: Final = (
+    _EXPIRE
+    + """
 local ids = redis.call('ZRANDMEMBER', KEYS[1], ARGV[2])
 local out = {}
 for _, id in ipairs(ids) do
@@ -75,28 +85,12 @@ for _, id in ipairs(ids) do
 end
 return out
 """
-
-
-_ANNOUNCE: Final = """
-local complete = ARGV[6]
-if complete == '0' then
-  local score = redis.call('ZSCORE', KEYS[1], ARGV[3])
-  if score and tonumber(score) > tonumber(ARGV[1]) then
-    local old = redis.call('HGET', KEYS[2], ARGV[3])
-    if old and string.sub(old, 1, 1) == '1' then complete = '1' end
-  end
-end
-redis.call('HSET', KEYS[2], ARGV[3], complete .. '|' .. ARGV[5] .. '|' .. ARGV[4])
-redis.call('ZADD', KEYS[1], ARGV[2], ARGV[3])
-redis.call('PEXPIRE', KEYS[1], ARGV[7])
-redis.call('PEXPIRE', KEYS[2], ARGV[7])
-local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
-if #expired > 0 then
-  for i = 1, #expired, 1000 do
-    redis.call('HDEL', KEYS[2], unpack(expired, i, math.min(i + 999, #expired)))
-  end
-  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
-end
+)
+#: One round trip per announce: record, expire, then sample (never the requester).
+_ANNOUNCE: Final = (
+    _RECORD
+    + _EXPIRE
+    + """
 local limit = tonumber(ARGV[8])
 if limit <= 0 then return '' end
 local ids = redis.call('ZRANDMEMBER', KEYS[1], limit + 1)
@@ -109,6 +103,7 @@ for i, id in ipairs(ids) do
 end
 return table.concat(out, '\\n')
 """
+)
 _ANNOUNCE_SHA: Final = hashlib.sha1(_ANNOUNCE.encode(), usedforsecurity=False).hexdigest()
 
 #: Bound of :class:`RedisPeerStore`'s cache of answer records (one per peer entry).
