@@ -28,11 +28,10 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from bench.registry import docker_registry, free_port
+from bench.registry import docker_registry, free_port, put_reference
 
 __all__ = ["free_port", "make_blob", "parse_size"]
 
@@ -224,37 +223,14 @@ def registry(
     The function returns (seconds, curl CPU seconds, registry CPU seconds).
     """
     with docker_registry(workdir) as reference:
-        proc, base = reference.process, reference.base
-        # Two-step monolithic upload: POST for a location, PUT the bytes with the digest.
-        req = urllib.request.Request(  # noqa: S310
-            base + "/v2/bench/blob/blobs/uploads/", method="POST"
-        )
-        with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310
-            location = resp.headers["Location"]
-        if location.startswith("/"):
-            location = base + location
-        sep = "&" if "?" in location else "?"
-        subprocess.run(
-            [
-                "curl",
-                "-sf",
-                "-T",
-                blob,
-                "-H",
-                "Content-Type: application/octet-stream",
-                f"{location}{sep}digest={digest}",
-            ],
-            check=True,
-            stdout=subprocess.DEVNULL,
-        )
+        proc = reference.process
+        url = put_reference(reference, blob, digest)
         out = os.path.join(workdir, "curl.out")
 
         def fetch() -> tuple[float, float, float]:
             curl0, server0 = _children_cpu(), _proc_cpu(proc.pid)
             t0 = time.perf_counter()
-            subprocess.run(
-                ["curl", "-sf", "-o", out, f"{base}/v2/bench/blob/blobs/{digest}"], check=True
-            )
+            subprocess.run(["curl", "-sf", "-o", out, url], check=True)
             seconds = time.perf_counter() - t0
             curl_cpu, server_cpu = _children_cpu() - curl0, _proc_cpu(proc.pid) - server0
             if os.path.getsize(out) != os.path.getsize(blob):

@@ -74,3 +74,28 @@ def docker_registry(workdir: str) -> Iterator[DockerRegistry]:
     finally:
         proc.terminate()
         proc.wait()
+
+
+def put_reference(reference: DockerRegistry, blob: str, digest: str) -> str:
+    """Upload the blob into the docker-registry; its blob URL."""
+    base = reference.base
+    req = urllib.request.Request(base + "/v2/bench/blob/blobs/uploads/", method="POST")  # noqa: S310
+    with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310
+        location = resp.headers["Location"]
+    if location.startswith("/"):
+        location = base + location
+    sep = "&" if "?" in location else "?"
+    subprocess.run(
+        [
+            "curl",
+            "-sf",
+            "-T",
+            blob,
+            "-H",
+            "Content-Type: application/octet-stream",
+            f"{location}{sep}digest={digest}",
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    return f"{base}/v2/bench/blob/blobs/{digest}"

@@ -23,11 +23,10 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from typing import Any
 
 from bench.pair import make_blob, parse_size
-from bench.registry import DockerRegistry, docker_registry, free_port, wait_for
+from bench.registry import docker_registry, free_port, put_reference, wait_for
 
 
 def serve(root: str, port: int) -> None:
@@ -83,31 +82,6 @@ def curl_seconds(url: str, size: int) -> float:
     if int(out.stdout.strip()) != size:
         raise SystemExit(f"{url}: got {out.stdout} bytes, expected {size}")
     return elapsed
-
-
-def put_reference(reference: DockerRegistry, blob: str, digest: str) -> str:
-    """Upload the blob into the docker-registry; its blob URL."""
-    base = reference.base
-    req = urllib.request.Request(base + "/v2/bench/blob/blobs/uploads/", method="POST")  # noqa: S310
-    with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310
-        location = resp.headers["Location"]
-    if location.startswith("/"):
-        location = base + location
-    sep = "&" if "?" in location else "?"
-    subprocess.run(
-        [
-            "curl",
-            "-sf",
-            "-T",
-            blob,
-            "-H",
-            "Content-Type: application/octet-stream",
-            f"{location}{sep}digest={digest}",
-        ],
-        check=True,
-        stdout=subprocess.DEVNULL,
-    )
-    return f"{base}/v2/bench/blob/blobs/{digest}"
 
 
 def main(argv: list[str] | None = None) -> None:
