@@ -22,8 +22,6 @@ import json
 import os
 import platform
 import random
-import shutil
-import tempfile
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -31,7 +29,6 @@ from klein import Klein
 from twisted.internet import reactor
 from twisted.internet.defer import ensureDeferred, gatherResults
 from twisted.internet.endpoints import TCP4ServerEndpoint
-from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import deferLater
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import TestCase
@@ -52,6 +49,7 @@ from kraken.services.tracker import TrackerService, build_tracker
 from tests.external import require_program
 from tests.oci import manifest_of, tar_layer
 from tests.peers.redisserver import free_port
+from tests.system.containerd import require_containerd, start_containerd
 
 PIECE = 1024 * 1024
 
@@ -309,67 +307,19 @@ class ClusterTests(TestCase):
 
     def test_containerd_pull(self) -> None:
         """A real containerd pulls and unpacks an image through the agent via hosts.toml."""
-        containerd = require_program("containerd")
-        ctr = require_program("ctr")
+        require_containerd()
 
         async def run() -> None:
             await self.ready()
             await self.push_image("test/app", "v1")
             agent = self.start_agent()
-            # Unix socket paths must stay under 108 bytes: trial's temp dir is too deep.
-            base = tempfile.mkdtemp(prefix="kraken-ctd-", dir="/tmp")
-            self.addCleanup(shutil.rmtree, base, True)
-            sock = os.path.join(base, "containerd.sock")
-            config = os.path.join(base, "config.toml")
-            with open(config, "w") as f:
-                f.write(
-                    f'version = 2\nroot = "{base}/root"\nstate = "{base}/state"\n'
-                    f'disabled_plugins = ["io.containerd.grpc.v1.cri"]\n'
-                    f'[grpc]\n  address = "{sock}"\n'
-                    f'[ttrpc]\n  address = "{sock}.ttrpc"\n'
-                    f'[debug]\n  address = "{sock}.debug"\n'
-                )
-            hosts = os.path.join(base, "certs.d", "_default")
-            os.makedirs(hosts)
-            with open(os.path.join(hosts, "hosts.toml"), "w") as f:
-                f.write(
-                    f'[host."http://127.0.0.1:{agent.ports[0]}"]\n'  # type: ignore[attr-defined]
-                    '  capabilities = ["pull", "resolve"]\n'
-                )
-            process = reactor.spawnProcess(  # type: ignore[attr-defined]
-                _Quiet(), containerd, [containerd, "--config", config], env=dict(os.environ)
+            ctd = await start_containerd(
+                self,
+                f"127.0.0.1:{agent.ports[0]}",  # type: ignore[attr-defined]
             )
-
-            async def stop() -> None:
-                if process.pid is not None:
-                    process.signalProcess("TERM")
-                await self.until(lambda: process.pid is None, "containerd to exit", limit=10)
-
-            self.addCleanup(lambda: ensureDeferred(stop()))
-            await self.until(lambda: os.path.exists(sock), "containerd socket", limit=20)
-            args = ["--address", sock, "--namespace", "kraken-test"]
-            stdout, stderr, code = await getProcessOutputAndValue(
-                ctr,
-                [
-                    *args,
-                    "images",
-                    "pull",
-                    "--hosts-dir",
-                    os.path.join(base, "certs.d"),
-                    "--snapshotter",
-                    "native",
-                    "registry.invalid/test/app:v1",
-                ],
-                env=dict(os.environ),
-            )
-            self.assertEqual(code, 0, (stdout + stderr).decode())
-            stdout, stderr, code = await getProcessOutputAndValue(
-                ctr,
-                [*args, "snapshots", "--snapshotter", "native", "ls"],
-                env=dict(os.environ),
-            )
-            self.assertEqual(code, 0, stderr.decode())
-            self.assertEqual(stdout.decode().count("Committed"), 2, stdout.decode())
+            # A registry that does not exist: only the _default mirror can serve it.
+            await ctd.pull(self, "kraken-test", "registry.invalid/test/app:v1")
+            self.assertEqual(await ctd.committed_snapshots(self, "kraken-test"), 2)
 
         return ensureDeferred(run())
 
@@ -439,7 +389,3 @@ class ClusterTests(TestCase):
             self.assertEqual((torrent.complete, torrent.namespace), (True, "ns/cached"))
 
         return ensureDeferred(run())
-
-
-class _Quiet(ProcessProtocol):
-    """A process protocol that drops output (containerd logs a lot)."""
