@@ -5,13 +5,16 @@ A :class:`Cluster` owns the free ports and data directories of one cluster (orig
 build-index, and optionally a proxy and an agent) and starts and stops its daemons; its
 build-index can be stopped and started again on the same port and data directory (its
 replication queue survives).  :func:`until`, :func:`skopeo` and :func:`pull_and_compare` are
-the waits and the skopeo steps the end-to-end tests share.
+the waits and the skopeo steps the end-to-end tests share; :func:`free_block` finds room for a
+daemon that takes a block of consecutive ports (the herd's ``--base-port``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import random
+import socket
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -30,10 +33,35 @@ from kraken.services.tracker import TrackerService, build_tracker
 from tests.oci import OCILayout
 from tests.peers.redisserver import free_port
 
-__all__ = ["Cluster", "new_layout", "pull_and_compare", "skopeo", "until"]
+__all__ = ["Cluster", "free_block", "new_layout", "pull_and_compare", "skopeo", "until"]
 
 #: Seconds between health checks and replication retries: short, so tests converge fast.
 INTERVAL = 0.2
+
+
+def free_block(size: int) -> int:
+    """
+    A port ``base`` such that ``base .. base + size - 1`` could all be bound on 127.0.0.1 now.
+
+    Bases come from 20000-32000, below Linux's default ephemeral range (32768-60999), so
+    that outgoing connections made meanwhile do not take one of the block's ports.
+    """
+    rng = random.Random()
+    for _ in range(200):
+        base = rng.randrange(20000, 32000 - size)
+        sockets: list[socket.socket] = []
+        try:
+            for port in range(base, base + size):
+                s = socket.socket()
+                sockets.append(s)
+                s.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in sockets:
+                s.close()
+    raise RuntimeError(f"no block of {size} free ports on 127.0.0.1")
 
 
 def _listen(port: int) -> str:
