@@ -18,6 +18,11 @@ shaped link).  It reports:
   included: about 3 % over the payload) divided by the blob size;
 - CPU seconds (user + system, ``/proc/<pid>/stat``) of every daemon during the download,
   per GB (1e9 bytes) delivered to agents;
+- the same run's reference: before the download, the agent hosts exchange bulk TCP both ways
+  with their neighbours (``swarm_client mesh``), which measures the payload rate the shaped
+  links really carry (TCP/IP headers, retransmissions, sharing between flows); p50 and p99
+  are also given as ratios to the bound at that rate (``tcp_p50_ratio``, ``tcp_p99_ratio``;
+  ``--no-tcp-reference`` skips it);
 - a CDF plot of completion times (PNG, matplotlib) and JSON of the run in ``--out``;
 - a last line of JSON ``{p50_ratio, p99_ratio, max_ratio, origin_egress_ratio, cpu_s_per_gb}``.
 
@@ -69,6 +74,11 @@ ORIGIN_PORT: Final = 15002
 ORIGIN_PEER_PORT: Final = 15001
 AGENT_SERVER_PORT: Final = 16002
 AGENT_PEER_PORT: Final = 16001
+#: Port of the bulk-TCP reference (``swarm_client mesh``), unused by the daemons.
+MESH_PORT: Final = 17000
+#: Peers each host dials in the TCP reference (it is dialled by as many): about the
+#: agents' connection count per torrent.
+MESH_DIALS: Final = 4
 
 
 def parse_size(text: str) -> int:
@@ -318,6 +328,45 @@ class Swarm:
             start_new_session=True,
         )
 
+    def tcp_reference(self, seconds: float = 8.0) -> dict[str, float]:
+        """
+        The shaped network's own payload ceiling, measured without Kraken.
+
+        Every agent host sends and receives bulk TCP both ways with its ``MESH_DIALS`` next
+        hosts on a ring and the ``MESH_DIALS`` before it (``swarm_client mesh``), all at once
+        for ``seconds``, while the daemons idle.  Returns the median per-host payload rates
+        received and sent (bytes/s): what the links carry after TCP/IP headers,
+        retransmissions and TCP's sharing of a link between flows.
+        """
+        hosts = [a.host for a in self.agents]
+        dials = min(MESH_DIALS, (len(hosts) - 1) // 2) if len(hosts) > 2 else len(hosts) - 1
+        clients = []
+        for i, host in enumerate(hosts):
+            peers = [
+                f"{hosts[(i + j) % len(hosts)].address}:{MESH_PORT}" for j in range(1, dials + 1)
+            ]
+            command = [
+                sys.executable, "-m", "bench.swarm_client", "mesh",
+                "--listen", f"{host.address}:{MESH_PORT}",
+                "--peers", ",".join(peers), "--seconds", str(seconds),
+            ]  # fmt: skip
+            clients.append(
+                subprocess.Popen(
+                    host.argv(command),
+                    env=self.env,
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    text=True,
+                    start_new_session=True,
+                )
+            )
+        Swarm.go(clients)
+        results = [Swarm.result(c, timeout=seconds + 60) for c in clients]
+        return {
+            "rx_rate": statistics.median(r["rx_rate"] for r in results),
+            "tx_rate": statistics.median(r["tx_rate"] for r in results),
+        }
+
     @staticmethod
     def go(clients: Sequence[subprocess.Popen[str]], lead: float = 1.0) -> float:
         """Wait for every client's READY, then tell them all to start ``lead`` s from now."""
@@ -406,6 +455,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     )
     workdir = tempfile.mkdtemp(prefix="kraken-swarm-")
     network = Network(PREFIX, upload=args.rate, download=args.rate)
+    reference: dict[str, float] | None = None
     try:
         network.create()
         swarm = Swarm(network, workdir, options)
@@ -419,6 +469,13 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
                 left -= n
         swarm.build()
         swarm.wait_ready()
+        reference = swarm.tcp_reference() if args.tcp_reference else None
+        if reference is not None:
+            print(
+                f"TCP reference: {reference['rx_rate'] / 1024**2:.2f} MiB/s received per host "
+                f"of {args.rate / 1024**2:g} MiB/s shaped",
+                flush=True,
+            )
         print(
             f"{args.origins} origins, {args.agents} agents up; uploading {args.size} bytes",
             flush=True,
@@ -452,9 +509,18 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         "origin_egress_ratio": round((tx_after - tx_before) / size, 3),
         "cpu_s_per_gb": round(cpu / (n * size / 1e9), 2),
     }
+    tcp_bound = None
+    if reference is not None:
+        # The same bound with every link at the payload rate TCP reached on it.
+        rate = reference["rx_rate"]
+        tcp_bound = kumar_ross_bound(size, n, args.origins * rate, rate, rate)
+        summary["tcp_p50_ratio"] = round(_percentile(times, 50) / tcp_bound, 3)
+        summary["tcp_p99_ratio"] = round(_percentile(times, 99) / tcp_bound, 3)
     detail = {
         "options": {k: (v if not isinstance(v, list) else dict(v)) for k, v in vars(args).items()},
         "bound_s": bound,
+        "tcp_reference": reference,
+        "tcp_bound_s": tcp_bound,
         "times_s": sorted(times),
         "p50_s": _percentile(times, 50),
         "p99_s": _percentile(times, 99),
@@ -484,6 +550,11 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         f"origins sent {detail['origin_tx_bytes'] / size:.2f} blobs; CPU {cpu:.1f} s "
         f"({detail['cpu_s_by_daemon']})"
     )
+    if tcp_bound is not None:
+        print(
+            f"bound at the TCP reference rate {tcp_bound:.2f} s: p50 {summary['tcp_p50_ratio']}, "
+            f"p99 {summary['tcp_p99_ratio']} of it"
+        )
     print(f"CDF: {png}")
     return summary
 
@@ -551,6 +622,12 @@ def main(argv: list[str] | None = None) -> int:
         default=[],
         metavar="KEY=VALUE",
         help="origin scheduler key",
+    )
+    parser.add_argument(
+        "--no-tcp-reference",
+        dest="tcp_reference",
+        action="store_false",
+        help="skip measuring the network's bulk-TCP ceiling before the run (about 10 s)",
     )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--out", default="bench-results", help="directory for JSON and PNG")

@@ -8,6 +8,13 @@ Small clients that ``bench.swarm`` and ``tests/system`` run inside a host's name
 ``python -m bench.swarm_client wait URL [URL...] [--timeout S]``
     Poll until every URL answers 200.
 
+``python -m bench.swarm_client mesh --listen ADDR:PORT [--peers ADDR:PORT,...] --seconds S``
+    The network's own ceiling, without Kraken: listen on ADDR:PORT, print ``READY``, read
+    ``GO <unix time>``, then at that moment connect to every peer and, on every connection
+    (dialled or accepted), send and receive bulk bytes both ways for S seconds; prints JSON
+    ``{"rx_rate", "tx_rate"}``: payload bytes per second received and sent, counted over the
+    middle of the run (from 1.5 s after GO to 0.5 s before the end) so that connection set-up
+    and TCP start-up are left out.
 ``python -m bench.swarm_client fetch URL --sha256 HEX [--health URL] [--out FILE]``
     Wait until ``--health`` answers 200, print ``READY``, read ``GO <unix time>`` from stdin,
     sleep until that moment, then GET URL, hashing the body as it streams (and writing it to
@@ -21,6 +28,8 @@ import argparse
 import hashlib
 import json
 import os
+import selectors
+import socket
 import sys
 import time
 import urllib.error
@@ -85,6 +94,70 @@ def fetch(url: str, expected: str, out: str | None) -> dict[str, Any]:
         "status": status,
         "ok": status == 200 and got == expected,
     }
+
+
+def _address(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    return host, int(port)
+
+
+def _wait_for_go() -> float:
+    """Print READY, read ``GO <unix time>`` from stdin; that time."""
+    print("READY", flush=True)
+    line = sys.stdin.readline().split()
+    if len(line) != 2 or line[0] != "GO":
+        raise SystemExit(f"expected 'GO <time>', got {line}")
+    return float(line[1])
+
+
+def mesh(listen: str, peers: list[str], seconds: float) -> dict[str, float]:
+    """Bulk TCP both ways with every peer for ``seconds``; payload rates (see the module doc)."""
+    server = socket.create_server(_address(listen), backlog=128)
+    server.setblocking(False)
+    sel = selectors.DefaultSelector()
+    sel.register(server, selectors.EVENT_READ)
+    go = _wait_for_go()
+    delay = go - time.time()
+    if delay > 0:
+        time.sleep(delay)
+    rw = selectors.EVENT_READ | selectors.EVENT_WRITE
+    for peer in peers:
+        conn = socket.create_connection(_address(peer), timeout=10)
+        conn.setblocking(False)
+        sel.register(conn, rw)
+    block = b"\0" * (256 * 1024)
+    begin, end = go + 1.5, go + seconds - 0.5
+    counts = {"rx": 0, "tx": 0}
+    while (now := time.time()) < go + seconds:
+        counting = begin <= now < end
+        for key, events in sel.select(0.1):
+            sock = key.fileobj
+            assert isinstance(sock, socket.socket)
+            if sock is server:
+                conn, _ = server.accept()
+                conn.setblocking(False)
+                sel.register(conn, rw)
+                continue
+            try:
+                if events & selectors.EVENT_READ:
+                    n = sock.recv(1024 * 1024)
+                    if not n:
+                        sel.unregister(sock)
+                        sock.close()
+                        continue
+                    counts["rx"] += len(n) if counting else 0
+                if events & selectors.EVENT_WRITE:
+                    sent = sock.send(block)
+                    counts["tx"] += sent if counting else 0
+            except (BlockingIOError, InterruptedError):
+                pass
+            except OSError:
+                # A peer that finished first closes its end; count what came before.
+                sel.unregister(sock)
+                sock.close()
+    for key in list(sel.get_map().values()):
+        key.fileobj.close()  # type: ignore[union-attr]
+    return {"rx_rate": counts["rx"] / (end - begin), "tx_rate": counts["tx"] / (end - begin)}
 
 
 def upload(origins: list[str], namespace: str, path: str, timeout: float) -> None:
@@ -153,6 +226,10 @@ def main(argv: list[str] | None = None) -> None:
     wt = sub.add_parser("wait")
     wt.add_argument("urls", nargs="+")
     wt.add_argument("--timeout", type=float, default=60)
+    me = sub.add_parser("mesh")
+    me.add_argument("--listen", required=True)
+    me.add_argument("--peers", default="")
+    me.add_argument("--seconds", type=float, default=8)
     fe = sub.add_parser("fetch")
     fe.add_argument("url")
     fe.add_argument("--sha256", required=True)
@@ -164,14 +241,13 @@ def main(argv: list[str] | None = None) -> None:
         wait(args.urls, args.timeout)
     elif args.command == "upload":
         upload(args.origins.split(","), args.namespace, args.file, args.timeout)
+    elif args.command == "mesh":
+        peers = [p for p in args.peers.split(",") if p]
+        print(json.dumps(mesh(args.listen, peers, args.seconds)), flush=True)
     else:
         if args.health:
             wait([args.health], args.timeout)
-        print("READY", flush=True)
-        line = sys.stdin.readline().split()
-        if len(line) != 2 or line[0] != "GO":
-            raise SystemExit(f"expected 'GO <time>', got {line}")
-        delay = float(line[1]) - time.time()
+        delay = _wait_for_go() - time.time()
         if delay > 0:
             time.sleep(delay)
         print(json.dumps(fetch(args.url, args.sha256, args.out)), flush=True)

@@ -8,7 +8,8 @@ seconds), uploads a random 8 MiB blob and has agents fetch it through their agen
 - all five at once: every host ends with exactly the uploaded bytes;
 - one agent SIGKILLed mid-download and started again on the same disk: it finishes;
 - one agent that serves corrupt pieces (``tests.system.corrupt_agent``): the other four
-  still finish with correct bytes.
+  still finish with correct bytes;
+- and the benchmark's bulk-TCP reference (:meth:`Swarm.tcp_reference`) on the same network.
 """
 
 from __future__ import annotations
@@ -128,3 +129,15 @@ class SwarmTests(TestCase):
             lies = f.read().count("corrupted piece")
         self.assertGreater(lies, 0, "the corrupt agent was never asked for a piece")
         self.swarm.check_alive()
+
+    def test_tcp_reference(self) -> None:
+        """
+        The bulk-TCP reference measures what the shaped links carry: below the shaped rate
+        (TCP/IP headers count against it) but most of it, both ways.
+        """
+        self.swarm.build()
+        self.swarm.wait_ready()
+        reference = self.swarm.tcp_reference(seconds=4)
+        for key in ("rx_rate", "tx_rate"):
+            self.assertLess(reference[key], RATE, f"{key} above the shaped rate: {reference}")
+            self.assertGreater(reference[key], 0.7 * RATE, f"{key} far below: {reference}")
