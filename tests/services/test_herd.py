@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import random
-import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -31,6 +29,7 @@ from kraken.config.structure import ConfigError
 from kraken.services.herd import HerdService, Options, build_herd, herd_plan
 from tests.external import require_program
 from tests.oci import tagged_image
+from tests.system.clusters import free_block
 
 
 class PlanTests(SynchronousTestCase):
@@ -140,26 +139,6 @@ class PlanTests(SynchronousTestCase):
         self.assertEqual(plan.data, "/tmp/x")
 
 
-def _free_block(size: int) -> int:
-    """A base port such that ``base .. base+size-1`` can all be bound on 127.0.0.1 now."""
-    rng = random.Random()
-    for _ in range(200):
-        base = rng.randrange(20000, 60000)
-        sockets = []
-        try:
-            for port in range(base, base + size):
-                s = socket.socket()
-                sockets.append(s)
-                s.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in sockets:
-                s.close()
-    raise RuntimeError("no free port block")
-
-
 class HerdTests(TestCase):
     """A whole herd in this reactor on free ports, with skopeo on both ends."""
 
@@ -176,7 +155,7 @@ class HerdTests(TestCase):
     def test_push_through_proxy_pull_through_agent(self) -> None:
         """skopeo pushes an image into the herd's proxy and copies it back out of its agent."""
         skopeo = require_program("skopeo")
-        base, agent_base = _free_block(5), _free_block(3)
+        base, agent_base = free_block(5), free_block(3)
         plan = herd_plan(
             data=os.path.abspath(self.mktemp()),
             base_port=base,
