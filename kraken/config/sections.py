@@ -287,6 +287,12 @@ class SchedulerConfig:
     max_conns_per_torrent: PositiveInt = setting(
         10, doc="Pending plus active connections per torrent."
     )
+    max_dials_per_torrent: PositiveInt | None = setting(
+        5,
+        doc="Of those, at most this many dialled by us; the rest are left for peers that "
+        "dial us, so that the first peers of a swarm do not shut later ones out "
+        "(tuned by `bench.sim` and `bench.swarm`); null: all of them.",
+    )
     peers_per_announce: PositiveInt = setting(
         50, doc="Peers asked of the tracker; tried in its order until the slots are full."
     )
@@ -336,10 +342,16 @@ class SchedulerConfig:
         "wait their turn, oldest first); null: every connection at once.",
     )
     origin_fallback_below: PositiveInt | None = setting(
-        12,
-        doc="Ask origins only while fewer piece requests than this are outstanding to agents "
-        "(tuned by `bench.swarm`); null: whenever an origin has a piece no connected agent "
-        "can give.",
+        None,
+        doc="Ask origins only while fewer piece requests than this are outstanding to agents; "
+        "null: whenever an origin has a piece no connected agent can give (with "
+        "`origin_spread_window`, the faster setting in `bench.swarm`).",
+    )
+    origin_spread_window: Duration | None = setting(
+        10.0,
+        doc="Origins only: a request for a piece that the origin accepted from another peer "
+        "less than this long ago is answered ERROR(SENT_ELSEWHERE), so each piece leaves the "
+        "origin once and spreads among agents (tuned by `bench.sim`); null: never.",
     )
     bandwidth: BandwidthConfig = section(BandwidthConfig, doc="Peer traffic limits.")
 

@@ -154,6 +154,7 @@ def engine_config(config: SchedulerConfig) -> EngineConfig:
     """The P2P engine's tunables from the ``scheduler`` section."""
     return EngineConfig(
         max_conns_per_torrent=config.max_conns_per_torrent,
+        max_dials_per_torrent=config.max_dials_per_torrent,
         pipeline_limit=config.pipeline_limit,
         origin_pipeline_limit=config.origin_pipeline_limit,
         endgame_threshold=config.endgame_threshold,
@@ -170,6 +171,7 @@ def engine_config(config: SchedulerConfig) -> EngineConfig:
         max_upload_queue=config.max_upload_queue,
         upload_slots=config.upload_slots,
         origin_fallback_below=config.origin_fallback_below,
+        origin_spread_window=config.origin_spread_window,
     )
 
 

@@ -24,6 +24,10 @@ class EngineConfig:
     """Tunables of the engine (DESIGN 5); times in seconds."""
 
     max_conns_per_torrent: int = 10
+    #: Of those, at most this many dialled by us; the rest wait for peers that dial us,
+    #: so that the first peers of a swarm do not fill every slot among themselves and
+    #: shut the later ones out (bench.sim, docs/benchmarks.md). None: all of them.
+    max_dials_per_torrent: int | None = 5
     #: DESIGN 5 says 3 and 5 "tune by benchmark": 2 and 1 are the swarm benchmark's
     #: (docs/benchmarks.md, "Multi-host swarm").
     pipeline_limit: int = 2
@@ -45,10 +49,15 @@ class EngineConfig:
     #: Pieces of one torrent sent at the same time (over all its connections; the
     #: others wait their turn, oldest first); None: every connection at once.
     upload_slots: int | None = None
-    #: Ask origins only while fewer requests than this are outstanding to agents
-    #: (None: whenever an origin has a piece no connected agent can give); 12 keeps
-    #: the swarm benchmark's origin egress at about 2 blob sizes.
-    origin_fallback_below: int | None = 12
+    #: Ask origins only while fewer requests than this are outstanding to agents (None:
+    #: whenever an origin has a piece no connected agent can give). 12 kept the swarm
+    #: benchmark's origin egress near 2 blob sizes until origins refused duplicates
+    #: (``origin_spread_window``); with that, None is faster at lower egress.
+    origin_fallback_below: int | None = None
+    #: An origin answers a request for a piece it accepted a request for from another
+    #: peer less than this long ago with ERROR(SENT_ELSEWHERE): the piece is on its way
+    #: into the swarm, and the origin's upload goes to pieces it has not sent (None: never).
+    origin_spread_window: float | None = 10.0
     #: Whether this node announces to a tracker (origins do not).
     announce: bool = True
     #: Whether this node is an origin (advertised in the handshake).

@@ -26,16 +26,21 @@ that peer and given to other peers.
 
 Selection is rarest first (fewest connected peers have it) with a random
 tie-break.  Origins are asked only for pieces that no connected agent can
-give, never for endgame duplicates, and (``origin_fallback_below``) only
-while fewer than that many requests are outstanding to agents: the origins'
-upload is the swarm's scarcest resource and should bring in pieces the
-neighbourhood lacks, not copies that agents can trade.  Endgame (few
+give, never for endgame duplicates, and (``origin_fallback_below``, off by
+default) only while fewer than that many requests are outstanding to agents:
+the origins' upload is the swarm's scarcest resource and should bring in
+pieces the neighbourhood lacks, not copies that agents can trade.  Endgame (few
 pieces missing) requests a piece from several peers and cancels the others
 when one copy has been written.
 
 Serving: one piece at a time per connection, in request order; with
 ``upload_slots`` at most that many pieces of the torrent at once over all
-connections, the others waiting their turn oldest first.
+connections, the others waiting their turn oldest first.  An origin
+(``origin_spread_window``) refuses, with ERROR(SENT_ELSEWHERE), a request for
+a piece it accepted a request for from another peer within that window: the
+first copy is on its way into the swarm, and the origin's upload should go to
+pieces it has not sent.  The requester treats it as a failed request (that
+origin, that piece, 30 s) and gets the piece from an agent.
 """
 
 from __future__ import annotations
@@ -143,6 +148,8 @@ class PieceDispatcher:
         self.timeout = config.request_timeout(metainfo.piece_length)
         #: connections a piece is being sent on (at most ``config.upload_slots``).
         self._senders: set[ConnId] = set()
+        #: origins: piece -> when and to whom a request for it was last accepted.
+        self._served_at: dict[int, tuple[float, ConnId]] = {}
         #: connections with queued requests waiting for an upload slot, oldest first.
         self._upload_wait: deque[ConnId] = deque()
 
@@ -370,6 +377,13 @@ class PieceDispatcher:
             return []
         if len(peer.uploads) >= self.config.max_upload_queue:
             return self._violation(peer, f"more than {len(peer.uploads)} requests queued")
+        window = self.config.origin_spread_window
+        if window is not None and self.config.origin:
+            now = self._now()
+            last = self._served_at.get(index)
+            if last is not None and last[1] != conn and now - last[0] < window:
+                return [Send(conn, Error(index, ErrorCode.SENT_ELSEWHERE, "sent to a peer"))]
+            self._served_at[index] = (now, conn)
         peer.uploads.append(index)
         return self._next_upload(peer)
 

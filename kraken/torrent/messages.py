@@ -69,6 +69,8 @@ class ErrorCode(enum.IntEnum):
     PIECE_UNAVAILABLE = 0
     READ_FAILED = 1
     PROTOCOL = 2
+    #: An origin sent this piece to another agent moments ago: ask the agents for it.
+    SENT_ELSEWHERE = 3
 
 
 class MalformedMessage(ValueError):

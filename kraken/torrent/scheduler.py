@@ -8,7 +8,10 @@ injected ``random.Random``.  The driver calls :meth:`Scheduler.tick` about
 once a second.
 
 Connection policy (DESIGN 5): at most ``max_conns_per_torrent`` pending +
-active connections per torrent; a failed dial, a bad handshake, a protocol
+active connections per torrent, of which at most ``max_dials_per_torrent``
+dialled by us (the rest wait for peers that dial us: a swarm that starts at
+once otherwise splits into the first agents, full of each other, and the
+rest); a failed dial, a bad handshake, a protocol
 violation, a bad piece, an unexpected disconnect or an idle timeout
 blacklists the peer for that torrent for ``blacklist_duration``
 (cleared when the torrent completes); connections without progress either
@@ -181,6 +184,9 @@ class Scheduler:
 
     def _count(self, h: InfoHash) -> int:
         return sum(1 for r in self.conns.values() if r.infohash == h)
+
+    def _dial_count(self, h: InfoHash) -> int:
+        return sum(1 for r in self.conns.values() if r.infohash == h and r.outgoing)
 
     def _drop_conn(self, conn: ConnId, blacklist: bool) -> list[Action]:
         rec = self.conns.pop(conn, None)
@@ -372,8 +378,12 @@ class Scheduler:
             return []
         actions: list[Action] = []
         count = self._count(h)
+        dials = self._dial_count(h)
+        max_dials = self.config.max_dials_per_torrent
         for peer in peers:
             if count >= self.config.max_conns_per_torrent:
+                break
+            if max_dials is not None and dials >= max_dials:
                 break
             if peer.peer_id == self.peer_id or (h, peer.peer_id) in self._by_peer:
                 continue
@@ -384,6 +394,7 @@ class Scheduler:
             self._by_peer[(h, peer.peer_id)] = conn
             actions.append(Dial(conn, h, peer))
             count += 1
+            dials += 1
         return actions
 
     def announce_failed(self, h: InfoHash) -> list[Action]:

@@ -68,11 +68,13 @@ class AgentDefaultsTests(SynchronousTestCase):
         """The P2P engine table of DESIGN 5 (pipelines 2 and 1, tuned by bench.swarm)."""
         scheduler = self.config.scheduler
         self.assertEqual(scheduler.max_conns_per_torrent, 10)
+        self.assertEqual(scheduler.max_dials_per_torrent, 5)
+        self.assertEqual(scheduler.origin_spread_window, 10.0)
         self.assertEqual(scheduler.peers_per_announce, 50)
         self.assertEqual((scheduler.pipeline_limit, scheduler.origin_pipeline_limit), (2, 1))
         self.assertIsNone(scheduler.endgame_threshold)
         self.assertEqual(scheduler.effective_endgame_threshold(), 2)
-        self.assertEqual((scheduler.upload_slots, scheduler.origin_fallback_below), (None, 12))
+        self.assertEqual((scheduler.upload_slots, scheduler.origin_fallback_below), (None, None))
         self.assertEqual(
             (scheduler.request_min_timeout, scheduler.request_timeout_per_mib), (4.0, 4.0)
         )

@@ -26,6 +26,7 @@ from kraken.torrent.messages import (
     CancelPiece,
     Complete,
     Error,
+    ErrorCode,
     Handshake,
     PieceRequest,
 )
@@ -101,13 +102,41 @@ class ConnectionPolicyTests(SynchronousTestCase):
         self.assertEqual(h.download(), [Announce(H, META.digest, "ns", False)])
 
     def test_dials_up_to_capacity_in_tracker_order(self) -> None:
-        """15 peers from the tracker: the first 10 are dialled, ourselves skipped."""
-        h = Harness()
+        """Without a dial quota, 15 peers from the tracker: the first 10 are dialled, ourselves
+        skipped."""
+        h = Harness(max_dials_per_torrent=None)
         h.download()
         peers = [PeerInfo(ME, "10.0.0.9", 9), *(peer(i) for i in range(15))]
         dials = h.s.announce_result(H, peers, 3.0)
         self.assertEqual([d.peer.peer_id for d in dials], [pid(i) for i in range(10)])
         self.assertEqual(h.s.announce_result(H, [peer(20)], 3.0), [])
+
+    def test_dials_leave_slots_for_incoming(self) -> None:
+        """
+        With max_dials_per_torrent=5, an announce dials 5 of 15 peers; the other 5 slots
+        still accept incoming handshakes, and a slot freed by a lost dial is dialled again.
+        """
+        h = Harness(max_dials_per_torrent=5)
+        h.download()
+        dials = h.s.announce_result(H, [peer(i) for i in range(15)], 3.0)
+        self.assertEqual([d.peer.peer_id for d in dials], [pid(i) for i in range(5)])
+        self.assertEqual(h.s.announce_result(H, [peer(i) for i in range(5, 15)], 3.0), [])
+        for i in range(20, 25):
+            h.s.accept(h.hs(i))
+        self.assertRaises(HandshakeRejected, h.s.accept, h.hs(25))
+        h.s.dial_failed(dials[0].conn)
+        # One slot is free again, and it may hold one of our dials.
+        again = h.s.announce_result(H, [peer(i) for i in range(5, 15)], 3.0)
+        self.assertEqual([d.peer.peer_id for d in again], [pid(5)])
+
+    def test_incoming_connections_do_not_use_the_dial_quota(self) -> None:
+        """Accepted connections count against the total only: dials still fill the rest."""
+        h = Harness(max_dials_per_torrent=5)
+        h.download()
+        for i in range(20, 27):
+            h.s.accept(h.hs(i))
+        dials = h.s.announce_result(H, [peer(i) for i in range(15)], 3.0)
+        self.assertEqual(len(dials), 3)  # 10 slots - 7 incoming; under the quota of 5
 
     def test_failed_dial_blacklists_until_expiry(self) -> None:
         """A failed dial blacklists the peer for 30 s, then it is dialled again."""
@@ -434,6 +463,51 @@ class DispatchTests(SynchronousTestCase):
             h.s.message(conn, PieceRequest(100)),
             [Close(conn, "request for piece 100 out of range", blacklisted=True)],
         )
+
+    def test_origin_sends_each_piece_once_per_window(self) -> None:
+        """
+        An origin answers a second peer's request for a piece it accepted from another peer
+        less than origin_spread_window ago with ERROR(SENT_ELSEWHERE); the first peer may
+        ask again, and after the window anyone is served.
+        """
+        h = Harness(origin=True, announce=False, origin_spread_window=5.0)
+        h.s.add_torrent(META, "ns", Bitfield(PIECES, full=True), complete=True)
+        first, _ = h.s.accept(h.hs(1))
+        second, _ = h.s.accept(h.hs(2))
+        self.assertEqual(h.s.message(first, PieceRequest(3)), [SendPiece(first, H, 3)])
+        (refusal,) = h.s.message(second, PieceRequest(3))
+        self.assertEqual(refusal.conn, second)
+        self.assertEqual(refusal.message.index, 3)
+        self.assertEqual(refusal.message.code, ErrorCode.SENT_ELSEWHERE)
+        self.assertEqual(h.s.message(second, PieceRequest(4)), [SendPiece(second, H, 4)])
+        h.s.piece_sent(first, 3)
+        self.assertEqual(h.s.message(first, PieceRequest(3)), [SendPiece(first, H, 3)])
+        h.t = 5.5
+        h.s.piece_sent(second, 4)
+        self.assertEqual(h.s.message(second, PieceRequest(3)), [SendPiece(second, H, 3)])
+
+    def test_agents_serve_duplicates(self) -> None:
+        """The spread window is an origin's: an agent serves the same piece to everyone."""
+        h = Harness(origin_spread_window=5.0)
+        h.download(have=[0])
+        one, _ = h.s.accept(h.hs(1))
+        two, _ = h.s.accept(h.hs(2))
+        self.assertEqual(h.s.message(one, PieceRequest(0)), [SendPiece(one, H, 0)])
+        self.assertEqual(h.s.message(two, PieceRequest(0)), [SendPiece(two, H, 0)])
+
+    def test_sent_elsewhere_goes_to_an_agent(self) -> None:
+        """ERROR(SENT_ELSEWHERE) from an origin: the piece is asked of an agent that has it."""
+        h = Harness(pipeline_limit=1, origin_fallback_below=None)
+        h.download()
+        (dial,) = h.s.announce_result(H, [peer(1, origin=True)], 3.0)
+        origin = dial.conn
+        actions = h.s.dial_succeeded(origin, h.hs(1, ALL, origin=True))
+        (asked,) = requests(actions, origin)
+        agent, _ = h.connect(2, [])
+        actions = h.s.message(origin, Error(asked, ErrorCode.SENT_ELSEWHERE, "sent to a peer"))
+        self.assertNotIn(asked, requests(actions, origin))
+        actions = h.s.message(agent, AnnouncePiece(asked))
+        self.assertEqual(requests(actions, agent), [asked])
 
 
 class LifecycleTests(SynchronousTestCase):
