@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterable, Sequence
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from kraken.core import PeerID, PeerInfo
-from kraken.peers.store import StoredPeer
+
+if TYPE_CHECKING:
+    # Annotations only: the policy itself imports nothing of Twisted (bench.sim uses it).
+    from kraken.peers.store import StoredPeer
 
 #: DESIGN 5/6: how many store peers an announce hands out.
 DEFAULT_HANDOUT_LIMIT: Final = 50
