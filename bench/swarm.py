@@ -413,8 +413,13 @@ def _percentile(values: Sequence[float], p: float) -> float:
     return ordered[rank - 1]
 
 
-def plot_cdf(times: Sequence[float], bound: float, path: str, title: str) -> None:
-    """Save a CDF of completion ``times`` with the bound marked, as a PNG at ``path``."""
+def plot_cdf(
+    times: Sequence[float], bound: float, path: str, title: str, tcp_bound: float | None = None
+) -> None:
+    """
+    Save a CDF of completion ``times`` with the bound (and the bound at the TCP reference's
+    rate, if measured) marked, as a PNG at ``path``.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -429,6 +434,13 @@ def plot_cdf(times: Sequence[float], bound: float, path: str, title: str) -> Non
         label="agents done",
     )
     ax.axvline(bound, color="red", linestyle="--", label=f"Kumar-Ross bound {bound:.1f} s")
+    if tcp_bound is not None:
+        ax.axvline(
+            tcp_bound,
+            color="grey",
+            linestyle=":",
+            label=f"at the TCP reference rate {tcp_bound:.1f} s",
+        )
     ax.set_xlabel("completion time (s)")
     ax.set_ylabel("fraction of agents")
     ax.set_xlim(left=0)
@@ -543,6 +555,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         png,
         f"{n} agents, {args.origins} origins, {size / 1024**2:.0f} MiB, "
         f"{args.rate / 1024**2:g} MiB/s per host",
+        tcp_bound,
     )
     print(
         f"bound {bound:.2f} s; completion p50 {detail['p50_s']:.2f} s, "
