@@ -336,7 +336,9 @@ class Swarm:
         hosts on a ring and the ``MESH_DIALS`` before it (``swarm_client mesh``), all at once
         for ``seconds``, while the daemons idle.  Returns the median per-host payload rates
         received and sent (bytes/s): what the links carry after TCP/IP headers,
-        retransmissions and TCP's sharing of a link between flows.
+        retransmissions and TCP's sharing of a link between flows.  ``rx_rate`` is the
+        measure (the bound uses it); ``tx_rate`` counts what was handed to the sockets and
+        can run ahead of the wire while their buffers grow.
         """
         hosts = [a.host for a in self.agents]
         dials = min(MESH_DIALS, (len(hosts) - 1) // 2) if len(hosts) > 2 else len(hosts) - 1

@@ -132,12 +132,14 @@ class SwarmTests(TestCase):
 
     def test_tcp_reference(self) -> None:
         """
-        The bulk-TCP reference measures what the shaped links carry: below the shaped rate
-        (TCP/IP headers count against it) but most of it, both ways.
+        The bulk-TCP reference measures what the shaped links carry: payload received below
+        the shaped rate (TCP/IP headers count against it) but most of it.  (What the hosts
+        hand to their sockets can run ahead of the wire while buffers grow, so only a lower
+        limit is checked for it.)
         """
         self.swarm.build()
         self.swarm.wait_ready()
         reference = self.swarm.tcp_reference(seconds=4)
+        self.assertLess(reference["rx_rate"], RATE, f"above the shaped rate: {reference}")
         for key in ("rx_rate", "tx_rate"):
-            self.assertLess(reference[key], RATE, f"{key} above the shaped rate: {reference}")
             self.assertGreater(reference[key], 0.7 * RATE, f"{key} far below: {reference}")

@@ -40,7 +40,8 @@ from kraken.services.herd import HerdService, build_herd, herd_plan
 from kraken.tls import ClusterTLS
 from tests.external import require_program
 from tests.oci import tagged_image
-from tests.services.test_herd import _free_block, _maybe_async
+from tests.services.test_herd import _maybe_async
+from tests.system.clusters import free_block
 
 
 def _blobs(layout: str) -> set[str]:
@@ -55,7 +56,7 @@ class TLSHerdTests(TestCase):
 
     def start(self, user: dict[str, Any] | None = None) -> HerdService:
         """Build and start a ``--tls`` herd on free ports; stopped at cleanup."""
-        self.base, self.agent_base = _free_block(5), _free_block(3)
+        self.base, self.agent_base = free_block(5), free_block(3)
         self.data = os.path.abspath(self.mktemp())
         plan = herd_plan(
             data=self.data,
