@@ -180,6 +180,24 @@ def simulate(options: SimOptions) -> SimResult:
     )
     directory: dict[PeerID, SimNode] = {}
     origin_rate = options.origin_rate or options.rate
+
+    def make_node(name: str, info: PeerInfo, rate: float, config: EngineConfig) -> SimNode:
+        host = net.add_host(name, rate, rate, options.latency)
+        scheduler = Scheduler(
+            info.peer_id, lambda: sim.now, random.Random(rng.getrandbits(64)), config
+        )
+        node = SimNode(
+            sim,
+            host,
+            scheduler,
+            info=info,
+            directory=directory,
+            tracker=tracker,
+            delays=options.delays,
+        )
+        directory[info.peer_id] = node
+        return node
+
     origins: list[SimNode] = []
     for i in range(options.origins):
         ip = f"10.77.0.{20 + i}"
@@ -190,43 +208,15 @@ def simulate(options: SimOptions) -> SimResult:
             origin=True,
             complete=True,
         )
-        host = net.add_host(f"o{i}", origin_rate, origin_rate, options.latency)
         config = engine_config(options.origin_scheduler, origin=True, announce=False)
-        scheduler = Scheduler(
-            info.peer_id, lambda: sim.now, random.Random(rng.getrandbits(64)), config
-        )
-        node = SimNode(
-            sim,
-            host,
-            scheduler,
-            info=info,
-            directory=directory,
-            tracker=tracker,
-            delays=options.delays,
-        )
-        directory[info.peer_id] = node
-        origins.append(node)
+        origins.append(make_node(f"o{i}", info, origin_rate, config))
         tracker.origins.append(info)
     agents: list[SimNode] = []
     for i in range(options.agents):
         ip = f"10.77.{1 + i // 250}.{1 + i % 250}"
         info = PeerInfo(PeerID(rng.randbytes(20).hex()), ip, AGENT_PEER_PORT)
-        host = net.add_host(f"a{i}", options.rate, options.rate, options.latency)
         config = engine_config(options.agent_scheduler)
-        scheduler = Scheduler(
-            info.peer_id, lambda: sim.now, random.Random(rng.getrandbits(64)), config
-        )
-        node = SimNode(
-            sim,
-            host,
-            scheduler,
-            info=info,
-            directory=directory,
-            tracker=tracker,
-            delays=options.delays,
-        )
-        directory[info.peer_id] = node
-        agents.append(node)
+        agents.append(make_node(f"a{i}", info, options.rate, config))
 
     def start_origin(node: SimNode) -> None:
         node.start()
