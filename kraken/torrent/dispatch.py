@@ -46,6 +46,7 @@ origin, that piece, 30 s) and gets the piece from an agent.
 from __future__ import annotations
 
 import heapq
+import math
 import random
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -148,6 +149,8 @@ class PieceDispatcher:
         self.timeout = config.request_timeout(metainfo.piece_length)
         #: connections a piece is being sent on (at most ``config.upload_slots``).
         self._senders: set[ConnId] = set()
+        #: the earliest moment a recorded failure lapses (then :meth:`expire` refills).
+        self._next_lapse = math.inf
         #: origins: piece -> when and to whom a request for it was last accepted.
         self._served_at: dict[int, tuple[float, ConnId]] = {}
         #: connections with queued requests waiting for an upload slot, oldest first.
@@ -303,6 +306,11 @@ class PieceDispatcher:
             actions.extend(self._fill(peer))
         return actions
 
+    def _mark_failed(self, peer: PeerState, index: int, when: float) -> None:
+        """``peer`` failed ``index`` at ``when``; it may be asked again once that lapses."""
+        peer.failed[index] = when
+        self._next_lapse = min(self._next_lapse, when + self.config.blacklist_duration)
+
     def progress(self, conn: ConnId) -> None:
         """Payload bytes arrived from this peer: restart its stall clock."""
         peer = self.peers.get(conn)
@@ -310,7 +318,10 @@ class PieceDispatcher:
             peer.stall_clock = self._now()
 
     def expire(self) -> list[Action]:
-        """Requests to stalled peers (no progress for the timeout) are retried elsewhere."""
+        """
+        Requests to stalled peers (no progress for the timeout) are retried elsewhere; once
+        a failure lapses, its peer may be asked for that piece again.
+        """
         now = self._now()
         actions: list[Action] = []
         for peer in self.peers.values():
@@ -320,9 +331,20 @@ class PieceDispatcher:
                 del peer.pending[i]
                 self.requested[i].discard(peer.conn)
                 peer.forgiven.add(i)
-                peer.failed[i] = now
+                self._mark_failed(peer, i, now)
                 actions.append(Send(peer.conn, CancelPiece(i)))
-        if actions:
+        if actions or now >= self._next_lapse:
+            # A failure that lapsed lets a peer be asked again: nothing else may come along
+            # to refill (e.g. the last missing piece, refused by the only peer that has it).
+            self._next_lapse = min(
+                (
+                    when + self.config.blacklist_duration
+                    for p in self.peers.values()
+                    for when in p.failed.values()
+                    if when + self.config.blacklist_duration > now
+                ),
+                default=math.inf,
+            )
             actions.extend(self.fill_all())
         return actions
 
@@ -354,14 +376,27 @@ class PieceDispatcher:
             return [Close(conn, "both sides complete")]
         return self._fill(peer)
 
-    def on_error(self, conn: ConnId, index: int) -> list[Action]:
-        """The peer cannot serve our request for ``index``."""
+    def on_error(
+        self, conn: ConnId, index: int, code: ErrorCode = ErrorCode.PIECE_UNAVAILABLE
+    ) -> list[Action]:
+        """
+        The peer cannot serve our request for ``index``: do not ask it for that piece again
+        for ``blacklist_duration``, or, when an origin sent the piece elsewhere just now
+        (SENT_ELSEWHERE), for ``origin_spread_window``: by then it is among the agents, or
+        the origin serves it again (the last piece of a sparse neighbourhood must not wait
+        30 s).
+        """
         peer = self.peers.get(conn)
         if peer is None or index not in peer.pending:
             return []
         del peer.pending[index]
         self.requested[index].discard(conn)
-        peer.failed[index] = self._now()
+        now = self._now()
+        window = self.config.origin_spread_window
+        if code == ErrorCode.SENT_ELSEWHERE and window is not None:
+            # failed[] holds when the failure began; it lapses blacklist_duration later.
+            now -= max(0.0, self.config.blacklist_duration - window)
+        self._mark_failed(peer, index, now)
         return self.fill_all()
 
     def on_request(self, conn: ConnId, index: int) -> list[Action]:
@@ -517,7 +552,7 @@ class PieceDispatcher:
         del self.writing[index]
         peer = self.peers.get(conn)
         if peer is not None:
-            peer.failed[index] = self._now()
+            self._mark_failed(peer, index, self._now())
             if bad_data:
                 # The owner of this dispatcher removes the peer, which refills the others.
                 return self._violation(peer, f"piece {index}: {reason}")

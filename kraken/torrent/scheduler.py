@@ -529,7 +529,7 @@ class Scheduler:
         elif isinstance(msg, CancelPiece):
             actions = d.on_cancel(conn, msg.index)
         elif isinstance(msg, Error):
-            actions = d.on_error(conn, msg.index)
+            actions = d.on_error(conn, msg.index, msg.code)
         elif isinstance(msg, Complete):
             actions = d.on_complete(conn)
         elif isinstance(msg, PiecePayload):

@@ -509,6 +509,23 @@ class DispatchTests(SynchronousTestCase):
         actions = h.s.message(agent, AnnouncePiece(asked))
         self.assertEqual(requests(actions, agent), [asked])
 
+    def test_sent_elsewhere_retried_after_the_window(self) -> None:
+        """
+        A piece an origin refused with SENT_ELSEWHERE is asked of it again once the spread
+        window (not the 30 s failure blacklist) has passed, if no agent brought it meanwhile.
+        """
+        h = Harness(origin_fallback_below=None, origin_spread_window=10.0)
+        h.download(have=[i for i in ALL if i != 5])
+        (dial,) = h.s.announce_result(H, [peer(1, origin=True)], 3.0)
+        actions = h.s.dial_succeeded(dial.conn, h.hs(1, ALL, origin=True))
+        self.assertEqual(requests(actions, dial.conn), [5])
+        actions = h.s.message(dial.conn, Error(5, ErrorCode.SENT_ELSEWHERE, "sent to a peer"))
+        self.assertEqual(requests(actions), [])
+        h.t = 9.0
+        self.assertEqual(requests(h.s.tick()), [])
+        h.t = 10.5
+        self.assertEqual(requests(h.s.tick(), dial.conn), [5])
+
 
 class LifecycleTests(SynchronousTestCase):
     """Shared downloads, TTIs, announces."""
