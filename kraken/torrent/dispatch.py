@@ -40,7 +40,8 @@ connections, the others waiting their turn oldest first.  An origin
 a piece it accepted a request for from another peer within that window: the
 first copy is on its way into the swarm, and the origin's upload should go to
 pieces it has not sent.  The requester treats it as a failed request (that
-origin, that piece, 30 s) and gets the piece from an agent.
+origin, that piece, for the spread window instead of 30 s) and gets the piece
+from an agent meanwhile.
 """
 
 from __future__ import annotations
