@@ -52,7 +52,14 @@ from attrs import define, field
 
 from bench.netns import Host, Network, missing_requirements
 
-__all__ = ["Swarm", "SwarmOptions", "kumar_ross_bound", "main", "parse_size"]
+__all__ = [
+    "Swarm",
+    "SwarmOptions",
+    "add_engine_settings",
+    "kumar_ross_bound",
+    "main",
+    "parse_size",
+]
 
 PREFIX: Final = "kbswarm"
 REPO: Final = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -581,6 +588,19 @@ def _key_value(text: str) -> tuple[str, Any]:
     return key, yaml.safe_load(value)
 
 
+def add_engine_settings(parser: argparse.ArgumentParser) -> None:
+    """``--agent-set KEY=VALUE`` and ``--origin-set KEY=VALUE`` (repeatable): engine settings."""
+    for who, example in (("agent", "pipeline_limit=3"), ("origin", "upload_slots=2")):
+        parser.add_argument(
+            f"--{who}-set",
+            type=_key_value,
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help=f"{who} scheduler setting, e.g. {example}",
+        )
+
+
 @contextmanager
 def _signals_raise() -> Iterator[None]:
     """Turn SIGTERM (and SIGHUP) into SystemExit so that ``finally`` blocks clean up."""
@@ -622,22 +642,7 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="tracker announce_interval in seconds (default: its default)",
     )
-    parser.add_argument(
-        "--agent-set",
-        type=_key_value,
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="agent scheduler key, e.g. pipeline_limit=5",
-    )
-    parser.add_argument(
-        "--origin-set",
-        type=_key_value,
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="origin scheduler key",
-    )
+    add_engine_settings(parser)
     parser.add_argument(
         "--no-tcp-reference",
         dest="tcp_reference",

@@ -23,7 +23,7 @@ from attrs import define, field
 
 from bench.sim.network import Simulation
 from bench.sim.nodes import Delays, SimNode, SimTracker
-from bench.swarm import _key_value, _percentile, kumar_ross_bound, parse_size
+from bench.swarm import _percentile, add_engine_settings, kumar_ross_bound, parse_size
 from kraken.core import DEFAULT_PIECE_LENGTHS, Bitfield, Digest, MetaInfo, PeerID, PeerInfo
 from kraken.core.metainfo import num_pieces_for
 from kraken.torrent.actions import EngineConfig
@@ -291,22 +291,7 @@ def _parser() -> argparse.ArgumentParser:
         default=3.0,
         help="interval the tracker hands out, seconds (default 3)",
     )
-    parser.add_argument(
-        "--agent-set",
-        type=_key_value,
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="agent engine setting, e.g. pipeline_limit=3",
-    )
-    parser.add_argument(
-        "--origin-set",
-        type=_key_value,
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="origin engine setting, e.g. upload_slots=2",
-    )
+    add_engine_settings(parser)
     parser.add_argument(
         "--latency", type=parse_seconds, default=0.001, help="one-way latency (default 1ms)"
     )
