@@ -47,7 +47,7 @@ from kraken.backends.interface import (
     TransferStopped,
     UploadSource,
 )
-from kraken.backends.names import check_list_arguments, check_namespace, parse_name
+from kraken.backends.names import check_namespace, parse_name, unsupported_list
 from kraken.http.client import HTTPClientFactory, KrakenHTTPClient, RequestTimeout, TreqResponse
 
 #: Seconds to wait for a download's response headers (Go Kraken's ``download_timeout``).
@@ -290,11 +290,7 @@ class HTTPBackend:
         continuation_token: str | None = None,
     ) -> Deferred[ListResult]:
         """Fail with :class:`OperationNotSupported` (or :class:`InvalidName`)."""
-        try:
-            check_list_arguments(prefix, limit)
-        except InvalidName:
-            return fail()
-        return fail(OperationNotSupported(self.kind, "list"))
+        return unsupported_list(self.kind, prefix, limit)
 
     def close(self) -> Deferred[None]:
         """Close the pooled connections of the factory this backend owns."""

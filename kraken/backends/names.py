@@ -21,8 +21,14 @@ import re
 from typing import Final
 
 from attrs import frozen
+from twisted.internet.defer import Deferred, fail
 
-from kraken.backends.interface import MAX_LIST_LIMIT, InvalidName
+from kraken.backends.interface import (
+    MAX_LIST_LIMIT,
+    InvalidName,
+    ListResult,
+    OperationNotSupported,
+)
 
 MAX_REPO_LENGTH: Final = 255
 MAX_TAG_LENGTH: Final = 128
@@ -157,3 +163,16 @@ def check_list_arguments(prefix: object, limit: object) -> None:
     """
     check_prefix(prefix)
     check_limit(limit)
+
+
+def unsupported_list(kind: str, prefix: object, limit: object) -> Deferred[ListResult]:
+    """
+    :meth:`IBackend.list` of a backend that cannot list (``kind``): fails with
+    :class:`InvalidName` for bad arguments, as every backend does, else with
+    :class:`OperationNotSupported`.
+    """
+    try:
+        check_list_arguments(prefix, limit)
+    except InvalidName as e:
+        return fail(e)
+    return fail(OperationNotSupported(kind, "list"))

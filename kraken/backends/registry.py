@@ -60,10 +60,10 @@ from kraken.backends.interface import (
 from kraken.backends.names import (
     BlobName,
     TagName,
-    check_list_arguments,
     check_namespace,
     is_segment,
     parse_name,
+    unsupported_list,
 )
 from kraken.http.client import HTTPClientFactory, KrakenHTTPClient, TreqResponse, read_body
 
@@ -322,11 +322,7 @@ class RegistryBackend:
         continuation_token: str | None = None,
     ) -> Deferred[ListResult]:
         """Fail with :class:`OperationNotSupported` (or :class:`InvalidName`)."""
-        try:
-            check_list_arguments(prefix, limit)
-        except InvalidName:
-            return fail()
-        return fail(OperationNotSupported(self.kind, "list"))
+        return unsupported_list(self.kind, prefix, limit)
 
     def close(self) -> Deferred[None]:
         """Close the pooled connections of the factory this backend owns."""
