@@ -25,6 +25,7 @@ from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import TestCase
 
 from kraken.config.loader import parse_config
+from kraken.http.client import HTTPClientFactory, KrakenHTTPClient, RetryPolicy
 from kraken.services.agent import AgentService, build_agent
 from kraken.services.build_index import BuildIndexService, build_build_index
 from kraken.services.origin import OriginService, build_origin
@@ -238,6 +239,27 @@ async def skopeo(testcase: TestCase, program: str, *args: str) -> bytes:
     out, err, code = await getProcessOutputAndValue(program, list(args), env=dict(os.environ))
     testcase.assertEqual(code, 0, f"skopeo {' '.join(args)}: {err.decode()}")
     return bytes(out)
+
+
+def replicating_clusters(
+    testcase: TestCase, *, agent: bool
+) -> tuple[Cluster, Cluster, KrakenHTTPClient]:
+    """
+    Cluster A (with a proxy) replicating every tag to cluster B (with an agent if ``agent``),
+    both started (B first: A's rules name B's build-index), and an HTTP client without
+    retries; everything stops when the test ends.  Returns (A, B, client).
+    """
+    testcase.addCleanup(lambda: deferLater(reactor, 0.3))
+    root = os.path.abspath(testcase.mktemp())
+    b = Cluster(os.path.join(root, "b"), agent=agent)
+    a = Cluster(os.path.join(root, "a"), remotes={b.address: [".*"]}, proxy=True)
+    testcase.addCleanup(a.stop)
+    testcase.addCleanup(b.stop)
+    b.start()
+    a.start()
+    http = HTTPClientFactory(reactor, timeout=10, retry=RetryPolicy(max_retries=0))
+    testcase.addCleanup(http.close)
+    return a, b, http.client()
 
 
 def new_layout(testcase: TestCase) -> OCILayout:

@@ -12,18 +12,15 @@ Cluster A (origin, tracker, build-index replicating ``.*`` to B, proxy) and clus
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
-from twisted.internet import reactor
 from twisted.internet.defer import Deferred, ensureDeferred
-from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from kraken.core import Digest
-from kraken.http.client import HTTPClientFactory, RetryPolicy, collect_body
+from kraken.http.client import collect_body
 from tests.external import require_program
-from tests.system.clusters import Cluster, new_layout, skopeo, until
+from tests.system.clusters import new_layout, replicating_clusters, skopeo, until
 
 REPO = "test/endpoints"
 QUOTED = "test%2Fendpoints"
@@ -37,17 +34,7 @@ class BuildIndexEndpointTests(TestCase):
     def setUp(self) -> None:
         """Both clusters started; an HTTP client without retries."""
         self.skopeo = require_program("skopeo")
-        self.addCleanup(lambda: deferLater(reactor, 0.3))
-        root = os.path.abspath(self.mktemp())
-        self.b = Cluster(os.path.join(root, "b"))
-        self.a = Cluster(os.path.join(root, "a"), remotes={self.b.address: [".*"]}, proxy=True)
-        self.addCleanup(self.a.stop)
-        self.addCleanup(self.b.stop)
-        self.b.start()
-        self.a.start()
-        http = HTTPClientFactory(reactor, timeout=10, retry=RetryPolicy(max_retries=0))
-        self.addCleanup(http.close)
-        self.client = http.client()
+        self.a, self.b, self.client = replicating_clusters(self, agent=False)
 
     async def call(
         self, method: str, path: str, address: str | None = None

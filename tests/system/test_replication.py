@@ -16,15 +16,13 @@ image arrives and B's agent serves it.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, ensureDeferred
-from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
-from kraken.http.client import HTTPClientFactory, RetryPolicy, collect_body
+from kraken.http.client import collect_body
 from kraken.protocols.buildindex_client import (
     BuildIndexClient,
     BuildIndexUnavailable,
@@ -32,7 +30,14 @@ from kraken.protocols.buildindex_client import (
 )
 from tests.external import require_program
 from tests.oci import OCILayout
-from tests.system.clusters import Cluster, new_layout, pull_and_compare, skopeo, until
+from tests.system.clusters import (
+    Cluster,
+    new_layout,
+    pull_and_compare,
+    replicating_clusters,
+    skopeo,
+    until,
+)
 
 REPO = "test/replicated"
 
@@ -45,17 +50,7 @@ class ReplicationTests(TestCase):
     def setUp(self) -> None:
         """Both clusters started, B's first (A's rules name B's build-index address)."""
         self.skopeo = require_program("skopeo")
-        self.addCleanup(lambda: deferLater(reactor, 0.3))
-        root = os.path.abspath(self.mktemp())
-        self.b = Cluster(os.path.join(root, "b"), agent=True)
-        self.a = Cluster(os.path.join(root, "a"), remotes={self.b.address: [".*"]}, proxy=True)
-        self.addCleanup(self.a.stop)
-        self.addCleanup(self.b.stop)
-        self.b.start()
-        self.a.start()
-        http = HTTPClientFactory(reactor, timeout=10, retry=RetryPolicy(max_retries=0))
-        self.addCleanup(http.close)
-        self.client = http.client()
+        self.a, self.b, self.client = replicating_clusters(self, agent=True)
 
     async def get(self, url: str) -> tuple[int, bytes]:
         """GET ``url``: (status, body)."""
