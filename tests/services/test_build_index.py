@@ -18,7 +18,6 @@ from twisted.internet import reactor
 from twisted.internet.defer import ensureDeferred
 from twisted.internet.task import deferLater
 from twisted.internet.testing import MemoryReactorClock
-from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from kraken.backends.threads import run_inline
@@ -77,15 +76,6 @@ class OptionsTests(SynchronousTestCase):
                 self.addCleanup(child.stopService)
         self.assertEqual([port for port, *_ in fake.tcpServers], [15004])
         self.assertEqual(service.api.origin_address, "127.0.0.1:15002")
-
-    def test_bad_config_is_usage_error(self) -> None:
-        """An unknown key stops twistd with a message naming it."""
-        path = self.mktemp()
-        with open(path, "w") as f:
-            f.write("no_such_key: 1\n")
-        with self.assertRaises(usage.UsageError) as e:
-            Options().parseOptions(["--config", path])
-        self.assertIn("no_such_key", str(e.exception))
 
 
 def _blob(seed: int, size: int = 100_000) -> bytes:

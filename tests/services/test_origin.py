@@ -15,7 +15,6 @@ from twisted.internet import reactor
 from twisted.internet.defer import ensureDeferred
 from twisted.internet.task import deferLater
 from twisted.internet.testing import MemoryReactorClock
-from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from kraken.backends.threads import run_inline
@@ -68,15 +67,6 @@ class OptionsTests(SynchronousTestCase):
         ports = sorted(port for port, *_ in fake.tcpServers)
         self.assertEqual(ports, [15001, 15002])
         self.assertEqual(service.api.peer.port, 15001)
-
-    def test_bad_config_is_usage_error(self) -> None:
-        """An unknown key stops twistd with a message naming it."""
-        path = self.mktemp()
-        with open(path, "w") as f:
-            f.write("no_such_key: 1\n")
-        with self.assertRaises(usage.UsageError) as e:
-            Options().parseOptions(["--config", path])
-        self.assertIn("no_such_key", str(e.exception))
 
 
 def _blob(seed: int, size: int = 300_000) -> bytes:

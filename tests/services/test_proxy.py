@@ -8,7 +8,6 @@ import os
 
 from twisted.application.internet import StreamServerEndpointService, TimerService
 from twisted.internet.testing import MemoryReactorClock
-from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
 from kraken.cluster import Membership
@@ -55,15 +54,6 @@ class OptionsTests(SynchronousTestCase):
         service.startService()
         self.addCleanup(service.stopService)
         self.assertEqual([p for p, *_ in fake.tcpServers], [15999])
-
-    def test_bad_config_is_usage_error(self) -> None:
-        """An unknown key stops twistd with a message naming it."""
-        path = self.mktemp()
-        with open(path, "w") as f:
-            f.write("no_such_key: 1\n")
-        with self.assertRaises(usage.UsageError) as e:
-            Options().parseOptions(["--config", path])
-        self.assertIn("no_such_key", str(e.exception))
 
 
 class RefuseTLSTests(SynchronousTestCase):
