@@ -56,6 +56,7 @@ __all__ = [
     "Swarm",
     "SwarmOptions",
     "add_engine_settings",
+    "add_swarm_shape",
     "kumar_ross_bound",
     "main",
     "parse_size",
@@ -588,6 +589,19 @@ def _key_value(text: str) -> tuple[str, Any]:
     return key, yaml.safe_load(value)
 
 
+def add_swarm_shape(parser: argparse.ArgumentParser) -> None:
+    """``--agents``, ``--origins``, ``--size`` and ``--rate``: the swarm both benches build."""
+    parser.add_argument("--agents", type=int, default=20)
+    parser.add_argument("--origins", type=int, default=2)
+    parser.add_argument("--size", type=parse_size, default=64 * 1024**2)
+    parser.add_argument(
+        "--rate",
+        type=parse_size,
+        default=4 * 1024**2,
+        help="upload and download limit of every host, bytes/s (default 4MiB)",
+    )
+
+
 def add_engine_settings(parser: argparse.ArgumentParser) -> None:
     """``--agent-set KEY=VALUE`` and ``--origin-set KEY=VALUE`` (repeatable): engine settings."""
     for who, example in (("agent", "pipeline_limit=3"), ("origin", "upload_slots=2")):
@@ -621,15 +635,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench.swarm", description=__doc__.split("\n")[1]
     )
-    parser.add_argument("--agents", type=int, default=20)
-    parser.add_argument("--origins", type=int, default=2)
-    parser.add_argument("--size", type=parse_size, default=64 * 1024**2)
-    parser.add_argument(
-        "--rate",
-        type=parse_size,
-        default=4 * 1024**2,
-        help="upload and download limit of every host, bytes/s (default 4MiB)",
-    )
+    add_swarm_shape(parser)
     parser.add_argument(
         "--piece-length",
         type=parse_size,

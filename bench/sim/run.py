@@ -23,7 +23,13 @@ from attrs import define, field
 
 from bench.sim.network import Simulation
 from bench.sim.nodes import Delays, SimNode, SimTracker
-from bench.swarm import _percentile, add_engine_settings, kumar_ross_bound, parse_size
+from bench.swarm import (
+    _percentile,
+    add_engine_settings,
+    add_swarm_shape,
+    kumar_ross_bound,
+    parse_size,
+)
 from kraken.core import DEFAULT_PIECE_LENGTHS, Bitfield, Digest, MetaInfo, PeerID, PeerInfo
 from kraken.core.metainfo import num_pieces_for
 from kraken.torrent.actions import EngineConfig
@@ -267,15 +273,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m bench.sim",
         description="Discrete-event simulation of a swarm running the real P2P engine.",
     )
-    parser.add_argument("--agents", type=int, default=20)
-    parser.add_argument("--origins", type=int, default=2)
-    parser.add_argument("--size", type=parse_size, default=64 * 1024**2)
-    parser.add_argument(
-        "--rate",
-        type=parse_size,
-        default=4 * 1024**2,
-        help="upload and download capacity of every host, bytes/s (default 4MiB)",
-    )
+    add_swarm_shape(parser)
     parser.add_argument(
         "--origin-rate", type=parse_size, default=None, help="origins' capacity (default --rate)"
     )
