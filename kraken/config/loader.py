@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Hashable, Mapping
-from typing import Any, Literal, overload
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias, overload
 
 import yaml
-from twisted.python.filepath import FilePath
 
 from kraken.config.daemons import (
     CONFIG_CLASSES,
@@ -26,8 +25,12 @@ from kraken.config.daemons import (
 from kraken.config.structure import ConfigError, structure, unstructure
 from kraken.config.values import describe
 
+if TYPE_CHECKING:
+    # Only a type here: parsing configuration imports nothing of Twisted (bench.sim uses it).
+    from twisted.python.filepath import FilePath
+
 #: Where a configuration file is: a path string, a path-like object or a Twisted FilePath.
-ConfigPath = str | os.PathLike[str] | FilePath[str]
+ConfigPath: TypeAlias = "str | os.PathLike[str] | FilePath[str]"
 ConfigKind = Literal["agent", "origin", "tracker", "build-index", "proxy", "herd"]
 AnyConfig = AgentConfig | OriginConfig | TrackerConfig | BuildIndexConfig | ProxyConfig | HerdConfig
 
@@ -134,7 +137,7 @@ def load_config(kind: str, path: ConfigPath | None) -> AnyConfig:
     _config_class(kind)
     if path is None:
         return parse_config(kind, None)
-    source = path.path if isinstance(path, FilePath) else os.fspath(path)
+    source = os.fspath(path) if isinstance(path, str | os.PathLike) else path.path
     try:
         with open(source, encoding="utf-8") as stream:
             text = stream.read()
