@@ -52,7 +52,8 @@ from typing import Any, cast
 
 import yaml
 
-from bench.pair import MB, _proc_cpu, _settle, cpu_seconds, free_port, parse_size
+from bench.common import parse_size, process_cpu_seconds
+from bench.pair import MB, _settle, cpu_seconds, free_port
 from bench.registry import docker_registry, wait_for
 
 NAMESPACE = "bench"
@@ -218,7 +219,7 @@ class Origin:
 
     def cpu(self) -> float:
         """CPU seconds the origin process has used so far."""
-        return _proc_cpu(self.process.pid)
+        return process_cpu_seconds(self.process.pid)
 
     def writeback_pending(self) -> float:
         """Write-back tasks not done yet (from ``/metrics``)."""
@@ -266,7 +267,7 @@ def skopeo_once(skopeo: str, layout: str, registry: Any, tag: str) -> tuple[floa
         r = resource.getrusage(resource.RUSAGE_CHILDREN)
         return r.ru_utime + r.ru_stime
 
-    server0, child0 = _proc_cpu(registry.process.pid), children()
+    server0, child0 = process_cpu_seconds(registry.process.pid), children()
     t0 = time.perf_counter()
     subprocess.run(
         [
@@ -281,7 +282,7 @@ def skopeo_once(skopeo: str, layout: str, registry: Any, tag: str) -> tuple[floa
         check=True,
     )
     seconds = time.perf_counter() - t0
-    return seconds, _proc_cpu(registry.process.pid) - server0, children() - child0
+    return seconds, process_cpu_seconds(registry.process.pid) - server0, children() - child0
 
 
 def main(argv: list[str] | None = None) -> None:

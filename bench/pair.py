@@ -31,20 +31,12 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from bench.common import parse_size, process_cpu_seconds
 from bench.registry import docker_registry, free_port, put_reference
 
 __all__ = ["free_port", "make_blob", "parse_size"]
 
 MB = 1_000_000
-UNITS = {"KiB": 1024, "MiB": 1024**2, "GiB": 1024**3, "KB": 1000, "MB": MB, "GB": 1000**3}
-
-
-def parse_size(text: str) -> int:
-    """``1GiB`` -> bytes."""
-    for unit, factor in sorted(UNITS.items(), key=lambda u: -len(u[0])):
-        if text.endswith(unit):
-            return int(float(text[: -len(unit)]) * factor)
-    return int(text)
 
 
 def cpu_seconds() -> float:
@@ -84,16 +76,6 @@ def _children_cpu() -> float:
     """User + system CPU of the waited-for children of this process."""
     r = resource.getrusage(resource.RUSAGE_CHILDREN)
     return r.ru_utime + r.ru_stime
-
-
-def _proc_cpu(pid: int) -> float:
-    """User + system CPU of a running process (Linux /proc; 0 elsewhere)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _node(peer_id_hex: str, archive: Any, origin: bool, **config: Any) -> Any:
@@ -228,11 +210,11 @@ def registry(
         out = os.path.join(workdir, "curl.out")
 
         def fetch() -> tuple[float, float, float]:
-            curl0, server0 = _children_cpu(), _proc_cpu(proc.pid)
+            curl0, server0 = _children_cpu(), process_cpu_seconds(proc.pid)
             t0 = time.perf_counter()
             subprocess.run(["curl", "-sf", "-o", out, url], check=True)
             seconds = time.perf_counter() - t0
-            curl_cpu, server_cpu = _children_cpu() - curl0, _proc_cpu(proc.pid) - server0
+            curl_cpu, server_cpu = _children_cpu() - curl0, process_cpu_seconds(proc.pid) - server0
             if os.path.getsize(out) != os.path.getsize(blob):
                 raise SystemExit("registry returned a wrong size")
             os.unlink(out)

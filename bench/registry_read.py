@@ -25,7 +25,8 @@ import tempfile
 import time
 from typing import Any
 
-from bench.pair import make_blob, parse_size
+from bench.common import parse_size
+from bench.pair import make_blob
 from bench.registry import docker_registry, free_port, put_reference, wait_for
 
 

@@ -50,6 +50,7 @@ from typing import Any, Final
 import yaml
 from attrs import define, field
 
+from bench.common import parse_size, process_cpu_seconds
 from bench.netns import Host, Network, missing_requirements
 
 __all__ = [
@@ -65,18 +66,6 @@ __all__ = [
 PREFIX: Final = "kbswarm"
 REPO: Final = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NAMESPACE: Final = "bench/swarm"
-UNITS: Final = {
-    "k": 1024,
-    "m": 1024**2,
-    "g": 1024**3,
-    "kib": 1024,
-    "mib": 1024**2,
-    "gib": 1024**3,
-    "kb": 1000,
-    "mb": 1000**2,
-    "gb": 1000**3,
-    "b": 1,
-}
 TRACKER_PORT: Final = 15003
 ORIGIN_PORT: Final = 15002
 ORIGIN_PEER_PORT: Final = 15001
@@ -89,28 +78,9 @@ MESH_PORT: Final = 17000
 MESH_DIALS: Final = 4
 
 
-def parse_size(text: str) -> int:
-    """``64MiB``, ``4MiB``, ``1GiB``, ``500kB``, ``1048576`` -> bytes."""
-    t = text.strip().lower().removesuffix("/s")
-    for unit in sorted(UNITS, key=len, reverse=True):
-        if t.endswith(unit) and t[: -len(unit)].strip().replace(".", "", 1).isdigit():
-            return int(float(t[: -len(unit)]) * UNITS[unit])
-    return int(t)
-
-
 def kumar_ross_bound(size: int, n: int, u_seed: float, u_agent: float, d_agent: float) -> float:
     """The least time (s) to give ``n`` agents ``size`` bytes: Kumar and Ross's bound."""
     return max(size / u_seed, size / d_agent, n * size / (u_seed + n * u_agent))
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of ``pid`` so far (0 when gone)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @define
@@ -410,7 +380,7 @@ class Swarm:
     def cpu(self) -> dict[str, float]:
         """CPU seconds so far of each running daemon, by host name."""
         return {
-            d.host.name: cpu_seconds(d.process.pid)
+            d.host.name: process_cpu_seconds(d.process.pid)
             for d in self.daemons()
             if d.process is not None and d.process.poll() is None
         }

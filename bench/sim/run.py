@@ -21,6 +21,7 @@ from typing import Any
 import attrs
 from attrs import define, field
 
+from bench.common import parse_seconds, parse_size
 from bench.sim.network import Simulation
 from bench.sim.nodes import Delays, SimNode, SimTracker
 from bench.swarm import (
@@ -28,30 +29,18 @@ from bench.swarm import (
     add_engine_settings,
     add_swarm_shape,
     kumar_ross_bound,
-    parse_size,
 )
 from kraken.core import DEFAULT_PIECE_LENGTHS, Bitfield, Digest, MetaInfo, PeerID, PeerInfo
 from kraken.core.metainfo import num_pieces_for
 from kraken.torrent.actions import EngineConfig
 from kraken.torrent.scheduler import Scheduler
 
-__all__ = ["SimOptions", "SimResult", "main", "parse_seconds", "simulate", "synthetic_metainfo"]
+__all__ = ["SimOptions", "SimResult", "main", "simulate", "synthetic_metainfo"]
 
 NAMESPACE = "bench/sim"
 ORIGIN_PEER_PORT = 15001
 AGENT_PEER_PORT = 16001
 _ENGINE_FIELDS = {f.name: f for f in attrs.fields(EngineConfig)}
-
-
-def parse_seconds(text: str | float) -> float:
-    """``1ms``, ``250us``, ``0.5s``, ``2`` (seconds) -> seconds."""
-    if isinstance(text, int | float):
-        return float(text)
-    t = text.strip().lower()
-    for unit, scale in (("ms", 1e-3), ("us", 1e-6), ("s", 1.0)):
-        if t.endswith(unit):
-            return float(t[: -len(unit)]) * scale
-    return float(t)
 
 
 def engine_config(settings: dict[str, Any], **fixed: Any) -> EngineConfig:
