@@ -5,6 +5,7 @@ from __future__ import annotations
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
+from kraken.config.loader import parse_config
 from kraken.services import agent, build_index, origin, proxy, tracker
 from kraken.services.parts import DaemonOptions
 
@@ -37,4 +38,5 @@ class DaemonOptionsTests(SynchronousTestCase):
             with self.subTest(daemon=options.daemon):
                 parsed = options()
                 parsed.parseOptions([])
-                self.assertIsNotNone(parsed[options.daemon.replace("-", "_") + "_config"])
+                key = options.daemon.replace("-", "_") + "_config"
+                self.assertEqual(parsed[key], parse_config(options.daemon, None))
