@@ -14,6 +14,7 @@ import hashlib
 import io
 import json
 import os
+import platform
 import random
 import tarfile
 from collections.abc import Sequence
@@ -50,6 +51,24 @@ def tar_layer(name: str, data: bytes) -> tuple[bytes, str]:
         info.mtime = 0
         tar.addfile(info, io.BytesIO(data))
     return gzip.compress(raw.getvalue(), mtime=0), digest_of(raw.getvalue())
+
+
+def host_arch() -> str:
+    """This machine's architecture as OCI names it (containerd unpacks only that one)."""
+    machine = platform.machine()
+    return {"x86_64": "amd64", "aarch64": "arm64"}.get(machine, machine)
+
+
+def image_config(arch: str, diff_ids: list[str]) -> bytes:
+    """A minimal runnable image configuration (linux/``arch``) over layers ``diff_ids``."""
+    return json.dumps(
+        {
+            "architecture": arch,
+            "os": "linux",
+            "config": {"Cmd": ["/bin/true"]},
+            "rootfs": {"type": "layers", "diff_ids": diff_ids},
+        }
+    ).encode()
 
 
 def manifest_of(config: bytes, layers: list[bytes], media_type: str = DOCKER_MANIFEST_V2) -> bytes:
@@ -107,14 +126,7 @@ class OCILayout:
             layer, diff_id = tar_layer(f"kraken/{arch}-{seed}-{n}.bin", rng.randbytes(size))
             diff_ids.append(diff_id)
             layers.append(self.blob(layer, OCI_LAYER))
-        config = json.dumps(
-            {
-                "architecture": arch,
-                "os": "linux",
-                "config": {"Cmd": ["/bin/true"]},
-                "rootfs": {"type": "layers", "diff_ids": diff_ids},
-            }
-        ).encode()
+        config = image_config(arch, diff_ids)
         manifest = json.dumps(
             {
                 "schemaVersion": 2,

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import random
 from collections.abc import Callable
 from typing import Any, ClassVar
@@ -47,7 +46,7 @@ from kraken.services.agent import AgentService, build_agent
 from kraken.services.origin import OriginService, build_origin
 from kraken.services.tracker import TrackerService, build_tracker
 from tests.external import require_program
-from tests.oci import manifest_of, tar_layer
+from tests.oci import host_arch, image_config, manifest_of, tar_layer
 from tests.peers.redisserver import free_port
 from tests.system.containerd import require_containerd, start_containerd
 
@@ -83,15 +82,7 @@ def make_image() -> tuple[list[bytes], bytes, bytes]:
         layer, diff_id = tar_layer(f"kraken/layer{n}.txt", f"hello from layer {n}\n".encode() * 100)
         layers.append(layer)
         diff_ids.append(diff_id)
-    arch = {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(), platform.machine())
-    config = json.dumps(
-        {
-            "architecture": arch,
-            "os": "linux",
-            "config": {"Cmd": ["/bin/true"]},
-            "rootfs": {"type": "layers", "diff_ids": diff_ids},
-        }
-    ).encode()
+    config = image_config(host_arch(), diff_ids)
     manifest = manifest_of(config, layers)
     return layers, config, manifest
 

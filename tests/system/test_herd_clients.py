@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import sys
 from typing import Any
 
@@ -32,7 +31,7 @@ from twisted.trial.unittest import TestCase
 import tests
 from kraken.http.client import NO_RETRY, HTTPClientFactory
 from tests.external import require_program
-from tests.oci import OCILayout
+from tests.oci import OCILayout, host_arch
 from tests.system.clusters import free_block, new_layout, pull_and_compare, skopeo, until
 from tests.system.containerd import ProcessExit, require_containerd, start_containerd, stop_process
 
@@ -41,12 +40,6 @@ CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(tests.__file__)))
 #: ``twistd``, run by this interpreter: what the ``twistd`` console script does.
 TWISTD = "from twisted.scripts.twistd import run; run()"
 REPO, TAG = "test/hello", "v1"
-
-
-def host_arch() -> str:
-    """This machine's architecture as OCI names it (containerd unpacks only that one)."""
-    machine = platform.machine()
-    return {"x86_64": "amd64", "aarch64": "arm64"}.get(machine, machine)
 
 
 class HerdProcess:
