@@ -228,18 +228,22 @@ class RedisPeerStore:
         base = f"{self.key_prefix}{{{infohash.hex}}}"
         return [f"{base}:exp", f"{base}:info"]
 
-    def update_peer(self, infohash: InfoHash, peer: PeerInfo) -> Deferred[None]:
-        """Record an announce (see :meth:`IPeerStore.update_peer`)."""
+    def _record_args(self, peer: PeerInfo) -> list[str]:
+        """The record script's arguments for ``peer``, announcing now."""
         now = self.clock.seconds()
-        args = [
+        return [
             repr(now),
             repr(now + self.ttl),
             peer.peer_id.hex,
             peer.ip,
             str(peer.port),
             "1" if peer.complete else "0",
-            str(max(1, math.ceil(self.ttl * 1000))),
+            self._ttl_ms,
         ]
+
+    def update_peer(self, infohash: InfoHash, peer: PeerInfo) -> Deferred[None]:
+        """Record an announce (see :meth:`IPeerStore.update_peer`)."""
+        args = self._record_args(peer)
         d: Deferred[Any] = self.redis.eval(_UPDATE, self._keys(infohash), args)
         return d.addCallback(lambda _: None)
 
@@ -275,17 +279,7 @@ class RedisPeerStore:
         self, infohash: InfoHash, peer: PeerInfo, limit: int
     ) -> Deferred[list[StoredPeer]]:
         """Record and answer in one script (see :meth:`IPeerStore.announce`)."""
-        now = self.clock.seconds()
-        args = [
-            repr(now),
-            repr(now + self.ttl),
-            peer.peer_id.hex,
-            peer.ip,
-            str(peer.port),
-            "1" if peer.complete else "0",
-            self._ttl_ms,
-            str(max(0, limit)),
-        ]
+        args = [*self._record_args(peer), str(max(0, limit))]
         keys = self._keys(infohash)
         d: Deferred[Any] = self.redis.evalsha(_ANNOUNCE_SHA, keys, args)
         d.addErrback(self._load_script, keys, args)
