@@ -50,9 +50,10 @@ import heapq
 import math
 import random
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 from kraken.core import Bitfield, InfoHash, MetaInfo, PeerID
+from kraken.core.bitfield import mask_indices
 from kraken.torrent.actions import Action, Close, ConnId, EngineConfig, Send, SendPiece
 from kraken.torrent.messages import AnnouncePiece, CancelPiece, Error, ErrorCode, PieceRequest
 
@@ -75,6 +76,7 @@ class PeerState:
         "created",
         "failed",
         "forgiven",
+        "has",
         "last_progress",
         "limit",
         "origin",
@@ -99,6 +101,8 @@ class PeerState:
         self.conn = conn
         self.peer_id = peer_id
         self.bitfield = bitfield
+        #: ``bitfield`` as an integer (Bitfield.mask), kept in step with it.
+        self.has = bitfield.mask()
         self.origin = origin
         self.limit = limit
         #: index -> when we sent our outstanding request for it to this peer.
@@ -139,6 +143,8 @@ class PieceDispatcher:
         self._rng = rng
         self._now = now
         self.missing: set[int] = set(have.missing())
+        #: ``missing`` as an integer (bit i = piece i), kept in step with it.
+        self._missing_mask = sum(1 << i for i in self.missing)
         #: pieces whose bytes were accepted and are being verified/written -> from whom.
         self.writing: dict[int, ConnId] = {}
         #: index -> connections with an outstanding request for it.
@@ -226,8 +232,11 @@ class PieceDispatcher:
         now = self._now()
         peer = PeerState(conn, peer_id, bitfield.copy(), origin=origin, limit=limit, now=now)
         self.peers[conn] = peer
+        avail, agent_avail = self.avail, self.agent_avail
         for i in peer.bitfield:
-            self._gain(peer, i)
+            avail[i] += 1
+            if not origin:
+                agent_avail[i] += 1
         return self._fill(peer)
 
     def remove_peer(self, conn: ConnId) -> list[Action]:
@@ -247,6 +256,7 @@ class PieceDispatcher:
         return self.fill_all()
 
     def _gain(self, peer: PeerState, index: int) -> None:
+        peer.has |= 1 << index
         self.avail[index] += 1
         if not peer.origin:
             self.agent_avail[index] += 1
@@ -278,15 +288,13 @@ class PieceDispatcher:
             below = self.config.origin_fallback_below
             if below is not None and self._agent_requests() >= below:
                 return []
+            agent_avail = self.agent_avail
             candidates = [
-                (self.agent_avail[i], self.avail[i], rand(), i)
-                for i in self.missing
-                if self._origin_eligible(peer, i, now)
+                (agent_avail[i], self.avail[i], rand(), i) for i in self._candidates(peer, now)
             ]
         else:
-            candidates = [
-                (0, self.avail[i], rand(), i) for i in self.missing if self.eligible(peer, i, now)
-            ]
+            avail = self.avail
+            candidates = [(0, avail[i], rand(), i) for i in self._candidates(peer, now)]
         chosen = heapq.nsmallest(quota, candidates)
         actions: list[Action] = []
         if chosen and not peer.pending and peer.receiving is None:
@@ -297,6 +305,49 @@ class PieceDispatcher:
             self.requested.setdefault(i, set()).add(peer.conn)
             actions.append(Send(peer.conn, PieceRequest(i)))
         return actions
+
+    def _candidates(self, peer: PeerState, now: float) -> Iterator[int]:
+        """
+        The pieces :meth:`may_request` allows from ``peer`` (ignoring its quota and the
+        origin fallback threshold), ascending.
+
+        The same rules as :meth:`eligible` and :meth:`_origin_eligible`, computed on piece
+        sets as integers: what the peer has, less what we hold, are writing or have asked
+        for, and (for an origin) less what some connected agent can give; only the pieces
+        left are visited.  Testing every missing piece in Python on each request made a
+        piece's bookkeeping cost grow with the piece count (bench.pair, 2048 pieces of
+        128 KiB: the scan was 37 % of the downloader's CPU).
+        """
+        mask = peer.has & self._missing_mask
+        taken = 0
+        for i in self.writing:
+            taken |= 1 << i
+        if peer.origin or not self.endgame():
+            for p in self.peers.values():
+                for i in p.pending:
+                    taken |= 1 << i
+        else:
+            for i in peer.pending:
+                taken |= 1 << i
+        mask &= ~taken
+        if peer.origin and mask:
+            # Pieces a connected agent can give us (and has not failed recently) are theirs.
+            served = 0
+            for p in self.peers.values():
+                if not p.origin:
+                    served |= p.has & ~self._recent_failures(p, now) if p.failed else p.has
+            mask &= ~served
+        if peer.failed:
+            mask &= ~self._recent_failures(peer, now)
+        return mask_indices(mask)
+
+    def _recent_failures(self, peer: PeerState, now: float) -> int:
+        """The pieces ``peer`` failed within the blacklist duration, as an integer."""
+        failed = 0
+        for i in list(peer.failed):
+            if self._failed_recently(peer, i, now):
+                failed |= 1 << i
+        return failed
 
     def fill_all(self) -> list[Action]:
         """Give every peer with spare pipeline as many requests as it can take."""
@@ -531,6 +582,7 @@ class PieceDispatcher:
             return []
         del self.writing[index]
         self.missing.discard(index)
+        self._missing_mask &= ~(1 << index)
         self.have.set(index)
         actions: list[Action] = []
         peer = self.peers.get(conn)

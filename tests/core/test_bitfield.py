@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from kraken.core import Bitfield, InvalidBitfield
+from kraken.core.bitfield import mask_indices
 
 
 @st.composite
@@ -31,6 +32,14 @@ class BitfieldTests(SynchronousTestCase):
         self.assertEqual(decoded.count(), len(indices))
         self.assertEqual(set(decoded.missing()), set(range(n)) - indices)
         self.assertEqual(decoded.complete(), len(indices) == n)
+
+    @given(bitfields())
+    def test_mask(self, case: tuple[int, set[int]]) -> None:
+        """mask() has bit i set exactly for piece i; mask_indices lists them ascending."""
+        n, indices = case
+        mask = Bitfield.of(n, indices).mask()
+        self.assertEqual(mask, sum(1 << i for i in indices))
+        self.assertEqual(list(mask_indices(mask)), sorted(indices))
 
     def test_msb_first(self) -> None:
         """Bit 0 is the most significant bit of the first byte."""

@@ -39,6 +39,12 @@ def check_invariants(test: SynchronousTestCase, d: PieceDispatcher) -> None:
             test.assertNotIn(i, d.have, "request for a piece we have")
             test.assertIn(i, peer.bitfield, "request to a peer lacking the piece")
             test.assertIn(peer.conn, d.requested[i])
+        test.assertEqual(peer.has, peer.bitfield.mask(), "piece set out of step with bitfield")
+        # The integer-set selection _fill uses picks exactly what may_request allows.
+        test.assertEqual(
+            list(d._candidates(peer, now)),
+            [i for i in sorted(d.missing) if d.may_request(peer, i, now)],
+        )
     if not d.endgame():
         for i, conns in d.requested.items():
             test.assertLessEqual(len(conns), 1, f"piece {i} requested twice outside endgame")
@@ -56,9 +62,19 @@ class DispatcherPropertyTests(SynchronousTestCase):
     """Random peers joining, leaving, announcing, delivering, failing."""
 
     @settings(max_examples=150, deadline=None)
-    @given(events, st.sets(st.integers(0, N - 1)), st.integers(0, 2**32))
-    def test_invariants(self, evs, have, seed) -> None:
-        """After every event the dispatcher's invariants hold and requests are well-formed."""
+    @given(
+        events,
+        st.sets(st.integers(0, N - 1)),
+        st.integers(0, 2**32),
+        st.dictionaries(st.integers(0, 7), st.sets(st.integers(0, N - 1)), max_size=6),
+    )
+    def test_invariants(self, evs, have, seed, initial) -> None:
+        """
+        After every event the dispatcher's invariants hold and requests are well-formed.
+
+        ``initial`` peers (even connection numbers are origins) join before the events,
+        so that most examples have agents and origins serving at once.
+        """
         now = [0.0]
         d = PieceDispatcher(
             META.infohash,
@@ -68,6 +84,7 @@ class DispatcherPropertyTests(SynchronousTestCase):
             rng=random.Random(seed),
             now=lambda: now[0],
         )
+        evs = [("add", c, 0, bits) for c, bits in initial.items()] + evs
         for kind, c, index, bits in evs:
             conn = ConnId(c)
             actions: list = []
