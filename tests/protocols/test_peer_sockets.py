@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import random
+import socket
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import reactor
@@ -19,6 +21,7 @@ from kraken.protocols.peer import PeerNode, threadpool_runner
 from kraken.store import BlobStore
 from kraken.torrent.actions import Announce, EngineConfig
 from kraken.torrent.archive import IPieceFiles
+from kraken.torrent.bandwidth import MAX_CHUNK, BandwidthLimiter
 from kraken.torrent.scheduler import Scheduler
 
 
@@ -99,7 +102,31 @@ class RealSocketTests(TestCase):
         self.assertGreaterEqual(_FileStorage.opened, 16)
 
     @inlineCallbacks
-    def swarm(self, files: bool) -> Any:
+    def test_shaped_agents_read_into_piece_buffers(self) -> Any:
+        """
+        Agents with bandwidth limits (on by default) read payloads with recv_into, in
+        chunks of at most MAX_CHUNK, each charged to the ingress bucket.
+        """
+        reads: list[int] = []
+        real = socket.socket.recv_into
+
+        def recv_into(sock: socket.socket, buf: Any, nbytes: int = 0, flags: int = 0) -> int:
+            n = real(sock, buf, nbytes, flags)
+            reads.append(n)
+            return n
+
+        self.patch(socket.socket, "recv_into", recv_into)
+        yield self.swarm(
+            files=True, bandwidth=lambda: BandwidthLimiter.of(reactor.seconds, 2e9, 2e9)
+        )
+        # Every agent received 16 pieces of 512 KiB, most of them through recv_into.
+        self.assertGreater(sum(reads), 5 * 8 * 1024 * 1024 // 2)
+        self.assertLessEqual(max(reads), MAX_CHUNK)
+
+    @inlineCallbacks
+    def swarm(
+        self, files: bool, bandwidth: Callable[[], BandwidthLimiter | None] = lambda: None
+    ) -> Any:
         """Run the origin + 5 agents; check the bytes and the threads."""
         pool = ThreadPool(2, 8, "peer-test")
         pool.start()
@@ -142,6 +169,7 @@ class RealSocketTests(TestCase):
                 ThreadCheckingArchive(AgentArchive(store), seen, files),
                 run,
                 announcer=announcer,
+                bandwidth=bandwidth(),
             )
             node.start()
             self.addCleanup(node.stop)
