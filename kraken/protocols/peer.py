@@ -324,35 +324,41 @@ class PeerProtocol(Int32StringReceiver):
         payload is being received into a buffer the socket is read straight
         into the buffer, at most the payload's remaining bytes and
         SOCKET_BUFFER per call (MAX_CHUNK under an ingress limit, which is
-        charged after each read as in :meth:`dataReceived`); otherwise
-        Twisted's ``doRead`` runs as usual (frames, discarded payloads).
-        This saves a copy and a 1 MiB ``bytes`` allocation per read, whose
-        pages glibc kept returning to the kernel (~200,000 page faults per
-        GiB received, measured).  Agents, whose ingress limit is on by
-        default, read through Twisted before (bench.swarm's agents at 256 KiB
-        pieces: ~16 % of their samples in that read and copy).
+        charged after each read as in :meth:`dataReceived`).  Otherwise
+        (frames, and whatever follows them in the socket: with small pieces
+        that is most payload bytes) it reads as much into the
+        node's reusable read buffer and hands a view of it to
+        ``dataReceived``, which copies out what it keeps.  Twisted's own
+        ``doRead`` allocates a 1 MiB ``bytes`` per read, whose pages glibc
+        kept returning to the kernel (~200,000 page faults per GiB
+        received, measured); bench.pair with 256 KiB pieces spent 10 % of
+        the downloader's samples in that read.
         """
         sock = sendfile_socket(transport)
         if sock is None:
             return
         twisted_read = transport.doRead
+        scratch = self.node.read_buffer()
 
         def doRead() -> Any:
-            view = self._raw_view
-            if view is None or self.state == "closed":
+            if self.state == "closed":
                 return twisted_read()
+            view = self._raw_view
             shaped = self.node.bandwidth.ingress is not None
-            size = min(self._raw_left, MAX_CHUNK if shaped else SOCKET_BUFFER)
+            chunk = MAX_CHUNK if shaped else SOCKET_BUFFER
             try:
-                n = sock.recv_into(view[self._raw_pos :], size)
-            except BlockingIOError:
-                return None
-            except InterruptedError:
+                if view is None:
+                    n = sock.recv_into(scratch, chunk)
+                else:
+                    n = sock.recv_into(view[self._raw_pos :], min(self._raw_left, chunk))
+            except (BlockingIOError, InterruptedError):
                 return None
             except OSError:
                 return CONNECTION_LOST
             if not n:
                 return CONNECTION_DONE
+            if view is None:
+                return transport.protocol.dataReceived(scratch[:n])
             self.payload_bytes = True
             self._raw_pos += n
             self._raw_left -= n
@@ -437,8 +443,13 @@ class PeerProtocol(Int32StringReceiver):
                 self._resume_call.cancel()
             self._resume_call = self.node.reactor.callLater(delay, self._resume_reading)
 
-    def dataReceived(self, data: bytes) -> None:
-        """Split frames; in raw mode copy payload bytes straight into the piece buffer."""
+    def dataReceived(self, data: bytes | memoryview) -> None:
+        """
+        Split frames; in raw mode copy payload bytes straight into the piece buffer.
+
+        ``data`` may be a view of a buffer that is reused once this returns: whatever
+        is kept (a partial frame, a frame's body, payload bytes) is copied out.
+        """
         view = memoryview(data)
         if self._raw_left and self.node.bandwidth.ingress is not None:
             self._shape_ingress(len(data))
@@ -657,6 +668,7 @@ class PeerNode:
         self.connector = connector or self._tcp_connector
         self.announcer = announcer
         self.bandwidth = bandwidth or BandwidthLimiter()
+        self._read_buffer: memoryview | None = None
         self.handshake_timeout = handshake_timeout
         self.tick_interval = tick_interval
         self.protocols: dict[ConnId, PeerProtocol] = {}
@@ -704,6 +716,16 @@ class PeerNode:
                 proto.payload_bytes = False
                 progressed.append(conn)
         self.run(self.scheduler.tick(progressed))
+
+    def read_buffer(self) -> memoryview:
+        """
+        SOCKET_BUFFER bytes that every connection of this node reads frames into (reactor
+        thread only: a read's bytes are parsed, and what is kept copied out, before the
+        next read).
+        """
+        if self._read_buffer is None:
+            self._read_buffer = memoryview(bytearray(SOCKET_BUFFER))
+        return self._read_buffer
 
     def factory(self) -> PeerFactory:
         """A factory for a listening port."""
