@@ -2,7 +2,7 @@
 Discrete-event simulation of a swarm running the real P2P engine (``python -m bench.sim``).
 
 ``python -m bench.sim --agents 20 --origins 2 --size 64MiB --rate 4MiB --seed 1
-[--piece-length 512KiB] [--agent-set KEY=VALUE ...] [--origin-set KEY=VALUE ...]
+[--piece-length 256KiB] [--agent-set KEY=VALUE ...] [--origin-set KEY=VALUE ...]
 [--latency 1ms] [--overhead 1.0] [--start-jitter 0] [--rate-quantum 0] [--json OUT]``
 
 Every node is a real :class:`kraken.torrent.scheduler.Scheduler` (agents with the

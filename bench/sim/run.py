@@ -270,7 +270,7 @@ def _parser() -> argparse.ArgumentParser:
         "--piece-length",
         type=parse_size,
         default=None,
-        help="metainfo piece length (default: kraken.core's table, 512KiB under 256MiB)",
+        help="metainfo piece length (default: kraken.core's table, 256KiB under 256MiB)",
     )
     parser.add_argument(
         "--announce-interval",

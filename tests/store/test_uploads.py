@@ -144,10 +144,10 @@ class CommitTests(StoreTestCase):
         self.assertRaises(UploadNotFound, self.store.upload_size, uid)
 
     def test_commit_default_piece_lengths(self) -> None:
-        """Without a table, commit uses DEFAULT_PIECE_LENGTHS (512 KiB for small blobs)."""
+        """Without a table, commit uses DEFAULT_PIECE_LENGTHS (256 KiB for small blobs)."""
         metainfo = self.store.put_bytes(b"abc")
         self.assertEqual(metainfo.piece_length, DEFAULT_PIECE_LENGTHS.for_size(3))
-        self.assertEqual(metainfo.piece_length, 512 * 1024)
+        self.assertEqual(metainfo.piece_length, 256 * 1024)
 
     def test_commit_empty_blob(self) -> None:
         """An empty upload commits to an empty blob with one empty piece."""

@@ -2,7 +2,7 @@
 Small swarms of separate processes on network namespaces with ``tc`` limits (root, iproute2).
 
 Each test builds 1 tracker, 1 origin and 5 agents with :class:`bench.swarm.Swarm` (every
-host's link limited to 2 MiB/s each way, 512 KiB pieces, so that an 8 MiB download takes
+host's link limited to 2 MiB/s each way, 256 KiB pieces, so that an 8 MiB download takes
 seconds), uploads a random 8 MiB blob and has agents fetch it through their agent API:
 
 - all five at once: every host ends with exactly the uploaded bytes;
