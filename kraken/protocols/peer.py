@@ -326,9 +326,9 @@ class PeerProtocol(Int32StringReceiver):
         SOCKET_BUFFER per call (MAX_CHUNK under an ingress limit, which is
         charged after each read as in :meth:`dataReceived`).  Otherwise
         (frames, and whatever follows them in the socket: with small pieces
-        that is most payload bytes) it reads as much into the
-        node's reusable read buffer and hands a view of it to
-        ``dataReceived``, which copies out what it keeps.  Twisted's own
+        that is most payload bytes) it reads as much into the node's
+        reusable read buffer and hands a view of it to ``dataReceived``,
+        which copies out what it keeps.  Twisted's own
         ``doRead`` allocates a 1 MiB ``bytes`` per read, whose pages glibc
         kept returning to the kernel (~200,000 page faults per GiB
         received, measured); bench.pair with 256 KiB pieces spent 10 % of

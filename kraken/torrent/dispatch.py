@@ -144,7 +144,7 @@ class PieceDispatcher:
         self._now = now
         self.missing: set[int] = set(have.missing())
         #: ``missing`` as an integer (bit i = piece i), kept in step with it.
-        self._missing_mask = sum(1 << i for i in self.missing)
+        self._missing_mask = ~have.mask() & ((1 << have.length) - 1)
         #: pieces whose bytes were accepted and are being verified/written -> from whom.
         self.writing: dict[int, ConnId] = {}
         #: index -> connections with an outstanding request for it.
