@@ -106,10 +106,17 @@ class RealSocketTests(TestCase):
         """
         Agents with bandwidth limits (on by default) read with recv_into (payloads into
         the piece buffer, frames into the node's read buffer), at most MAX_CHUNK at a
-        time, so that the ingress bucket is charged in small steps.
+        time, so that the ingress bucket is charged in small steps: every payload byte is
+        charged once.
         """
         reads: list[int] = []
+        charged: list[int] = []
         real = socket.socket.recv_into
+        real_delay = BandwidthLimiter.receive_delay
+
+        def receive_delay(limiter: BandwidthLimiter, n: int) -> float:
+            charged.append(n)
+            return real_delay(limiter, n)
 
         def recv_into(sock: socket.socket, buf: Any, nbytes: int = 0, flags: int = 0) -> int:
             n = real(sock, buf, nbytes, flags)
@@ -117,12 +124,17 @@ class RealSocketTests(TestCase):
             return n
 
         self.patch(socket.socket, "recv_into", recv_into)
+        self.patch(BandwidthLimiter, "receive_delay", receive_delay)
         yield self.swarm(
             files=True, bandwidth=lambda: BandwidthLimiter.of(reactor.seconds, 2e9, 2e9)
         )
         # Every agent received 16 pieces of 512 KiB, all of them through recv_into.
         self.assertGreaterEqual(sum(reads), 5 * 8 * 1024 * 1024)
         self.assertLessEqual(max(reads), MAX_CHUNK)
+        # Payload bytes only (frames are not shaped), each once, in steps of MAX_CHUNK.
+        self.assertGreaterEqual(sum(charged), 5 * 8 * 1024 * 1024)
+        self.assertLessEqual(sum(charged), sum(reads))
+        self.assertLessEqual(max(charged), MAX_CHUNK)
 
     @inlineCallbacks
     def swarm(
