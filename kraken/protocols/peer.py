@@ -448,11 +448,12 @@ class PeerProtocol(Int32StringReceiver):
         Split frames; in raw mode copy payload bytes straight into the piece buffer.
 
         ``data`` may be a view of a buffer that is reused once this returns: whatever
-        is kept (a partial frame, a frame's body, payload bytes) is copied out.
+        is kept (a partial frame, a frame's body, payload bytes) is copied out.  The
+        payload bytes among ``data`` (also those behind a PIECE_PAYLOAD header in the
+        same read) are charged to the ingress limit, and nothing else.
         """
         view = memoryview(data)
-        if self._raw_left and self.node.bandwidth.ingress is not None:
-            self._shape_ingress(len(data))
+        payload = 0
         while view and self.state != "closed":
             if self._raw_left:
                 self.payload_bytes = True
@@ -461,6 +462,7 @@ class PeerProtocol(Int32StringReceiver):
                     self._raw_view[self._raw_pos : self._raw_pos + n] = view[:n]
                 self._raw_pos += n
                 self._raw_left -= n
+                payload += n
                 view = view[n:]
                 if not self._raw_left:
                     self._payload_done()
@@ -471,17 +473,19 @@ class PeerProtocol(Int32StringReceiver):
                 self._buffer = b""
             if len(view) < 4:
                 self._buffer = view.tobytes()
-                return
+                break
             (length,) = _HEADER.unpack_from(view)
             if length > self.MAX_LENGTH:
                 self.lengthLimitExceeded(length)
-                return
+                break
             if len(view) < 4 + length:
                 self._buffer = view.tobytes()
-                return
+                break
             frame = view[4 : 4 + length].tobytes()
             view = view[4 + length :]
             self.stringReceived(frame)
+        if payload and self.node.bandwidth.ingress is not None and self.state != "closed":
+            self._shape_ingress(payload)
 
     def _resume_reading(self) -> None:
         self._resume_call = None

@@ -468,6 +468,17 @@ class IngressLimitTests(OneConnection):
         self.clock.advance(10)
         self.assertEqual(self.transport.producerState, "producing")
 
+    def test_payload_bytes_charged_once_with_their_header(self) -> None:
+        """
+        Every payload byte is charged, also those that arrive in the same read as their
+        PIECE_PAYLOAD header, and the header frame is not: 128 + 72 KiB against the
+        64 KiB burst leaves 136 KiB of debt.
+        """
+        self.start_payload()
+        bucket = self.node.bandwidth.ingress
+        assert bucket is not None
+        self.assertEqual(bucket.available(), 64 * KiB - 200 * KiB)
+
     def test_connection_lost_cancels_resume(self) -> None:
         """Losing the connection while paused leaves no resume timer behind."""
         self.start_payload()
