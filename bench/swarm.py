@@ -280,9 +280,14 @@ class Swarm:
         return result
 
     def start_fetch(
-        self, agent: Daemon, sha256: str, out: str | None = None
+        self, agent: Daemon, sha256: str, out: str | None = None, size: int | None = None
     ) -> subprocess.Popen[str]:
-        """A fetch client in ``agent``'s namespace; it prints READY, then waits for GO."""
+        """
+        A fetch client in ``agent``'s namespace; it prints READY, then waits for GO.
+
+        With ``size`` the client readies a buffer for the whole body before GO and
+        hashes it after the end (``bench.swarm_client``'s ``Landing``).
+        """
         base = f"http://127.0.0.1:{AGENT_SERVER_PORT}"
         command = [
             sys.executable,
@@ -297,6 +302,8 @@ class Swarm:
         ]
         if out:
             command += ["--out", out]
+        if size is not None:
+            command += ["--size", str(size)]
         return subprocess.Popen(
             agent.host.argv(command),
             env=self.env,
@@ -475,7 +482,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         uploaded = swarm.upload(blob)
         sha = uploaded["digest"].split(":", 1)[1]
         print(f"uploaded and replicated in {uploaded['seconds']:.1f} s", flush=True)
-        clients = [swarm.start_fetch(a, sha) for a in swarm.agents]
+        clients = [swarm.start_fetch(a, sha, size=args.size) for a in swarm.agents]
         tx_before = sum(network.tx_bytes(o.host) for o in swarm.origins)
         cpu_before = swarm.cpu()
         start = Swarm.go(clients)
@@ -511,6 +518,8 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     detail = {
         "options": {k: (v if not isinstance(v, list) else dict(v)) for k, v in vars(args).items()},
         "bound_s": bound,
+        "start_unix": start,
+        "results": results,
         "tcp_reference": reference,
         "tcp_bound_s": tcp_bound,
         "times_s": sorted(times),

@@ -15,17 +15,22 @@ Small clients that ``bench.swarm`` and ``tests/system`` run inside a host's name
     ``{"rx_rate", "tx_rate"}``: payload bytes per second received and sent, counted over the
     middle of the run (from 1.5 s after GO to 0.5 s before the end) so that connection set-up
     and TCP start-up are left out.
-``python -m bench.swarm_client fetch URL --sha256 HEX [--health URL] [--out FILE]``
+``python -m bench.swarm_client fetch URL --sha256 HEX [--health URL] [--out FILE] [--size N]``
     Wait until ``--health`` answers 200, print ``READY``, read ``GO <unix time>`` from stdin,
-    sleep until that moment, then GET URL, hashing the body as it streams (and writing it to
-    ``--out``); prints JSON ``{"start", "end", "bytes", "sha256", "ok", "status"}``.  All hosts
-    share the machine's clock, so these times are comparable between namespaces.
+    sleep until that moment, then GET URL, hashing the body (and writing it to ``--out``);
+    prints JSON ``{"start", "end", "bytes", "sha256", "ok", "status"}``.  ``end`` is when
+    the last byte arrived: with ``--size`` (up to 256 MiB) the body lands in a buffer made
+    ready before GO and is hashed after ``end``, at nice 19 (see :func:`fetch`); otherwise
+    each chunk is hashed as it streams.  All hosts share the machine's clock, so these
+    times are comparable between namespaces.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
+import http.client
 import json
 import os
 import selectors
@@ -34,9 +39,12 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from typing import Any
+from typing import Any, BinaryIO
 
 CHUNK = 1024 * 1024
+#: A fetch of at most this many bytes lands whole in memory and is hashed after its end.
+DEFER_LIMIT = 256 * 1024 * 1024
+PAGE = 4096
 
 
 def _get_status(url: str, timeout: float = 2) -> int:
@@ -63,36 +71,94 @@ def wait(urls: list[str], timeout: float) -> None:
         time.sleep(0.1)
 
 
-def fetch(url: str, expected: str, out: str | None) -> dict[str, Any]:
-    """GET ``url``, hashing (and maybe saving) the body; the result record."""
+class Landing:
+    """
+    Where a fetch puts the body.
+
+    With the size known (``--size``, at most :data:`DEFER_LIMIT`) it is one
+    buffer of that size, allocated and its pages faulted in *before* GO: the
+    body lands in it with one copy (``readinto``), and hashing and saving wait
+    until the last byte has arrived.  Otherwise it is one :data:`CHUNK` buffer,
+    reused, and each chunk is hashed as it arrives.
+    """
+
+    def __init__(self, size: int | None = None) -> None:
+        self.size = size
+        self.whole = size is not None and 0 < size <= DEFER_LIMIT
+        self.buffer = bytearray(size if self.whole and size else CHUNK)
+        for i in range(0, len(self.buffer), PAGE):
+            self.buffer[i] = 1
+        self.view = memoryview(self.buffer)
+
+    def receive(self, response: Any, digest: Any, sink: BinaryIO | None) -> int:
+        """Read ``response`` to its end; the body's length (more than ``size`` stops early)."""
+        view, got = self.view, 0
+        while True:
+            if not self.whole:
+                n = response.readinto(view)
+                if not n:
+                    return got
+                digest.update(view[:n])
+                if sink is not None:
+                    sink.write(view[:n])
+            elif got == len(view):
+                # Longer than announced: the caller sees more bytes than ``size``.
+                return got + len(response.read(CHUNK))
+            else:
+                n = response.readinto(view[got:])
+                if not n:
+                    return got
+            got += n
+
+    def finish(self, got: int, digest: Any, sink: BinaryIO | None) -> None:
+        """After the end: hash (and save) a whole body, at the lowest CPU priority."""
+        if self.whole:
+            os.nice(19)
+            body = self.view[: min(got, len(self.view))]
+            digest.update(body)
+            if sink is not None:
+                sink.write(body)
+
+
+def fetch(
+    url: str, expected: str, out: str | None, landing: Landing | None = None
+) -> dict[str, Any]:
+    """
+    GET ``url``, then check (and maybe save) the body; the result record.
+
+    ``end`` is when the last byte arrived.  With a whole-body ``landing`` the
+    SHA-256 and the copy to ``out`` come after that, at nice 19: on a machine
+    that runs every host of the swarm, twenty clients hashing their blob at once
+    would otherwise take the CPU from the agents still downloading (a real
+    host checks its bytes on its own CPU).  ``ok`` needs status 200, the
+    expected SHA-256 and, with a size given, exactly that many bytes.
+    """
+    landing = landing or Landing()
     start = time.time()
     digest = hashlib.sha256()
-    size, status = 0, 0
-    sink = open(out, "wb") if out else None  # noqa: SIM115
-    try:
-        with urllib.request.urlopen(url, timeout=900) as response:  # noqa: S310 - http only
-            status = int(response.status)
-            while chunk := response.read(CHUNK):
-                digest.update(chunk)
-                size += len(chunk)
-                if sink is not None:
-                    sink.write(chunk)
-    except urllib.error.HTTPError as e:
-        status = int(e.code)
-    except OSError as e:
-        return {"start": start, "end": time.time(), "bytes": size, "ok": False, "error": str(e)}
-    finally:
-        if sink is not None:
-            sink.close()
-    end = time.time()
-    got = digest.hexdigest()
+    got, status = 0, 0
+    with open(out, "wb") if out else contextlib.nullcontext() as sink:
+        try:
+            with urllib.request.urlopen(url, timeout=900) as response:  # noqa: S310 - http only
+                status = int(response.status)
+                got = landing.receive(response, digest, sink)
+                if response.length:
+                    # http.client ends a short body quietly; say so.
+                    raise http.client.IncompleteRead(b"", response.length)
+        except urllib.error.HTTPError as e:
+            status = int(e.code)
+        except (OSError, http.client.HTTPException) as e:
+            return {"start": start, "end": time.time(), "bytes": got, "ok": False, "error": repr(e)}
+        end = time.time()
+        landing.finish(got, digest, sink)
+    sha = digest.hexdigest()
     return {
         "start": start,
         "end": end,
-        "bytes": size,
-        "sha256": got,
+        "bytes": got,
+        "sha256": sha,
         "status": status,
-        "ok": status == 200 and got == expected,
+        "ok": status == 200 and sha == expected and (landing.size is None or got == landing.size),
     }
 
 
@@ -235,6 +301,7 @@ def main(argv: list[str] | None = None) -> None:
     fe.add_argument("--sha256", required=True)
     fe.add_argument("--health")
     fe.add_argument("--out")
+    fe.add_argument("--size", type=int, help="expected bytes: land the body whole, hash after")
     fe.add_argument("--timeout", type=float, default=60)
     args = parser.parse_args(argv)
     if args.command == "wait":
@@ -247,10 +314,11 @@ def main(argv: list[str] | None = None) -> None:
     else:
         if args.health:
             wait([args.health], args.timeout)
+        landing = Landing(args.size)
         delay = _wait_for_go() - time.time()
         if delay > 0:
             time.sleep(delay)
-        print(json.dumps(fetch(args.url, args.sha256, args.out)), flush=True)
+        print(json.dumps(fetch(args.url, args.sha256, args.out, landing)), flush=True)
 
 
 if __name__ == "__main__":

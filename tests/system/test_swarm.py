@@ -72,8 +72,15 @@ class SwarmTests(TestCase):
         return digest.split(":", 1)[1]
 
     def fetch(self, agents: list[int], sha: str) -> list[dict[str, Any]]:
-        """Agents ``agents`` fetch the blob at the same moment, each into a file; results."""
-        clients = [self.swarm.start_fetch(self.swarm.agents[i], sha, self.out(i)) for i in agents]
+        """
+        Agents ``agents`` fetch the blob at the same moment, each into a file; results.
+
+        The clients land the body whole and hash it after the end, as ``bench.swarm``'s do.
+        """
+        size = len(self.data)
+        clients = [
+            self.swarm.start_fetch(self.swarm.agents[i], sha, self.out(i), size) for i in agents
+        ]
         Swarm.go(clients, lead=0.5)
         return [Swarm.result(c, timeout=120) for c in clients]
 
