@@ -251,6 +251,7 @@ class P2PBlobDownloader:
             pieces=metainfo.num_pieces,
             namespace=namespace,
         )
+        began = self.node.reactor.seconds()
         try:
             await self.node.download(namespace, metainfo)
         except DownloadFailed as e:
@@ -265,6 +266,11 @@ class P2PBlobDownloader:
             raise DownloadError(f"download torrent {digest}: finished but not in the cache")
         self._infohashes[digest] = metainfo.infohash
         self.observe("downloaded")
+        self.log.info(
+            "downloaded {digest} in {seconds:.2f} s",
+            digest=digest,
+            seconds=self.node.reactor.seconds() - began,
+        )
 
     def delete(self, digest: Digest) -> Deferred[None]:
         """See :meth:`IBlobDownloader.delete`."""
