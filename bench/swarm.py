@@ -23,6 +23,8 @@ shaped link).  It reports:
   links really carry (TCP/IP headers, retransmissions, sharing between flows); p50 and p99
   are also given as ratios to the bound at that rate (``tcp_p50_ratio``, ``tcp_p99_ratio``;
   ``--no-tcp-reference`` skips it);
+- the run's timeline (:mod:`bench.trace`): what the agents received together and how busy
+  the machine's CPU was, per second (printed) and per quarter second (in the JSON);
 - a CDF plot of completion times (PNG, matplotlib) and JSON of the run in ``--out``;
 - a last line of JSON ``{p50_ratio, p99_ratio, max_ratio, origin_egress_ratio, cpu_s_per_gb}``.
 
@@ -52,6 +54,7 @@ from attrs import define, field
 
 from bench.common import parse_size, process_cpu_seconds
 from bench.netns import Host, Network, missing_requirements
+from bench.trace import Trace, per_second, summarize
 
 __all__ = [
     "Swarm",
@@ -485,8 +488,13 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         clients = [swarm.start_fetch(a, sha, size=args.size) for a in swarm.agents]
         tx_before = sum(network.tx_bytes(o.host) for o in swarm.origins)
         cpu_before = swarm.cpu()
-        start = Swarm.go(clients)
-        results = [Swarm.result(c) for c in clients]
+        trace = Trace(network.bridge_ns)
+        trace.start()
+        try:
+            start = Swarm.go(clients)
+            results = [Swarm.result(c) for c in clients]
+        finally:
+            samples = trace.stop()
         cpu_after = swarm.cpu()
         tx_after = sum(network.tx_bytes(o.host) for o in swarm.origins)
         swarm.check_alive()
@@ -515,6 +523,14 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         tcp_bound = kumar_ross_bound(size, n, args.origins * rate, rate, rate)
         summary["tcp_p50_ratio"] = round(_percentile(times, 50) / tcp_bound, 3)
         summary["tcp_p99_ratio"] = round(_percentile(times, 99) / tcp_bound, 3)
+    timeline = summarize(
+        samples,
+        start,
+        {
+            "agents": [a.host.name for a in swarm.agents],
+            "origins": [o.host.name for o in swarm.origins],
+        },
+    )
     detail = {
         "options": {k: (v if not isinstance(v, list) else dict(v)) for k, v in vars(args).items()},
         "bound_s": bound,
@@ -532,6 +548,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         "cpu_s_by_daemon": {k: round(cpu_after.get(k, 0.0) - v, 2) for k, v in cpu_before.items()},
         "upload_s": uploaded["seconds"],
         "summary": summary,
+        "timeline": timeline,
     }
     os.makedirs(args.out, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -552,6 +569,14 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         f"origins sent {detail['origin_tx_bytes'] / size:.2f} blobs; CPU {cpu:.1f} s "
         f"({detail['cpu_s_by_daemon']})"
     )
+    until = max(times)
+    received = per_second(timeline, "agents_rx", until)
+    busy = per_second(timeline, "cpu", until)
+    print(
+        f"agents received, MiB/s in each second (their links: {n * args.rate / 1024**2:g}, "
+        f"Ethernet headers included): {' '.join(f'{r / 1024**2:.0f}' for r in received)}"
+    )
+    print(f"CPU busy in each second (%): {' '.join(f'{100 * b:.0f}' for b in busy)}")
     if tcp_bound is not None:
         print(
             f"bound at the TCP reference rate {tcp_bound:.2f} s: p50 {summary['tcp_p50_ratio']}, "
