@@ -75,14 +75,15 @@ class PieceLengthTable:
         return chosen
 
 
-#: ``< 256 MiB: 256 KiB``, ``< 1 GiB: 1 MiB``, ``>= 1 GiB: 8 MiB``: tuned by the swarm
-#: benchmark as DESIGN 3 allows (docs/benchmarks.md, "Multi-host swarm" and "Third
-#: round": a 64 MiB blob in 256 pieces of 256 KiB beats 128 of 512 KiB, 64 of 1 MiB and
-#: 16 of 4 MiB; 128 KiB is a little faster again but costs 1.35x the CPU and halves a
-#: single transfer's speed, bench.pair).  Every blob from 64 MiB to 1 GiB has at least
-#: 256 pieces, larger ones at least 128.
+#: ``< 256 MiB: 256 KiB``, ``< 1 GiB: 512 KiB``, ``>= 1 GiB: 8 MiB``: tuned by the swarm
+#: benchmark as DESIGN 3 allows (docs/benchmarks.md, "Multi-host swarm", third and fourth
+#: rounds: a 64 MiB blob in 256 pieces of 256 KiB beats 128 of 512 KiB, 64 of 1 MiB and
+#: 16 of 4 MiB, and 128 KiB, a little faster again, costs 1.35x the CPU and halves a
+#: single transfer's speed, bench.pair; a 256 MiB blob in 512 KiB pieces beats 1 MiB and
+#: 2 MiB).  Every blob from 64 MiB to 1 GiB has at least 256 pieces, larger ones at least
+#: 128 (that entry is DESIGN's, not measured on the swarm).
 DEFAULT_PIECE_LENGTHS: Final = PieceLengthTable(
-    ((0, 256 * KiB), (256 * MiB, 1 * MiB), (1 * GiB, 8 * MiB))
+    ((0, 256 * KiB), (256 * MiB, 512 * KiB), (1 * GiB, 8 * MiB))
 )
 
 
