@@ -40,10 +40,24 @@ def check_invariants(test: SynchronousTestCase, d: PieceDispatcher) -> None:
             test.assertIn(i, peer.bitfield, "request to a peer lacking the piece")
             test.assertIn(peer.conn, d.requested[i])
         # The integer-set selection _fill uses picks exactly what may_request allows.
-        test.assertEqual(
-            list(d._candidates(peer, now)),
-            [i for i in sorted(d.missing) if d.may_request(peer, i, now)],
-        )
+        candidates = list(d._candidates(peer, now))
+        test.assertEqual(candidates, [i for i in sorted(d.missing) if d.may_request(peer, i, now)])
+        # ... and chooses among them rarest first (for an origin: fewest agents first).
+        chosen = d._choose(d._candidate_mask(peer, now), 2, origin=peer.origin)
+        test.assertEqual(len(set(chosen)), min(2, len(candidates)))
+        test.assertLessEqual(set(chosen), set(candidates))
+
+        def key(i: int, origin: bool = peer.origin) -> tuple[int, int]:
+            return (d.agent_avail[i] if origin else 0, d.avail[i])
+
+        rest = [key(i) for i in candidates if i not in chosen]
+        if chosen and rest:
+            test.assertLessEqual(max(key(i) for i in chosen), min(rest))
+    # The availability levels the selection walks match the counts.
+    for levels, counts in ((d.levels, d.avail), (d.agent_levels, d.agent_avail)):
+        for k, level in enumerate(levels):
+            test.assertEqual(level, sum(1 << i for i, c in enumerate(counts) if c == k), k)
+        test.assertTrue(all(c < len(levels) for c in counts))
     if not d.endgame():
         for i, conns in d.requested.items():
             test.assertLessEqual(len(conns), 1, f"piece {i} requested twice outside endgame")
@@ -123,3 +137,28 @@ class DispatcherPropertyTests(SynchronousTestCase):
                     self.assertNotIn(a.message.index, d.have)
             check_invariants(self, d)
         self.assertEqual(d.missing, set(d.have.missing()))
+
+
+class ChoiceTests(SynchronousTestCase):
+    """The order :meth:`PieceDispatcher._choose` walks the availability levels in."""
+
+    def test_origins_take_what_fewest_agents_have_before_what_fewest_peers_have(self) -> None:
+        """
+        Piece 0: one agent and one origin have it; piece 5: three origins.  An
+        agent peer is asked for the rarer piece 0; an origin for piece 5, which no agent has.
+        """
+        d = PieceDispatcher(
+            META.infohash,
+            META,
+            Bitfield(N),
+            EngineConfig(),
+            rng=random.Random(1),
+            now=lambda: 0.0,
+        )
+        for c, bits, origin in ((1, {0}, False), (2, {0, 5}, True), (4, {5}, True), (6, {5}, True)):
+            d.add_peer(ConnId(c), PeerID(f"{c:040x}"), Bitfield.of(N, bits), origin=origin)
+        both = 1 << 0 | 1 << 5
+        self.assertEqual((d.avail[0], d.agent_avail[0], d.avail[5], d.agent_avail[5]), (2, 1, 3, 0))
+        self.assertEqual(d._choose(both, 1, origin=False), [0])
+        self.assertEqual(d._choose(both, 1, origin=True), [5])
+        self.assertEqual(sorted(d._choose(both, 5, origin=True)), [0, 5])
