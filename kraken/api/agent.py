@@ -28,7 +28,13 @@ from typing import Any, ClassVar, Final
 
 from attrs import define, field
 from klein import Klein
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
 from twisted.internet.defer import Deferred, DeferredList, gatherResults
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -61,6 +67,9 @@ __all__ = [
 
 #: Largest manifest the agent reads into memory (the spec suggests registries accept 4 MiB).
 MAX_MANIFEST_SIZE: Final = 4 * 1024 * 1024
+#: Buckets of ``kraken_agent_download_seconds``: a layer takes from a fraction of a second
+#: to minutes.
+DOWNLOAD_BUCKETS: Final = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1800)
 
 BlockingRunner = Callable[..., Deferred[Any]]
 ReadinessCheck = tuple[str, Callable[[], Deferred[Any]]]
@@ -104,6 +113,7 @@ class AgentMetrics:
     blob_requests: Counter = field(init=False)
     bytes_served: Counter = field(init=False)
     preloads: Counter = field(init=False)
+    download_seconds: Histogram = field(init=False)
 
     def __attrs_post_init__(self) -> None:
         r = self.registry
@@ -121,6 +131,12 @@ class AgentMetrics:
         )
         self.preloads = Counter(
             "kraken_agent_preloads", "Image preloads by outcome", ["result"], registry=r
+        )
+        self.download_seconds = Histogram(
+            "kraken_agent_download_seconds",
+            "P2P downloads that finished, from metainfo to cached",
+            buckets=DOWNLOAD_BUCKETS,
+            registry=r,
         )
 
 

@@ -152,6 +152,8 @@ class P2PBlobDownloader:
     run_blocking: BlockingRunner
     #: Outcomes by kind: "cached", "downloaded", "unknown", "failed" (metrics).
     observe: Callable[[str], object] = lambda kind: None
+    #: Seconds each finished P2P download took, from metainfo to cached (metrics).
+    observe_seconds: Callable[[float], object] = lambda seconds: None
     _waiting: dict[Digest, list[Deferred[None]]] = field(factory=dict, init=False)
     #: Torrents of blobs this agent has in its cache (seeded at start or downloaded), so
     #: that a blob cleanup removed can be forgotten once its metainfo is gone.
@@ -266,11 +268,9 @@ class P2PBlobDownloader:
             raise DownloadError(f"download torrent {digest}: finished but not in the cache")
         self._infohashes[digest] = metainfo.infohash
         self.observe("downloaded")
-        self.log.info(
-            "downloaded {digest} in {seconds:.2f} s",
-            digest=digest,
-            seconds=self.node.reactor.seconds() - began,
-        )
+        seconds = self.node.reactor.seconds() - began
+        self.observe_seconds(seconds)
+        self.log.info("downloaded {digest} in {seconds:.2f} s", digest=digest, seconds=seconds)
 
     def delete(self, digest: Digest) -> Deferred[None]:
         """See :meth:`IBlobDownloader.delete`."""

@@ -48,6 +48,7 @@ from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from kraken.core import InfoHash, MetaInfo, PeerInfo
+from kraken.protocols.peer_metrics import PeerMetrics
 from kraken.protocols.sendfile import FileSender, sendfile_socket, warm
 from kraken.torrent.actions import (
     Action,
@@ -230,7 +231,7 @@ class _PieceSender:
         transport.write(piece)
         if self.done:
             transport.unregisterProducer()
-            self.proto.piece_sent(self.index)
+            self.proto.piece_sent(self.index, end)
 
     def pauseProducing(self) -> None:
         """The transport's buffer is full."""
@@ -621,7 +622,7 @@ class PeerProtocol(Int32StringReceiver):
 
         def sent(_: object) -> None:
             region.close()
-            self.piece_sent(index)
+            self.piece_sent(index, region.length)
 
         def failed(f: Failure) -> None:
             region.close()
@@ -632,8 +633,9 @@ class PeerProtocol(Int32StringReceiver):
 
         sender.start().addCallbacks(sent, failed)
 
-    def piece_sent(self, index: int) -> None:
+    def piece_sent(self, index: int, length: int) -> None:
         """The sender finished writing a piece: send the held frames, tell the engine."""
+        self.node.metrics.sent.inc(length)
         self._sender = None
         held, self._held = self._held, []
         if held and self.state != "closed" and self.transport is not None:
@@ -664,6 +666,7 @@ class PeerNode:
         bandwidth: BandwidthLimiter | None = None,
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
         tick_interval: float = 1.0,
+        metrics: PeerMetrics | None = None,
     ) -> None:
         self.reactor = reactor
         self.scheduler = scheduler
@@ -690,6 +693,8 @@ class PeerNode:
         self.storages: dict[InfoHash, IPieceStorage] = {}
         self._creating: dict[InfoHash, list[Deferred[IPieceStorage]]] = {}
         self._ticker: LoopingCall | None = None
+        self.metrics = metrics or PeerMetrics()
+        self.metrics.watch(self)
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -922,8 +927,13 @@ class PeerNode:
                     proto.resume_reading()
             return result
 
+        def written(_: object) -> None:
+            self.metrics.received.inc(size)
+            self.run(self.scheduler.piece_written(conn, h, index))
+
         def failed(f: Failure) -> None:
             bad = isinstance(f.value, PieceHashMismatch)
+            self.metrics.pieces_failed.labels("hash" if bad else "write").inc()
             if not bad:
                 self.log.failure("writing piece {index} of {h}", f, index=index, h=h)
             self.run(self.scheduler.piece_failed(conn, h, index, bad_data=bad, reason=str(f.value)))
@@ -933,7 +943,7 @@ class PeerNode:
             lock = self._write_locks[h] = threading.Lock()
         d = self.run_blocking(verify_and_write, storage, index, data, lock)
         d.addBoth(release)
-        d.addCallbacks(lambda _: self.run(self.scheduler.piece_written(conn, h, index)), failed)
+        d.addCallbacks(written, failed)
 
 
 class PeerFactory(Factory):

@@ -49,6 +49,7 @@ from kraken.protocols.archives import AgentArchive
 from kraken.protocols.buildindex_client import BuildIndexClient
 from kraken.protocols.downloader import AnnouncerAdapter, P2PBlobDownloader
 from kraken.protocols.peer import PeerNode, threadpool_runner
+from kraken.protocols.peer_metrics import PeerMetrics
 from kraken.protocols.tracker_client import PollPolicy, TrackerClient, TrackerUnavailable
 from kraken.services.parts import (
     CleanupService,
@@ -261,6 +262,7 @@ def build_agent(
         if bw.enabled
         else BandwidthLimiter()
     )
+    metrics = AgentMetrics()
     node = PeerNode(
         reactor,
         scheduler,
@@ -269,15 +271,15 @@ def build_agent(
         announcer=AnnouncerAdapter(tracker, peer_id, ip, port),
         bandwidth=bandwidth,
         handshake_timeout=config.scheduler.handshake_timeout,
+        metrics=PeerMetrics(metrics.registry),
     )
-
-    metrics = AgentMetrics()
     downloader = P2PBlobDownloader(
         store,
         node,
         tracker,
         run_blocking,
         observe=lambda kind: metrics.downloads.labels(kind).inc(),
+        observe_seconds=metrics.download_seconds.observe,
     )
     readiness_digest = Digest.of_bytes(os.urandom(16))
     api = AgentAPI(

@@ -45,6 +45,7 @@ from kraken.persistedretry import Backoff, PrometheusQueueMetrics, RetryQueue, S
 from kraken.protocols.archives import OriginArchive
 from kraken.protocols.origin_client import OriginClient
 from kraken.protocols.peer import PeerNode, make_scheduler
+from kraken.protocols.peer_metrics import PeerMetrics
 from kraken.services.parts import (
     LISTEN_OPTION,
     DaemonOptions,
@@ -193,7 +194,9 @@ def build_origin(
         PeerID.from_address(peer_host, peer_port), peer_host, peer_port, origin=True, complete=True
     )
     scheduler = make_scheduler(peer.peer_id, reactor, **attrs.asdict(_engine_config(config)))
-    node = PeerNode(reactor, scheduler, OriginArchive(store), run)
+    node = PeerNode(
+        reactor, scheduler, OriginArchive(store), run, metrics=PeerMetrics(metrics.registry)
+    )
 
     api = OriginAPI(
         store,

@@ -59,6 +59,22 @@ class CorruptStorage(MemoryPieceStorage):
         return bytes(data)
 
 
+def piece_bytes(node: SwarmNode, direction: str) -> float:
+    """``kraken_p2p_piece_bytes_total{direction}`` of a swarm node."""
+    value = node.node.metrics.registry.get_sample_value(
+        "kraken_p2p_piece_bytes_total", {"direction": direction}
+    )
+    return value or 0.0
+
+
+def failed_pieces(node: SwarmNode, reason: str) -> float:
+    """``kraken_p2p_pieces_failed_total{reason}`` of a swarm node."""
+    value = node.node.metrics.registry.get_sample_value(
+        "kraken_p2p_pieces_failed_total", {"reason": reason}
+    )
+    return value or 0.0
+
+
 class SwarmTests(SynchronousTestCase):
     """Whole swarms in memory on a fake clock."""
 
@@ -81,6 +97,14 @@ class SwarmTests(SynchronousTestCase):
         self.assert_all_done(results, leechers, data, meta)
         # P2P: the origin served far fewer than 20 copies.
         self.assertLess(storage.reads, 20 * meta.num_pieces)
+        # The metrics count every piece byte once where it was written and where it was sent
+        # (an endgame duplicate is sent, and dropped unwritten).
+        received = [piece_bytes(n, "received") for n in leechers]
+        self.assertEqual(received, [meta.length] * 20)
+        sent = sum(piece_bytes(n, "sent") for n in [origin, *leechers])
+        self.assertGreaterEqual(sent, 20 * meta.length)
+        self.assertEqual(piece_bytes(origin, "sent"), storage.reads * meta.piece_length)
+        self.assertEqual(failed_pieces(leechers[0], "hash"), 0)
 
     def test_corrupt_peer(self) -> None:
         """A peer serving corrupt pieces is blacklisted; everyone still gets the right bytes."""
@@ -98,6 +122,9 @@ class SwarmTests(SynchronousTestCase):
         for node in leechers:
             # Nothing corrupt was written: each piece was written exactly once.
             self.assertEqual(node.archive.torrents[meta.digest].writes, meta.num_pieces)
+        # Each corrupt piece that arrived was counted as a hash failure.
+        self.assertGreater(sum(failed_pieces(n, "hash") for n in leechers), 0)
+        self.assertEqual([piece_bytes(n, "received") for n in leechers], [meta.length] * 3)
 
     def test_stalling_peer(self) -> None:
         """A peer that never answers requests: they time out and go to the good peer."""
@@ -284,6 +311,11 @@ class BadInputTests(OneConnection):
         self.proto.dataReceived(b"\x00" * (256 * KiB))
         self.assert_dropped()
         self.assertNotIn(index, self.scheduler.torrents[self.meta.infohash].dispatcher.have)
+        registry = self.node.metrics.registry
+        failed = registry.get_sample_value("kraken_p2p_pieces_failed_total", {"reason": "hash"})
+        self.assertEqual(failed, 1)
+        got = registry.get_sample_value("kraken_p2p_piece_bytes_total", {"direction": "received"})
+        self.assertEqual(got, 0)
 
     def test_payload_in_pieces_then_good(self) -> None:
         """A good piece split across many reads is assembled, verified and written once."""

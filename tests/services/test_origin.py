@@ -10,6 +10,7 @@ import os
 import random
 from collections.abc import Callable
 
+from prometheus_client import generate_latest
 from twisted.application.internet import StreamServerEndpointService
 from twisted.internet import reactor
 from twisted.internet.defer import ensureDeferred
@@ -67,6 +68,16 @@ class OptionsTests(SynchronousTestCase):
         ports = sorted(port for port, *_ in fake.tcpServers)
         self.assertEqual(ports, [15001, 15002])
         self.assertEqual(service.api.peer.port, 15001)
+
+    def test_peer_metrics_on_the_origin_registry(self) -> None:
+        """The peer node's ``kraken_p2p_*`` metrics are in what the origin's /metrics serves."""
+        config = parse_config("origin", {"data_dir": self.mktemp()})
+        service = build_origin(config, MemoryReactorClock(), run=run_inline)
+        text = generate_latest(service.api.metrics.registry).decode()
+        self.assertIn("kraken_p2p_connections 0.0", text)
+        self.assertIn("kraken_p2p_torrents 0.0", text)
+        self.assertIn("# TYPE kraken_p2p_piece_bytes_total counter", text)
+        self.assertIn("# TYPE kraken_p2p_pieces_failed_total counter", text)
 
 
 def _blob(seed: int, size: int = 300_000) -> bytes:

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 from klein import Klein
+from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor
 from twisted.internet.defer import ensureDeferred, gatherResults
 from twisted.internet.endpoints import TCP4ServerEndpoint
@@ -234,6 +235,20 @@ class ClusterTests(TestCase):
                 self.assertEqual(body, data)
             served = sum(self.pieces_served)
             self.assertLess(served, 5 * 64, f"origins served {served} pieces")
+            # Each agent's /metrics: one download, every byte received once, the torrent open
+            # for seeding (its connections close as the peers complete: no fixed count).
+            for agent in agents:
+                _, text = await self.get(f"http://127.0.0.1:{agent.ports[1]}/metrics")  # type: ignore[attr-defined]
+                samples = {
+                    (s.name, tuple(sorted(s.labels.items()))): s.value
+                    for family in text_string_to_metric_families(text.decode())
+                    for s in family.samples
+                }
+                self.assertEqual(samples[("kraken_agent_download_seconds_count", ())], 1)
+                received = ("kraken_p2p_piece_bytes_total", (("direction", "received"),))
+                self.assertEqual(samples[received], len(data))
+                self.assertEqual(samples[("kraken_p2p_torrents", ())], 1)
+                self.assertGreaterEqual(samples[("kraken_p2p_connections", ())], 0)
             # HEAD through the registry: Content-Length and digest over a real socket.
             registry = agents[0].ports[0]  # type: ignore[attr-defined]
             response = await self.client.head(f"http://127.0.0.1:{registry}/v2/test/big/blobs/{d}")
