@@ -154,12 +154,14 @@ class Network:
     A bridge and hosts as namespaces named ``<prefix>-*``; see the module docstring.
 
     ``upload``/``download`` are the default per-host limits in bytes per second (None: no
-    limit).  Use as a context manager, or call :meth:`close` in a ``finally``.
+    limit); ``mtu`` the links' MTU (None: the kernel's, 1500).  Use as a context manager, or
+    call :meth:`close` in a ``finally``.
     """
 
     prefix: str
     upload: int | None = 4 * 1024 * 1024
     download: int | None = 4 * 1024 * 1024
+    mtu: int | None = None
     hosts: dict[str, Host] = field(factory=dict)
     processes: list[subprocess.Popen[Any]] = field(factory=list)
     _next: int = 10
@@ -212,7 +214,12 @@ class Network:
             ["ip", "-n", br, "link", "add", outer, "type", "veth", "peer", "name", "eth0",
              "netns", host.netns]
         )  # fmt: skip
+        if self.mtu is not None:
+            _run(["ip", "-n", br, "link", "set", outer, "mtu", str(self.mtu)])
+            _run(["ip", "-n", host.netns, "link", "set", "eth0", "mtu", str(self.mtu)])
         _run(["ip", "-n", br, "link", "set", outer, "master", "br0", "up"])
+        if self.mtu is not None:
+            _run(["ip", "-n", br, "link", "set", "br0", "mtu", str(self.mtu)])
         _run(
             ["ip", "-n", host.netns, "addr", "add", f"{address}/{SUBNET.prefixlen}", "dev", "eth0"]
         )

@@ -456,7 +456,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         origin_scheduler=dict(args.origin_set),
     )
     workdir = tempfile.mkdtemp(prefix="kraken-swarm-")
-    network = Network(PREFIX, upload=args.rate, download=args.rate)
+    network = Network(PREFIX, upload=args.rate, download=args.rate, mtu=args.mtu)
     reference: dict[str, float] | None = None
     try:
         network.create()
@@ -658,6 +658,13 @@ def main(argv: list[str] | None = None) -> int:
         dest="tcp_reference",
         action="store_false",
         help="skip measuring the network's bulk-TCP ceiling before the run (about 10 s)",
+    )
+    parser.add_argument(
+        "--mtu",
+        type=int,
+        default=None,
+        help="MTU of every link (default the kernel's, 1500; e.g. 9000 for jumbo frames, "
+        "which carry the same payload in fewer header and ACK bytes)",
     )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--out", default="bench-results", help="directory for JSON and PNG")

@@ -2,7 +2,7 @@
 Small swarms of separate processes on network namespaces with ``tc`` limits (root, iproute2).
 
 Each test builds 1 tracker, 1 origin and 5 agents with :class:`bench.swarm.Swarm` (every
-host's link limited to 2 MiB/s each way, 256 KiB pieces, so that an 8 MiB download takes
+host's link limited to 2 MiB/s each way, 512 KiB pieces, so that an 8 MiB download takes
 seconds), uploads a random 8 MiB blob and has agents fetch it through their agent API:
 
 - all five at once: every host ends with exactly the uploaded bytes;
@@ -10,13 +10,17 @@ seconds), uploads a random 8 MiB blob and has agents fetch it through their agen
 - one agent that serves corrupt pieces (``tests.system.corrupt_agent``): the other four
   still finish with correct bytes;
 - and the benchmark's bulk-TCP reference (:meth:`Swarm.tcp_reference`) on the same network.
+
+:class:`NetworkTests` checks :class:`bench.netns.Network`'s own options.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -150,3 +154,31 @@ class SwarmTests(TestCase):
         self.assertLess(reference["rx_rate"], RATE, f"above the shaped rate: {reference}")
         for key in ("rx_rate", "tx_rate"):
             self.assertGreater(reference[key], 0.7 * RATE, f"{key} far below: {reference}")
+
+
+class NetworkTests(TestCase):
+    """Options of the namespaced network itself."""
+
+    def test_mtu(self) -> None:
+        """``mtu`` is set on both ends of every host's veth and on the bridge."""
+        require_root()
+        require_program("ip")
+        require_program("tc")
+        network = Network("kbmtu", mtu=9000)
+        self.addCleanup(network.close)
+        network.create()
+        hosts = [network.add_host(name) for name in ("a", "b")]
+
+        def mtu(netns: str, dev: str) -> int:
+            out = subprocess.run(
+                ["ip", "-n", netns, "-j", "link", "show", "dev", dev],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+            return int(json.loads(out)[0]["mtu"])
+
+        for host in hosts:
+            self.assertEqual(mtu(host.netns, "eth0"), 9000)
+            self.assertEqual(mtu(network.bridge_ns, f"v-{host.name}"), 9000)
+        self.assertEqual(mtu(network.bridge_ns, "br0"), 9000)
