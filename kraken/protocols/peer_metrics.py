@@ -9,8 +9,9 @@ and the origin's ``/metrics`` both show them, under the same names:
 - ``kraken_p2p_pieces_failed_total{reason}``: received pieces dropped, ``hash`` (the bytes did
   not match the metainfo: a corrupt or lying peer, which is blacklisted) or ``write`` (the
   local disk failed);
-- ``kraken_p2p_connections`` and ``kraken_p2p_torrents``: peer connections past their
-  handshake and torrents open now (read when scraped).
+- ``kraken_p2p_connections`` and ``kraken_p2p_torrents``: peer connections (accepted ones
+  past their handshake, and our dials from the moment they start) and torrents open now
+  (read when scraped).
 """
 
 from __future__ import annotations
@@ -56,7 +57,9 @@ class PeerMetrics:
             registry=r,
         )
         self.connections = Gauge(
-            "kraken_p2p_connections", "Peer connections past their handshake", registry=r
+            "kraken_p2p_connections",
+            "Peer connections: accepted past their handshake, and our dials",
+            registry=r,
         )
         self.torrents = Gauge("kraken_p2p_torrents", "Torrents open", registry=r)
 
