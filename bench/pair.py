@@ -3,7 +3,8 @@ Two-process peer transfer over 127.0.0.1 versus curl from the Debian docker-regi
 
 ``python -m bench.pair --size 1GiB``: one process seeds a blob (origin-style,
 read-only file), another downloads it into a BlobStore with the P2P engine,
-no rate limit, and times ``curl`` fetching the same bytes from
+no rate limit (``--agent-limits``: the agent's default bandwidth limits, as an
+agent runs unless configured otherwise), and times ``curl`` fetching the same bytes from
 ``/usr/bin/docker-registry`` into a file; prints MB/s and the CPU seconds per
 GB of each side.  Both are the best of ``--runs`` (3) runs, each into a fresh
 file, P2P and curl alternating (ABBA) so both see the same (shared) machine: on a VM
@@ -28,7 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from bench.common import parse_size, process_cpu_seconds
@@ -163,7 +164,13 @@ def run_seeder(blob: str, meta_path: str) -> None:
     reactor.run()  # type: ignore[attr-defined]
 
 
-def run_leecher(port: int, meta_path: str, store_dir: str, pipeline: int | None = None) -> None:
+def run_leecher(
+    port: int,
+    meta_path: str,
+    store_dir: str,
+    pipeline: int | None = None,
+    agent_limits: bool = False,
+) -> None:
     """Download from 127.0.0.1:port into a BlobStore; print timing JSON."""
     from twisted.internet import reactor
     from twisted.internet.defer import succeed
@@ -179,6 +186,12 @@ def run_leecher(port: int, meta_path: str, store_dir: str, pipeline: int | None 
     node = _node("1" * 40, AgentArchive(store), origin=False, **extra)
     seeder = PeerInfo(PeerID("0" * 40), "127.0.0.1", port, origin=True)
     node.announcer = lambda action: succeed(([seeder], 3.0))
+    if agent_limits:
+        from kraken.config.loader import parse_config
+        from kraken.torrent.bandwidth import BandwidthLimiter
+
+        bw = parse_config("agent", {}).scheduler.bandwidth
+        node.bandwidth = BandwidthLimiter.of(reactor.seconds, bw.egress, bw.ingress)  # type: ignore[attr-defined]
     result: dict[str, Any] = {}
     cpu0, t0 = cpu_seconds(), time.perf_counter()
 
@@ -237,6 +250,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--settle", type=float, default=3.0, help="seconds of pause before each timed transfer"
     )
+    parser.add_argument(
+        "--agent-limits",
+        action="store_true",
+        help="the downloader has the agent's default bandwidth limits (default: none)",
+    )
     parser.add_argument("--role", choices=["parent", "seed", "leech"], default="parent")
     parser.add_argument("--blob")
     parser.add_argument("--meta")
@@ -246,8 +264,13 @@ def main(argv: list[str] | None = None) -> None:
     if args.role == "seed":
         run_seeder(args.blob, args.meta)
         return
+    leech_args = (
+        [] if args.origin_pipeline is None else ["--origin-pipeline", str(args.origin_pipeline)]
+    )
+    if args.agent_limits:
+        leech_args.append("--agent-limits")
     if args.role == "leech":
-        run_leecher(args.port, args.meta, args.store, args.origin_pipeline)
+        run_leecher(args.port, args.meta, args.store, args.origin_pipeline, args.agent_limits)
         return
 
     from kraken.core import MetaInfo
@@ -269,7 +292,7 @@ def main(argv: list[str] | None = None) -> None:
             # in ABBA order so neither always runs right after the other freed 1 GiB.
             def p2p() -> None:
                 _settle(args.settle)
-                runs.append(_p2p_once(blob, meta, meta_path, workdir, args.origin_pipeline))
+                runs.append(_p2p_once(blob, meta, meta_path, workdir, leech_args))
 
             def curl() -> None:
                 _settle(args.settle)
@@ -321,7 +344,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _p2p_once(
-    blob: str, meta: Any, meta_path: str, workdir: str, pipeline: int | None = None
+    blob: str, meta: Any, meta_path: str, workdir: str, leech_args: Sequence[str] = ()
 ) -> tuple[float, float, float]:
     """One seeder + one downloader into a fresh store: (seconds, downloader CPU, seeder CPU)."""
     me = [sys.executable, "-m", "bench.pair"]
@@ -336,9 +359,19 @@ def _p2p_once(
     )
     assert seeder.stdout is not None and seeder.stdin is not None
     port = int(seeder.stdout.readline())
-    tune = [] if pipeline is None else ["--origin-pipeline", str(pipeline)]
     leech = subprocess.run(
-        [*me, "--role", "leech", "--port", str(port), "--meta", meta_path, "--store", store, *tune],
+        [
+            *me,
+            "--role",
+            "leech",
+            "--port",
+            str(port),
+            "--meta",
+            meta_path,
+            "--store",
+            store,
+            *leech_args,
+        ],
         capture_output=True,
         text=True,
         check=False,
