@@ -69,7 +69,7 @@ from kraken.torrent.archive import (
     PieceHashMismatch,
     verify_and_write,
 )
-from kraken.torrent.bandwidth import MAX_CHUNK, BandwidthLimiter
+from kraken.torrent.bandwidth import BandwidthLimiter
 from kraken.torrent.dispatch import PayloadVerdict
 from kraken.torrent.messages import (
     MAX_FRAME,
@@ -202,7 +202,7 @@ class _PieceSender:
         self.waiting = None
         node = self.proto.node
         limited = node.bandwidth.limited
-        chunk = MAX_CHUNK if limited else UNLIMITED_CHUNK
+        chunk = node.bandwidth.send_chunk(UNLIMITED_CHUNK)
         transport = self.proto.raw_transport()
         while not self.paused and not self.done and transport is not None:
             end = min(self.offset + chunk, len(self.data))
@@ -331,7 +331,7 @@ class PeerProtocol(Int32StringReceiver):
         Replaces the transport's ``doRead`` on this instance only: while a
         payload is being received into a buffer the socket is read straight
         into the buffer, at most the payload's remaining bytes and
-        SOCKET_BUFFER per call (MAX_CHUNK under an ingress limit, which is
+        SOCKET_BUFFER per call (the limiter's chunk under an ingress limit, which is
         charged after each read as in :meth:`dataReceived`).  Otherwise
         (frames, and whatever follows them in the socket: with small pieces
         that is most payload bytes) it reads as much into the node's
@@ -353,7 +353,7 @@ class PeerProtocol(Int32StringReceiver):
                 return twisted_read()
             view = self._raw_view
             shaped = self.node.bandwidth.ingress is not None
-            chunk = MAX_CHUNK if shaped else SOCKET_BUFFER
+            chunk = self.node.bandwidth.receive_chunk(SOCKET_BUFFER)
             try:
                 if view is None:
                     n = sock.recv_into(scratch, chunk)
@@ -621,7 +621,7 @@ class PeerProtocol(Int32StringReceiver):
             region.fd,
             region.offset,
             region.length,
-            chunk=MAX_CHUNK if bandwidth.limited else UNLIMITED_CHUNK,
+            chunk=bandwidth.send_chunk(UNLIMITED_CHUNK),
             shaper=bandwidth.send_delay if bandwidth.limited else None,
             clock=self.node.reactor,
         )

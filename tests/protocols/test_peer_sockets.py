@@ -22,7 +22,7 @@ from kraken.protocols.peer import PeerNode, threadpool_runner
 from kraken.store import BlobStore
 from kraken.torrent.actions import Announce, EngineConfig
 from kraken.torrent.archive import IPieceFiles
-from kraken.torrent.bandwidth import MAX_CHUNK, BandwidthLimiter
+from kraken.torrent.bandwidth import BandwidthLimiter
 from kraken.torrent.scheduler import Scheduler
 
 
@@ -132,9 +132,9 @@ class RealSocketTests(TestCase):
     def test_shaped_agents_read_into_piece_buffers(self) -> Any:
         """
         Agents with bandwidth limits (on by default) read with recv_into (payloads into
-        the piece buffer, frames into the node's read buffer), at most MAX_CHUNK at a
-        time, so that the ingress bucket is charged in small steps: every payload byte is
-        charged once.
+        the piece buffer, frames into the node's read buffer), at most the ingress
+        bucket's chunk at a time (about 10 ms of its rate: 200 000 bytes at 20 MB/s), so
+        that the bucket is charged in small steps: every payload byte is charged once.
         """
         reads: list[int] = []
         charged: list[int] = []
@@ -153,15 +153,16 @@ class RealSocketTests(TestCase):
         self.patch(socket.socket, "recv_into", recv_into)
         self.patch(BandwidthLimiter, "receive_delay", receive_delay)
         yield self.swarm(
-            files=True, bandwidth=lambda: BandwidthLimiter.of(reactor.seconds, 2e9, 2e9)
+            files=True, bandwidth=lambda: BandwidthLimiter.of(reactor.seconds, 2e9, 2e7)
         )
+        chunk = 200_000
         # Every agent received 16 pieces of 512 KiB, all of them through recv_into.
         self.assertGreaterEqual(sum(reads), 5 * 8 * 1024 * 1024)
-        self.assertLessEqual(max(reads), MAX_CHUNK)
-        # Payload bytes only (frames are not shaped), each once, in steps of MAX_CHUNK.
+        self.assertLessEqual(max(reads), chunk)
+        # Payload bytes only (frames are not shaped), each once, in steps of a chunk.
         self.assertGreaterEqual(sum(charged), 5 * 8 * 1024 * 1024)
         self.assertLessEqual(sum(charged), sum(reads))
-        self.assertLessEqual(max(charged), MAX_CHUNK)
+        self.assertLessEqual(max(charged), chunk)
 
     @inlineCallbacks
     def swarm(

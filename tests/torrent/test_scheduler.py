@@ -612,6 +612,21 @@ class BandwidthTests(SynchronousTestCase):
         t[0] = 2.0
         self.assertEqual(b.reserve(10_000), 0.0)
 
+    def test_chunks_scale_with_the_rate(self) -> None:
+        """
+        A chunk is ~10 ms of the rate within 16 KiB..1 MiB; a direction without a bucket
+        moves the caller's unlimited chunk.
+        """
+        now = lambda: 0.0  # noqa: E731
+        self.assertEqual(TokenBucket(100_000, now).chunk, 16 * 1024)
+        self.assertEqual(TokenBucket(20_000_000, now).chunk, 200_000)
+        self.assertEqual(TokenBucket(300 * 1024 * 1024, now).chunk, 1024 * 1024)
+        limiter = BandwidthLimiter.of(now, None, 20_000_000)
+        self.assertEqual(limiter.receive_chunk(5), 200_000)
+        self.assertEqual(limiter.send_chunk(5), 5)
+        # The default burst is a second's worth, and at least a chunk.
+        self.assertEqual(TokenBucket(100, now).burst, 16 * 1024)
+
     def test_unlimited(self) -> None:
         """No buckets: never a delay."""
         limiter = BandwidthLimiter()
