@@ -311,7 +311,7 @@ class PeerProtocol(Int32StringReceiver):
             # Frames are written whole, so Nagle's algorithm has nothing to coalesce; it
             # only holds a piece request back until the peer ACKs what we sent before,
             # which a peer with nothing left to send delays (bench.pair under the agents'
-            # default bandwidth limit: 79-96 MB/s with Nagle, 465 without).  Go, which the
+            # default bandwidth limit: 67-96 MB/s with Nagle, 451-465 without).  Go, which the
             # original Kraken is written in, sets TCP_NODELAY on every connection.
             transport.setTcpNoDelay(True)
         self._install_recv_into(transport)
