@@ -482,7 +482,8 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
             f"{args.origins} origins, {args.agents} agents up; uploading {args.size} bytes",
             flush=True,
         )
-        uploaded = swarm.upload(blob)
+        # The blob crosses the first origin's link, then again to each replica.
+        uploaded = swarm.upload(blob, timeout=max(300.0, 4 * args.size / args.rate + 60))
         sha = uploaded["digest"].split(":", 1)[1]
         print(f"uploaded and replicated in {uploaded['seconds']:.1f} s", flush=True)
         clients = [swarm.start_fetch(a, sha, size=args.size) for a in swarm.agents]
