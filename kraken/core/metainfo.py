@@ -81,7 +81,8 @@ class PieceLengthTable:
 #: 16 of 4 MiB, and 128 KiB, a little faster again, costs 1.35x the CPU and halves a
 #: single transfer's speed, bench.pair; a 256 MiB blob in 512 KiB pieces beats 1 MiB and
 #: 2 MiB).  Every blob from 64 MiB to 1 GiB has at least 256 pieces, larger ones at least
-#: 128 (that entry is DESIGN's, not measured on the swarm).
+#: 128 (that entry is DESIGN's; one swarm run each at 1 GiB favours 1 MiB pieces, see
+#: docs/benchmarks.md, fourth round).
 DEFAULT_PIECE_LENGTHS: Final = PieceLengthTable(
     ((0, 256 * KiB), (256 * MiB, 512 * KiB), (1 * GiB, 8 * MiB))
 )
