@@ -201,13 +201,13 @@ class _PieceSender:
     def _run(self) -> None:
         self.waiting = None
         node = self.proto.node
-        limited = node.bandwidth.limited
+        shaped = node.bandwidth.egress is not None
         chunk = node.bandwidth.send_chunk(UNLIMITED_CHUNK)
         transport = self.proto.raw_transport()
         while not self.paused and not self.done and transport is not None:
             end = min(self.offset + chunk, len(self.data))
             n = end - self.offset
-            if limited:
+            if shaped:
                 delay = node.bandwidth.send_delay(n)
                 if delay > 0:
                     self.waiting = node.reactor.callLater(delay, self._send_after_wait, end)
@@ -622,7 +622,7 @@ class PeerProtocol(Int32StringReceiver):
             region.offset,
             region.length,
             chunk=bandwidth.send_chunk(UNLIMITED_CHUNK),
-            shaper=bandwidth.send_delay if bandwidth.limited else None,
+            shaper=bandwidth.send_delay if bandwidth.egress is not None else None,
             clock=self.node.reactor,
         )
         self._sender = sender

@@ -242,11 +242,9 @@ class PieceDispatcher:
         if peer is None:
             return []
         for i in peer.bitfield:
-            _move(self.levels, i, self.avail[i], -1)
-            self.avail[i] -= 1
+            _count(self.avail, self.levels, i, -1)
             if not peer.origin:
-                _move(self.agent_levels, i, self.agent_avail[i], -1)
-                self.agent_avail[i] -= 1
+                _count(self.agent_avail, self.agent_levels, i, -1)
         for i in peer.pending:
             self.requested[i].discard(conn)
         if conn in self._senders:
@@ -255,11 +253,9 @@ class PieceDispatcher:
         return self.fill_all()
 
     def _gain(self, peer: PeerState, index: int) -> None:
-        _move(self.levels, index, self.avail[index], 1)
-        self.avail[index] += 1
+        _count(self.avail, self.levels, index, 1)
         if not peer.origin:
-            _move(self.agent_levels, index, self.agent_avail[index], 1)
-            self.agent_avail[index] += 1
+            _count(self.agent_avail, self.agent_levels, index, 1)
 
     def _violation(self, peer: PeerState, reason: str) -> list[Action]:
         return [Close(peer.conn, reason, blacklisted=True)]
@@ -654,8 +650,10 @@ class PieceDispatcher:
         return list(self.peers)
 
 
-def _move(levels: list[int], index: int, level: int, step: int) -> None:
-    """Move piece ``index`` from ``levels[level]`` to ``levels[level + step]``."""
+def _count(counts: list[int], levels: list[int], index: int, step: int) -> None:
+    """Add ``step`` to piece ``index``'s count and move it to the level of the new count."""
+    level = counts[index]
+    counts[index] = level + step
     bit = 1 << index
     levels[level] &= ~bit
     if level + step == len(levels):
