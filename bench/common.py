@@ -4,7 +4,8 @@ What every benchmark's command line and measurements share.
 Sizes, rates and durations are parsed by :mod:`kraken.config.values`, the parsers the
 daemons' YAML uses (``64MiB``, ``500kB``, ``4MiB/s``, ``10ms``, a plain number), wrapped so
 that a bad value is an ``argparse`` usage error.  :func:`process_cpu_seconds` reads another
-process's CPU time from ``/proc``.
+process's CPU time from ``/proc``, :func:`tcp_segments` the TCP counters of the network
+namespace a process runs in.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import os
 
 from kraken.config.values import InvalidValue, parse_duration, parse_rate
 
-__all__ = ["parse_seconds", "parse_size", "process_cpu_seconds"]
+__all__ = ["parse_seconds", "parse_size", "parse_tcp_snmp", "process_cpu_seconds", "tcp_segments"]
 
 
 def parse_size(text: str) -> int:
@@ -41,3 +42,25 @@ def process_cpu_seconds(pid: int) -> float:
     except OSError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def parse_tcp_snmp(text: str) -> dict[str, int]:
+    """The ``Tcp:`` counters of a ``/proc/net/snmp`` text, by name (its header line names them)."""
+    rows = [line.split()[1:] for line in text.splitlines() if line.startswith("Tcp:")]
+    if len(rows) != 2 or len(rows[0]) != len(rows[1]):
+        raise ValueError("no Tcp: header and value lines in /proc/net/snmp")
+    return {name: int(value) for name, value in zip(rows[0], rows[1], strict=True)}
+
+
+def tcp_segments(pid: int) -> tuple[int, int]:
+    """
+    (segments sent, segments retransmitted) so far in the network namespace of process
+    ``pid`` (``/proc/<pid>/net/snmp`` shows the counters of the process's namespace; (0, 0)
+    when the process is gone).
+    """
+    try:
+        with open(f"/proc/{pid}/net/snmp") as f:
+            counters = parse_tcp_snmp(f.read())
+    except OSError:
+        return (0, 0)
+    return (counters["OutSegs"], counters["RetransSegs"])

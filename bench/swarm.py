@@ -52,7 +52,7 @@ from typing import Any, Final
 import yaml
 from attrs import define, field
 
-from bench.common import parse_size, process_cpu_seconds
+from bench.common import parse_size, process_cpu_seconds, tcp_segments
 from bench.netns import Host, Network, missing_requirements
 from bench.trace import Trace, per_second, summarize
 
@@ -350,11 +350,13 @@ class Swarm:
                     start_new_session=True,
                 )
             )
+        segments = self.tcp_segments()
         Swarm.go(clients)
         results = [Swarm.result(c, timeout=seconds + 60) for c in clients]
         return {
             "rx_rate": statistics.median(r["rx_rate"] for r in results),
             "tx_rate": statistics.median(r["tx_rate"] for r in results),
+            "retransmitted": retransmitted(segments, self.tcp_segments()),
         }
 
     @staticmethod
@@ -387,6 +389,11 @@ class Swarm:
         assert daemon.process is not None
         Network.stop(daemon.process, signal.SIGKILL)
 
+    def tcp_segments(self) -> tuple[int, int]:
+        """TCP segments sent and retransmitted so far, summed over every host's namespace."""
+        counts = [tcp_segments(d.process.pid) for d in self.daemons() if d.process is not None]
+        return (sum(c[0] for c in counts), sum(c[1] for c in counts))
+
     def cpu(self) -> dict[str, float]:
         """CPU seconds so far of each running daemon, by host name."""
         return {
@@ -394,6 +401,12 @@ class Swarm:
             for d in self.daemons()
             if d.process is not None and d.process.poll() is None
         }
+
+
+def retransmitted(before: tuple[int, int], after: tuple[int, int]) -> float:
+    """The share of TCP segments sent between two :meth:`Swarm.tcp_segments` that were resent."""
+    sent = after[0] - before[0]
+    return round((after[1] - before[1]) / sent, 4) if sent > 0 else 0.0
 
 
 def _percentile(values: Sequence[float], p: float) -> float:
@@ -489,6 +502,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         clients = [swarm.start_fetch(a, sha, size=args.size) for a in swarm.agents]
         tx_before = sum(network.tx_bytes(o.host) for o in swarm.origins)
         cpu_before = swarm.cpu()
+        segments_before = swarm.tcp_segments()
         trace = Trace(network.bridge_ns)
         trace.start()
         try:
@@ -497,6 +511,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         finally:
             samples = trace.stop()
         cpu_after = swarm.cpu()
+        segments_after = swarm.tcp_segments()
         tx_after = sum(network.tx_bytes(o.host) for o in swarm.origins)
         swarm.check_alive()
     finally:
@@ -548,6 +563,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         "cpu_s": cpu,
         "cpu_s_by_daemon": {k: round(cpu_after.get(k, 0.0) - v, 2) for k, v in cpu_before.items()},
         "upload_s": uploaded["seconds"],
+        "tcp_retransmitted": retransmitted(segments_before, segments_after),
         "summary": summary,
         "timeline": timeline,
     }
@@ -578,6 +594,10 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         f"Ethernet headers included): {' '.join(f'{r / 1024**2:.0f}' for r in received)}"
     )
     print(f"CPU busy in each second (%): {' '.join(f'{100 * b:.0f}' for b in busy)}")
+    resent = f"TCP segments retransmitted: {100 * detail['tcp_retransmitted']:.2f} %"
+    if reference is not None:
+        resent += f" (TCP reference: {100 * reference['retransmitted']:.2f} %)"
+    print(resent)
     if tcp_bound is not None:
         print(
             f"bound at the TCP reference rate {tcp_bound:.2f} s: p50 {summary['tcp_p50_ratio']}, "
