@@ -240,7 +240,9 @@ def main(argv: list[str] | None = None) -> None:
     """Parse arguments; run as the parent, the seeder or the leecher."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--size", default="1GiB")
-    parser.add_argument("--piece-length", default="8MiB", help="default: DESIGN table for >= 1 GiB")
+    parser.add_argument(
+        "--piece-length", help="default: the origins' default table's entry for --size"
+    )
     parser.add_argument(
         "--runs", type=int, default=3, help="best of N, for P2P and the reference alike"
     )
@@ -273,14 +275,18 @@ def main(argv: list[str] | None = None) -> None:
         run_leecher(args.port, args.meta, args.store, args.origin_pipeline, args.agent_limits)
         return
 
-    from kraken.core import MetaInfo
+    from kraken.core import DEFAULT_PIECE_LENGTHS, MetaInfo
 
     size = parse_size(args.size)
+    if args.piece_length is None:
+        piece_length = DEFAULT_PIECE_LENGTHS.for_size(size)
+    else:
+        piece_length = parse_size(args.piece_length)
     workdir = tempfile.mkdtemp(prefix="kraken-bench-pair-")
     try:
         blob = os.path.join(workdir, "blob")
         make_blob(blob, size)
-        meta = MetaInfo.from_path(blob, _table(parse_size(args.piece_length)))
+        meta = MetaInfo.from_path(blob, _table(piece_length))
         meta_path = os.path.join(workdir, "meta.json")
         with open(meta_path, "wb") as f:
             f.write(meta.to_json())

@@ -75,16 +75,20 @@ class PieceLengthTable:
         return chosen
 
 
-#: ``< 256 MiB: 256 KiB``, ``< 1 GiB: 512 KiB``, ``>= 1 GiB: 8 MiB``: tuned by the swarm
-#: benchmark as DESIGN 3 allows (docs/benchmarks.md, "Multi-host swarm", third and fourth
-#: rounds: a 64 MiB blob in 256 pieces of 256 KiB beats 128 of 512 KiB, 64 of 1 MiB and
-#: 16 of 4 MiB, and 128 KiB, a little faster again, costs 1.35x the CPU and halves a
-#: single transfer's speed, bench.pair; a 256 MiB blob in 512 KiB pieces beats 1 MiB and
-#: 2 MiB).  Every blob from 64 MiB to 1 GiB has at least 256 pieces, larger ones at least
-#: 128 (that entry is DESIGN's; one swarm run each at 1 GiB favours 1 MiB pieces, see
-#: docs/benchmarks.md, fourth round).
+#: ``< 256 MiB: 256 KiB``, ``< 1 GiB: 512 KiB``, ``< 16 GiB: 1 MiB``, ``>= 16 GiB: 8 MiB``:
+#: tuned by the swarm benchmark as DESIGN 3 allows (docs/benchmarks.md, "Multi-host
+#: swarm", third to fifth rounds).  What counts is the piece count: an agent's first
+#: piece comes from an origin that shares its link among its connections, and only whole
+#: pieces are traded.  A 64 MiB blob in 256 pieces of 256 KiB beats 128 of 512 KiB, 64 of
+#: 1 MiB and 16 of 4 MiB (128 KiB, a little faster again, costs 1.35x the CPU); a 256 MiB
+#: blob in 512 KiB pieces beats 1 MiB and 2 MiB; a 1 GiB blob in 1 MiB pieces beats 8 MiB
+#: (p50 1.17 against 1.33-1.38, origin egress 1.36 against 2.2), 512 KiB being about as
+#: fast at 1.15x the CPU.  So every blob from 64 MiB up has 256 to 16384 pieces; the 8 MiB
+#: entry (DESIGN's, not measured on the swarm) keeps large blobs' metainfo near 1 MB and
+#: a single unlimited transfer fast (bench.pair, 1 GiB: 1176 MB/s with 8 MiB pieces, 843
+#: with 1 MiB).
 DEFAULT_PIECE_LENGTHS: Final = PieceLengthTable(
-    ((0, 256 * KiB), (256 * MiB, 512 * KiB), (1 * GiB, 8 * MiB))
+    ((0, 256 * KiB), (256 * MiB, 512 * KiB), (1 * GiB, 1 * MiB), (16 * GiB, 8 * MiB))
 )
 
 

@@ -136,7 +136,7 @@ class OriginDefaultsTests(SynchronousTestCase):
         self.assertEqual(self.config.metainfo.table(), DEFAULT_PIECE_LENGTHS)
         self.assertEqual(
             dict(self.config.metainfo.piece_lengths),
-            {0: MiB // 4, 256 * MiB: MiB // 2, 2**30: 8 * MiB},
+            {0: MiB // 4, 256 * MiB: MiB // 2, 2**30: MiB, 16 * 2**30: 8 * MiB},
         )
         self.assertEqual((self.config.cleanup.tti, self.config.cleanup.ttl), (21600.0, 0.0))
 

@@ -29,13 +29,18 @@ class PieceLengthTests(SynchronousTestCase):
     """The piece length table of DESIGN 3."""
 
     def test_defaults(self) -> None:
-        """< 256 MiB: 256 KiB, < 1 GiB: 512 KiB, >= 1 GiB: 8 MiB (tuned by bench.swarm)."""
+        """
+        < 256 MiB: 256 KiB, < 1 GiB: 512 KiB, < 16 GiB: 1 MiB, >= 16 GiB: 8 MiB (tuned by
+        bench.swarm).
+        """
         table = DEFAULT_PIECE_LENGTHS
         self.assertEqual(table.for_size(0), MiB // 4)
         self.assertEqual(table.for_size(256 * MiB - 1), MiB // 4)
         self.assertEqual(table.for_size(256 * MiB), MiB // 2)
         self.assertEqual(table.for_size(GiB - 1), MiB // 2)
-        self.assertEqual(table.for_size(GiB), 8 * MiB)
+        self.assertEqual(table.for_size(GiB), MiB)
+        self.assertEqual(table.for_size(16 * GiB - 1), MiB)
+        self.assertEqual(table.for_size(16 * GiB), 8 * MiB)
         self.assertEqual(table.for_size(100 * GiB), 8 * MiB)
 
     def test_below_every_threshold(self) -> None:
