@@ -394,6 +394,16 @@ class Swarm:
         counts = [tcp_segments(d.process.pid) for d in self.daemons() if d.process is not None]
         return (sum(c[0] for c in counts), sum(c[1] for c in counts))
 
+    def congestion_control(self) -> str:
+        """The TCP congestion control the hosts use (inherited from the machine's default)."""
+        host = self.agents[0].host
+        return subprocess.run(
+            host.argv(["cat", "/proc/sys/net/ipv4/tcp_congestion_control"]),
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+
     def cpu(self) -> dict[str, float]:
         """CPU seconds so far of each running daemon, by host name."""
         return {
@@ -484,6 +494,8 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
                 left -= n
         swarm.build()
         swarm.wait_ready()
+        congestion = swarm.congestion_control()
+        print(f"TCP congestion control in the hosts: {congestion}", flush=True)
         reference = swarm.tcp_reference() if args.tcp_reference else None
         if reference is not None:
             print(
@@ -563,6 +575,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         "cpu_s": cpu,
         "cpu_s_by_daemon": {k: round(cpu_after.get(k, 0.0) - v, 2) for k, v in cpu_before.items()},
         "upload_s": uploaded["seconds"],
+        "tcp_congestion_control": congestion,
         "tcp_retransmitted": retransmitted(segments_before, segments_after),
         "summary": summary,
         "timeline": timeline,
