@@ -83,10 +83,10 @@ class PieceLengthTable:
 #: 1 MiB and 16 of 4 MiB (128 KiB, a little faster again, costs 1.35x the CPU); a 256 MiB
 #: blob in 512 KiB pieces beats 1 MiB and 2 MiB; a 1 GiB blob in 1 MiB pieces beats 8 MiB
 #: (p50 1.17 against 1.33-1.38, origin egress 1.36 against 2.2), 512 KiB being about as
-#: fast at 1.15x the CPU.  So every blob from 64 MiB up has 256 to 16384 pieces; the 8 MiB
-#: entry (DESIGN's, not measured on the swarm) keeps large blobs' metainfo near 1 MB and
-#: a single unlimited transfer fast (bench.pair, 1 GiB: 1176 MB/s with 8 MiB pieces, 843
-#: with 1 MiB).
+#: fast at 1.15x the CPU.  So every blob from 64 MiB to 128 GiB has 256 to 16384 pieces
+#: and its metainfo stays under ~1.1 MB (a 1 TiB blob's is ~8.5 MB, of the 16 MiB agents
+#: accept); the 8 MiB entry is DESIGN's, not measured on the swarm, and keeps a single
+#: unlimited transfer fast (bench.pair, 1 GiB: 1176 MB/s with 8 MiB pieces, 843 with 1 MiB).
 DEFAULT_PIECE_LENGTHS: Final = PieceLengthTable(
     ((0, 256 * KiB), (256 * MiB, 512 * KiB), (1 * GiB, 1 * MiB), (16 * GiB, 8 * MiB))
 )
