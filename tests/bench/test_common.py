@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 
@@ -37,9 +38,19 @@ class TcpCounterTests(SynchronousTestCase):
 
     def test_this_namespace(self) -> None:
         """A live process's namespace counts; a process that is gone gives zeros."""
+        before = tcp_segments(os.getpid())
+        with (
+            socket.create_server(("127.0.0.1", 0)) as server,
+            socket.create_connection(server.getsockname()) as client,
+        ):
+            conn, _ = server.accept()
+            with conn:
+                client.sendall(b"x" * 100_000)
+                conn.recv(1)
         sent, resent = tcp_segments(os.getpid())
+        self.assertGreater(sent, before[0], "segments sent on 127.0.0.1 were not counted")
         self.assertGreaterEqual(sent, resent)
-        self.assertGreaterEqual(resent, 0)
+        self.assertGreaterEqual(resent, before[1])
         child = subprocess.Popen([sys.executable, "-c", "pass"])
         child.wait()
         self.assertEqual(tcp_segments(child.pid), (0, 0))
