@@ -56,8 +56,10 @@ The model (docs/benchmarks.md, "Simulation"):
 Report (as ``bench.swarm``): completion time of each agent (from its start to
 ``commit_done``), p50 / p99 / max as ratios to the Kumar-Ross bound
 ``max(F/u_seed, F/d, N*F/(u_seed + N*u))``, origin egress (piece bytes the origins
-sent / F; wire headers not counted), and a last line of JSON ``{p50_ratio,
-p99_ratio, max_ratio, origin_egress_ratio, events, wall_s}``.
+sent / F; wire headers not counted), the share of the agents' download links and of the
+origins' upload links that payloads used in each second (wire bytes, ``--overhead``
+included; ``timeline`` in ``--json``), and a last line of JSON ``{p50_ratio, p99_ratio,
+max_ratio, origin_egress_ratio, events, wall_s}``.
 """
 
 from bench.sim.network import Host, Network, Simulation, Stream, water_fill

@@ -204,6 +204,9 @@ class Network:
         self._finish: list[tuple[float, int, Flow, int]] = []
         #: current sum of flow rates on each link (host index x 2 + 0 up / 1 down).
         self._load: list[float] = []
+        #: wire bytes each link carried in each second of simulated time (indexed as
+        #: ``_load``; ``carried[link][s]`` is what crossed from s to s + 1).
+        self.carried: list[list[float]] = []
         self.dirty = False
         self._last_reflow = -math.inf
         self._reflow_timer: Timer | None = None
@@ -214,6 +217,7 @@ class Network:
         host = Host(name, up, down, latency, index=len(self.hosts))
         self.hosts.append(host)
         self._load.extend((0.0, 0.0))
+        self.carried.extend(([], []))
         return host
 
     def stream(
@@ -248,10 +252,20 @@ class Network:
             self.dirty = True
         return flow
 
+    def _advance(self, flow: Flow, now: float) -> None:
+        """Bring ``flow`` up to ``now``, crediting the bytes that crossed to its two links."""
+        left = flow.left_at(now)
+        crossed = flow.left - left
+        if crossed > 0:
+            end = flow.since + crossed / flow.rate
+            _credit(self.carried[2 * flow.stream.src.index], flow.since, end, flow.rate)
+            _credit(self.carried[2 * flow.stream.dst.index + 1], flow.since, end, flow.rate)
+        flow.left = left
+        flow.since = now
+
     def _set_rate(self, flow: Flow, rate: float) -> None:
         now = self.sim.now
-        flow.left = flow.left_at(now)
-        flow.since = now
+        self._advance(flow, now)
         up, down = 2 * flow.stream.src.index, 2 * flow.stream.dst.index + 1
         self._load[up] += rate - flow.rate
         self._load[down] += rate - flow.rate
@@ -263,7 +277,8 @@ class Network:
 
     def _remove(self, flow: Flow) -> None:
         now = self.sim.now
-        sent = flow.total - flow.left_at(now)
+        self._advance(flow, now)
+        sent = flow.total - flow.left
         flow.stream.src.payload_sent += (
             sent / self.overhead * flow.item.length / (flow.item.length + flow.item.header)
         )
@@ -328,10 +343,23 @@ class Network:
         self._load = [0.0] * len(self._load)
         now = self.sim.now
         for f, r in zip(flows, rates, strict=True):
-            f.left = f.left_at(now)
-            f.since = now
+            self._advance(f, now)
             f.rate = 0.0
             self._set_rate(f, r)
+
+
+def _credit(seconds: list[float], start: float, end: float, rate: float) -> None:
+    """Add ``rate`` bytes/s from ``start`` to ``end`` to the per-second totals ``seconds``."""
+    first, last = int(start), int(end)
+    if len(seconds) <= last:
+        seconds.extend([0.0] * (last + 1 - len(seconds)))
+    if first == last:
+        seconds[first] += rate * (end - start)
+        return
+    seconds[first] += rate * (first + 1 - start)
+    for s in range(first + 1, last):
+        seconds[s] += rate
+    seconds[last] += rate * (end - last)
 
 
 def water_fill(flows: list[tuple[int, int]], capacity: list[float]) -> list[float]:

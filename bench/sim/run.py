@@ -113,6 +113,8 @@ class SimResult:
     end: float
     nodes: list[SimNode]
     piece_length: int
+    #: The network's per-second wire bytes of every link (``Network.carried``).
+    carried: list[list[float]] = field(factory=list)
 
     @property
     def complete(self) -> bool:
@@ -131,6 +133,31 @@ class SimResult:
             "events": self.events,
             "wall_s": round(self.wall_s, 2),
         }
+
+    def timeline(self) -> list[dict[str, float]]:
+        """
+        Per second of simulated time: ``t`` (its end), ``agents_rx`` and ``agents_tx`` (the
+        share of the agents' download / upload capacity that piece payloads used, wire
+        bytes with ``overhead``), ``origins_tx`` (the same for the origins' upload).
+        """
+        carried = self.carried
+        agents = [n.host for n in self.nodes if not n.scheduler.config.origin]
+        origins = [n.host for n in self.nodes if n.scheduler.config.origin]
+        groups = {
+            "agents_rx": [(2 * h.index + 1, h.down) for h in agents],
+            "agents_tx": [(2 * h.index, h.up) for h in agents],
+            "origins_tx": [(2 * h.index, h.up) for h in origins],
+        }
+        seconds = max(len(c) for c in carried) if carried else 0
+        steps = []
+        for s in range(seconds):
+            step = {"t": float(s + 1)}
+            for key, links in groups.items():
+                capacity = sum(c for _, c in links)
+                used = sum(carried[i][s] for i, _ in links if s < len(carried[i]))
+                step[key] = round(used / capacity, 4) if capacity else 0.0
+            steps.append(step)
+        return steps
 
     def detail(self) -> dict[str, Any]:
         """Everything worth keeping of the run (``--json``)."""
@@ -155,6 +182,7 @@ class SimResult:
             "mean_payload_transfer_s": sum(n.stats.transfer for n in agents) / payloads,
             "pieces_from_origins": sorted(n.stats.from_origins for n in agents),
             "payloads_discarded": sum(n.stats.discarded for n in agents),
+            "timeline": self.timeline(),
             "summary": self.summary(),
         }
 
@@ -254,6 +282,7 @@ def simulate(options: SimOptions) -> SimResult:
         end=sim.now,
         nodes=[*origins, *agents],
         piece_length=piece_length,
+        carried=net.carried,
     )
 
 
@@ -372,6 +401,10 @@ def main(argv: list[str] | None = None) -> int:
             f"{detail['mean_request_queued_s']:.3f} s for its payload to start, a payload "
             f"takes {detail['mean_payload_transfer_s']:.3f} s"
         )
+    timeline = detail["timeline"]
+    for key, what in (("agents_rx", "agents received"), ("origins_tx", "origins sent")):
+        shares = " ".join(f"{100 * step[key]:.0f}" for step in timeline)
+        print(f"{what}, % of their links in each second: {shares}")
     print(
         f"{result.events} events, {result.reflows} rate recomputes, "
         f"{result.end:.2f} simulated s in {result.wall_s:.1f} s"

@@ -12,7 +12,7 @@ from contextlib import redirect_stdout
 from twisted.trial.unittest import SynchronousTestCase
 
 import kraken
-from bench.sim.network import Frame, Payload, Simulation, water_fill
+from bench.sim.network import Frame, Payload, Simulation, _credit, water_fill
 from bench.sim.nodes import PAYLOAD_HEADER, Delays, frame_size
 from bench.sim.run import SimOptions, main, simulate
 from kraken.torrent.messages import PieceRequest
@@ -106,6 +106,47 @@ class StreamTests(SynchronousTestCase):
             self.assertAlmostEqual(end, 0.5, places=9)
 
 
+class CarriedTests(SynchronousTestCase):
+    """What each link carried in each second (``Network.carried``)."""
+
+    def test_credit_splits_at_whole_seconds(self) -> None:
+        """10 bytes/s from 0.5 s to 2.25 s: 5 in the first second, 10, then 2.5."""
+        seconds: list[float] = []
+        _credit(seconds, 0.5, 2.25, 10.0)
+        self.assertEqual(seconds, [5.0, 10.0, 2.5])
+        _credit(seconds, 2.5, 2.75, 4.0)
+        self.assertEqual(seconds, [5.0, 10.0, 3.5])
+
+    def test_payloads_sharing_an_uplink_are_counted_on_every_link(self) -> None:
+        """
+        Two 3 MiB payloads from a (4 MiB/s) to b and c: a's upload carries 4 MiB in the
+        first second and 2 in the second, b's and c's downloads half each, with overhead.
+        """
+        sim = Simulation(overhead=1.5)
+        net = sim.network
+        a = net.add_host("a", 4 * MiB, 4 * MiB, 0.0)
+        for name in ("b", "c"):
+            dst = net.add_host(name, 4 * MiB, 4 * MiB, 0.0)
+            s = net.stream(
+                a,
+                dst,
+                on_frame=lambda f: None,
+                on_header=lambda p: None,
+                on_payload_end=lambda p: None,
+                on_sent=lambda p: None,
+            )
+            s.send(Payload(0, 2 * MiB, 0))
+        sim.run()
+        # 2 x 2 MiB x 1.5 = 6 MiB of wire bytes through a's upload, 1.5 s at 4 MiB/s.
+        up_a, down_b, down_c = net.carried[0], net.carried[3], net.carried[5]
+        for got, want in zip(up_a, [4 * MiB, 2 * MiB], strict=True):
+            self.assertAlmostEqual(got, want, delta=1e-3)
+        for down in (down_b, down_c):
+            for got, want in zip(down, [2 * MiB, MiB], strict=True):
+                self.assertAlmostEqual(got, want, delta=1e-3)
+        self.assertEqual(net.carried[1], [])
+
+
 NO_DELAYS = Delays(read_per_mib=0.0, write_per_mib=0.0, commit=0.0)
 
 
@@ -122,6 +163,14 @@ class SwarmTests(SynchronousTestCase):
         self.assertLess(abs(t - 2.0) / 2.0, 0.01, t)
         self.assertGreater(t, 2.0)
         self.assertAlmostEqual(result.origin_payload_bytes, 8 * MiB)
+        # Its link was full from the first second to the last.
+        timeline = result.timeline()
+        self.assertEqual([step["t"] for step in timeline], [1.0, 2.0, 3.0])
+        for step in timeline[:2]:
+            self.assertGreater(step["agents_rx"], 0.99)
+            self.assertEqual(step["agents_rx"], step["origins_tx"])
+            self.assertEqual(step["agents_tx"], 0.0)
+        self.assertLess(timeline[2]["agents_rx"], 0.01)
 
     def test_five_agents_all_complete(self) -> None:
         """1 origin, 5 agents: every agent completes, and agents traded pieces."""
@@ -175,6 +224,10 @@ class SwarmTests(SynchronousTestCase):
             {"p50_ratio", "p99_ratio", "max_ratio", "origin_egress_ratio", "events", "wall_s"},
         )
         self.assertGreaterEqual(summary["p50_ratio"], 1.0)
+        lines = out.getvalue().splitlines()
+        received = [line for line in lines if line.startswith("agents received, %")]
+        self.assertEqual(len(received), 1)
+        self.assertTrue(all(0 <= int(v) <= 100 for v in received[0].split(": ")[1].split()))
 
 
 _SCRIPT = """
