@@ -42,6 +42,26 @@ class WaterFillTests(SynchronousTestCase):
         self.assertEqual(rates, [2.0, 2.0, 2.0])
 
 
+def _one_host_to_two(sim: Simulation, length: int, ends: list[float]) -> None:
+    """Hosts a, b, c (4 MiB/s each way, no latency); a payload of ``length`` from a to b and c.
+
+    ``ends`` gets the moment each payload's last byte arrives.
+    """
+    net = sim.network
+    a = net.add_host("a", 4 * MiB, 4 * MiB, 0.0)
+    for name in ("b", "c"):
+        dst = net.add_host(name, 4 * MiB, 4 * MiB, 0.0)
+        s = net.stream(
+            a,
+            dst,
+            on_frame=lambda f: None,
+            on_header=lambda p: None,
+            on_payload_end=lambda p: ends.append(sim.now),
+            on_sent=lambda p: None,
+        )
+        s.send(Payload(0, length, 0))
+
+
 class StreamTests(SynchronousTestCase):
     """Items on one direction of a connection."""
 
@@ -86,20 +106,8 @@ class StreamTests(SynchronousTestCase):
     def test_two_payloads_from_one_host_share_its_upload(self) -> None:
         """Two payloads on two streams from one host each take twice as long as one alone."""
         sim = Simulation()
-        net = sim.network
-        a = net.add_host("a", 4 * MiB, 4 * MiB, 0.0)
         ends: list[float] = []
-        for name in ("b", "c"):
-            dst = net.add_host(name, 4 * MiB, 4 * MiB, 0.0)
-            s = net.stream(
-                a,
-                dst,
-                on_frame=lambda f: None,
-                on_header=lambda p: None,
-                on_payload_end=lambda p: ends.append(sim.now),
-                on_sent=lambda p: None,
-            )
-            s.send(Payload(0, MiB, 0))
+        _one_host_to_two(sim, MiB, ends)
         sim.run()
         self.assertEqual(len(ends), 2)
         for end in ends:
@@ -119,23 +127,13 @@ class CarriedTests(SynchronousTestCase):
 
     def test_payloads_sharing_an_uplink_are_counted_on_every_link(self) -> None:
         """
-        Two 3 MiB payloads from a (4 MiB/s) to b and c: a's upload carries 4 MiB in the
-        first second and 2 in the second, b's and c's downloads half each, with overhead.
+        Two 2 MiB payloads from a (4 MiB/s) to b and c, at 1.5 wire bytes per byte: a's
+        upload carries 4 MiB in the first second and 2 in the second, b's and c's
+        downloads half each.
         """
         sim = Simulation(overhead=1.5)
         net = sim.network
-        a = net.add_host("a", 4 * MiB, 4 * MiB, 0.0)
-        for name in ("b", "c"):
-            dst = net.add_host(name, 4 * MiB, 4 * MiB, 0.0)
-            s = net.stream(
-                a,
-                dst,
-                on_frame=lambda f: None,
-                on_header=lambda p: None,
-                on_payload_end=lambda p: None,
-                on_sent=lambda p: None,
-            )
-            s.send(Payload(0, 2 * MiB, 0))
+        _one_host_to_two(sim, 2 * MiB, [])
         sim.run()
         # 2 x 2 MiB x 1.5 = 6 MiB of wire bytes through a's upload, 1.5 s at 4 MiB/s.
         up_a, down_b, down_c = net.carried[0], net.carried[3], net.carried[5]
