@@ -266,14 +266,14 @@ def main(argv: list[str] | None = None) -> None:
     if args.role == "seed":
         run_seeder(args.blob, args.meta)
         return
+    if args.role == "leech":
+        run_leecher(args.port, args.meta, args.store, args.origin_pipeline, args.agent_limits)
+        return
     leech_args = (
         [] if args.origin_pipeline is None else ["--origin-pipeline", str(args.origin_pipeline)]
     )
     if args.agent_limits:
         leech_args.append("--agent-limits")
-    if args.role == "leech":
-        run_leecher(args.port, args.meta, args.store, args.origin_pipeline, args.agent_limits)
-        return
 
     from kraken.core import DEFAULT_PIECE_LENGTHS, MetaInfo
 

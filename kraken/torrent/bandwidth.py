@@ -101,11 +101,6 @@ class BandwidthLimiter:
         """Seconds to pause reading after ``n`` bytes were read (0 when unlimited)."""
         return self.ingress.reserve(n) if self.ingress is not None else 0.0
 
-    @property
-    def limited(self) -> bool:
-        """Whether any direction is shaped."""
-        return self.egress is not None or self.ingress is not None
-
     def send_chunk(self, unlimited: int) -> int:
         """Bytes to send per step: the egress bucket's chunk, ``unlimited`` without one."""
         return self.egress.chunk if self.egress is not None else unlimited

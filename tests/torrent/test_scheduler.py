@@ -630,6 +630,7 @@ class BandwidthTests(SynchronousTestCase):
     def test_unlimited(self) -> None:
         """No buckets: never a delay."""
         limiter = BandwidthLimiter()
-        self.assertFalse(limiter.limited)
+        self.assertIsNone(limiter.egress)
+        self.assertIsNone(limiter.ingress)
         self.assertEqual(limiter.send_delay(10**9), 0.0)
         self.assertEqual(limiter.receive_delay(10**9), 0.0)
