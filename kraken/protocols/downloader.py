@@ -44,7 +44,7 @@ from kraken.protocols.tracker_client import (
 from kraken.store import BlobInUse, BlobNotFound, BlobStore
 from kraken.torrent.actions import Announce
 from kraken.torrent.archive import IArchive, IPieceStorage
-from kraken.torrent.scheduler import DownloadFailed
+from kraken.torrent.scheduler import DownloadFailed, LocalStorageError
 
 __all__ = [
     "AnnouncerAdapter",
@@ -74,8 +74,11 @@ class IBlobDownloader(Interface):
         """
         Fire when ``digest`` is in the cache (at once if it already is).
 
-        Fails with :class:`BlobUnknown` or :class:`DownloadError`.  Each call
-        gets its own Deferred: cancelling it leaves the download running.
+        Fails with :class:`BlobUnknown`, :class:`DownloadError`, or
+        :class:`~kraken.torrent.scheduler.LocalStorageError` (an ``OSError``
+        with the errno of the failed write: this host could not store a piece,
+        e.g. its disk is full).  Each call gets its own Deferred: cancelling it
+        leaves the download running.
         """
 
     def delete(digest: Digest) -> Deferred[None]:
@@ -256,6 +259,10 @@ class P2PBlobDownloader:
         began = self.node.reactor.seconds()
         try:
             await self.node.download(namespace, metainfo)
+        except LocalStorageError:
+            # An OSError (ENOSPC, EIO): the API answers it as such (507 for a full disk).
+            self.observe("failed")
+            raise
         except DownloadFailed as e:
             self.observe("failed")
             raise DownloadError(f"download torrent {digest}: {e}") from None

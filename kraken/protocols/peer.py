@@ -941,6 +941,14 @@ class PeerNode:
         def failed(f: Failure) -> None:
             bad = isinstance(f.value, PieceHashMismatch)
             self.metrics.pieces_failed.labels("hash" if bad else "write").inc()
+            if isinstance(f.value, OSError):
+                # Our disk (full, failing): the peer is not at fault and every other
+                # piece would fail alike, so the download ends now with the error.
+                self.log.error(
+                    "storing piece {index} of {h} failed: {error}", index=index, h=h, error=f.value
+                )
+                self.run(self.scheduler.storage_failed(h, index, f.value))
+                return
             if not bad:
                 self.log.failure("writing piece {index} of {h}", f, index=index, h=h)
             self.run(self.scheduler.piece_failed(conn, h, index, bad_data=bad, reason=str(f.value)))

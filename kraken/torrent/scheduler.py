@@ -65,6 +65,16 @@ class HandshakeRejected(Exception):
     """An incoming handshake the engine refuses; the driver closes the connection."""
 
 
+class LocalStorageError(OSError):
+    """
+    A download ended because this node could not store a piece (disk full, I/O error).
+
+    An ``OSError`` with the ``errno`` of the failed write (ENOSPC, EIO, ...), so
+    that an API maps it like the error itself (e.g. 507 for ENOSPC); the peer
+    that sent the piece is not at fault and is not blamed.
+    """
+
+
 @define
 class TorrentControl:
     """Engine state of one torrent."""
@@ -334,6 +344,30 @@ class Scheduler:
         self.announces.eject(h)
         actions = self._close_torrent_conns(h, "commit failed")
         self._fail_waiters(t, DownloadFailed(f"{t.metainfo.digest}: commit failed: {reason}"))
+        return [*actions, TorrentDropped(h, False)]
+
+    def storage_failed(self, h: InfoHash, index: int, error: OSError) -> list[Action]:
+        """
+        Writing piece ``index`` failed on our side (``error``: ENOSPC, EIO, ...): end the download.
+
+        Every other piece would fail the same way, so nothing is retried and no
+        peer is blamed: the connections close without a blacklist, waiters fail
+        with :class:`LocalStorageError`, and the torrent is dropped (its storage
+        keeps the verified pieces, so a later download resumes from them).
+        """
+        t = self.torrents.get(h)
+        if t is None or t.state != "downloading":
+            return []
+        del self.torrents[h]
+        self.announces.eject(h)
+        actions = self._close_torrent_conns(h, "local storage failed")
+        what = error.strerror or str(error)
+        self._fail_waiters(
+            t,
+            LocalStorageError(
+                error.errno, f"{t.metainfo.digest}: storing piece {index} failed: {what}"
+            ),
+        )
         return [*actions, TorrentDropped(h, False)]
 
     def forget(self, h: InfoHash) -> list[Action]:

@@ -7,7 +7,9 @@ blocking calls inline, and an announcer that records what the engine announces.
 
 from __future__ import annotations
 
+import os
 import random
+from errno import ENOSPC
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
@@ -20,7 +22,9 @@ from kraken.protocols.downloader import P2PBlobDownloader, list_cached_torrents
 from kraken.protocols.peer import PeerNode, synchronous_runner
 from kraken.store import BlobStore
 from kraken.torrent.actions import Announce
-from kraken.torrent.scheduler import Scheduler
+from kraken.torrent.scheduler import LocalStorageError, Scheduler
+
+from .swarm import Swarm
 
 NAMESPACE = "library/ubuntu"
 
@@ -137,3 +141,61 @@ class AgentArchiveNamespaceTests(SynchronousTestCase):
         metainfo = MetaInfo.of_bytes(b"some layer" * 300, 1000)
         AgentArchive(store).create(NAMESPACE, metainfo)
         self.assertEqual(store.get_namespace(metainfo.digest), NAMESPACE)
+
+
+class _Tracker:
+    """The tracker as the downloader sees it: the metainfo of one blob."""
+
+    def __init__(self, metainfo: MetaInfo) -> None:
+        self.metainfo_of = metainfo
+
+    def metainfo(self, namespace: str, digest: Digest) -> Deferred[MetaInfo]:
+        """The blob's metainfo."""
+        return succeed(self.metainfo_of)
+
+
+class FullDiskTests(SynchronousTestCase):
+    """An agent whose disk is full: the pull fails at once with the OSError, then resumes."""
+
+    def test_enospc_fails_the_pull_and_a_later_pull_resumes(self) -> None:
+        """
+        With the store's piece writes failing ENOSPC, download() fails within a second with
+        an OSError carrying ENOSPC (which the agent APIs answer as such), blaming no peer;
+        once space is back the next download() completes, keeping the pieces stored before.
+        """
+        data = random.Random(3).randbytes(2 * 1024 * 1024)
+        meta = MetaInfo.of_bytes(data, 128 * 1024)
+        swarm = Swarm()
+        origin = swarm.add(origin=True)
+        origin.archive.seed(meta, data)
+        store = BlobStore(self.mktemp(), swarm.clock)
+        agent = swarm.add(archive=AgentArchive(store))
+        swarm.register(agent, meta)
+        downloader = P2PBlobDownloader(store, agent.node, _Tracker(meta), synchronous_runner)  # type: ignore[arg-type]
+        write = store.write_piece
+        space = [6]
+
+        def write_piece(digest: Digest, index: int, piece: Any) -> bool:
+            if space[0] <= 0:
+                raise OSError(ENOSPC, os.strerror(ENOSPC))
+            space[0] -= 1
+            return write(digest, index, piece)
+
+        store.write_piece = write_piece  # type: ignore[method-assign]
+        results: list[Any] = []
+        downloader.download(NAMESPACE, meta.digest).addBoth(results.append)
+        swarm.run(lambda: bool(results), max_seconds=30, step=0.1)
+        self.assertLess(swarm.clock.seconds(), 1.0)
+        (failure,) = results
+        self.assertIsInstance(failure.value, LocalStorageError)
+        self.assertEqual(failure.value.errno, ENOSPC)
+        self.assertEqual(agent.scheduler.blacklist, {})
+        self.assertEqual(store.piece_status(meta.digest).count(), 6)
+        space[0] = meta.num_pieces
+        results.clear()
+        downloader.download(NAMESPACE, meta.digest).addBoth(results.append)
+        swarm.run(lambda: bool(results), step=0.1)
+        self.assertEqual(results, [None])
+        with store.open_reader(meta.digest) as reader:
+            self.assertEqual(reader.pread(len(data), 0), data)
+        self.assertEqual(space[0], 6)  # only the 10 missing pieces were written

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import random
+from errno import EIO, ENOSPC
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -24,7 +26,7 @@ from kraken.torrent.messages import (
     PiecePayload,
     PieceRequest,
 )
-from kraken.torrent.scheduler import Scheduler
+from kraken.torrent.scheduler import LocalStorageError, Scheduler
 
 from .swarm import Swarm, SwarmNode
 
@@ -185,6 +187,75 @@ class SwarmTests(SynchronousTestCase):
         self.assert_all_done(results, [leecher], data, meta)
         # Every piece written exactly once: verified pieces were not fetched again.
         self.assertEqual(leecher.archive.torrents[meta.digest].writes, meta.num_pieces)
+
+
+class FillingDisk(MemoryPieceStorage):
+    """Storage whose disk fills up after ``space`` pieces: later writes raise ``errno``."""
+
+    def __init__(self, metainfo: MetaInfo, space: int, errno: int = ENOSPC) -> None:
+        super().__init__(metainfo)
+        self.space = space
+        self.errno = errno
+        self.refused = 0
+
+    def write_piece(self, index: int, data: Any) -> None:
+        """Write while there is space, else fail as the kernel would."""
+        if self.space <= 0:
+            self.refused += 1
+            raise OSError(self.errno, os.strerror(self.errno))
+        self.space -= 1
+        super().write_piece(index, data)
+
+
+class LocalFaultTests(SynchronousTestCase):
+    """A piece the leecher cannot store is its own fault: the download ends, nobody is blamed."""
+
+    def full_disk(self, errno: int) -> None:
+        """A leecher whose writes fail with ``errno`` after 5 pieces, beside two seeders."""
+        data, meta = blob(4 * MiB, 9)
+        swarm = Swarm()
+        origin = swarm.add(origin=True)
+        origin.archive.seed(meta, data)
+        helper = swarm.add()
+        helper.archive.seed(meta, data)
+        leecher = swarm.add()
+        disk = FillingDisk(meta, space=5, errno=errno)
+        leecher.archive.torrents[meta.digest] = disk
+        swarm.register(helper, meta)
+        results = start(swarm, [leecher], meta)
+        swarm.run(lambda: bool(results), max_seconds=30, step=0.1)
+        failure = results[leecher.port]
+        self.assertIsInstance(failure, Failure)
+        error = failure.value
+        self.assertIsInstance(error, LocalStorageError)
+        self.assertIsInstance(error, OSError)
+        self.assertEqual(error.errno, errno)
+        self.assertIn(str(meta.digest), str(error))
+        # At once, and after the first refused write: no piece was retried elsewhere.
+        self.assertLess(swarm.clock.seconds(), 2.0)
+        self.assertEqual(disk.refused, 1)
+        # Nobody was blamed, and the leecher let go of the torrent and its connections.
+        self.assertEqual(leecher.scheduler.blacklist, {})
+        self.assertEqual(origin.scheduler.blacklist, {})
+        self.assertEqual(helper.scheduler.blacklist, {})
+        self.assertFalse(leecher.scheduler.has_torrent(meta.infohash))
+        self.assertEqual(leecher.node.protocols, {})
+        # Space is back: a new pull resumes and fetches only the pieces that were missing.
+        disk.space = meta.num_pieces
+        results.clear()
+        results = start(swarm, [leecher], meta)
+        swarm.run(lambda: bool(results), step=0.1)
+        self.assertIsInstance(results[leecher.port], MemoryPieceStorage, results[leecher.port])
+        self.assertEqual(disk.content(), data)
+        self.assertEqual(disk.writes, meta.num_pieces)
+
+    def test_disk_full_ends_the_download(self) -> None:
+        """ENOSPC on a piece write ends the download at once with the OSError; a pull resumes."""
+        self.full_disk(ENOSPC)
+
+    def test_io_error_ends_the_download(self) -> None:
+        """EIO on a piece write: the same (the disk, not the peer, is at fault)."""
+        self.full_disk(EIO)
 
 
 class _Factory:
