@@ -109,6 +109,7 @@ from kraken.protocols.origin_client import (
     BlobNotFoundAtOrigin,
     NoOriginAvailable,
     OriginClusterClient,
+    StatInconclusive,
 )
 from kraken.store import BlobExists, BlobNotFound, BlobReader, BlobStore, UploadNotFound
 
@@ -474,10 +475,23 @@ class ProxyAPI:
 
     # -- blobs ----------------------------------------------------------------------------
 
-    async def _origin_size(self, name: str, digest: Digest) -> int | None:
+    async def _origin_size(self, name: str, digest: Digest, *, strict: bool = False) -> int | None:
+        """
+        The size of ``digest`` in the ring, or None when the ring lacks it.
+
+        Unless ``strict``, a blob no replica that answered has counts as absent even if
+        another replica could not be asked: the client pushes it again, which is safe.
+        ``strict`` (a manifest's dependencies) lets :class:`StatInconclusive` through:
+        503, never a false ``MANIFEST_BLOB_UNKNOWN`` for a blob an unreachable replica
+        took.
+        """
         try:
             return await self.origins.stat(name, digest)
         except BlobNotFoundAtOrigin:
+            return None
+        except StatInconclusive:
+            if strict:
+                raise
             return None
 
     async def _blob(self, request: IRequest, name: str, digest: Digest) -> None:
@@ -766,7 +780,7 @@ class ProxyAPI:
         if isinstance(ref, Digest) and ref != digest:
             raise RegistryError(DIGEST_INVALID, f"manifest is {digest}, not {ref}")
         wanted = [*references.manifests, *references.blobs]
-        sizes = await _gather([self._origin_size(name, d) for d in wanted])
+        sizes = await _gather([self._origin_size(name, d, strict=True) for d in wanted])
         missing = [str(d) for d, size in zip(wanted, sizes, strict=True) if size is None]
         if missing:
             raise RegistryError(

@@ -14,6 +14,9 @@ Go ``blobclient`` (reference/kraken-components.md 2.2):
   3 random hosts in turn); uploads try the locations in order and move on only on network
   errors and 429/502/503/504; downloads poll while the origin answers 202 (backoff 1 s
   x1.3 up to 5 s, for at most 15 minutes) and move on on 5xx or network errors.
+- a stat asks the replicas in turn until one has the blob: the one that took an upload
+  has it before the others and the backend do, so a 404 from one replica is not an
+  answer for the ring (:meth:`OriginClusterClient.stat`).
 
 Chunks are read through a ``read_chunk(offset, length) -> Deferred[bytes]`` function, so
 the caller decides where blocking reads happen (:func:`file_chunks` reads a local file in a
@@ -25,7 +28,7 @@ from __future__ import annotations
 import json
 import os
 import random
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection
 from typing import ClassVar, Final, Literal
 from urllib.parse import quote
 
@@ -55,6 +58,7 @@ __all__ = [
     "OriginClusterClient",
     "PollPolicy",
     "ReadChunk",
+    "StatInconclusive",
     "UploadKind",
     "bytes_chunks",
     "file_chunks",
@@ -88,6 +92,15 @@ class BlobNotFoundAtOrigin(Exception):
 
 class NoOriginAvailable(Exception):
     """Every origin tried failed; the message lists what each said."""
+
+
+class StatInconclusive(NoOriginAvailable):
+    """
+    No replica that answered has the blob, but others could not be asked.
+
+    The blob may be on one of those (an upload they took, not yet duplicated or
+    written back): neither present nor proven absent.
+    """
 
 
 def _ns(namespace: str) -> str:
@@ -462,19 +475,37 @@ class OriginClusterClient:
         raise NoOriginAvailable(f"no origin served {digest}: " + "; ".join(errors))
 
     def stat(self, namespace: str, digest: Digest) -> Deferred[int]:
-        """The blob's size from the first replica that answers (404: not anywhere)."""
+        """
+        The blob's size from the first replica that has it, asking each in turn.
+
+        A blob just uploaded is on the replica that took it before the others
+        (duplicates) and the backend (write-back) have it, so a 404 from one replica
+        moves on to the next.  The first replica that answers also looks in the
+        backend; the others only in their caches.  Fails with
+        :class:`BlobNotFoundAtOrigin` only when every replica said it lacks the blob,
+        with :class:`StatInconclusive` when some said so and the others could not be
+        asked, and with :class:`NoOriginAvailable` when none answered.
+        """
         return Deferred.fromCoroutine(self._stat(namespace, digest))
 
     async def _stat(self, namespace: str, digest: Digest) -> int:
-        errors: list[str] = []
-        hosts: Sequence[str] = await self.locations(digest)
-        hosts = list(hosts)
+        hosts = list(await self.locations(digest))
         self.rng.shuffle(hosts)
+        absent: list[str] = []
+        errors: list[str] = []
         for host in hosts:
             try:
-                return await self.client.stat(host, namespace, digest)
+                return await self.client.stat(host, namespace, digest, local=bool(absent))
             except BlobNotFoundAtOrigin:
-                raise
+                absent.append(host)
             except RequestError as e:
                 errors.append(f"{host}: {e}")
-        raise NoOriginAvailable(f"no origin answered a stat of {digest}: " + "; ".join(errors))
+        if not errors:
+            raise BlobNotFoundAtOrigin(namespace, digest)
+        problems = "; ".join(errors)
+        if absent:
+            raise StatInconclusive(
+                f"{digest} is not at {', '.join(absent)}, and the other replicas could not "
+                f"be asked: {problems}"
+            )
+        raise NoOriginAvailable(f"no origin answered a stat of {digest}: {problems}")

@@ -1,9 +1,14 @@
 """
 The origin clients against in-memory origins: chunked uploads, 409 as success, failover
-between replicas, polling 202s, 404s, locations and peer context.
+between replicas, polling 202s, 404s, stats that ask every replica, locations and peer
+context.
 """
 
 from __future__ import annotations
+
+import random
+from collections.abc import MutableSequence
+from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
@@ -18,9 +23,10 @@ from kraken.protocols.origin_client import (
     OriginClient,
     OriginClusterClient,
     PollPolicy,
+    StatInconclusive,
     bytes_chunks,
 )
-from tests.origin.harness import MemoryBackend, make_origin
+from tests.origin.harness import BackendDown, MemoryBackend, make_origin
 
 BLOB = bytes(range(256)) * 40
 DIGEST = Digest.of_bytes(BLOB)
@@ -28,7 +34,7 @@ NS = "lib/x"
 MEMBERS = ("o1:15002", "o2:15002", "o3:15002")
 
 
-class OriginClusterClientTests(SynchronousTestCase):
+class RingTestCase(SynchronousTestCase):
     """Three in-memory origins sharing one backend, reached through a HostRoutingAgent."""
 
     def setUp(self) -> None:
@@ -47,6 +53,10 @@ class OriginClusterClientTests(SynchronousTestCase):
             factory.client(), self.clock, chunk_size=3000, poll=PollPolicy(initial=1.0)
         )
         self.cluster = OriginClusterClient(self.client, lambda: list(MEMBERS))
+
+
+class OriginClusterClientTests(RingTestCase):
+    """Uploads, downloads, locations and the single-origin calls."""
 
     def test_locations_in_ring_order(self) -> None:
         """Locations are the ring's ranking of the three members."""
@@ -137,3 +147,74 @@ class OriginClusterClientTests(SynchronousTestCase):
         self.clock.advance(200)  # the replicas' staggered write-backs finish and unpersist
         self.successResultOf(self.client.delete(host, DIGEST))
         self.assertFalse(self.origins[host].store.has(DIGEST))
+
+
+class FirstLast(random.Random):
+    """A ``random.Random`` whose ``shuffle`` moves the first item (the owner) to the end."""
+
+    def shuffle(self, x: MutableSequence[Any]) -> None:  # type: ignore[override]
+        """Rotate ``x`` left by one."""
+        x.append(x.pop(0))
+
+
+class ClusterStatTests(RingTestCase):
+    """``OriginClusterClient.stat`` while a blob is on one replica only, and when it is nowhere."""
+
+    def stats(self) -> list[str]:
+        """The stat requests sent so far, as ``host local`` or ``host backend``."""
+        return [
+            f"{r.url.split('/')[2]} {'local' if 'local=true' in r.url else 'backend'}"
+            for r in self.agent.requests
+            if r.method == "HEAD"
+        ]
+
+    def test_stat_moves_past_replicas_without_the_blob(self) -> None:
+        """
+        A blob only the owner has (its duplicates not sent, the backend not written) is
+        found although the replicas asked before it answer 404; only the first asked
+        looks in the backend.
+        """
+        owner = self.successResultOf(self.cluster.locations(DIGEST))[0]
+        self.origins[owner].store.put_bytes(BLOB)
+        others = [m for m in self.successResultOf(self.cluster.locations(DIGEST)) if m != owner]
+        cluster = OriginClusterClient(self.client, lambda: list(MEMBERS), rng=FirstLast())
+        self.agent.requests.clear()
+        self.assertEqual(self.successResultOf(cluster.stat(NS, DIGEST)), len(BLOB))
+        self.assertEqual(
+            self.stats(), [f"{others[0]} backend", f"{others[1]} local", f"{owner} local"]
+        )
+
+    def test_stat_absent_everywhere(self) -> None:
+        """A blob no replica has is BlobNotFoundAtOrigin after all three said so."""
+        self.agent.requests.clear()
+        self.failureResultOf(self.cluster.stat(NS, DIGEST), BlobNotFoundAtOrigin)
+        stats = self.stats()
+        self.assertEqual(len(stats), 3)
+        self.assertEqual([s.split()[1] for s in stats], ["backend", "local", "local"])
+
+    def test_stat_in_backend_only(self) -> None:
+        """A blob only the backend has is found by the first replica asked."""
+        self.backend.blobs[DIGEST.hex] = BLOB
+        self.agent.requests.clear()
+        self.assertEqual(self.successResultOf(self.cluster.stat(NS, DIGEST)), len(BLOB))
+        self.assertEqual(len(self.stats()), 1)
+
+    def test_stat_inconclusive_when_a_replica_is_unreachable(self) -> None:
+        """
+        With the owner unreachable and the others saying 404, the stat fails with
+        StatInconclusive (a NoOriginAvailable), not BlobNotFoundAtOrigin: the owner may
+        hold an upload the others have not received.
+        """
+        owner = self.successResultOf(self.cluster.locations(DIGEST))[0]
+        self.origins[owner].store.put_bytes(BLOB)
+        self.agent.remove(owner)
+        failure = self.failureResultOf(self.cluster.stat(NS, DIGEST), StatInconclusive)
+        self.assertIsInstance(failure.value, NoOriginAvailable)
+        self.assertIn(owner, failure.getErrorMessage())
+
+    def test_stat_no_answer(self) -> None:
+        """With every replica failing (backend down) the stat is NoOriginAvailable only."""
+        self.backend.down = True
+        failure = self.failureResultOf(self.cluster.stat(NS, DIGEST), NoOriginAvailable)
+        self.assertNotIsInstance(failure.value, StatInconclusive)
+        self.flushLoggedErrors(BackendDown)
