@@ -4,7 +4,10 @@ The ``kraken`` command line.
 ``kraken herd`` runs the whole system in one process; ``kraken blob``
 pushes, stats and pulls blobs at an origin ring; ``kraken certs`` makes a
 development CA and certificates; ``kraken digest FILE`` prints a file's
-digest and, with ``--metainfo``, the metainfo an origin would generate.
+digest and, with ``--metainfo``, the metainfo an origin would generate;
+``kraken config check`` loads a daemon's configuration file as the daemon
+would; ``kraken mirror containerd|docker`` points the host's container
+runtime at its local agent.
 """
 
 from __future__ import annotations
@@ -160,6 +163,160 @@ def _add_herd(sub: Any) -> None:
     herd.set_defaults(func=_herd)
 
 
+def _config_check(args: argparse.Namespace) -> int:
+    """Load FILE as the daemon would at start-up; print every problem, one per line."""
+    from kraken.backends.config import BackendConfigError, BackendsConfig
+    from kraken.config import ConfigError, HerdConfig, load_config
+
+    try:
+        config = load_config(args.daemon, args.file)
+    except ConfigError as e:
+        print(e, file=sys.stderr)
+        return 1
+    members = (
+        [
+            (name, getattr(config, name.replace("-", "_")))
+            for name in ("tracker", "origin", "build-index", "proxy", "agent")
+        ]
+        if isinstance(config, HerdConfig)
+        else [(args.daemon, config)]
+    )
+    problems = []
+    for name, member in members:
+        backends = getattr(member, "backends", None)
+        if backends is not None:
+            try:
+                BackendsConfig.from_list([e.to_raw() for e in backends], f"{name}.backends")
+            except BackendConfigError as e:
+                problems.append(str(e))
+        if args.files:
+            from twisted.python.usage import UsageError
+
+            from kraken.tls import check_tls_files
+
+            try:
+                check_tls_files(member.tls, serve=name != "agent", section=f"{name}.tls")
+            except UsageError as e:
+                problems.append(str(e))
+    for problem in problems:
+        print(f"{args.file}: {problem}", file=sys.stderr)
+    if problems:
+        return 1
+    print(f"{args.file}: a valid {args.daemon} configuration")
+    return 0
+
+
+def _add_config(sub: Any) -> None:
+    config = sub.add_parser("config", help="configuration files")
+    config_sub = config.add_subparsers(dest="config_command", required=True)
+    check = config_sub.add_parser(
+        "check",
+        help="check FILE as `twistd kraken-<daemon> --config FILE` would at start-up "
+        "(every key and value, backend options; TLS files with --files)",
+    )
+    check.add_argument("file", metavar="FILE")
+    check.add_argument(
+        "--daemon",
+        required=True,
+        choices=["agent", "origin", "tracker", "build-index", "proxy", "herd"],
+        help="the daemon the file is for",
+    )
+    check.add_argument(
+        "--files",
+        action="store_true",
+        help="also read the TLS files the configuration names (as on the host that runs it)",
+    )
+    check.set_defaults(func=_config_check)
+
+
+def _mirror_containerd(args: argparse.Namespace) -> int:
+    from kraken.mirror import MirrorError, containerd_hosts_files, write_containerd_hosts
+
+    try:
+        if args.dry_run:
+            for name, text in containerd_hosts_files(args.agent, args.registry or ()).items():
+                print(f"# {args.dir}/{name}/hosts.toml\n{text}")
+            return 0
+        paths = write_containerd_hosts(args.dir, args.agent, args.registry or ())
+    except (MirrorError, OSError) as e:
+        print(f"kraken mirror containerd: {e}", file=sys.stderr)
+        return 1
+    for path in paths:
+        print(f"wrote {path}")
+    print(
+        f"containerd's CRI reads them when config.toml sets "
+        f'[plugins."io.containerd.grpc.v1.cri".registry] config_path = "{args.dir}"; '
+        f"ctr: ctr images pull --hosts-dir {args.dir} ..."
+    )
+    return 0
+
+
+def _mirror_docker(args: argparse.Namespace) -> int:
+    import json
+
+    from kraken.mirror import (
+        MirrorError,
+        docker_daemon_config,
+        read_docker_daemon_config,
+        write_docker_daemon_config,
+    )
+
+    try:
+        if args.dry_run:
+            config = docker_daemon_config(read_docker_daemon_config(args.file), args.agent)
+            print(json.dumps(config, indent=2))
+            return 0
+        write_docker_daemon_config(args.file, args.agent)
+    except (MirrorError, OSError) as e:
+        print(f"kraken mirror docker: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {args.file}; restart dockerd (it mirrors Docker Hub only)")
+    return 0
+
+
+def _add_mirror(sub: Any) -> None:
+    from kraken.mirror import DEFAULT_AGENT, DEFAULT_CONTAINERD_DIR, DEFAULT_DOCKER_FILE
+
+    mirror = sub.add_parser(
+        "mirror", help="point this host's container runtime at the local agent (docs/containerd.md)"
+    )
+    mirror_sub = mirror.add_subparsers(dest="mirror_command", required=True)
+    agent_help = f"the agent's registry address (default {DEFAULT_AGENT})"
+    containerd = mirror_sub.add_parser(
+        "containerd",
+        help="write hosts.toml files: _default (every registry), or one per --registry",
+    )
+    containerd.add_argument(
+        "--registry",
+        action="append",
+        metavar="HOST",
+        help="mirror only this registry (repeatable; docker.io for Docker Hub)",
+    )
+    containerd.add_argument(
+        "--dir",
+        default=DEFAULT_CONTAINERD_DIR,
+        help=f"containerd's hosts directory (default {DEFAULT_CONTAINERD_DIR})",
+    )
+    containerd.add_argument("--agent", default=DEFAULT_AGENT, help=agent_help)
+    containerd.add_argument(
+        "--dry-run", action="store_true", help="print the files instead of writing them"
+    )
+    containerd.set_defaults(func=_mirror_containerd)
+    docker = mirror_sub.add_parser(
+        "docker", help="add the agent to registry-mirrors in docker's daemon.json"
+    )
+    docker.add_argument(
+        "--file",
+        default=DEFAULT_DOCKER_FILE,
+        help=f"docker's daemon.json (default {DEFAULT_DOCKER_FILE}); other settings are kept",
+    )
+    docker.add_argument("--agent", default=DEFAULT_AGENT, help=agent_help)
+    docker.add_argument(
+        "--dry-run", action="store_true", help="print the new file instead of writing it"
+    )
+    docker.set_defaults(func=_mirror_docker)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
     parser = argparse.ArgumentParser(prog="kraken", description=__doc__.splitlines()[1])
@@ -173,6 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
     digest.set_defaults(func=_digest)
     _add_certs(sub)
     _add_herd(sub)
+    _add_config(sub)
+    _add_mirror(sub)
     from kraken.origin.blobcli import add_blob_parser
 
     add_blob_parser(sub)
