@@ -14,7 +14,12 @@ that is refused like any character outside the distribution grammar):
   :data:`~kraken.protocols.buildindex_client.DUPLICATE_HEADER`, which the
   receiver stores without checks, forwarding or replication, unless it knows a
   newer write); with ``replicate=true`` queue one durable replication task per
-  matching remote before answering 200;
+  matching remote before answering 200.  A PUT carrying the duplicate header is
+  honoured only from a cluster member: over TLS a client certificate verified
+  against the cluster CA, over plain HTTP a client address in
+  ``duplicate_networks`` (loopback by default); anyone else gets 403.  Its write
+  time must be a finite number no later than ``max_clock_skew`` seconds from now
+  (400 otherwise), so that no duplicate can pin a tag against later writes;
 - ``GET /tags/{tag}``: the digest string; ``HEAD`` the same without the body;
   404 unknown, 503 backend error (both methods: quirk 5 fixed);
 - ``GET /list/{prefix}`` and ``GET /repositories/{repo}/tags``: one page of
@@ -31,6 +36,7 @@ Errors are plain text, as the Go build-index answers.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Collection
 from typing import Any, ClassVar, Final
 from urllib.parse import quote, urlencode
@@ -69,16 +75,26 @@ from kraken.buildindex.tags import (
     parse_tag,
 )
 from kraken.core import Digest
+from kraken.core.address import LOOPBACK_NETWORKS, IPNetwork, in_networks, parse_ip, parse_networks
 from kraken.http.errors import CORE_ERRORS, APIError, install_error_handler, render_text
 from kraken.http.request_body import json_response
 from kraken.persistedretry import QueueStopped, RetryQueue
 from kraken.protocols.buildindex_client import DUPLICATE_HEADER, BuildIndexClient
+from kraken.tls import ClientCertificate, client_certificate_status
 
-__all__ = ["BUILD_INDEX_ERRORS", "DEFAULT_PAGE_SIZE", "BuildIndexAPI", "BuildIndexMetrics"]
+__all__ = [
+    "BUILD_INDEX_ERRORS",
+    "DEFAULT_MAX_CLOCK_SKEW",
+    "DEFAULT_PAGE_SIZE",
+    "BuildIndexAPI",
+    "BuildIndexMetrics",
+]
 
 #: Names per listing page when the request gives no ``limit``.
 DEFAULT_PAGE_SIZE: Final = 1000
 MAX_PAGE_SIZE: Final = 1000
+#: Seconds a duplicate's write time may be ahead of this build-index's clock.
+DEFAULT_MAX_CLOCK_SKEW: Final = 60.0
 
 BUILD_INDEX_ERRORS: Final = CORE_ERRORS.extended(
     {
@@ -164,6 +180,8 @@ class BuildIndexAPI:
 
     ``neighbours()`` lists the other members of this cluster (this host excluded);
     ``peers`` sends them duplicates.  ``ready()`` checks the backends and the origin.
+    ``duplicate_networks``: client addresses whose duplicates are honoured over plain
+    HTTP (over TLS only a verified client certificate counts).
     """
 
     app: ClassVar[Klein] = Klein()
@@ -181,6 +199,10 @@ class BuildIndexAPI:
     clock: IReactorTime
     ready: Callable[[], Deferred[None]]
     metrics: BuildIndexMetrics = field(factory=BuildIndexMetrics)
+    duplicate_networks: tuple[IPNetwork, ...] = field(
+        factory=lambda: parse_networks(LOOPBACK_NETWORKS)
+    )
+    max_clock_skew: float = DEFAULT_MAX_CLOCK_SKEW
     #: Duplicates still being sent (tests wait for them).
     background: set[Deferred[None]] = field(factory=set, init=False)
 
@@ -234,6 +256,7 @@ class BuildIndexAPI:
         d = Digest.parse(digest)
         duplicate = request.getHeader(DUPLICATE_HEADER.encode("ascii"))
         if duplicate is not None:
+            self._check_member(request)
             return await self._put_duplicate(ref, d, duplicate)
         replicate = _replicate_flag(request)
         try:
@@ -250,11 +273,49 @@ class BuildIndexAPI:
             await self._queue_replication(ref, d)
         return b""
 
+    def _check_member(self, request: Request) -> None:
+        """403 unless ``request`` comes from a member of this cluster (see the module doc)."""
+        status = client_certificate_status(request)
+        if status is ClientCertificate.VERIFIED:
+            return
+        client = request.getClientAddress()  # type: ignore[no-untyped-call]
+        if status is ClientCertificate.NO_TLS:
+            host = getattr(client, "host", None)
+            try:
+                if isinstance(host, str) and in_networks(parse_ip(host), self.duplicate_networks):
+                    return
+            except ValueError:
+                pass
+            presented = f"plain HTTP from {host}, outside duplicates.trusted_networks"
+        else:
+            presented = status.value
+        self.metrics.puts.labels("duplicate", "refused").inc()
+        self.log.warn(
+            "refused a tag duplicate from {client}: {presented}",
+            client=client,
+            presented=presented,
+        )
+        raise APIError(
+            403,
+            f"{DUPLICATE_HEADER} is honoured only from build-indexes of this cluster (over "
+            "TLS: a client certificate signed by the cluster CA; over plain HTTP: a client in "
+            f"duplicates.trusted_networks); this request came with {presented}",
+        )
+
     async def _put_duplicate(self, ref: TagRef, d: Digest, header: bytes) -> bytes:
         try:
             written_at = float(header.decode("ascii"))
         except (UnicodeDecodeError, ValueError):
             raise APIError(400, f"invalid {DUPLICATE_HEADER} {header[:40]!r}") from None
+        if not math.isfinite(written_at):
+            raise APIError(400, f"invalid {DUPLICATE_HEADER} {header[:40]!r}: not a finite time")
+        ahead = written_at - self.clock.seconds()
+        if ahead > self.max_clock_skew:
+            raise APIError(
+                400,
+                f"invalid {DUPLICATE_HEADER} {header[:40]!r}: {ahead:.0f}s in the future "
+                f"(at most {self.max_clock_skew:g}s of clock skew is allowed)",
+            )
         stored = await self.tags.put(ref, d, written_at=written_at)
         self.metrics.puts.labels("duplicate", "stored" if stored else "older").inc()
         return b""

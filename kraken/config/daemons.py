@@ -332,6 +332,23 @@ class TagTypeRule:
 
 
 @frozen(kw_only=True)
+class DuplicatesConfig:
+    """Which tag duplicates (PUTs from the other members of the cluster) are honoured."""
+
+    trusted_networks: tuple[Network, ...] = setting(
+        ("127.0.0.0/8", "::1/128"),
+        doc="Over plain HTTP, duplicates are honoured only from client addresses in these "
+        "networks (over TLS only from a client certificate signed by `tls.ca`); list the "
+        "build-indexes' networks here only if nobody else can send from them. Others get 403.",
+    )
+    max_clock_skew: Duration = setting(
+        60.0,
+        doc="A duplicate's write time may be this far ahead of this build-index's clock; "
+        "later (or not finite) is refused with 400.",
+    )
+
+
+@frozen(kw_only=True)
 class BuildIndexConfig:
     """Configuration of ``twistd kraken-build-index``."""
 
@@ -369,6 +386,9 @@ class BuildIndexConfig:
     )
     duplicate_replicate_stagger: Duration = setting(
         1200.0, doc="Delay step of replication tasks handed to the other build-indexes."
+    )
+    duplicates: DuplicatesConfig = section(
+        DuplicatesConfig, doc="Who may send tag duplicates, and how far ahead their times may be."
     )
     writeback: RetryQueueConfig = section(
         RetryQueueConfig, doc="Durable queue writing tags to the backend."

@@ -42,6 +42,7 @@ from kraken.cluster import (
 )
 from kraken.config import BuildIndexConfig
 from kraken.config.sections import HostListConfig
+from kraken.core.address import parse_networks
 from kraken.http.client import NO_RETRY, HTTPClientFactory, KrakenHTTPClient, read_body
 from kraken.persistedretry import Backoff, PrometheusQueueMetrics, RetryQueue, SQLiteTaskStore
 from kraken.protocols.buildindex_client import BuildIndexClient
@@ -185,6 +186,8 @@ def build_build_index(
         reactor,
         _origin_readiness(http.client(retry=NO_RETRY), origins, backends),
         metrics=metrics,
+        duplicate_networks=parse_networks(config.duplicates.trusted_networks),
+        max_clock_skew=config.duplicates.max_clock_skew,
     )
 
     tree = BuildIndexService(api, queue, cluster, origins, backends, pool=pool)

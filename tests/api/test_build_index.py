@@ -17,6 +17,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.server import Request
 
+from kraken.api import build_index as build_index_api
 from kraken.api.build_index import BuildIndexAPI
 from kraken.backends.config import BackendContext, BackendsConfig
 from kraken.backends.threads import run_inline
@@ -26,11 +27,13 @@ from kraken.buildindex.tags import TagStore
 from kraken.cluster import Membership, NoHealthFilter, StaticHostList
 from kraken.cluster.health import PassiveHealthFilter
 from kraken.core import Digest
+from kraken.core.address import parse_networks
 from kraken.http.testing import memory_client_factory
 from kraken.persistedretry import MemoryTaskStore, RetryQueue, Task
 from kraken.protocols.buildindex_client import DUPLICATE_HEADER, BuildIndexClient
 from kraken.protocols.origin_client import OriginClient, OriginClusterClient
 from kraken.services.build_index import _origin_readiness
+from kraken.tls import ClientCertificate
 
 ORIGIN = "origin:15002"
 REPO = "test/app"
@@ -309,6 +312,63 @@ class BuildIndexAPITests(SynchronousTestCase):
         self.assertEqual(self.request("GET", "/tags/test%2Fapp:v1")[1], str(other).encode())
         self.assertEqual(len(self.duplicates), 1)
         self.assertEqual(self.request("PUT", path, {DUPLICATE_HEADER: "soon"})[0], 400)
+
+    def test_duplicate_from_a_stranger_is_refused(self) -> None:
+        """Issue 18: a duplicate from outside the cluster is 403 and cannot skip the checks.
+
+        The client here is 127.0.0.1 over plain HTTP, outside the configured
+        ``duplicate_networks``: pointing a tag at a digest that exists nowhere is refused,
+        nothing is stored and nothing is forwarded; the same request without the header
+        goes through the dependency checks (404: no such manifest).
+        """
+        self.api.duplicate_networks = parse_networks(["10.0.0.0/8"])
+        self.clock.advance(100)
+        absent = Digest.of_bytes(b"exists nowhere")
+        path = f"/tags/test%2Fapp:v1/digest/{absent}"
+        code, body = self.request("PUT", path, {DUPLICATE_HEADER: "100.0"})
+        self.assertEqual(code, 403)
+        self.assertIn(b"plain HTTP from 127.0.0.1", body)
+        self.assertEqual(self.request("GET", "/tags/test%2Fapp:v1")[0], 404)
+        self.assertEqual(self.request("PUT", path)[0], 404)
+        self.assertEqual(self.duplicates, [])
+
+    def test_duplicate_over_tls_needs_a_verified_certificate(self) -> None:
+        """Over TLS only a client certificate verified against the CA makes a duplicate count.
+
+        No certificate, or one that did not verify, is 403 even from a trusted network;
+        a verified one is honoured.
+        """
+        other = Digest.of_bytes(b"unchecked")
+        path = f"/tags/test%2Fapp:v1/digest/{other}"
+        header = {DUPLICATE_HEADER: "0.0"}
+        for status in (ClientCertificate.NONE, ClientCertificate.UNVERIFIED):
+            self.patch(build_index_api, "client_certificate_status", lambda r, s=status: s)
+            self.assertEqual(self.request("PUT", path, header)[0], 403, status)
+        self.patch(
+            build_index_api, "client_certificate_status", lambda r: ClientCertificate.VERIFIED
+        )
+        self.assertEqual(self.request("PUT", path, header)[0], 200)
+        self.assertEqual(self.request("GET", "/tags/test%2Fapp:v1")[1], str(other).encode())
+
+    def test_duplicate_write_time_from_the_future_is_refused(self) -> None:
+        """Issue 18: 1e300, infinities, NaN and times beyond the clock skew are 400.
+
+        A refused far-future duplicate leaves no mark: a later real write of the tag
+        still wins.  A time within the skew (59 s ahead of 60 s allowed) is honoured.
+        """
+        self.clock.advance(1000)
+        other = Digest.of_bytes(b"unchecked")
+        path = f"/tags/test%2Fapp:v1/digest/{other}"
+        for value in ("1e300", "inf", "-inf", "nan", "1061.0"):
+            code, body = self.request("PUT", path, {DUPLICATE_HEADER: value})
+            self.assertEqual(code, 400, value)
+            self.assertIn(DUPLICATE_HEADER.encode(), body)
+        self.assertEqual(self.request("GET", "/tags/test%2Fapp:v1")[0], 404)
+        d = self.image()
+        self.assertEqual(self.put(f"{REPO}:v1", d)[0], 200)
+        self.assertEqual(self.request("GET", "/tags/test%2Fapp:v1")[1], str(d).encode())
+        self.assertEqual(self.request("PUT", path, {DUPLICATE_HEADER: "1059.0"})[0], 200)
+        self.assertEqual(self.request("GET", "/tags/test%2Fapp:v1")[1], str(other).encode())
 
     def test_replicate_queues_one_task_per_matching_remote(self) -> None:
         """replicate=true queues a task for each matching remote; the last digest wins."""
