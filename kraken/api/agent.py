@@ -9,8 +9,9 @@ Routes:
   500 with a message on any other failure, 400 for a bad digest;
 - ``DELETE /blobs/{digest}``: stop seeding and remove it (404 absent, 409
   while it is being served);
-- ``GET /tags/{repo:tag}``: the build-index's digest string (404 unknown,
-  503 when no build-index answers, 502 when it answers an error);
+- ``GET /tags/{repo:tag}``: the build-index's digest string (400 for a tag outside
+  the distribution grammar, checked here and by the build-index; 404 unknown, 503
+  when no build-index answers, 502 when it answers an error of its own);
 - ``POST /preload/tags/{repo:tag}``: resolve the tag, then download the
   manifest and everything it references (child manifests of an index or
   list, config and layers) in the background; 202;
@@ -41,9 +42,10 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
 
-from kraken.api.distribution import InvalidRange, manifest_references
+from kraken.api.distribution import manifest_references
 from kraken.api.serving import serve_blob
 from kraken.api.tracker import InvalidNamespace, check_namespace
+from kraken.buildindex.tags import InvalidTag, parse_tag
 from kraken.core import Digest
 from kraken.http.client import HTTPStatusError
 from kraken.http.errors import CORE_ERRORS, APIError, install_error_handler
@@ -52,6 +54,7 @@ from kraken.protocols.buildindex_client import (
     BuildIndexUnavailable,
     InvalidBuildIndexResponse,
     TagNotFound,
+    TagRejected,
 )
 from kraken.protocols.downloader import BlobUnknown, DownloadError, IBlobDownloader
 from kraken.store import BlobInUse, BlobNotFound, BlobStore
@@ -93,14 +96,16 @@ AGENT_ERRORS: Final = CORE_ERRORS.extended(
         BlobNotFound: 404,
         DownloadError: 500,
         TagNotFound: 404,
+        InvalidTag: 400,
+        TagRejected: 400,
         BuildIndexUnavailable: 503,
         InvalidBuildIndexResponse: 502,
         HTTPStatusError: 502,
         BlobInUse: 409,
         InvalidNamespace: 400,
-        InvalidRange: 416,
         ManifestTooLarge: 500,
-    }
+    },
+    daemon="agent",
 )
 
 
@@ -240,20 +245,17 @@ class AgentAPI:
     @app.route("/tags/<path:tag>", methods=["GET"])
     async def get_tag(self, request: IRequest, tag: str) -> bytes:
         """The digest the build-index holds for ``repo:tag``."""
-        digest = await self.tags.get_tag(tag)
+        digest = await self.tags.get_tag(str(parse_tag(tag)))
         request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")  # type: ignore[no-untyped-call]
         return str(digest).encode("ascii")
 
     @app.route("/preload/tags/<path:tag>", methods=["POST"])
     async def preload(self, request: IRequest, tag: str) -> bytes:
         """Resolve ``repo:tag`` now; download the manifest and its blobs in the background."""
-        full = tag
-        repo, sep, name = full.rpartition(":")
-        if not sep or not repo or not name or "/" in name:
-            raise APIError(400, f"tag {full!r}: expected <repository>:<tag>")
-        check_namespace(repo)
+        ref = parse_tag(tag)
+        full = str(ref)
         digest = await self.tags.get_tag(full)
-        d = Deferred.fromCoroutine(self._preload(repo, digest))
+        d = Deferred.fromCoroutine(self._preload(ref.repo, digest))
         self.preloads.add(d)
 
         def finished(result: object) -> None:

@@ -109,7 +109,8 @@ BUILD_INDEX_ERRORS: Final = CORE_ERRORS.extended(
         TagStoreUnavailable: 503,
         OriginUnavailable: 503,
         QueueStopped: 503,
-    }
+    },
+    daemon="build-index",
 )
 """How the build-index answers each domain error."""
 

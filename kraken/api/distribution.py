@@ -10,8 +10,9 @@ Pieces of the OCI distribution (registry v2) API shared by the agent's registry 
   from its own bytes, and :func:`manifest_references`, the blobs and child
   manifests a manifest names;
 - :func:`parse_v2_path`, which splits ``/v2/<name>/<kind>/<rest>`` (names
-  contain slashes, so a router's path segments cannot do it);
-- single ``Range: bytes=...`` parsing (:func:`parse_range`).
+  contain slashes, so a router's path segments cannot do it).
+
+``Range`` headers are read by :mod:`kraken.http.ranges`, the same for every daemon.
 
 Media types are constants rather than a library: no well-kept Python package
 provides them, and they are fixed strings of the two specs.
@@ -19,13 +20,12 @@ provides them, and they are fixed strings of the two specs.
 
 from __future__ import annotations
 
-import json
 import re
-from typing import Final
+from typing import Any, Final
 
 from attrs import frozen
 
-from kraken.core import Digest, InvalidDigest
+from kraken.core import Digest, InvalidDigest, InvalidJSON, parse_json
 from kraken.http.errors import MANIFEST_INVALID, NAME_INVALID, RegistryError
 
 __all__ = [
@@ -38,8 +38,6 @@ __all__ = [
     "MAX_NAME_LENGTH",
     "OCI_IMAGE_INDEX",
     "OCI_IMAGE_MANIFEST",
-    "ByteRange",
-    "InvalidRange",
     "ManifestReferences",
     "V2Path",
     "check_repository_name",
@@ -47,7 +45,7 @@ __all__ = [
     "is_tag",
     "manifest_media_type",
     "manifest_references",
-    "parse_range",
+    "parse_manifest",
     "parse_reference",
     "parse_v2_path",
 ]
@@ -169,11 +167,12 @@ class ManifestReferences:
     blobs: tuple[Digest, ...]
 
 
-def _load(data: bytes) -> dict[str, object]:
+def parse_manifest(data: bytes) -> dict[str, Any]:
+    """A manifest's JSON object; ``MANIFEST_INVALID`` if it is not one (of any nesting)."""
     try:
-        doc = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise RegistryError(MANIFEST_INVALID, f"manifest is not JSON: {e}") from None
+        doc = parse_json(data, "manifest JSON")
+    except InvalidJSON as e:
+        raise RegistryError(MANIFEST_INVALID, str(e)) from None
     if not isinstance(doc, dict):
         raise RegistryError(MANIFEST_INVALID, "manifest is not a JSON object")
     return doc
@@ -187,7 +186,7 @@ def manifest_media_type(data: bytes) -> str:
     ``schemaVersion: 1`` is a (signed) Docker schema 1 manifest.  Raises
     ``MANIFEST_INVALID`` for anything else.
     """
-    doc = _load(data)
+    doc = parse_manifest(data)
     media_type = doc.get("mediaType")
     if isinstance(media_type, str) and media_type in MANIFEST_MEDIA_TYPES:
         return media_type
@@ -223,7 +222,7 @@ def manifest_references(data: bytes) -> ManifestReferences:
     Schema 1 names its layers as ``fsLayers[].blobSum``.  Foreign layers
     (``urls`` set) are still listed: the cluster may hold them.
     """
-    doc = _load(data)
+    doc = parse_manifest(data)
     media_type = manifest_media_type(data)
     if media_type in _INDEX_TYPES:
         return ManifestReferences(tuple(_digests(doc.get("manifests"), "manifests")), ())
@@ -239,62 +238,3 @@ def manifest_references(data: bytes) -> ManifestReferences:
         blobs.extend(_digests([config], "config"))
     blobs.extend(_digests(doc.get("layers"), "layers"))
     return ManifestReferences((), tuple(dict.fromkeys(blobs)))
-
-
-# -- ranges ---------------------------------------------------------------------------------
-
-
-class InvalidRange(ValueError):
-    """A ``Range`` that cannot be satisfied for a blob of ``size`` bytes (answer 416)."""
-
-    def __init__(self, header: str, size: int) -> None:
-        super().__init__(f"range {header!r} not satisfiable for {size} bytes")
-        self.size = size
-
-
-@frozen
-class ByteRange:
-    """Bytes ``start`` to ``end`` inclusive of a ``size``-byte blob."""
-
-    start: int
-    end: int
-    size: int
-
-    @property
-    def length(self) -> int:
-        """Bytes in the range."""
-        return self.end - self.start + 1
-
-    def content_range(self) -> str:
-        """The ``Content-Range`` header value."""
-        return f"bytes {self.start}-{self.end}/{self.size}"
-
-
-_RANGE_RE: Final = re.compile(r"\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*")
-
-
-def parse_range(header: str | None, size: int) -> ByteRange | None:
-    """The single byte range of a ``Range`` header, or None to serve the whole blob.
-
-    Several ranges, or another unit, are ignored (RFC 9110 allows serving the
-    whole representation).  Raises :class:`InvalidRange` when the range
-    starts beyond the end or is empty (416).
-    """
-    if header is None:
-        return None
-    m = _RANGE_RE.fullmatch(header)
-    if m is None:
-        return None
-    first, last = m.group(1), m.group(2)
-    if not first and not last:
-        raise InvalidRange(header, size)
-    if not first:
-        suffix = int(last)
-        if suffix == 0 or size == 0:
-            raise InvalidRange(header, size)
-        return ByteRange(max(0, size - suffix), size - 1, size)
-    start = int(first)
-    end = size - 1 if not last else min(int(last), size - 1)
-    if start >= size or (last and int(last) < start):
-        raise InvalidRange(header, size)
-    return ByteRange(start, end, size)

@@ -71,6 +71,7 @@ from kraken.http.errors import (
     install_error_handler,
     render_registry_json,
 )
+from kraken.http.ranges import parse_range
 from kraken.http.request_body import json_response, read_json
 from kraken.origin.refresh import BackendFetcher, BlobTooLarge, FetchersBusy, FetchFailed
 from kraken.origin.replication import Replicator
@@ -113,7 +114,8 @@ ORIGIN_ERRORS: Final = CORE_ERRORS.extended(
         EmptyRing: UNAVAILABLE,
         FetchFailed: 500,
         BlobTooLarge: 500,
-    }
+    },
+    daemon="origin",
 )
 
 
@@ -123,7 +125,6 @@ def _reason(e: BaseException) -> str:
 
 
 _RANGE = re.compile(r"(\d{1,19})-(\d{1,19})")
-_BYTES_RANGE = re.compile(r"bytes=(\d{0,19})-(\d{0,19})")
 
 
 def parse_content_range(value: bytes | None) -> tuple[int, int]:
@@ -139,28 +140,6 @@ def parse_content_range(value: bytes | None) -> tuple[int, int]:
     start, end = int(match[1]), int(match[2])
     if end <= start:
         raise RegistryError(RANGE_INVALID, f"empty or reversed Content-Range {text!r}")
-    return start, end
-
-
-def _byte_range(value: bytes | None, size: int) -> tuple[int, int] | None:
-    """A single ``Range: bytes=a-b`` as ``(start, end exclusive)``; None for the whole blob."""
-    if value is None:
-        return None
-    match = _BYTES_RANGE.fullmatch(value.decode("latin-1").strip())
-    if match is None or (not match[1] and not match[2]):
-        raise APIError(
-            416, f"unsupported Range {value!r}", headers={"Content-Range": f"bytes */{size}"}
-        )
-    if not match[1]:  # suffix: the last n bytes
-        n = int(match[2])
-        start, end = max(0, size - n), size
-    else:
-        start = int(match[1])
-        end = size if not match[2] else min(size, int(match[2]) + 1)
-    if start >= size or end <= start:
-        raise APIError(
-            416, f"Range {value!r} outside 0..{size}", headers={"Content-Range": f"bytes */{size}"}
-        )
     return start, end
 
 
@@ -623,16 +602,14 @@ class OriginAPI:
         except StoreBlobNotFound:
             return await self._fetch_or_raise(ns, d, request)
         try:
-            span = _byte_range(
+            span = parse_range(
                 request.getHeader(b"range"),  # type: ignore[no-untyped-call]
                 reader.size,
             )
-            start, end = span if span is not None else (0, reader.size)
+            start, end = (0, reader.size) if span is None else (span.start, span.stop)
             if span is not None:
                 request.setResponseCode(206)  # type: ignore[no-untyped-call]
-                request.setHeader(  # type: ignore[no-untyped-call]
-                    b"Content-Range", f"bytes {start}-{end - 1}/{reader.size}".encode()
-                )
+                request.setHeader(b"Content-Range", span.content_range().encode())  # type: ignore[no-untyped-call]
             request.setHeader(b"Content-Type", b"application/octet-stream")  # type: ignore[no-untyped-call]
             request.setHeader(b"Accept-Ranges", b"bytes")  # type: ignore[no-untyped-call]
             request.setHeader(b"Content-Length", str(end - start).encode())  # type: ignore[no-untyped-call]

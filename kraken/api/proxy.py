@@ -67,11 +67,11 @@ from kraken.api.distribution import (
     MANIFEST_MEDIA_TYPES,
     OCI_IMAGE_INDEX,
     OCI_IMAGE_MANIFEST,
-    InvalidRange,
     check_repository_name,
     is_tag,
     manifest_media_type,
     manifest_references,
+    parse_manifest,
     parse_reference,
     parse_v2_path,
 )
@@ -88,6 +88,7 @@ from kraken.http.errors import (
     MANIFEST_BLOB_UNKNOWN,
     MANIFEST_INVALID,
     MANIFEST_UNKNOWN,
+    NAME_INVALID,
     NAME_UNKNOWN,
     RANGE_INVALID,
     UNAVAILABLE,
@@ -104,6 +105,7 @@ from kraken.protocols.buildindex_client import (
     BuildIndexUnavailable,
     InvalidBuildIndexResponse,
     TagNotFound,
+    TagRejected,
 )
 from kraken.protocols.origin_client import (
     BlobNotFoundAtOrigin,
@@ -158,7 +160,9 @@ PROXY_ERRORS: Final = CORE_ERRORS.extended(
         RequestError: UNAVAILABLE,
         UploadNotFound: BLOB_UPLOAD_UNKNOWN,
         ManifestTooLarge: MANIFEST_INVALID,
-    }
+        TagRejected: NAME_INVALID,
+    },
+    daemon="proxy",
 )
 
 
@@ -517,10 +521,6 @@ class ProxyAPI:
             except BlobNotFound:
                 if attempt == 2:
                     raise RegistryError(BLOB_UNKNOWN, f"blob unknown: {digest}") from None
-            except InvalidRange as e:
-                raise RegistryError(
-                    RANGE_INVALID, str(e), headers={"Content-Range": f"bytes */{e.size}"}
-                ) from None
 
     async def _cached(self, name: str, digest: Digest, unknown: ErrorCode) -> None:
         """Make sure ``digest`` is in the proxy's cache, downloading it from the ring once."""
@@ -761,7 +761,7 @@ class ProxyAPI:
         media_type = manifest_media_type(data)
         if media_type not in PUSHABLE_TYPES:
             raise RegistryError(MANIFEST_INVALID, f"unsupported manifest type {media_type}")
-        doc = json.loads(data)
+        doc = parse_manifest(data)
         if doc.get("schemaVersion") != 2:
             raise RegistryError(MANIFEST_INVALID, "schemaVersion must be 2")
         declared = doc.get("mediaType")
@@ -904,7 +904,7 @@ class ProxyAPI:
             data = await self._manifest_bytes(name, current)
             references = manifest_references(data)
             todo.extend(references.manifests)
-            doc = json.loads(data)
+            doc = parse_manifest(data)
             descriptors = [doc.get("config") or {}, *(doc.get("layers") or [])]
             sizes = {d.get("digest"): d.get("size") for d in descriptors if isinstance(d, dict)}
             for blob in references.blobs:

@@ -35,7 +35,6 @@ from twisted.web.resource import IResource
 from kraken.api.agent import AgentAPI, ManifestTooLarge, read_manifest
 from kraken.api.distribution import (
     API_VERSION_HEADER,
-    InvalidRange,
     manifest_media_type,
     parse_reference,
     parse_v2_path,
@@ -47,7 +46,7 @@ from kraken.http.errors import (
     CORE_ERRORS,
     DENIED,
     MANIFEST_UNKNOWN,
-    RANGE_INVALID,
+    NAME_INVALID,
     UNAVAILABLE,
     UNKNOWN,
     UNSUPPORTED,
@@ -61,6 +60,7 @@ from kraken.protocols.buildindex_client import (
     BuildIndexUnavailable,
     InvalidBuildIndexResponse,
     TagNotFound,
+    TagRejected,
 )
 from kraken.protocols.downloader import BlobUnknown, DownloadError
 from kraken.store import BlobNotFound
@@ -77,9 +77,10 @@ REGISTRY_ERRORS: Final = CORE_ERRORS.extended(
         BuildIndexUnavailable: UNAVAILABLE,
         InvalidBuildIndexResponse: UNKNOWN,
         HTTPStatusError: UNKNOWN,
-        InvalidRange: RANGE_INVALID,
         ManifestTooLarge: UNKNOWN,
-    }
+        TagRejected: NAME_INVALID,
+    },
+    daemon="agent",
 )
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -213,7 +214,3 @@ class RegistryAPI:
             )
         except BlobUnknown:
             raise RegistryError(BLOB_UNKNOWN, f"blob unknown: {digest}") from None
-        except InvalidRange as e:
-            raise RegistryError(
-                RANGE_INVALID, str(e), headers={"Content-Range": f"bytes */{e.size}"}
-            ) from None

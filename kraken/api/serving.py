@@ -37,8 +37,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from kraken.api.distribution import InvalidRange, parse_range
 from kraken.core import Digest
+from kraken.http.ranges import parse_range
 from kraken.store import BlobReader, BlobStore
 
 __all__ = [
@@ -268,15 +268,15 @@ async def serve_blob(
     Answer ``request`` (GET or HEAD) with the cached blob ``digest``; returns the body bytes sent.
 
     Raises :class:`~kraken.store.BlobNotFound` when the blob is not cached and
-    :class:`~kraken.api.distribution.InvalidRange` for an unsatisfiable
-    ``Range`` (before anything is written).  The blob stays open (undeletable)
+    :class:`~kraken.http.ranges.InvalidRange` (416) for a ``Range`` that cannot be
+    served (before anything is written).  The blob stays open (undeletable)
     until the body is sent or the client goes away.
     """
     reader: BlobReader = await run_blocking(store.open_reader, digest)
     try:
         size = reader.size
         raw_range = request.getHeader(b"range")
-        byte_range = parse_range(raw_range.decode("latin-1") if raw_range else None, size)
+        byte_range = parse_range(raw_range, size)
         offset, length = (0, size) if byte_range is None else (byte_range.start, byte_range.length)
         request.setHeader(b"Content-Type", content_type)
         request.setHeader(b"Accept-Ranges", b"bytes")
@@ -298,6 +298,3 @@ async def serve_blob(
         return sent
     finally:
         reader.close()
-
-
-__all__ += ["InvalidRange"]

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import re
 from collections.abc import Mapping
 from typing import Any, ClassVar
@@ -65,6 +64,7 @@ from kraken.backends.names import (
     parse_name,
     unsupported_list,
 )
+from kraken.core import parse_json
 from kraken.http.client import HTTPClientFactory, KrakenHTTPClient, TreqResponse, read_body
 
 #: Media types a tag may resolve to, in the order we prefer them.
@@ -238,7 +238,7 @@ class RegistryBackend:
             await discard_body(response)
             raise RegistryAuthError(f"token server {realm} refused us: HTTP {response.code}")
         try:
-            answer = json.loads(await read_body(response, MAX_TOKEN_RESPONSE))
+            answer = parse_json(await read_body(response, MAX_TOKEN_RESPONSE), "token answer")
             value = answer.get("token") or answer.get("access_token")
             lifetime = float(answer.get("expires_in") or DEFAULT_TOKEN_LIFETIME)
         except (ValueError, AttributeError, TypeError) as e:

@@ -1,5 +1,5 @@
 """
-Pure values shared by every component: digests, metainfo, peer ids, bitfields.
+Pure values shared by every component: digests, metainfo, peer ids, bitfields, JSON.
 
 Nothing here does I/O except the explicit streaming builders in
 :mod:`kraken.core.metainfo`, which read from a file object they are given.
@@ -7,6 +7,7 @@ Nothing here does I/O except the explicit streaming builders in
 
 from kraken.core.bitfield import Bitfield, InvalidBitfield
 from kraken.core.digest import Digest, DigestMismatch, InfoHash, InvalidDigest
+from kraken.core.jsonvalue import InvalidJSON, parse_json
 from kraken.core.metainfo import (
     DEFAULT_PIECE_LENGTHS,
     InvalidMetaInfo,
@@ -24,6 +25,7 @@ __all__ = [
     "InfoHash",
     "InvalidBitfield",
     "InvalidDigest",
+    "InvalidJSON",
     "InvalidMetaInfo",
     "InvalidPeerInfo",
     "MetaInfo",
@@ -31,4 +33,5 @@ __all__ = [
     "PeerID",
     "PeerInfo",
     "PieceLengthTable",
+    "parse_json",
 ]

@@ -26,6 +26,7 @@ from typing import IO, Any, Final
 from attrs import field, frozen
 
 from kraken.core.digest import Digest, DigestMismatch, InfoHash, InvalidDigest
+from kraken.core.jsonvalue import InvalidJSON, parse_json
 
 KiB: Final = 1024
 MiB: Final = 1024 * KiB
@@ -209,9 +210,9 @@ class MetaInfo:
     def from_json(cls, data: bytes | str) -> MetaInfo:
         """Parse and validate JSON from the network or disk."""
         try:
-            obj = json.loads(data)
-        except (ValueError, UnicodeDecodeError) as e:
-            raise InvalidMetaInfo(f"metainfo is not valid JSON: {e}") from None
+            obj = parse_json(data, "metainfo JSON")
+        except InvalidJSON as e:
+            raise InvalidMetaInfo(str(e)) from None
         return cls.from_dict(obj)
 
     @classmethod

@@ -9,8 +9,11 @@ A Klein app installs the mapping once, at class level::
 
 Route methods then simply raise: an :class:`APIError` (or :class:`RegistryError`)
 says its own status; a domain exception (``InvalidDigest``, ``BlobNotFound``)
-gets the status its :class:`ErrorMap` gives it; anything else is logged with
-its traceback and answered 500 with a body that reveals nothing.
+gets the status its :class:`ErrorMap` gives it; a failure of the daemon's own
+disk (an :class:`OSError` whose ``errno`` is in :data:`DISK_FULL_ERRNOS` or
+:data:`LOCAL_IO_ERRNOS`, or SQLite's equivalents) is 507 when the disk is full and
+503 otherwise, with a message naming the daemon and the path; anything else is
+logged with its traceback and answered 500 with a body that reveals nothing.
 
 Two renderers share that mechanism: :func:`render_text` (status plus the message
 as plain text, as the Go Kraken's ``handler`` package does for origin, tracker,
@@ -20,7 +23,10 @@ spec's ``{"errors": [{"code", "message", "detail"}]}``) for registry APIs.
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import sqlite3
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final, Protocol
 
@@ -35,6 +41,7 @@ from kraken.core import (
     DigestMismatch,
     InvalidBitfield,
     InvalidDigest,
+    InvalidJSON,
     InvalidMetaInfo,
     InvalidPeerInfo,
 )
@@ -46,6 +53,9 @@ __all__ = [
     "CORE_ERRORS",
     "DENIED",
     "DIGEST_INVALID",
+    "DISK_FULL_ERRNOS",
+    "INSUFFICIENT_STORAGE",
+    "LOCAL_IO_ERRNOS",
     "MANIFEST_BLOB_UNKNOWN",
     "MANIFEST_INVALID",
     "MANIFEST_UNKNOWN",
@@ -107,6 +117,8 @@ UNKNOWN: Final = ErrorCode("UNKNOWN", 500, "unknown error")
 """Not in the spec's table; docker distribution's code for errors without a better one."""
 UNAVAILABLE: Final = ErrorCode("UNAVAILABLE", 503, "service unavailable")
 """Not in the spec's table; docker distribution's code for 503."""
+INSUFFICIENT_STORAGE: Final = ErrorCode("INSUFFICIENT_STORAGE", 507, "insufficient storage")
+"""Not in the spec's table (nor docker distribution's): the registry's disk is full."""
 
 REGISTRY_ERROR_CODES: Final[Mapping[str, ErrorCode]] = {
     c.name: c
@@ -128,6 +140,7 @@ REGISTRY_ERROR_CODES: Final[Mapping[str, ErrorCode]] = {
         RANGE_INVALID,
         UNKNOWN,
         UNAVAILABLE,
+        INSUFFICIENT_STORAGE,
     )
 }
 """Every registry error code by name."""
@@ -139,7 +152,19 @@ _CODE_BY_STATUS: Final[Mapping[int, ErrorCode]] = {
     416: RANGE_INVALID,
     429: TOOMANYREQUESTS,
     503: UNAVAILABLE,
+    507: INSUFFICIENT_STORAGE,
 }
+
+DISK_FULL_ERRNOS: Final = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+"""``errno`` values of a write the disk (or the quota) has no room for: 507."""
+LOCAL_IO_ERRNOS: Final = frozenset(
+    {errno.EIO, errno.EROFS, errno.EACCES, errno.EMFILE, errno.ENFILE, errno.ENOMEM}
+)
+"""``errno`` values of other failures of the daemon's own files: 503 with the reason."""
+
+#: SQLite's primary result codes for the same two cases (its ``sqlite_errorcode``'s low byte).
+_SQLITE_FULL: Final = 13
+_SQLITE_LOCAL_IO: Final = frozenset({8, 10, 14})  # READONLY, IOERR, CANTOPEN
 
 
 class APIError(Exception):
@@ -203,24 +228,59 @@ class _Rule:
     code: ErrorCode | None
 
 
+def _local_io_error(exc: BaseException, daemon: str) -> APIError | None:
+    """507 or 503 for a failure of the daemon's own disk, naming it and the path; else None."""
+    if isinstance(exc, OSError) and exc.errno is not None:
+        if exc.errno in DISK_FULL_ERRNOS:
+            status, code = 507, INSUFFICIENT_STORAGE
+        elif exc.errno in LOCAL_IO_ERRNOS:
+            status, code = 503, UNAVAILABLE
+        else:
+            return None
+        reason = exc.strerror or os.strerror(exc.errno)
+        name = errno.errorcode.get(exc.errno, str(exc.errno))
+        where = "an unnamed file" if exc.filename is None else os.fsdecode(exc.filename)
+        if exc.filename2 is not None:
+            where += f" -> {os.fsdecode(exc.filename2)}"
+        return APIError(status, f"{daemon}: {reason} ({name}) at {where}", code=code)
+    if isinstance(exc, sqlite3.Error):
+        primary = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
+        if primary == _SQLITE_FULL:
+            status, code = 507, INSUFFICIENT_STORAGE
+        elif primary in _SQLITE_LOCAL_IO:
+            status, code = 503, UNAVAILABLE
+        else:
+            return None
+        return APIError(status, f"{daemon}: its SQLite database failed: {exc}", code=code)
+    return None
+
+
 @frozen
 class ErrorMap:
     """Which status (and registry code) each domain exception is answered with.
 
     Lookups follow the exception's MRO, so mapping a base class covers its
     subclasses and a subclass's own entry wins. Each daemon extends
-    :data:`CORE_ERRORS` with its own exceptions in one place, e.g.
-    ``CORE_ERRORS.extended({BlobNotFound: BLOB_UNKNOWN, TagNotFound: 404})``.
+    :data:`CORE_ERRORS` with its own exceptions and its name in one place, e.g.
+    ``CORE_ERRORS.extended({BlobNotFound: BLOB_UNKNOWN}, daemon="origin")``.
+    Failures of the local disk that no rule names are answered 507 or 503 with
+    a message naming ``daemon`` and the path.
     """
 
     _rules: Mapping[type[BaseException], _Rule]
+    daemon: str = "kraken"
 
     @classmethod
     def of(cls, rules: Mapping[type[BaseException], int | ErrorCode]) -> ErrorMap:
         """A map from exception types to a status, or to a registry code (status implied)."""
         return cls({}).extended(rules)
 
-    def extended(self, rules: Mapping[type[BaseException], int | ErrorCode]) -> ErrorMap:
+    def extended(
+        self,
+        rules: Mapping[type[BaseException], int | ErrorCode],
+        *,
+        daemon: str | None = None,
+    ) -> ErrorMap:
         """A new map with ``rules`` added (replacing entries for the same types)."""
         merged = dict(self._rules)
         for exc_type, target in rules.items():
@@ -228,7 +288,7 @@ class ErrorMap:
                 merged[exc_type] = _Rule(target.status, target)
             else:
                 merged[exc_type] = _Rule(target, None)
-        return ErrorMap(merged)
+        return ErrorMap(merged, self.daemon if daemon is None else daemon)
 
     def to_api_error(self, exc: BaseException) -> APIError | None:
         """The :class:`APIError` to answer ``exc`` with, or None if it is unexpected."""
@@ -238,6 +298,9 @@ class ErrorMap:
             rule = self._rules.get(klass)
             if rule is not None:
                 return APIError(rule.status, str(exc), code=rule.code)
+        local = _local_io_error(exc, self.daemon)
+        if local is not None:
+            return local
         if isinstance(exc, HTTPException) and exc.code is not None:
             # Klein's routing errors: no route (404), wrong method (405).
             headers = {}
@@ -251,6 +314,7 @@ CORE_ERRORS: Final = ErrorMap.of(
     {
         InvalidDigest: DIGEST_INVALID,
         DigestMismatch: DIGEST_INVALID,
+        InvalidJSON: 400,
         InvalidMetaInfo: 400,
         InvalidBitfield: 400,
         InvalidPeerInfo: 400,

@@ -13,6 +13,7 @@ from typing import Any, Final
 
 from twisted.web.server import Request
 
+from kraken.core import InvalidJSON, parse_json
 from kraken.http.errors import APIError
 
 __all__ = [
@@ -54,16 +55,12 @@ def read_request_body(request: Request, max_bytes: int = DEFAULT_MAX_BODY) -> by
 
 
 def read_json(request: Request, max_bytes: int = DEFAULT_MAX_BODY) -> Any:
-    """The request body decoded as UTF-8 JSON; 400 naming the problem if it is not."""
+    """The request body decoded as UTF-8 JSON; 400 naming the problem if it is not (any depth)."""
     data = read_request_body(request, max_bytes)
     try:
-        return json.loads(data.decode("utf-8"))
-    except UnicodeDecodeError as e:
-        raise APIError(400, f"invalid JSON body: not UTF-8 ({e.reason} at byte {e.start})") from e
-    except json.JSONDecodeError as e:
-        raise APIError(
-            400, f"invalid JSON body: {e.msg} at line {e.lineno} column {e.colno}"
-        ) from e
+        return parse_json(data)
+    except InvalidJSON as e:
+        raise APIError(400, str(e)) from None
 
 
 def json_response(request: Request, value: object) -> bytes:

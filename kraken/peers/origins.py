@@ -13,7 +13,6 @@ origins a few requests a second.
 
 from __future__ import annotations
 
-import json
 import random
 from typing import ClassVar, Final
 from urllib.parse import quote
@@ -26,7 +25,7 @@ from zope.interface import Interface, implementer
 
 from kraken.cluster.hostlist import parse_host_port
 from kraken.cluster.membership import Membership
-from kraken.core import Digest, InvalidPeerInfo, MetaInfo, PeerInfo
+from kraken.core import Digest, InvalidPeerInfo, MetaInfo, PeerInfo, parse_json
 from kraken.core.metainfo import InvalidMetaInfo
 from kraken.http.client import (
     HTTPStatusError,
@@ -150,7 +149,7 @@ class HTTPOriginCluster:
         response = await self.client.get(self._url(address, "/internal/peercontext"))
         body = await read_body(response, MAX_SMALL_BODY)
         try:
-            peer = PeerInfo.from_dict(json.loads(body))
+            peer = PeerInfo.from_dict(parse_json(body, "peer context"))
         except (ValueError, InvalidPeerInfo) as e:
             raise OriginUnavailable(f"{address}: bad peer context: {e}") from e
         return PeerInfo(peer.peer_id, peer.ip, peer.port, origin=True, complete=True)

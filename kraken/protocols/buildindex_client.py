@@ -4,8 +4,9 @@ The client of the build-index (agents, the proxy, and build-indexes talking to e
 Tags travel in paths percent-encoded once (``quote("repo/name:tag", safe="")``);
 the server decodes them once.
 
-- ``GET /tags/{tag}`` answers the digest string ``sha256:<hex>`` (404 unknown):
-  :meth:`BuildIndexClient.get_tag`; ``HEAD`` the same: :meth:`~BuildIndexClient.has_tag`;
+- ``GET /tags/{tag}`` answers the digest string ``sha256:<hex>`` (404 unknown, 400 a tag
+  outside the distribution grammar): :meth:`BuildIndexClient.get_tag`; ``HEAD`` the same:
+  :meth:`~BuildIndexClient.has_tag`;
 - ``PUT /tags/{tag}/digest/{d}[?replicate=true]``: :meth:`~BuildIndexClient.put_tag`
   (the build-index checks the manifest and its blobs at the origin first: 400/404);
 - ``GET /list/{prefix}`` and ``GET /repositories/{repo}/tags`` (pages of
@@ -24,7 +25,6 @@ build-index (a remote cluster's, in tag replication).
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Callable
 from typing import ClassVar, Final
@@ -36,7 +36,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from kraken.cluster.health import PassiveHealthFilter
-from kraken.core import Digest, InvalidDigest
+from kraken.core import Digest, InvalidDigest, parse_json
 from kraken.http.client import KrakenHTTPClient, NetworkError, TreqResponse, read_body
 
 __all__ = [
@@ -47,6 +47,7 @@ __all__ = [
     "InvalidBuildIndexResponse",
     "TagNotFound",
     "TagPage",
+    "TagRejected",
     "quote_tag",
 ]
 
@@ -86,6 +87,10 @@ class TagPage:
 
 class TagNotFound(LookupError):
     """The build-index does not know the tag (it answered 404)."""
+
+
+class TagRejected(ValueError):
+    """The build-index refused the tag as malformed (it answered 400): the asker's mistake."""
 
 
 class BuildIndexUnavailable(Exception):
@@ -145,13 +150,19 @@ class BuildIndexClient:
 
         def send(host: str) -> Deferred[TreqResponse]:
             return self.client.get(
-                f"{self.scheme}://{host}{path}", ok=(200, 404), timeout=self.timeout, retry=False
+                f"{self.scheme}://{host}{path}",
+                ok=(200, 400, 404),
+                timeout=self.timeout,
+                retry=False,
             )
 
         host, response = await self._first_answer(f"tag {tag!r}", send)
         raw = await read_body(response, MAX_TAG_RESPONSE)
         if response.code == 404:
             raise TagNotFound(f"tag {tag!r} not found")
+        if response.code == 400:
+            reason = raw[:300].decode("utf-8", "replace").strip()
+            raise TagRejected(f"{host} refused tag {tag[:300]!r}: {reason}")
         try:
             return Digest.parse(raw.decode("ascii", "replace").strip())
         except InvalidDigest as e:
@@ -161,9 +172,9 @@ class BuildIndexClient:
         """
         The manifest digest of ``tag`` (``repo:tag``).
 
-        Fails with :class:`TagNotFound`, :class:`BuildIndexUnavailable`,
-        :class:`InvalidBuildIndexResponse` or
-        :class:`~kraken.http.client.HTTPStatusError` (any status but 200/404).
+        Fails with :class:`TagNotFound`, :class:`TagRejected` (400),
+        :class:`BuildIndexUnavailable`, :class:`InvalidBuildIndexResponse` or
+        :class:`~kraken.http.client.HTTPStatusError` (any status but 200/400/404).
         """
         return Deferred.fromCoroutine(self._get_tag(tag))
 
@@ -265,7 +276,7 @@ class BuildIndexClient:
         host, response = await self._first_answer(f"listing {path!r}", send)
         raw = await read_body(response, MAX_LIST_RESPONSE)
         try:
-            doc = json.loads(raw)
+            doc = parse_json(raw, "listing")
             result = doc["result"]
             links = doc.get("Links") or {}
             if not isinstance(result, list) or not all(isinstance(n, str) for n in result):

@@ -40,7 +40,7 @@ from twisted.logger import Logger
 
 from kraken.backends.threads import BlockingRunner
 from kraken.cluster.hostlist import parse_host_port
-from kraken.core import Digest, MetaInfo, PeerInfo
+from kraken.core import Digest, MetaInfo, PeerInfo, parse_json
 from kraken.http.client import (
     HTTPStatusError,
     KrakenHTTPClient,
@@ -350,7 +350,8 @@ class OriginClient:
 
     async def _peer_context(self, host: str) -> PeerInfo:
         response = await self.http.get(self.url(host, "/internal/peercontext"))
-        return PeerInfo.from_dict(json.loads(await read_body(response, MAX_SMALL_BODY)))
+        body = await read_body(response, MAX_SMALL_BODY)
+        return PeerInfo.from_dict(parse_json(body, "peer context"))
 
 
 def _moves_on(error: Exception) -> bool:

@@ -28,7 +28,7 @@ from twisted.logger import Logger
 
 from kraken.cluster.health import PassiveHealthFilter
 from kraken.cluster.ring import RendezvousRing
-from kraken.core import Digest, InvalidMetaInfo, MetaInfo
+from kraken.core import Digest, InvalidMetaInfo, MetaInfo, parse_json
 from kraken.http.client import KrakenHTTPClient, NetworkError, TreqResponse, read_body
 from kraken.peers.announce import AnnounceRequest, AnnounceResponse, InvalidAnnounce
 
@@ -129,7 +129,7 @@ class TrackerClient:
         tracker, response = await self._first_answer(request.digest, send)
         raw = await read_body(response, MAX_ANNOUNCE_RESPONSE)
         try:
-            answer = AnnounceResponse.from_dict(json.loads(raw))
+            answer = AnnounceResponse.from_dict(parse_json(raw, "announce answer"))
         except (ValueError, InvalidAnnounce) as e:
             raise InvalidTrackerResponse(f"{tracker}: bad announce answer: {e}") from e
         me = request.peer.peer_id

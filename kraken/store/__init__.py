@@ -27,6 +27,7 @@ from kraken.store.errors import (
     PieceMissing,
     StoreError,
     UploadNotFound,
+    naming_file,
 )
 
 __all__ = [
@@ -51,4 +52,5 @@ __all__ = [
     "StoreError",
     "UploadInfo",
     "UploadNotFound",
+    "naming_file",
 ]

@@ -4,10 +4,14 @@ The failures of the blob store, one type per thing a caller can act on.
 Every error carries the offending value as an attribute (``digest``, ``uid``,
 ``index``) and names it in its message.  :class:`kraken.core.DigestMismatch`
 (content that is not the digest it claims) comes from :mod:`kraken.core` and
-is raised as is.
+is raised as is.  Operating-system errors (a full disk) are raised as they are too,
+named after the file (:func:`naming_file`) so that the HTTP answer can say which.
 """
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
 
 from kraken.core import Digest
 
@@ -98,3 +102,19 @@ class PieceMissing(StoreError):
         super().__init__(f"download {digest} does not have piece {index} yet")
         self.digest = digest
         self.index = index
+
+
+@contextlib.contextmanager
+def naming_file(path: str) -> Iterator[None]:
+    """
+    Name ``path`` in an :class:`OSError` raised inside that names no file.
+
+    Writes through a file descriptor (``pwrite``, a file object's ``write``) raise
+    ``ENOSPC`` without a file name; the error map answers 507 naming the file.
+    """
+    try:
+        yield
+    except OSError as e:
+        if e.filename is None:
+            e.filename = path
+        raise

@@ -245,6 +245,23 @@ class TagTests(AgentAPITestCase):
         self.assertEqual(response.code, 502)
         self.assertIn(b"HTTP 500: broken", body)
 
+    def test_bad_tag_is_400_before_asking(self) -> None:
+        """A tag outside the distribution grammar (a path traversal) is 400; nobody is asked."""
+        for path in ("/tags/..%2F..%2Fx:x", "/tags/repo%3A", "/tags/UPPER%3Atag", "/tags/%3Atag"):
+            response, body = self.call("GET", path)
+            self.assertEqual(response.code, 400, path)
+            self.assertIn(b"invalid tag", body)
+        response, _ = self.call("POST", "/preload/tags/..%2F..%2Fx:x")
+        self.assertEqual(response.code, 400)
+        self.assertEqual(self.apis.build_index.lookups, [])
+
+    def test_build_index_400_is_passed_on(self) -> None:
+        """A tag the build-index refuses (400) is the asker's mistake: 400 quoting it, not 502."""
+        self.apis.build_index.status = 400
+        response, body = self.call("GET", "/tags/repo%3Atag")
+        self.assertEqual(response.code, 400)
+        self.assertIn(b"broken", body)
+
 
 def image(layers: list[bytes], config: bytes) -> dict[str, Any]:
     """A Docker schema 2 manifest document."""

@@ -346,6 +346,10 @@ class BadAnnounceTests(TrackerAPITestCase):
         self.assertRejected(b"\xff\xfe", 400, "JSON")
         self.assertRejected([1, 2], 400, "body")
 
+    def test_deeply_nested_json(self) -> None:
+        """60 KB of ``[`` (past the parser's recursion limit) is a 400, not a 500."""
+        self.assertRejected(b"[" * 60_000, 400, "nested too deeply")
+
     def test_bad_digest(self) -> None:
         """A malformed digest or a name that does not match it is a 400 naming the field."""
         body = announce_body(agent(1))

@@ -147,6 +147,12 @@ class MetaInfoTests(SynchronousTestCase):
         self.assertRaises(InvalidMetaInfo, MetaInfo.from_json, b"{not json")
         self.assertRaises(InvalidMetaInfo, MetaInfo.from_json, b"\xff\xfe")
 
+    def test_deeply_nested_json(self) -> None:
+        """JSON nested past the parser's recursion limit is InvalidMetaInfo, not RecursionError."""
+        with self.assertRaises(InvalidMetaInfo) as caught:
+            MetaInfo.from_json(b"[" * 60_000)
+        self.assertIn("nested too deeply", str(caught.exception))
+
     @given(st.binary(max_size=300))
     def test_fuzz_json(self, raw: bytes) -> None:
         """Arbitrary bytes either parse or raise InvalidMetaInfo, nothing else."""

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import sqlite3
 from typing import Any, cast
+from unittest import SkipTest
 
 from attrs import frozen
 from klein import Klein
@@ -12,7 +16,7 @@ from twisted.logger import ILogObserver, LogLevel, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.server import Request
 
-from kraken.core import Digest
+from kraken.core import Digest, InvalidJSON
 from kraken.http.errors import (
     BLOB_UNKNOWN,
     CORE_ERRORS,
@@ -25,6 +29,7 @@ from kraken.http.errors import (
     install_error_handler,
     render_registry_json,
 )
+from kraken.store import naming_file
 
 
 class BlobNotFound(Exception):
@@ -288,6 +293,7 @@ class CodeTableTests(SynchronousTestCase):
             "UNSUPPORTED": 405,
             "TOOMANYREQUESTS": 429,
             "RANGE_INVALID": 416,
+            "INSUFFICIENT_STORAGE": 507,
         }
         for name, status in expected.items():
             self.assertEqual(REGISTRY_ERROR_CODES[name].status, status, name)
@@ -310,3 +316,117 @@ class CodeTableTests(SynchronousTestCase):
             digest = CORE_ERRORS.to_api_error(e)
         assert digest is not None
         self.assertEqual((digest.status, digest.code), (400, DIGEST_INVALID))
+
+
+@frozen
+class DiskAPI:
+    """Routes that fail the way a daemon's own disk fails, through a named daemon's map."""
+
+    app = Klein()
+    install_error_handler(app, CORE_ERRORS.extended({}, daemon="origin"), render_registry_json)
+
+    full: str
+
+    @app.route("/full", methods=["PUT"])
+    def write_full(self, request: Request) -> bytes:
+        """Write to ``full`` (``/dev/full``: the kernel answers ENOSPC), as the store writes."""
+        with open(self.full, "wb", buffering=0) as f, naming_file(self.full):
+            f.write(b"x" * 4096)
+        return b"unreachable"
+
+    @app.route("/readonly", methods=["PUT"])
+    def readonly(self, request: Request) -> bytes:
+        """An EROFS as the store would raise it."""
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), "/data/uploads/ab/data")
+
+    @app.route("/refused", methods=["GET"])
+    def refused(self, request: Request) -> bytes:
+        """An OSError that is no fault of the local disk."""
+        raise ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused")
+
+    @app.route("/sqlite-full", methods=["PUT"])
+    def sqlite_full(self, request: Request) -> bytes:
+        """A real SQLite database that has reached its page limit (SQLITE_FULL)."""
+        db = sqlite3.connect(":memory:")
+        try:
+            db.execute("CREATE TABLE t (v BLOB)")
+            db.execute("PRAGMA max_page_count = 2")
+            for _ in range(10):
+                db.execute("INSERT INTO t VALUES (zeroblob(4096))")
+        finally:
+            db.close()
+        return b"unreachable"
+
+    def resource(self) -> Any:
+        """The app's resource."""
+        return self.app.resource()
+
+
+class LocalIOErrorTests(ErrorTestCase):
+    """Failures of the daemon's own disk: 507 when it is full, 503 otherwise, never a bare 500."""
+
+    def setUp(self) -> None:
+        if not os.path.exists("/dev/full"):
+            raise SkipTest("no /dev/full on this system")
+
+    def test_disk_full_is_507_naming_daemon_and_path(self) -> None:
+        """ENOSPC from a real write is 507 INSUFFICIENT_STORAGE naming the daemon and file."""
+        status, body, _ = self.send(DiskAPI("/dev/full"), "/full", "PUT")
+        self.assertEqual(status, 507)
+        (error,) = json.loads(body)["errors"]
+        self.assertEqual(error["code"], "INSUFFICIENT_STORAGE")
+        self.assertEqual(error["message"], "origin: No space left on device (ENOSPC) at /dev/full")
+
+    def test_other_local_failure_is_503_with_reason(self) -> None:
+        """EROFS is 503 UNAVAILABLE with the reason, the daemon and the path."""
+        status, body, _ = self.send(DiskAPI("/dev/full"), "/readonly", "PUT")
+        self.assertEqual(status, 503)
+        (error,) = json.loads(body)["errors"]
+        self.assertEqual(error["code"], "UNAVAILABLE")
+        self.assertEqual(
+            error["message"], "origin: Read-only file system (EROFS) at /data/uploads/ab/data"
+        )
+
+    def test_full_sqlite_database_is_507(self) -> None:
+        """SQLITE_FULL from a real database is 507 too."""
+        status, body, _ = self.send(DiskAPI("/dev/full"), "/sqlite-full", "PUT")
+        self.assertEqual(status, 507)
+        (error,) = json.loads(body)["errors"]
+        self.assertIn(
+            "origin: its SQLite database failed: database or disk is full", error["message"]
+        )
+
+    def test_network_oserror_stays_500(self) -> None:
+        """An OSError that is not about local files is still an unexpected 500."""
+        status, _, _ = self.send(DiskAPI("/dev/full"), "/refused")
+        self.assertEqual(status, 500)
+        self.assertEqual(len(self.flushLoggedErrors(ConnectionRefusedError)), 1)
+
+    def test_unnamed_file_and_default_daemon(self) -> None:
+        """An fd-level error without a path still says which daemon; the default name is kraken."""
+        mapped = CORE_ERRORS.to_api_error(OSError(errno.EDQUOT, "Disk quota exceeded"))
+        assert mapped is not None
+        self.assertEqual(mapped.status, 507)
+        self.assertEqual(mapped.message, "kraken: Disk quota exceeded (EDQUOT) at an unnamed file")
+
+    def test_daemon_name_survives_extension(self) -> None:
+        """A map extended again keeps its daemon's name unless given a new one."""
+        named = CORE_ERRORS.extended({}, daemon="tracker").extended({KeyError: 404})
+        self.assertEqual(named.daemon, "tracker")
+        error = named.to_api_error(OSError(errno.EIO, "Input/output error", "/x"))
+        assert error is not None
+        self.assertEqual(
+            (error.status, error.message), (503, "tracker: Input/output error (EIO) at /x")
+        )
+
+
+class JSONErrorTests(SynchronousTestCase):
+    """Undecodable JSON is a 400 on every daemon."""
+
+    def test_invalid_json_is_400(self) -> None:
+        """CORE_ERRORS answers InvalidJSON 400 with its message."""
+        mapped = CORE_ERRORS.to_api_error(InvalidJSON("invalid JSON body: nested too deeply"))
+        assert mapped is not None
+        self.assertEqual(
+            (mapped.status, mapped.message), (400, "invalid JSON body: nested too deeply")
+        )

@@ -35,6 +35,11 @@ class EchoAPI:
         """The JSON body re-encoded, if at most 100 bytes."""
         return json_response(request, {"got": read_json(request, max_bytes=100)})
 
+    @app.route("/bigjson", methods=["POST"])
+    def echo_big_json(self, request: Request) -> bytes:
+        """The JSON body re-encoded, with the default limit."""
+        return json_response(request, {"got": read_json(request)})
+
 
 @frozen
 class RegistryLike:
@@ -85,6 +90,11 @@ class RequestBodyTests(SynchronousTestCase):
         self.assertEqual(status, 400)
         self.assertIn(b"not UTF-8", body)
         self.assertEqual(self.post("/json", b"[" + b"1," * 100 + b"1]")[0], 413)
+
+    def test_deeply_nested_json(self) -> None:
+        """JSON nested past the parser's recursion limit is a 400 saying so, not a 500."""
+        status, body, _ = self.post("/bigjson", b"[" * 60_000)
+        self.assertEqual((status, body), (400, b"invalid JSON body: nested too deeply to parse"))
 
 
 class ClientAgainstAppTests(SynchronousTestCase):
