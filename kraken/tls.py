@@ -76,6 +76,7 @@ from twisted.web.resource import IResource, Resource, getChildForRequest
 from zope.interface import implementer
 
 from kraken.config.sections import TLSConfig
+from kraken.http.errors import DENIED, APIError
 
 __all__ = [
     "EXPIRY_CHECK_INTERVAL",
@@ -491,7 +492,10 @@ class ClusterTLS:
                 caCerts=[crypto.X509.from_cryptography(ca) for ca in self.cas],
                 requireCertificate=False,
             )
-        return CertificateOptions(raiseMinimumTo=MINIMUM_TLS_VERSION, **kwargs)
+        # ALPN: every HTTP client that offers it (curl, Python's ssl, Go) gets http/1.1.
+        return CertificateOptions(
+            raiseMinimumTo=MINIMUM_TLS_VERSION, acceptableProtocols=[b"http/1.1"], **kwargs
+        )
 
     def server_endpoint(
         self, endpoint: IStreamServerEndpoint, reactor: IReactorTime | None = None
@@ -517,6 +521,34 @@ class ClusterTLS:
             reads=self.require_for_reads,
             registry=registry,
         )
+
+    def head_check(self, *, registry: bool = False) -> Callable[[Any], None] | None:
+        """
+        The check :meth:`guard` makes, for a :class:`~kraken.http.server.KrakenSite`'s gate
+        to make on a request's head, before any of its body is read: raises a 403
+        :class:`~kraken.http.errors.APIError` (``DENIED`` for a registry) when the request
+        needs a client certificate verified by the CA and its connection has none.  None
+        when nothing is required.
+        """
+        if self.server is None or not (self.require_for_writes or self.require_for_reads):
+            return None
+        writes, reads = self.require_for_writes, self.require_for_reads
+
+        def check(head: Any) -> None:
+            method = head.method
+            if not (reads or (writes and method not in _READ_METHODS)):
+                return
+            status = client_certificate_status(head.request)
+            if status is ClientCertificate.VERIFIED:
+                return
+            what = "writes" if method not in _READ_METHODS else "requests"
+            message = (
+                f"{what} to this server need a client certificate signed by the "
+                f"cluster CA (mutual TLS); this connection presented {status.value}"
+            )
+            raise APIError(403, message, code=DENIED if registry else None)
+
+        return check
 
     def client_policy(self) -> IPolicyForHTTPS | None:
         """The HTTPS policy for calls to other components, or None (plain HTTP) without a CA."""

@@ -29,14 +29,18 @@ through the injected :class:`~kraken.backends.threads.BlockingRunner`.
 
 from __future__ import annotations
 
+import contextlib
 import re
+import time
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from typing import IO, Any, ClassVar, Final
 
 from attrs import define, field
 from klein import Klein
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
@@ -65,6 +69,7 @@ from kraken.http.errors import (
     NAME_UNKNOWN,
     RANGE_INVALID,
     SIZE_INVALID,
+    TOOMANYREQUESTS,
     UNAVAILABLE,
     APIError,
     RegistryError,
@@ -73,6 +78,7 @@ from kraken.http.errors import (
 )
 from kraken.http.ranges import parse_range
 from kraken.http.request_body import json_response, read_json
+from kraken.http.server import BodyPlan, KleinRoutes, RequestHead, StreamingSink, body_sink
 from kraken.origin.refresh import BackendFetcher, BlobTooLarge, FetchersBusy, FetchFailed
 from kraken.origin.replication import Replicator
 from kraken.origin.writeback import Writeback
@@ -96,6 +102,12 @@ COPY_CHUNK: Final = 4 * 1024 * 1024
 SEND_CHUNK: Final = 1024 * 1024
 #: Largest PATCH body accepted.
 DEFAULT_MAX_CHUNK: Final = 1024**3
+#: Open uploads an origin keeps; a new one beyond gets 429.
+DEFAULT_MAX_UPLOADS: Final = 256
+#: Seconds an upload may sit with no request before it is removed.
+UPLOAD_TIMEOUT: Final = 900.0
+#: The ``Retry-After`` of a 429 for too many open uploads, seconds.
+UPLOAD_RETRY_AFTER: Final = 5
 
 ORIGIN_ERRORS: Final = CORE_ERRORS.extended(
     {
@@ -143,28 +155,6 @@ def parse_content_range(value: bytes | None) -> tuple[int, int]:
     return start, end
 
 
-def _copy_body(
-    content: IO[bytes], store: BlobStore, uid: str, offset: int, length: int, *, keep: bool
-) -> tuple[int, list[bytes]]:
-    """
-    Copy ``length`` bytes of a buffered request body into upload ``uid`` (blocking).
-
-    Returns the bytes copied and, if ``keep``, the chunks written (for hashing).
-    """
-    content.seek(0)
-    done = 0
-    kept: list[bytes] = []
-    while done < length:
-        chunk = content.read(min(COPY_CHUNK, length - done))
-        if not chunk:
-            break
-        store.write_upload(uid, offset + done, chunk)
-        if keep:
-            kept.append(chunk)
-        done += len(chunk)
-    return done, kept
-
-
 def _feed(builder: MetaInfoBuilder, chunks: list[bytes]) -> None:
     """Hash the next chunks of an upload (blocking)."""
     for chunk in chunks:
@@ -183,37 +173,31 @@ class _Upload:
     """
     What the API knows of an upload in progress (chunks must arrive in order).
 
-    When the client declared the size (``?size=`` on the POST), each chunk is hashed
-    in a thread while the next one arrives (``hashing``), so the commit need not
-    read the blob again; ``builder`` None means the commit hashes the file itself.
+    When the client declared the size (``?size=`` on the POST), each chunk is hashed in
+    the pool thread that writes it, as it streams in, so the commit need not read the
+    blob again; ``builder`` None means the commit hashes the file itself (no size, or a
+    chunk that broke off half-way).  ``busy`` from a PATCH's head until its body is on
+    disk; ``touched`` is when a request last ended (for expiry).
     """
 
     digest: Digest
+    touched: float
     size: int | None = None
     builder: MetaInfoBuilder | None = None
-    hashing: Deferred[None] | None = None
     next_offset: int = 0
     busy: bool = False
 
-    def hash_next(self, run: BlockingRunner, chunks: list[bytes]) -> None:
-        """Hash ``chunks`` in the background; a failure only means the commit hashes."""
-        if self.builder is None:
-            return
-
-        def give_up(_: object) -> None:
-            self.builder = None
-
-        self.hashing = run(_feed, self.builder, chunks).addErrback(give_up)
-
-    async def hashed(self) -> MetaInfo | None:
+    def hashed(self) -> MetaInfo | None:
         """The metainfo of all chunks, if they were hashed and are the declared size."""
-        if self.hashing is not None:
-            hashing, self.hashing = self.hashing, None
-            await hashing
         builder = self.builder
         if builder is None or builder.length != self.size or self.next_offset != self.size:
             return None
         return builder.finish()
+
+    def broken_off(self) -> None:
+        """A chunk never completed: its bytes were hashed in part, so hash at commit."""
+        self.busy = False
+        self.builder = None
 
 
 @define
@@ -330,6 +314,10 @@ class OriginAPI:
     peer: PeerInfo
     piece_lengths: PieceLengthTable = DEFAULT_PIECE_LENGTHS
     max_chunk: int = DEFAULT_MAX_CHUNK
+    max_uploads: int = DEFAULT_MAX_UPLOADS
+    upload_timeout: float = UPLOAD_TIMEOUT
+    clock: IReactorTime | None = None
+    """Times uploads for expiry (None: wall-clock time)."""
     metrics: OriginMetrics = field(factory=OriginMetrics)
     _uploads: dict[str, _Upload] = field(factory=dict, init=False)
     #: Background replications still running (tests wait for them).
@@ -338,6 +326,26 @@ class OriginAPI:
     def resource(self) -> IResource:
         """The ``twisted.web`` resource serving this API."""
         return self.app.resource()
+
+    def gate(self, checks: Sequence[Callable[[RequestHead], None]] = ()) -> KleinRoutes:
+        """What a :class:`~kraken.http.server.KrakenSite` asks on each request's head: upload
+        chunks stream into their upload file, a duplicate commit's JSON is at most 4 KiB,
+        every other body at most 1 KiB; ``checks`` (the client-certificate check) run first."""
+        chunk = self._plan_chunk
+        return KleinRoutes(
+            self.app,
+            {
+                "patch_upload": chunk,
+                "patch_internal": chunk,
+                "patch_duplicate": chunk,
+                "commit_duplicate": lambda head, args: BodyPlan(4096),
+            },
+            default_limit=1024,
+            checks=checks,
+        )
+
+    def _now(self) -> float:
+        return self.clock.seconds() if self.clock is not None else time.time()
 
     def _background(self, d: Deferred[None]) -> None:
         self.background.add(d)
@@ -401,6 +409,12 @@ class OriginAPI:
     # -- uploads -----------------------------------------------------------------------
 
     async def _start(self, request: IRequest, d: Digest, namespace: str | None) -> bytes:
+        if len(self._uploads) >= self.max_uploads:
+            raise RegistryError(
+                TOOMANYREQUESTS,
+                f"{len(self._uploads)} uploads are open at this origin (the limit): retry later",
+                headers={"Retry-After": str(UPLOAD_RETRY_AFTER)},
+            )
         if await self.run(self.store.has, d):
             if namespace is not None:
                 await self._ensure_writeback(namespace, d)
@@ -410,7 +424,7 @@ class OriginAPI:
         builder = None
         if size is not None:
             builder = MetaInfoBuilder(self.piece_lengths.for_size(size))
-        self._uploads[uid] = _Upload(d, size, builder)
+        self._uploads[uid] = _Upload(d, self._now(), size, builder)
         request.setHeader(b"Location", uid.encode("ascii"))  # type: ignore[no-untyped-call]
         return b""
 
@@ -420,10 +434,13 @@ class OriginAPI:
             raise UploadNotFound(uid, f"no upload {uid} of {d}")
         return upload
 
-    async def _patch(self, request: IRequest, uid: str, d: Digest) -> bytes:
-        upload = self._upload(uid, d)
-        header = request.getHeader(b"content-range")  # type: ignore[no-untyped-call]
-        start, end = parse_content_range(header)
+    def _plan_chunk(self, head: RequestHead, args: Mapping[str, Any]) -> BodyPlan:
+        """On a PATCH's head: check it continues its upload, then stream it into the file."""
+        if "namespace" in args:
+            _namespace(args["namespace"])
+        uid = args["uid"]
+        upload = self._upload(uid, _digest(args["digest"]))
+        start, end = parse_content_range(head.headers.getRawHeaders(b"content-range", [None])[0])
         length = end - start
         if length > self.max_chunk:
             raise RegistryError(
@@ -437,38 +454,69 @@ class OriginAPI:
                 f"Content-Range {start}-{end} does not continue upload {uid}, which has "
                 f"{upload.next_offset} bytes (chunks must be sent in order, without overlap)",
             )
-        content: IO[bytes] | None = request.content
-        got = _body_length(content)
-        if got != length:
+        if head.content_length is not None and head.content_length != length:
             raise RegistryError(
                 SIZE_INVALID,
-                f"body of {got} bytes does not match Content-Range {start}-{end} ({length} bytes)",
+                f"body of {head.content_length} bytes does not match Content-Range "
+                f"{start}-{end} ({length} bytes)",
             )
-        assert content is not None
         upload.busy = True
+        builder = upload.builder
+        sink = StreamingSink(
+            self.run,
+            partial(self.store.write_upload, uid),
+            start,
+            feed=None if builder is None else partial(_feed, builder),
+            aborted=upload.broken_off,
+        )
+        return BodyPlan(length, sink, code=SIZE_INVALID)
+
+    async def _patch(self, request: IRequest, args: Mapping[str, str]) -> bytes:
+        """The chunk's body has streamed into the upload (see :meth:`_plan_chunk`)."""
+        uid, d = args["uid"], _digest(args["digest"])
+        sink = body_sink(request, lambda head: self._plan_chunk(head, args))
+        upload = self._upload(uid, d)
+        start, end = parse_content_range(request.getHeader(b"content-range"))  # type: ignore[no-untyped-call]
         try:
-            if await self.run(self.store.has, d):
-                raise APIError(409, f"blob {d} already exists")
-            keep = upload.builder is not None
-            copied, chunks = await self.run(
-                _copy_body, content, self.store, uid, start, length, keep=keep
-            )
-            if copied != length:
-                raise RegistryError(SIZE_INVALID, f"body ended after {copied} of {length} bytes")
-            # The previous chunk was hashed while this one was copied; at most two
-            # chunks are held in memory.
-            if upload.hashing is not None:
-                await upload.hashing
-            upload.hash_next(self.run, chunks)
+            written = await sink.done()
         except UploadNotFound:
             self._uploads.pop(uid, None)
             raise
         finally:
             upload.busy = False
+            upload.touched = self._now()
+        if written != end - start:
+            upload.builder = None
+            raise RegistryError(SIZE_INVALID, f"body ended after {written} of {end - start} bytes")
         upload.next_offset = end
-        self.metrics.upload_bytes.inc(length)
+        self.metrics.upload_bytes.inc(written)
+        if await self.run(self.store.has, d):
+            await self._discard(uid)
+            raise APIError(409, f"blob {d} already exists")
         request.setResponseCode(204)  # type: ignore[no-untyped-call]
         return b""
+
+    async def _discard(self, uid: str) -> None:
+        """Forget upload ``uid`` and remove its files."""
+        self._uploads.pop(uid, None)
+        with contextlib.suppress(UploadNotFound):
+            await self.run(self.store.abort_upload, uid)
+
+    def expire_uploads(self) -> int:
+        """Remove uploads no request touched for ``upload_timeout`` seconds; return how many."""
+        now = self._now()
+        stale = [
+            uid
+            for uid, u in self._uploads.items()
+            if not u.busy and now - u.touched > self.upload_timeout
+        ]
+        for uid in stale:
+            self.log.info(
+                "upload {uid} expired after {seconds} s idle", uid=uid, seconds=self.upload_timeout
+            )
+            d = Deferred.fromCoroutine(self._discard(uid))
+            d.addErrback(lambda f: self.log.failure("removing an expired upload", f))
+        return len(stale)
 
     async def _commit(
         self, request: IRequest, uid: str, d: Digest, namespace: str | None, delay: float | None
@@ -480,7 +528,7 @@ class OriginAPI:
             raise RegistryError(BLOB_UPLOAD_INVALID, f"upload {uid} is busy with another request")
         upload.busy = True
         try:
-            hashed = await upload.hashed()
+            hashed = upload.hashed()
             await self.run(
                 self.store.commit_upload,
                 uid,
@@ -496,6 +544,7 @@ class OriginAPI:
             raise
         except Exception:
             self.metrics.commits.labels(kind, "failed").inc()
+            await self._discard(uid)
             raise
         finally:
             self._uploads.pop(uid, None)
@@ -529,8 +578,8 @@ class OriginAPI:
         self, request: IRequest, namespace: str, digest: str, uid: str
     ) -> Deferred[bytes]:
         """Write one chunk."""
-        _namespace(namespace)
-        return Deferred.fromCoroutine(self._patch(request, uid, _digest(digest)))
+        args = {"namespace": namespace, "digest": digest, "uid": uid}
+        return Deferred.fromCoroutine(self._patch(request, args))
 
     @app.route("/namespace/<path:namespace>/blobs/<digest>/uploads/<uid>", methods=["PUT"])
     def commit_upload(
@@ -548,7 +597,7 @@ class OriginAPI:
     @app.route("/internal/blobs/<digest>/uploads/<uid>", methods=["PATCH"])
     def patch_internal(self, request: IRequest, digest: str, uid: str) -> Deferred[bytes]:
         """One chunk of a copy from another replica."""
-        return Deferred.fromCoroutine(self._patch(request, uid, _digest(digest)))
+        return Deferred.fromCoroutine(self._patch(request, {"digest": digest, "uid": uid}))
 
     @app.route("/internal/blobs/<digest>/uploads/<uid>", methods=["PUT"])
     def commit_internal(self, request: IRequest, digest: str, uid: str) -> Deferred[bytes]:
@@ -571,8 +620,8 @@ class OriginAPI:
         self, request: IRequest, namespace: str, digest: str, uid: str
     ) -> Deferred[bytes]:
         """One chunk of a duplicate."""
-        _namespace(namespace)
-        return Deferred.fromCoroutine(self._patch(request, uid, _digest(digest)))
+        args = {"namespace": namespace, "digest": digest, "uid": uid}
+        return Deferred.fromCoroutine(self._patch(request, args))
 
     @app.route(
         "/internal/duplicate/namespace/<path:namespace>/blobs/<digest>/uploads/<uid>",

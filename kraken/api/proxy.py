@@ -45,8 +45,9 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-from collections.abc import Callable, Coroutine, Iterable, Sequence
-from typing import IO, Any, ClassVar, Final, Protocol, TypeVar
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
+from functools import partial
+from typing import Any, ClassVar, Final, Protocol, TypeVar
 from urllib.parse import urlencode
 
 from attrs import define, field
@@ -91,6 +92,8 @@ from kraken.http.errors import (
     NAME_INVALID,
     NAME_UNKNOWN,
     RANGE_INVALID,
+    SIZE_INVALID,
+    TOOMANYREQUESTS,
     UNAVAILABLE,
     UNKNOWN,
     UNSUPPORTED,
@@ -100,7 +103,20 @@ from kraken.http.errors import (
     install_error_handler,
     render_registry_json,
 )
-from kraken.http.request_body import PayloadTooLarge, read_json, read_request_body
+from kraken.http.request_body import (
+    DEFAULT_MAX_BODY,
+    PayloadTooLarge,
+    read_json,
+    read_request_body,
+)
+from kraken.http.server import (
+    BodyPlan,
+    BodySink,
+    KleinRoutes,
+    RequestHead,
+    StreamingSink,
+    body_sink,
+)
 from kraken.protocols.buildindex_client import (
     BuildIndexUnavailable,
     InvalidBuildIndexResponse,
@@ -134,8 +150,12 @@ __all__ = [
 UPLOAD_TIMEOUT: Final = 3600.0
 #: Largest ``n`` honoured by ``tags/list`` and ``_catalog`` (larger values are clamped).
 MAX_PAGE: Final = 10_000
-#: Bytes per write of a request body into an upload.
-WRITE_CHUNK: Final = 4 * 1024 * 1024
+#: Upload sessions open at once; a new one beyond gets 429.
+DEFAULT_MAX_UPLOADS: Final = 256
+#: Largest blob body one request may stream into an upload.
+DEFAULT_MAX_BLOB: Final = 64 * 1024**3
+#: The ``Retry-After`` of a 429 for too many open uploads, seconds.
+UPLOAD_RETRY_AFTER: Final = 5
 
 _T = TypeVar("_T")
 
@@ -263,23 +283,32 @@ def _arg(request: IRequest, name: str) -> str | None:
     return values[0].decode("utf-8", "replace") if values else None
 
 
-def _body_length(content: IO[bytes] | None) -> int:
-    if content is None:
-        return 0
-    content.seek(0, 2)
-    size = content.tell()
-    content.seek(0)
-    return size
+def _parse_digest(raw: str) -> Digest:
+    try:
+        return Digest.parse(raw)
+    except InvalidDigest as e:
+        raise RegistryError(DIGEST_INVALID, str(e)) from None
 
 
-def _append_body(store: BlobStore, uid: str, offset: int, content: IO[bytes]) -> int:
-    """Copy a request body into upload ``uid`` at ``offset``; return its length (blocking)."""
-    content.seek(0)
-    written = 0
-    while chunk := content.read(WRITE_CHUNK):
-        store.write_upload(uid, offset + written, chunk)
-        written += len(chunk)
-    return written
+class _StagedUpload:
+    """The upload a monolithic ``POST ?digest=`` streams into, made by its first write
+    (in the pool thread: the head is decided on the reactor thread, without blocking)."""
+
+    def __init__(self, store: BlobStore) -> None:
+        self.store = store
+        self.uid: str | None = None
+
+    def write_at(self, offset: int, chunks: list[bytes]) -> None:
+        """Write ``chunks`` at ``offset``, making the upload first if needed (blocking)."""
+        if self.uid is None:
+            self.uid = self.store.create_upload()
+        self.store.write_upload(self.uid, offset, chunks)
+
+    def remove(self) -> None:
+        """Remove the upload, if one was made (blocking)."""
+        if self.uid is not None:
+            with contextlib.suppress(UploadNotFound):
+                self.store.abort_upload(self.uid)
 
 
 _CONTENT_RANGE: Final = re.compile(
@@ -381,6 +410,8 @@ class ProxyAPI:
     prefetch_min_size: int = 0
     prefetch_max_size: int = 50 * 1024**3
     upload_timeout: float = UPLOAD_TIMEOUT
+    max_uploads: int = DEFAULT_MAX_UPLOADS
+    max_blob_size: int = DEFAULT_MAX_BLOB
     readiness_checks: Sequence[ReadinessCheck] = ()
     metrics: ProxyMetrics = field(factory=ProxyMetrics)
     _uploads: dict[str, UploadSession] = field(factory=dict, init=False)
@@ -389,6 +420,12 @@ class ProxyAPI:
     def resource(self) -> IResource:
         """The ``twisted.web`` resource serving this API."""
         return self.app.resource()
+
+    def gate(self, checks: Sequence[Callable[[RequestHead], None]] = ()) -> KleinRoutes:
+        """What a :class:`~kraken.http.server.KrakenSite` asks on each head: blob bodies
+        stream into their upload (:meth:`_plan`), a manifest is at most 4 MiB in memory,
+        anything else 1 MiB; ``checks`` (the client-certificate check) run first."""
+        return KleinRoutes(self.app, {"v2": self._plan}, checks=checks)
 
     @property
     def uploads(self) -> dict[str, UploadSession]:
@@ -445,6 +482,10 @@ class ProxyAPI:
 
     async def _v2(self, request: IRequest, rest: str) -> bytes:
         request.setHeader(*API_VERSION_HEADER)  # type: ignore[no-untyped-call]
+
+        def plan(head: RequestHead) -> BodyPlan:
+            return self._plan(head, {"rest": rest})
+
         method = request.method.decode("ascii", "replace")
         if rest.rstrip("/") == "_catalog":
             self._allow(method, ("GET",))
@@ -456,7 +497,7 @@ class ProxyAPI:
             self._allow(method, ("GET",))
             return await self._tag_list(request, path.name)
         if path.kind == "uploads":
-            return await self._upload_route(request, method, path.name, path.rest)
+            return await self._upload_route(request, method, path.name, path.rest, plan)
         if path.kind == "blobs":
             self._allow(method, ("GET", "HEAD"))
             await self._blob(request, path.name, Digest.parse(path.rest))
@@ -596,6 +637,7 @@ class ProxyAPI:
         return session
 
     async def _new_session(self, name: str) -> UploadSession:
+        self._check_capacity()
         uid: str = await self.run(self.store.create_upload)
         session = UploadSession(uid, name, self.clock.seconds())
         self._uploads[uid] = session
@@ -606,57 +648,46 @@ class ProxyAPI:
         with contextlib.suppress(UploadNotFound):
             await self.run(self.store.abort_upload, session.uid)
 
-    async def _upload_route(self, request: IRequest, method: str, name: str, uid: str) -> bytes:
-        if not uid:
-            self._allow(method, ("POST",))
-            return await self._start_upload(request, name)
-        self._allow(method, ("GET", "PATCH", "PUT", "DELETE"))
-        session = self._session(name, uid)
-        if method in ("GET", "HEAD"):
-            return self._progress(request, session, 204)
-        if method == "DELETE":
-            if session.busy:
-                raise RegistryError(BLOB_UPLOAD_INVALID, f"upload {uid} is being written")
-            await self._drop(session)
-            _status(request, 204)
-            return b""
+    def _plan(self, head: RequestHead, args: Mapping[str, Any]) -> BodyPlan:
+        """
+        On a request's head: where its body goes.  A blob chunk (``PATCH``, ``PUT`` of an
+        upload, ``POST`` with ``?digest=``) streams into its upload file once the upload
+        is known, free and continued where it ends; a manifest ``PUT`` is at most 4 MiB.
+        Refusals (unknown upload, wrong range, too many uploads) come before any byte of
+        the body is read.
+        """
+        path = parse_v2_path(args["rest"])
+        method = head.method
+        if path is None:
+            return BodyPlan(DEFAULT_MAX_BODY)
+        if path.kind == "manifests" and method == b"PUT":
+            return BodyPlan(MAX_MANIFEST_SIZE, code=MANIFEST_INVALID)
+        if path.kind != "uploads" or method not in (b"POST", b"PATCH", b"PUT"):
+            return BodyPlan(DEFAULT_MAX_BODY)
+        if not path.rest:
+            if method != b"POST":
+                return BodyPlan(DEFAULT_MAX_BODY)
+            self._check_capacity()
+            raw = head.arg("digest")
+            if raw is None:
+                return BodyPlan(0)
+            _parse_digest(raw)
+            staged = _StagedUpload(self.store)
+            head.request.staged_upload = staged  # type: ignore[attr-defined]
+            sink = StreamingSink(
+                self.run, staged.write_at, 0, aborted=lambda: self._unstage(staged)
+            )
+            return BodyPlan(self.max_blob_size, sink)
+        session = self._session(path.name, path.rest)
+        if method == b"PUT":
+            raw = head.arg("digest")
+            if raw is None:
+                raise RegistryError(DIGEST_INVALID, "the digest query parameter is required")
+            _parse_digest(raw)
         if session.busy:
-            raise RegistryError(RANGE_INVALID, f"upload {uid} is being written: retry")
-        session.busy = True
-        try:
-            if method == "PATCH":
-                await self._write(request, session)
-                return self._progress(request, session, 202)
-            return await self._finish(request, session, _arg(request, "digest"))
-        finally:
-            session.busy = False
-            session.touched = self.clock.seconds()
-
-    async def _start_upload(self, request: IRequest, name: str) -> bytes:
-        mount = _arg(request, "mount")
-        if mount is not None:
-            digest = Digest.parse(mount)
-            if await self._origin_size(name, digest) is not None:
-                self.metrics.pushes.labels("mount").inc()
-                return self._created(request, f"/v2/{name}/blobs/{digest}", digest)
-        session = await self._new_session(name)
-        digest_arg = _arg(request, "digest")
-        if digest_arg is None:
-            return self._progress(request, session, 202)
-        session.busy = True
-        try:
-            return await self._finish(request, session, digest_arg)
-        except BaseException:
-            await self._drop(session)
-            raise
-        finally:
-            session.busy = False
-
-    async def _write(self, request: IRequest, session: UploadSession) -> None:
-        """Append the request body at the end of the upload (checking any ``Content-Range``)."""
-        content: IO[bytes] | None = request.content
-        length = _body_length(content)
-        raw_range = _header(request, "content-range")
+            raise RegistryError(RANGE_INVALID, f"upload {session.uid} is being written: retry")
+        limit = self.max_blob_size
+        raw_range = head.header("content-range")
         if raw_range is not None:
             start, end = _parse_content_range(raw_range)
             if start != session.size:
@@ -668,28 +699,132 @@ class ProxyAPI:
                         "Range": f"0-{max(session.size - 1, 0)}",
                     },
                 )
-            if end - start + 1 != length:
+            limit = end - start + 1
+            if head.content_length is not None and head.content_length != limit:
                 raise RegistryError(
                     RANGE_INVALID,
-                    f"Content-Range {start}-{end} does not match the {length} bytes sent",
+                    f"Content-Range {start}-{end} does not match the "
+                    f"{head.content_length} bytes sent",
                 )
-        if not length or content is None:
-            return
+        session.busy = True
+
+        def aborted() -> None:
+            session.busy = False
+
+        sink = StreamingSink(
+            self.run, partial(self.store.write_upload, session.uid), session.size, aborted=aborted
+        )
+        return BodyPlan(limit, sink, code=SIZE_INVALID)
+
+    def _check_capacity(self) -> None:
+        """429 with ``Retry-After`` when ``max_uploads`` uploads are open."""
+        if len(self._uploads) >= self.max_uploads:
+            raise RegistryError(
+                TOOMANYREQUESTS,
+                f"{len(self._uploads)} uploads are open at this proxy (the limit): retry later",
+                headers={"Retry-After": str(UPLOAD_RETRY_AFTER)},
+            )
+
+    def _unstage(self, staged: _StagedUpload) -> None:
+        """A staged body that broke off: remove its upload, if it made one."""
+        d = self.run(staged.remove)
+        d.addErrback(lambda f: self.log.failure("removing a broken-off upload", f))
+
+    async def _upload_route(
+        self,
+        request: IRequest,
+        method: str,
+        name: str,
+        uid: str,
+        plan: Callable[[RequestHead], BodyPlan],
+    ) -> bytes:
+        if not uid:
+            self._allow(method, ("POST",))
+            return await self._start_upload(request, name, plan)
+        self._allow(method, ("GET", "PATCH", "PUT", "DELETE"))
+        if method in ("GET", "HEAD"):
+            return self._progress(request, self._session(name, uid), 204)
+        if method == "DELETE":
+            session = self._session(name, uid)
+            if session.busy:
+                raise RegistryError(BLOB_UPLOAD_INVALID, f"upload {uid} is being written")
+            await self._drop(session)
+            _status(request, 204)
+            return b""
+        # PATCH or PUT: the plan checked the upload and streamed the body into it.
+        sink = body_sink(request, plan)
+        session = self._session(name, uid)
         try:
-            written = await self.run(_append_body, self.store, session.uid, session.size, content)
+            await self._written(request, session, sink)
+            if method == "PATCH":
+                return self._progress(request, session, 202)
+            session.busy = True
+            return await self._finish(request, session, _arg(request, "digest"))
+        finally:
+            session.busy = False
+            session.touched = self.clock.seconds()
+
+    async def _written(self, request: IRequest, session: UploadSession, sink: BodySink) -> None:
+        """Wait for the body to be in the upload; advance it; check a ``Content-Range``."""
+        try:
+            written = await sink.done()
         except UploadNotFound:
             self._uploads.pop(session.uid, None)
             raise
+        finally:
+            session.busy = False
+        start = session.size
         session.size += written
+        raw_range = _header(request, "content-range")
+        if raw_range is not None:
+            first, last = _parse_content_range(raw_range)
+            if last - first + 1 != written:
+                raise RegistryError(
+                    RANGE_INVALID,
+                    f"Content-Range {first}-{last} does not match the {written} bytes sent "
+                    f"(upload {session.uid} now has {start + written})",
+                    headers={"Range": f"0-{max(session.size - 1, 0)}"},
+                )
+
+    async def _start_upload(
+        self, request: IRequest, name: str, plan: Callable[[RequestHead], BodyPlan]
+    ) -> bytes:
+        digest_arg = _arg(request, "digest")
+        sink = body_sink(request, plan) if digest_arg is not None else None
+        staged: _StagedUpload | None = getattr(request, "staged_upload", None)
+        mount = _arg(request, "mount")
+        if mount is not None:
+            digest = Digest.parse(mount)
+            if await self._origin_size(name, digest) is not None:
+                self.metrics.pushes.labels("mount").inc()
+                if sink is not None and staged is not None:
+                    with contextlib.suppress(Exception):
+                        await sink.done()
+                    await self.run(staged.remove)
+                return self._created(request, f"/v2/{name}/blobs/{digest}", digest)
+        if sink is None or staged is None:
+            session = await self._new_session(name)
+            return self._progress(request, session, 202)
+        try:
+            written = await sink.done()
+            uid = staged.uid if staged.uid is not None else await self.run(self.store.create_upload)
+        except BaseException:
+            await self.run(staged.remove)
+            raise
+        session = UploadSession(uid, name, self.clock.seconds(), size=written, busy=True)
+        self._uploads[uid] = session
+        try:
+            return await self._finish(request, session, digest_arg)
+        except BaseException:
+            await self._drop(session)
+            raise
+        finally:
+            session.busy = False
 
     async def _finish(self, request: IRequest, session: UploadSession, raw: str | None) -> bytes:
         if raw is None:
             raise RegistryError(DIGEST_INVALID, "the digest query parameter is required")
-        try:
-            digest = Digest.parse(raw)
-        except InvalidDigest as e:
-            raise RegistryError(DIGEST_INVALID, str(e)) from None
-        await self._write(request, session)
+        digest = _parse_digest(raw)
         self._uploads.pop(session.uid, None)
         try:
             await self.run(self.store.commit_upload, session.uid, digest)

@@ -27,6 +27,7 @@ from kraken.config.sections import (
     CleanupConfig,
     HashRingConfig,
     HostListConfig,
+    HTTPServerConfig,
     ListenConfig,
     MetainfoConfig,
     PassiveClusterClientConfig,
@@ -35,6 +36,7 @@ from kraken.config.sections import (
     RetryQueueConfig,
     SchedulerConfig,
     TLSConfig,
+    UploadsConfig,
     default_backends,
     default_host,
     local_endpoint,
@@ -153,6 +155,9 @@ class AgentConfig:
     cleanup: CleanupConfig = section(
         CleanupConfig, doc="Eviction from the download area and the cache.", ttl="24h"
     )
+    http: HTTPServerConfig = section(
+        HTTPServerConfig, doc="Limits of the HTTP listeners against slow and idle clients."
+    )
     tls: TLSConfig = section(
         TLSConfig,
         doc="TLS of calls to trackers, origins and build-indexes (the agent's own ports "
@@ -240,6 +245,10 @@ class OriginConfig:
         ReplicationConfig, doc="Copying blobs to the other replicas."
     )
     backends: tuple[BackendEntry, ...] = _backends_setting()
+    http: HTTPServerConfig = section(
+        HTTPServerConfig, doc="Limits of the HTTP listeners against slow and idle clients."
+    )
+    uploads: UploadsConfig = section(UploadsConfig, doc="Open blob upload sessions.")
     tls: TLSConfig = section(TLSConfig, doc="TLS of the API and of calls to other origins.")
 
     def config_problems(self) -> Problems:
@@ -290,6 +299,36 @@ class MetainfoCacheConfig:
 
 
 @frozen(kw_only=True)
+class AdmissionConfig:
+    """Which announces the tracker believes, and which peers it stops handing out."""
+
+    trusted_forwarders: tuple[Network, ...] = setting(
+        (),
+        doc="Proxies or load balancers in front of the tracker: from these, the rightmost "
+        "`X-Forwarded-For` address that is not one of them is the announce's source (without "
+        "the header, the announced address is believed). From anyone else the source is the "
+        "TCP peer, and an announce may only name that address (403 otherwise).",
+    )
+    max_peers_per_address: NonNegativeInt = setting(
+        4,
+        doc="Distinct peers (ids) one address may have in a torrent; a new one beyond drops "
+        "that address's least recently announced. Loopback is not bounded (the herd); 0: no "
+        "bound.",
+    )
+    quarantine: Duration = setting(
+        300.0,
+        doc="A peer that agents report they could not dial (or that never answered the "
+        "handshake) is left out of announce answers this long; reports count within this "
+        "window.",
+    )
+    quarantine_reporters: PositiveInt = setting(
+        2,
+        doc="Different clients (addresses; on loopback, peer ids) whose reports quarantine "
+        "a peer.",
+    )
+
+
+@frozen(kw_only=True)
 class TrackerConfig:
     """Configuration of ``twistd kraken-tracker``."""
 
@@ -314,6 +353,12 @@ class TrackerConfig:
     )
     metainfo_cache: MetainfoCacheConfig = section(
         MetainfoCacheConfig, doc="In-process cache of origin metainfo answers."
+    )
+    admission: AdmissionConfig = section(
+        AdmissionConfig, doc="Which announces are believed; unreachable peers' quarantine."
+    )
+    http: HTTPServerConfig = section(
+        HTTPServerConfig, doc="Limits of the HTTP listeners against slow and idle clients."
     )
     tls: TLSConfig = section(TLSConfig, doc="TLS of the API and of calls to origins.")
 
@@ -397,6 +442,9 @@ class BuildIndexConfig:
         RetryQueueConfig, doc="Durable queue replicating tags to remotes."
     )
     backends: tuple[BackendEntry, ...] = _backends_setting()
+    http: HTTPServerConfig = section(
+        HTTPServerConfig, doc="Limits of the HTTP listeners against slow and idle clients."
+    )
     tls: TLSConfig = section(
         TLSConfig, doc="TLS of the API and of calls to origins, build-indexes and remotes."
     )
@@ -446,11 +494,15 @@ class ProxyConfig:
     )
     prefetch: PrefetchConfig = section(PrefetchConfig, doc="Prefetch of the blobs of a tag.")
     cleanup: CleanupConfig = section(CleanupConfig, doc="Eviction from the proxy's cache.")
+    http: HTTPServerConfig = section(
+        HTTPServerConfig, doc="Limits of the HTTP listeners against slow and idle clients."
+    )
+    uploads: UploadsConfig = section(UploadsConfig, doc="Open blob upload sessions.")
     tls: TLSConfig = section(
         TLSConfig,
-        doc="TLS of the registry port and of calls to origins and build-indexes; pushes need "
-        "a client certificate only if `require_client_cert_for_writes` is set.",
-        require_client_cert_for_writes=False,
+        doc="TLS of the registry port and of calls to origins and build-indexes; over TLS, "
+        "pushes need a client certificate signed by `ca` as every other write does (set "
+        "`require_client_cert_for_writes: false` to let anyone who reaches the port push).",
     )
 
 

@@ -30,6 +30,7 @@ from kraken.config.values import (
     Endpoint,
     HostPort,
     Name,
+    NonNegativeInt,
     Path,
     PositiveInt,
     Regex,
@@ -96,6 +97,39 @@ class AdvertisedListenConfig:
                 "advertise",
                 'required when "listen" does not name a specific interface and port',
             )
+
+
+@frozen(kw_only=True)
+class HTTPServerConfig:
+    """What a daemon's HTTP listeners allow one client: time limits and a connection cap."""
+
+    header_timeout: Duration = setting(
+        10.0,
+        doc="A connection must send a complete request line and headers within this time "
+        "(from its start, or from the first byte of its next request); else it is closed.",
+    )
+    idle_timeout: Duration = setting(
+        60.0,
+        doc="A connection that sends nothing for this long (between requests, or in the "
+        "middle of a request body) is closed; 0: never.",
+    )
+    max_connections: PositiveInt = setting(
+        1024,
+        doc="Open connections per listener; a connection beyond it gets `503` and is closed.",
+    )
+
+
+@frozen(kw_only=True)
+class UploadsConfig:
+    """Blob upload sessions a server keeps open (origin, proxy)."""
+
+    max_open: PositiveInt = setting(
+        256, doc="Upload sessions open at once; a new one beyond gets `429` with `Retry-After`."
+    )
+    idle_timeout: Duration = setting(
+        900.0,
+        doc="An upload no request touched for this long is removed, with its files.",
+    )
 
 
 @frozen(kw_only=True)
@@ -353,7 +387,34 @@ class SchedulerConfig:
         "less than this long ago is answered ERROR(SENT_ELSEWHERE), so each piece leaves the "
         "origin once and spreads among agents (tuned by `bench.sim`); null: never.",
     )
+    max_conns_per_address: PositiveInt | None = setting(
+        2,
+        doc="Incoming connections of one torrent from one address (an IPv6 address counts "
+        "by its /64), so that one host cannot hold the slots others need; raise it where "
+        "peers share an address (NAT, several agents on one host; the herd sets it to its "
+        "agent count); null: no limit.",
+    )
+    useful_within: Duration = setting(
+        1.0,
+        doc="An incoming connection that has not been useful this long after its handshake "
+        "(asked for a piece we have, offered one we lack, sent a payload we asked for) may "
+        "lose its slot to a newcomer when the torrent is full (docs/protocol.md).",
+    )
+    reserved_conns_per_torrent: NonNegativeInt = setting(
+        0,
+        doc="Of `max_conns_per_torrent`, slots only for incoming peers vouched for: handed "
+        "to us by the tracker in the last `handout_memory`, or offering pieces we lack "
+        "(useless at origins, which nobody is vouched for).",
+    )
+    handout_memory: Duration = setting(
+        60.0, doc="How long a peer the tracker handed out counts as vouched for."
+    )
     bandwidth: BandwidthConfig = section(BandwidthConfig, doc="Peer traffic limits.")
+
+    def config_problems(self) -> Problems:
+        """The reserved slots leave at least one for anyone."""
+        if self.reserved_conns_per_torrent >= self.max_conns_per_torrent:
+            yield ("reserved_conns_per_torrent", 'must be less than "max_conns_per_torrent"')
 
     def effective_endgame_threshold(self) -> int:
         """``endgame_threshold``, defaulting to ``pipeline_limit``."""

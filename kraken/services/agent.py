@@ -30,7 +30,6 @@ from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.threadpool import ThreadPool
-from twisted.web.server import Site
 
 from kraken.api.agent import AgentAPI, AgentMetrics
 from kraken.api.registry import RegistryAPI, parse_networks
@@ -42,15 +41,21 @@ from kraken.cluster import (
 )
 from kraken.config import AgentConfig
 from kraken.config.sections import SchedulerConfig
-from kraken.core import Digest, PeerID
+from kraken.core import Digest, PeerID, PeerInfo
 from kraken.http.client import NO_RETRY, HTTPClientFactory, KrakenHTTPClient, read_body
-from kraken.http.plain import refuse_tls
+from kraken.http.errors import render_registry_json
+from kraken.http.server import KleinRoutes, read_only
 from kraken.protocols.archives import AgentArchive
 from kraken.protocols.buildindex_client import BuildIndexClient
 from kraken.protocols.downloader import AnnouncerAdapter, P2PBlobDownloader
 from kraken.protocols.peer import PeerNode, threadpool_runner
 from kraken.protocols.peer_metrics import PeerMetrics
-from kraken.protocols.tracker_client import PollPolicy, TrackerClient, TrackerUnavailable
+from kraken.protocols.tracker_client import (
+    PollPolicy,
+    TrackerClient,
+    TrackerUnavailable,
+    UnreachableReporter,
+)
 from kraken.services.parts import (
     CleanupService,
     DaemonOptions,
@@ -60,8 +65,10 @@ from kraken.services.parts import (
     cleanup_policy,
     closing_listener,
     daemon_config,
+    exit_on_listen_failure,
     filesystem_size,
     host_list_from_config,
+    http_site,
     running_reactor,
 )
 from kraken.store import BlobStore, StoreCleaner
@@ -173,6 +180,10 @@ def engine_config(config: SchedulerConfig) -> EngineConfig:
         upload_slots=config.upload_slots,
         origin_fallback_below=config.origin_fallback_below,
         origin_spread_window=config.origin_spread_window,
+        max_conns_per_address=config.max_conns_per_address,
+        useful_within=config.useful_within,
+        reserved_conns_per_torrent=config.reserved_conns_per_torrent,
+        handout_memory=config.handout_memory,
     )
 
 
@@ -269,6 +280,7 @@ def build_agent(
         AgentArchive(store),
         run_blocking,
         announcer=AnnouncerAdapter(tracker, peer_id, ip, port),
+        unreachable=UnreachableReporter(tracker, PeerInfo(peer_id, ip, port), reactor),
         bandwidth=bandwidth,
         handshake_timeout=config.scheduler.handshake_timeout,
         metrics=PeerMetrics(metrics.registry),
@@ -316,9 +328,17 @@ def build_agent(
             )
         )
     # ClosingListeners: stopping closes kept-alive connections too, not only the ports.
-    services.append(closing_listener(reactor, server_listen or config.server.listen, _site(api)))
-    # docker and skopeo try HTTPS first: turn the handshake away at once (kraken.http.plain).
-    registry_site = refuse_tls(_site(registry))
+    api_site = http_site(api.resource(), reactor, config.http)
+    services.append(closing_listener(reactor, server_listen or config.server.listen, api_site))
+    # docker and skopeo try HTTPS first: the site turns the handshake away at once; writes
+    # to the read-only registry get 405 before any of their body is read.
+    registry_site = http_site(
+        registry.resource(),
+        reactor,
+        config.http,
+        gate=KleinRoutes(registry.app, {}, checks=[read_only]),
+        renderer=render_registry_json,
+    )
     registry_listen = registry_listen or config.registry.listen
     services.append(closing_listener(reactor, registry_listen, registry_site))
     services.append(OnStop(http.close))
@@ -330,12 +350,6 @@ def build_agent(
     return tree
 
 
-def _site(app: AgentAPI | RegistryAPI) -> Site:
-    site = Site(app.resource())  # type: ignore[no-untyped-call]
-    site.displayTracebacks = False
-    return site
-
-
 def _listener(reactor: Any, description: str, factory: Any) -> StreamServerEndpointService:
     endpoint = serverFromString(reactor, description)  # type: ignore[no-untyped-call]
     return StreamServerEndpointService(endpoint, factory)  # type: ignore[no-untyped-call]
@@ -343,10 +357,13 @@ def _listener(reactor: Any, description: str, factory: Any) -> StreamServerEndpo
 
 def makeService(options: usage.Options, reactor: Any = None) -> MultiService:
     """The twistd entry point: an agent for the parsed ``options``."""
-    return build_agent(
+    reactor = running_reactor(reactor)
+    tree = build_agent(
         daemon_config(options, "agent"),
-        running_reactor(reactor),
+        reactor,
         registry_listen=options["registry-listen"],
         server_listen=options["server-listen"],
         peer_listen=options["peer-listen"],
     )
+    exit_on_listen_failure(tree, reactor)
+    return tree

@@ -27,7 +27,6 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.threadpool import ThreadPool
-from twisted.web.server import Site
 
 from kraken.api.build_index import BuildIndexAPI, BuildIndexMetrics
 from kraken.backends.config import BackendContext, BackendsConfig
@@ -44,6 +43,7 @@ from kraken.config import BuildIndexConfig
 from kraken.config.sections import HostListConfig
 from kraken.core.address import parse_networks
 from kraken.http.client import NO_RETRY, HTTPClientFactory, KrakenHTTPClient, read_body
+from kraken.http.server import KleinRoutes
 from kraken.persistedretry import Backoff, PrometheusQueueMetrics, RetryQueue, SQLiteTaskStore
 from kraken.protocols.buildindex_client import BuildIndexClient
 from kraken.protocols.origin_client import OriginClient, OriginClusterClient
@@ -55,6 +55,9 @@ from kraken.services.parts import (
     active_membership,
     advertised_address,
     daemon_config,
+    exit_on_listen_failure,
+    head_checks,
+    http_site,
     owned_thread_pool,
     running_reactor,
     tls_listener,
@@ -191,8 +194,12 @@ def build_build_index(
     )
 
     tree = BuildIndexService(api, queue, cluster, origins, backends, pool=pool)
-    site = Site(tls.guard(api.resource()))  # type: ignore[no-untyped-call]
-    site.displayTracebacks = False
+    site = http_site(
+        tls.guard(api.resource()),
+        reactor,
+        config.http,
+        gate=KleinRoutes(api.app, {}, checks=head_checks(tls.head_check())),
+    )
     services: list[Service] = [
         queue,
         origins,
@@ -211,4 +218,7 @@ def makeService(options: usage.Options, reactor: Any = None) -> MultiService:
     """The twistd entry point: a build-index for the parsed ``options``."""
     config = daemon_config(options, "build-index")
     Logger().info("build-index data in {data_dir}", data_dir=config.data_dir)
-    return build_build_index(config, running_reactor(reactor), options["listen"])
+    reactor = running_reactor(reactor)
+    tree = build_build_index(config, reactor, options["listen"])
+    exit_on_listen_failure(tree, reactor)
+    return tree

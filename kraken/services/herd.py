@@ -31,6 +31,7 @@ from typing import Any, Final
 
 import yaml
 from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python import usage
 
@@ -38,6 +39,7 @@ from kraken.certs import CA_CERT_FILE, cert_paths, ensure_certificates, export_c
 from kraken.config import load_config
 from kraken.config.loader import parse_config
 from kraken.config.structure import ConfigError
+from kraken.services.parts import exit_on_listen_failure
 from kraken.tls import check_tls_files
 
 __all__ = [
@@ -184,6 +186,9 @@ def herd_plan(
     def suffix(i: int) -> str:
         return "" if i == 0 else f"-{i}"
 
+    # Every agent dials from 127.0.0.1: the per-address limit must let each hold a slot.
+    loopback_peers = {"max_conns_per_address": max(2, agents)}
+
     members: list[tuple[str, str, Any]] = []
 
     tls_dir = f"{root}/tls"
@@ -225,6 +230,7 @@ def herd_plan(
                 "server": {"listen": _listen(http)},
                 "peer": {"listen": _listen(peer)},
                 "cluster": _hosts(ring),
+                "scheduler": loopback_peers,
             },
             ("server", "peer"),
         )
@@ -265,6 +271,7 @@ def herd_plan(
                 "server": {"listen": _listen(port + 2)},
                 "tracker": {"hosts": _hosts([tracker_addr])},
                 "build_index": {"hosts": _hosts([bi_addr])},
+                "scheduler": loopback_peers,
             },
             ("registry", "peer", "server"),
         )
@@ -290,16 +297,24 @@ def _push_tls_option(plan: HerdPlan, proxy: Any) -> str:
 
 
 class _Banner(Service):
-    """Logs where to push and pull once every member has started."""
+    """Logs where to push and pull once every member has started (and, when ``ready`` is
+    set, once it fires: every listener is up)."""
 
     log = Logger()
 
     def __init__(self, lines: list[str]) -> None:
         self.lines = lines
+        self.ready: Deferred[None] | None = None
 
     def startService(self) -> None:
-        """Say what runs where and what to do next."""
+        """Say what runs where and what to do next, once the listeners are up."""
         Service.startService(self)  # type: ignore[no-untyped-call]
+        if self.ready is None:
+            self._say()
+        else:
+            self.ready.addCallbacks(lambda _: self._say(), lambda _: None)
+
+    def _say(self) -> None:
         for line in self.lines:
             self.log.info("{line}", line=line)
 
@@ -313,6 +328,7 @@ class HerdService(MultiService):
         self.members: dict[str, MultiService] = {}
         #: The lines logged once every member has started (where to push and pull).
         self.banner: list[str] = []
+        self.banner_service: _Banner | None = None
 
 
 def build_herd(plan: HerdPlan, reactor: Any) -> HerdService:
@@ -362,7 +378,8 @@ def build_herd(plan: HerdPlan, reactor: Any) -> HerdService:
             f"--cert {tls_dir}/client.pem --key {tls_dir}/client-key.pem https://..."
         )
     herd.banner = lines
-    _Banner(lines).setServiceParent(herd)  # type: ignore[no-untyped-call]
+    herd.banner_service = _Banner(lines)
+    herd.banner_service.setServiceParent(herd)  # type: ignore[no-untyped-call]
     return herd
 
 
@@ -373,4 +390,8 @@ def makeService(options: usage.Options, reactor: Any = None) -> MultiService:
 
         reactor = global_reactor
     plan = options.get("herd_plan") or herd_plan()
-    return build_herd(plan, reactor)
+    herd = build_herd(plan, reactor)
+    watch = exit_on_listen_failure(herd, reactor)
+    if herd.banner_service is not None:
+        herd.banner_service.ready = watch.ready()
+    return herd

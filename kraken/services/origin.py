@@ -28,9 +28,8 @@ from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.threadpool import ThreadPool
-from twisted.web.server import Site
 
-from kraken.api.origin import OriginAPI, OriginMetrics
+from kraken.api.origin import ORIGIN_ERRORS, OriginAPI, OriginMetrics
 from kraken.backends.config import BackendContext, BackendsConfig
 from kraken.backends.router import BackendRouter
 from kraken.backends.threads import BlockingRunner
@@ -38,6 +37,7 @@ from kraken.cluster import Membership, RendezvousRing, parse_host_port
 from kraken.config import OriginConfig
 from kraken.core import PeerID, PeerInfo
 from kraken.http.client import NO_RETRY, HTTPClientFactory
+from kraken.http.errors import render_registry_json
 from kraken.origin.refresh import BackendFetcher
 from kraken.origin.replication import Replicator
 from kraken.origin.writeback import WRITEBACK_KIND, Writeback, WritebackExecutor
@@ -56,7 +56,10 @@ from kraken.services.parts import (
     advertised_address,
     cleanup_policy,
     daemon_config,
+    exit_on_listen_failure,
     filesystem_size,
+    head_checks,
+    http_site,
     owned_thread_pool,
     running_reactor,
     tls_listener,
@@ -208,6 +211,9 @@ def build_origin(
         replicator,
         peer,
         piece_lengths,
+        max_uploads=config.uploads.max_open,
+        upload_timeout=config.uploads.idle_timeout,
+        clock=reactor,
         metrics=metrics,
     )
 
@@ -222,8 +228,17 @@ def build_origin(
     services.append(PeerNodeService(node))
     peer_endpoint = serverFromString(reactor, config.peer.listen)  # type: ignore[no-untyped-call]
     services.append(StreamServerEndpointService(peer_endpoint, node.factory()))  # type: ignore[no-untyped-call]
-    site = Site(tls.guard(api.resource()))  # type: ignore[no-untyped-call]
-    site.displayTracebacks = False
+    expiry = TimerService(min(60.0, config.uploads.idle_timeout), api.expire_uploads)  # type: ignore[no-untyped-call]
+    expiry.clock = reactor
+    services.append(expiry)
+    site = http_site(
+        tls.guard(api.resource()),
+        reactor,
+        config.http,
+        gate=api.gate(head_checks(tls.head_check())),
+        errors=ORIGIN_ERRORS,
+        renderer=render_registry_json,
+    )
     services.append(tls.expiry_monitor(reactor, metrics.registry))
     # A ClosingListener: stopping closes kept-alive connections too, not only the port.
     services.append(tls_listener(reactor, tls, listen or config.server.listen, site))
@@ -240,4 +255,7 @@ def makeService(options: usage.Options, reactor: Any = None) -> MultiService:
     """The twistd entry point: an origin for the parsed ``options``."""
     config = daemon_config(options, "origin")
     Logger().info("origin data in {data_dir}", data_dir=config.data_dir)
-    return build_origin(config, running_reactor(reactor), options["listen"])
+    reactor = running_reactor(reactor)
+    tree = build_origin(config, reactor, options["listen"])
+    exit_on_listen_failure(tree, reactor)
+    return tree

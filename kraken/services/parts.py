@@ -17,14 +17,16 @@ and then every connection it accepted, kept-alive ones included.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
-from typing import Any, ClassVar
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any, ClassVar, Final
 
 from twisted.application.internet import StreamServerEndpointService, TimerService
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint
+from twisted.internet.protocol import Protocol
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
@@ -52,11 +54,14 @@ from kraken.config.sections import (
     AdvertisedListenConfig,
     CleanupConfig,
     HostListConfig,
+    HTTPServerConfig,
 )
 from kraken.config.structure import ConfigError
 from kraken.config.values import parse_endpoint
 from kraken.core import Digest
 from kraken.http.client import KrakenHTTPClient
+from kraken.http.errors import CORE_ERRORS, ErrorMap, ErrorRenderer, render_text
+from kraken.http.server import DEFAULT_LIMITS, KrakenSite, RequestGate, ServerLimits
 from kraken.protocols.peer import PeerNode
 from kraken.store import CleanupPolicy, StoreCleaner
 from kraken.store.layout import CACHE, DOWNLOAD
@@ -64,10 +69,13 @@ from kraken.tls import ClusterTLS, check_tls_files
 
 __all__ = [
     "LISTEN_OPTION",
+    "OVERLOADED_ANSWER",
     "CleanupService",
     "ClosingListener",
     "ConnectionsFactory",
     "DaemonOptions",
+    "ListenFailed",
+    "ListenerWatch",
     "OnStop",
     "PeerNodeService",
     "PoolOwningService",
@@ -78,10 +86,14 @@ __all__ = [
     "cleanup_policy",
     "closing_listener",
     "daemon_config",
+    "exit_on_listen_failure",
     "filesystem_size",
+    "head_checks",
     "host_list_from_config",
+    "http_site",
     "owned_thread_pool",
     "running_reactor",
+    "server_limits",
     "tls_listener",
 ]
 
@@ -344,20 +356,56 @@ class _TrackedConnection(ProtocolWrapper):
         self.factory.connection_gone()
 
 
+class _Overloaded(Protocol):
+    """Tells a connection beyond the listener's cap to come back later, and closes it."""
+
+    def connectionMade(self) -> None:
+        """Answer 503 at once."""
+        assert self.transport is not None
+        self.transport.write(OVERLOADED_ANSWER)
+        self.transport.loseConnection()
+
+
+#: What a connection beyond ``max_connections`` gets before it is closed.
+OVERLOADED_ANSWER: Final = (
+    b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Length: 36\r\n"
+    b"Connection: close\r\n\r\ntoo many open connections, try again\n"
+)
+
+
 class ConnectionsFactory(WrappingFactory):
     """
     A server factory (an HTTP ``Site``) that keeps its open connections, to close them.
 
     ``protocols`` holds the wrappers of the connections made and not yet lost; the
     wrapped factory's protocols see the wrapper as their transport (every transport
-    call and attribute is passed on).
+    call and attribute is passed on).  With ``max_connections``, a connection beyond
+    that many open ones gets a ``503`` and is closed without reaching the site.
     """
 
     protocol = _TrackedConnection
+    log = Logger()
 
-    def __init__(self, wrapped: IProtocolFactory) -> None:
+    def __init__(self, wrapped: IProtocolFactory, max_connections: int | None = None) -> None:
         super().__init__(wrapped)  # type: ignore[no-untyped-call]
         self._gone: list[Deferred[None]] = []
+        self.max_connections = max_connections
+        self.refused = 0
+
+    def buildProtocol(self, addr: Any) -> Any:
+        """A tracked connection, or a 503 when ``max_connections`` are open."""
+        if self.max_connections is not None and len(self.protocols) >= self.max_connections:
+            self.refused += 1
+            if self.refused == 1 or self.refused % 1000 == 0:
+                self.log.warn(
+                    "{count} connections refused: {max} are open (http.max_connections)",
+                    count=self.refused,
+                    max=self.max_connections,
+                )
+            overloaded = _Overloaded()
+            overloaded.factory = self
+            return overloaded
+        return super().buildProtocol(addr)
 
     def connection_gone(self) -> None:
         """Called by a connection once lost: wake :meth:`close_connections` when none is left."""
@@ -397,6 +445,122 @@ class _RecordingEndpoint:
         return listening.addCallback(record)
 
 
+class ListenFailed(Exception):
+    """A listener of the daemon could not start (the port is taken, no permission, ...)."""
+
+    def __init__(self, description: str, reason: str) -> None:
+        super().__init__(f"cannot listen on {description}: {reason}")
+        self.description = description
+        self.reason = reason
+
+
+@implementer(IStreamServerEndpoint)
+class _WatchedEndpoint:
+    """An endpoint whose ``listen`` outcome is reported to a :class:`ListenerWatch`."""
+
+    def __init__(self, endpoint: IStreamServerEndpoint, description: str, watch: ListenerWatch):
+        self.endpoint = endpoint
+        self.description = description
+        self.watch = watch
+        self.listening: Deferred[None] = Deferred()
+
+    def listen(self, factory: IProtocolFactory) -> Deferred[IListeningPort]:
+        """Listen; a failure is reported (once, one line) instead of a logged traceback
+        (the Deferred then fires with None: the service has no port to close)."""
+        d: Deferred[Any] = maybeDeferred(self.endpoint.listen, factory)
+
+        def up(port: IListeningPort) -> IListeningPort:
+            self.listening.callback(None)
+            return port
+
+        def failed(failure: Failure) -> Any:
+            reason = failure.getErrorMessage()
+            socket_error = getattr(failure.value, "socketError", None)
+            if socket_error is not None:
+                reason = str(socket_error)
+            error = ListenFailed(self.description, reason)
+            self.listening.errback(error)
+            self.watch.failed(error)
+
+        result: Deferred[IListeningPort] = d.addCallbacks(up, failed)
+        return result
+
+
+def _endpoint_description(endpoint: Any) -> str:
+    port = getattr(endpoint, "_port", None)
+    interface = getattr(endpoint, "_interface", None)
+    if port is not None:
+        return f"tcp:{port}" + (f":interface={interface}" if interface else "")
+    wrapped = getattr(endpoint, "wrapped", None) or getattr(endpoint, "endpoint", None)
+    if wrapped is not None:
+        return _endpoint_description(wrapped)
+    return repr(endpoint)
+
+
+class ListenerWatch:
+    """
+    Watches every listener of a service tree: :meth:`ready` fires once all of them listen;
+    the first that cannot start is logged as one line and passed to ``on_failure``.
+
+    Daemons run by twistd use :func:`exit_on_listen_failure`, whose ``on_failure`` ends
+    the process with status 1 (so systemd or Kubernetes restarts it); an embedding
+    application passes its own.
+    """
+
+    log = Logger()
+
+    def __init__(self, tree: MultiService, on_failure: Callable[[ListenFailed], object]) -> None:
+        self.on_failure = on_failure
+        self._failed = False
+        self.endpoints: list[_WatchedEndpoint] = []
+        for service in _walk(tree):
+            if isinstance(service, StreamServerEndpointService):
+                endpoint = service.endpoint
+                if isinstance(endpoint, _RecordingEndpoint):
+                    inner = endpoint.endpoint
+                    watched = _WatchedEndpoint(inner, _endpoint_description(inner), self)
+                    endpoint.endpoint = watched
+                else:
+                    watched = _WatchedEndpoint(endpoint, _endpoint_description(endpoint), self)
+                    service.endpoint = watched
+                self.endpoints.append(watched)
+
+    def ready(self) -> Deferred[None]:
+        """Fires when every listener listens; fails with the first :class:`ListenFailed`."""
+        d: Deferred[Any] = gatherResults([e.listening for e in self.endpoints], consumeErrors=True)
+        return d.addCallbacks(lambda _: None, lambda f: f.value.subFailure)
+
+    def failed(self, error: ListenFailed) -> None:
+        """Report the first failure."""
+        if self._failed:
+            return
+        self._failed = True
+        self.log.critical("{error}", error=str(error))
+        self.on_failure(error)
+
+
+def _walk(service: Any) -> Iterator[Any]:
+    yield service
+    for child in list(getattr(service, "services", ()) or ()):
+        yield from _walk(child)
+
+
+def exit_on_listen_failure(tree: MultiService, reactor: Any) -> ListenerWatch:
+    """A :class:`ListenerWatch` of ``tree`` that stops ``reactor`` and exits with status 1
+    when a listener cannot start (twistd has no exit status of its own for that)."""
+
+    def stop(error: ListenFailed) -> None:
+        def exit_now() -> None:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(1)
+
+        reactor.addSystemEventTrigger("after", "shutdown", exit_now)
+        reactor.callWhenRunning(reactor.stop)
+
+    return ListenerWatch(tree, stop)
+
+
 class ClosingListener(StreamServerEndpointService):
     """
     Serves ``factory`` on ``endpoint``; stopping closes the port, then every open connection.
@@ -408,8 +572,13 @@ class ClosingListener(StreamServerEndpointService):
     the listening port once listening (its ``getHost()`` tells a port 0's number).
     """
 
-    def __init__(self, endpoint: IStreamServerEndpoint, factory: IProtocolFactory) -> None:
-        self.connections = ConnectionsFactory(factory)
+    def __init__(
+        self,
+        endpoint: IStreamServerEndpoint,
+        factory: IProtocolFactory,
+        max_connections: int | None = None,
+    ) -> None:
+        self.connections = ConnectionsFactory(factory, max_connections)
         self.port: IListeningPort | None = None
         super().__init__(_RecordingEndpoint(endpoint, self), self.connections)  # type: ignore[no-untyped-call]
 
@@ -423,14 +592,57 @@ class ClosingListener(StreamServerEndpointService):
         return stopped.addBoth(close)
 
 
+def _max_connections(factory: Any) -> int | None:
+    limits = getattr(factory, "limits", None)
+    return limits.max_connections if isinstance(limits, ServerLimits) else None
+
+
 def closing_listener(reactor: Any, description: str, factory: Any) -> ClosingListener:
-    """A :class:`ClosingListener` of ``factory`` on the endpoint ``description`` (plain)."""
+    """A :class:`ClosingListener` of ``factory`` on the endpoint ``description`` (plain);
+    a :class:`~kraken.http.server.KrakenSite`'s ``max_connections`` caps it."""
     endpoint = serverFromString(reactor, description)  # type: ignore[no-untyped-call]
-    return ClosingListener(endpoint, factory)
+    return ClosingListener(endpoint, factory, _max_connections(factory))
 
 
 def tls_listener(reactor: Any, tls: ClusterTLS, description: str, factory: Any) -> ClosingListener:
     """A :class:`ClosingListener` on the endpoint ``description``, under TLS when ``tls`` serves."""
     endpoint = serverFromString(reactor, description)  # type: ignore[no-untyped-call]
     endpoint = tls.server_endpoint(endpoint, reactor)
-    return ClosingListener(endpoint, factory)
+    return ClosingListener(endpoint, factory, _max_connections(factory))
+
+
+def head_checks(*checks: Callable[[Any], None] | None) -> list[Callable[[Any], None]]:
+    """The gate checks that are set (e.g. :meth:`ClusterTLS.head_check`, None when off)."""
+    return [check for check in checks if check is not None]
+
+
+def server_limits(http: HTTPServerConfig, max_body: int = DEFAULT_LIMITS.max_body) -> ServerLimits:
+    """The :class:`~kraken.http.server.ServerLimits` of a daemon's ``http:`` section."""
+    return ServerLimits(
+        header_timeout=http.header_timeout,
+        idle_timeout=http.idle_timeout,
+        max_connections=http.max_connections,
+        max_body=max_body,
+    )
+
+
+def http_site(
+    resource: Any,
+    reactor: Any,
+    http: HTTPServerConfig,
+    *,
+    gate: RequestGate | None = None,
+    errors: ErrorMap = CORE_ERRORS,
+    renderer: ErrorRenderer = render_text,
+    parse_forms: bool = True,
+) -> KrakenSite:
+    """A daemon's :class:`~kraken.http.server.KrakenSite` with the limits of its ``http:``."""
+    return KrakenSite(
+        resource,
+        clock=reactor,
+        gate=gate,
+        limits=server_limits(http),
+        errors=errors,
+        renderer=renderer,
+        parse_forms=parse_forms,
+    )

@@ -24,14 +24,13 @@ from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.python import usage
 from twisted.python.threadpool import ThreadPool
-from twisted.web.server import Site
 
-from kraken.api.proxy import ProxyAPI
+from kraken.api.proxy import PROXY_ERRORS, ProxyAPI
 from kraken.backends.threads import threadpool_runner
 from kraken.cluster import Membership, NoHealthFilter, PassiveHealthFilter
 from kraken.config import ProxyConfig
 from kraken.http.client import NO_RETRY, HTTPClientFactory
-from kraken.http.plain import refuse_tls
+from kraken.http.errors import render_registry_json
 from kraken.protocols.buildindex_client import BuildIndexClient
 from kraken.protocols.origin_client import OriginClient, OriginClusterClient
 from kraken.services.parts import (
@@ -43,8 +42,11 @@ from kraken.services.parts import (
     active_membership,
     cleanup_policy,
     daemon_config,
+    exit_on_listen_failure,
     filesystem_size,
+    head_checks,
     host_list_from_config,
+    http_site,
     running_reactor,
     tls_listener,
 )
@@ -125,6 +127,8 @@ def build_proxy(
         reactor,
         prefetch_min_size=config.prefetch.min_blob_size,
         prefetch_max_size=config.prefetch.max_blob_size,
+        upload_timeout=config.uploads.idle_timeout,
+        max_uploads=config.uploads.max_open,
         readiness_checks=(
             ("origin", lambda: _origin_readiness(origin_members)),
             ("build-index", tags.readiness),
@@ -140,10 +144,17 @@ def build_proxy(
         # Uploads are expired by the API, which knows which ones are in use.
         cleaner = StoreCleaner(store, cache=policy, downloads=policy, uploads=None)
         services.append(CleanupService(config.cleanup.interval, cleaner, reactor, pool))
-    site = Site(tls.guard(api.resource(), registry=True))  # type: ignore[no-untyped-call]
-    site.displayTracebacks = False
+    site = http_site(
+        tls.guard(api.resource(), registry=True),
+        reactor,
+        config.http,
+        gate=api.gate(head_checks(tls.head_check(registry=True))),
+        errors=PROXY_ERRORS,
+        renderer=render_registry_json,
+    )
     services.append(tls.expiry_monitor(reactor, api.metrics.registry))
-    services.append(tls_listener(reactor, tls, listen or config.server.listen, refuse_tls(site)))
+    # A TLS hello on the plain port gets a 400 at once (kraken.http.server).
+    services.append(tls_listener(reactor, tls, listen or config.server.listen, site))
     services.append(OnStop(http.close))
 
     tree = ProxyService(api, store, origin_members)
@@ -155,4 +166,7 @@ def build_proxy(
 def makeService(options: usage.Options, reactor: Any = None) -> MultiService:
     """The twistd entry point: a proxy for the parsed ``options``."""
     config = daemon_config(options, "proxy")
-    return build_proxy(config, running_reactor(reactor), options["listen"])
+    reactor = running_reactor(reactor)
+    tree = build_proxy(config, reactor, options["listen"])
+    exit_on_listen_failure(tree, reactor)
+    return tree

@@ -15,12 +15,14 @@ from typing import Any
 from twisted.application.internet import TimerService
 from twisted.application.service import MultiService, Service
 from twisted.python import usage
-from twisted.web.server import Site
 
 from kraken.api.tracker import TrackerAPI
 from kraken.cluster import parse_host_port
 from kraken.config import TrackerConfig
+from kraken.core.address import parse_networks
 from kraken.http.client import NO_RETRY, HTTPClientFactory
+from kraken.http.server import KleinRoutes, KrakenSite
+from kraken.peers.admission import AdmissionPolicy
 from kraken.peers.origins import HTTPOriginCluster
 from kraken.peers.redis import RedisPeerStore, RedisPool
 from kraken.peers.store import IPeerStore, MemoryPeerStore
@@ -30,7 +32,10 @@ from kraken.services.parts import (
     OnStop,
     active_membership,
     daemon_config,
+    exit_on_listen_failure,
+    head_checks,
     running_reactor,
+    server_limits,
     tls_listener,
 )
 from kraken.tls import ClusterTLS
@@ -55,7 +60,7 @@ class TrackerService(MultiService):
         self.store = store
 
 
-class TrackerSite(Site):
+class TrackerSite(KrakenSite):
     """
     The tracker's ``Site``: no form parsing of POST bodies, no access-log line per good announce.
 
@@ -66,9 +71,8 @@ class TrackerSite(Site):
     is still logged.
     """
 
-    def __init__(self, resource: Any) -> None:
-        super().__init__(resource, parsePOSTFormSubmission=False)  # type: ignore[no-untyped-call]
-        self.displayTracebacks = False
+    def __init__(self, resource: Any, **kwargs: Any) -> None:
+        super().__init__(resource, parse_forms=False, **kwargs)
 
     def log(self, request: Any) -> None:
         """Access-log ``request`` unless it is a successful announce."""
@@ -110,10 +114,18 @@ def build_tracker(config: TrackerConfig, reactor: Any, listen: str | None = None
             password=_read_password(redis_config.password_file),
             connect_timeout=redis_config.connect_timeout,
         )
-        store = RedisPeerStore(pool, reactor, config.peer_ttl, redis_config.key_prefix)
+        store = RedisPeerStore(
+            pool,
+            reactor,
+            config.peer_ttl,
+            redis_config.key_prefix,
+            max_per_address=config.admission.max_peers_per_address,
+        )
         services.append(pool)
     else:
-        memory = MemoryPeerStore(reactor, config.peer_ttl)
+        memory = MemoryPeerStore(
+            reactor, config.peer_ttl, max_per_address=config.admission.max_peers_per_address
+        )
         sweeper = TimerService(config.peer_store.cleanup_interval, memory.sweep)  # type: ignore[no-untyped-call]
         sweeper.clock = reactor
         services.append(sweeper)
@@ -128,8 +140,16 @@ def build_tracker(config: TrackerConfig, reactor: Any, listen: str | None = None
         metainfo_ok_ttl=config.metainfo_cache.ok_ttl,
         metainfo_other_ttl=config.metainfo_cache.other_ttl,
         metainfo_max_entries=config.metainfo_cache.max_entries,
+        admission=AdmissionPolicy(parse_networks(config.admission.trusted_forwarders)),
+        quarantine_seconds=config.admission.quarantine,
+        quarantine_reporters=config.admission.quarantine_reporters,
     )
-    site = TrackerSite(tls.guard(api.resource()))
+    site = TrackerSite(
+        tls.guard(api.resource()),
+        clock=reactor,
+        gate=KleinRoutes(api.app, {}, checks=head_checks(tls.head_check())),
+        limits=server_limits(config.http),
+    )
     services.append(tls_listener(reactor, tls, listen or config.server.listen, site))
     services.append(OnStop(http.close))
     services.append(tls.expiry_monitor(reactor, api.metrics.registry))
@@ -143,4 +163,7 @@ def build_tracker(config: TrackerConfig, reactor: Any, listen: str | None = None
 def makeService(options: usage.Options, reactor: Any = None) -> MultiService:
     """The twistd entry point: a tracker for the parsed ``options``."""
     config = daemon_config(options, "tracker")
-    return build_tracker(config, running_reactor(reactor), options["listen"])
+    reactor = running_reactor(reactor)
+    tree = build_tracker(config, reactor, options["listen"])
+    exit_on_listen_failure(tree, reactor)
+    return tree

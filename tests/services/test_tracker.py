@@ -65,8 +65,17 @@ class TrackerSiteTests(SynchronousTestCase):
         site.log(self.request(site, b"/announce/" + b"a" * 64, 200))
         self.assertEqual(lines, [])
         site.log(self.request(site, b"/announce/" + b"a" * 64, 400))
-        site.log(self.request(site, b"/health", 200))
+        site.log(self.request(site, b"/namespace/x", 200))
         self.assertEqual(len(lines), 2)
+
+    def test_probes_not_logged_unless_they_fail(self) -> None:
+        """Health, readiness and metrics probes leave no access-log line unless they fail."""
+        site, lines = self.site()
+        for path in (b"/health", b"/readiness", b"/metrics"):
+            site.log(self.request(site, path, 200))
+        self.assertEqual(lines, [])
+        site.log(self.request(site, b"/readiness", 503))
+        self.assertEqual(len(lines), 1)
 
     def test_no_form_parsing(self) -> None:
         """POST bodies are not parsed as forms (the API takes JSON); tracebacks are not shown."""
