@@ -416,7 +416,8 @@ class SimNode:
             ep.close()
             return
         try:
-            conn, actions = self.scheduler.accept(hs)
+            source = ep.connection.dialler.node.info.ip
+            conn, actions = self.scheduler.accept(hs, source)
         except HandshakeRejected:
             ep.close()
             return

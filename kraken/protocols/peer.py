@@ -26,6 +26,7 @@ protocols for a listening port; :func:`threadpool_runner` and
 
 from __future__ import annotations
 
+import ipaddress
 import random
 import struct
 import threading
@@ -34,6 +35,7 @@ from typing import Any, Final, TypeVar
 
 from attrs import frozen
 from twisted.internet import defer
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTCP, IReactorTime
@@ -173,6 +175,24 @@ class BufferPool:
         if self.idle_bytes + len(buf) <= self.max_bytes:
             self._free.setdefault(len(buf), []).append(buf)
             self.idle_bytes += len(buf)
+
+
+def address_key(address: object) -> str | None:
+    """
+    What the engine's per-address limit counts an incoming connection under.
+
+    An IPv4 address as is (also when mapped into IPv6); an IPv6 address by its
+    /64, because one host commonly holds a whole /64; None for other transports
+    (no limit).
+    """
+    if isinstance(address, IPv4Address):
+        return address.host
+    if isinstance(address, IPv6Address):
+        ip = ipaddress.IPv6Address(address.host.split("%", 1)[0])
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return None
 
 
 def _why(reason: Failure | None) -> str:
@@ -829,8 +849,9 @@ class PeerNode:
         d.addCallbacks(opened, lambda f: proto.close(f"lookup failed: {f.value}", abort=True))
 
     def _accept(self, proto: PeerProtocol, hs: Handshake) -> None:
+        source = address_key(proto.raw_transport().getPeer()) if proto.transport else None
         try:
-            conn, actions = self.scheduler.accept(hs)
+            conn, actions = self.scheduler.accept(hs, source)
         except HandshakeRejected as e:
             proto.close(str(e), abort=True)
             return
@@ -988,6 +1009,7 @@ __all__ = [
     "PeerFactory",
     "PeerNode",
     "PeerProtocol",
+    "address_key",
     "make_scheduler",
     "synchronous_runner",
     "threadpool_runner",

@@ -58,6 +58,23 @@ class EngineConfig:
     #: peer less than this long ago with ERROR(SENT_ELSEWHERE): the piece is on its way
     #: into the swarm, and the origin's upload goes to pieces it has not sent (None: never).
     origin_spread_window: float | None = 10.0
+    #: Incoming connections of one torrent from one source (the driver's key for the
+    #: remote address: an IPv4 address, an IPv6 /64), so that one host cannot hold the
+    #: slots others need (issue 18).  2 leaves room for a restarted agent's new connection
+    #: beside its old one; hosts sharing an address (NAT, several agents on one host, the
+    #: herd on 127.0.0.1) need more.  None: no limit.
+    max_conns_per_address: int | None = 2
+    #: Of ``max_conns_per_torrent``, slots that an incoming connection takes only if it
+    #: is vouched for: the tracker handed its peer id to us in the last
+    #: ``handout_memory`` seconds, or its handshake offers pieces we lack.  Others that
+    #: find the rest full take the slot of a connection that has not been useful, or
+    #: are refused.  0 for origins, which nobody is vouched for.
+    reserved_conns_per_torrent: int = 0
+    handout_memory: float = 60.0
+    #: An incoming connection that has shown nothing useful (see kraken.torrent.scheduler)
+    #: this long after its handshake may lose its slot to a newcomer; younger ones may
+    #: not (a swarm's peers arrive at once, each needing a round trip to show its worth).
+    useful_within: float = 1.0
     #: Whether this node announces to a tracker (origins do not).
     announce: bool = True
     #: Whether this node is an origin (advertised in the handshake).

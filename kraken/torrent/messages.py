@@ -71,6 +71,9 @@ class ErrorCode(enum.IntEnum):
     PROTOCOL = 2
     #: An origin sent this piece to another agent moments ago: ask the agents for it.
     SENT_ELSEWHERE = 3
+    #: The sender gave this connection's slot to another peer (this one had sent nothing
+    #: useful yet) and closes it: not a fault, the receiver may dial again (index 0).
+    SLOT_RECLAIMED = 4
 
 
 class MalformedMessage(ValueError):

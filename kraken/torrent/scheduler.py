@@ -7,6 +7,20 @@ must perform.  Time comes from the injected ``now()``, randomness from an
 injected ``random.Random``.  The driver calls :meth:`Scheduler.tick` about
 once a second.
 
+Admission (issue 18: no peer may hold capacity others need): an incoming
+connection is refused when its source (the driver's key for the remote
+address) already holds ``max_conns_per_address`` connections of the torrent.
+A connection is *useful* once it has shown traffic worth its slot: we dialled
+it (from the tracker's list), the tracker handed its peer id to us lately, it
+offered pieces we lack (handshake, ANNOUNCE_PIECE, COMPLETE), it asked for a
+piece we have, or it sent a payload we asked for.  A newcomer that finds the
+torrent full takes the slot of the oldest incoming connection that has not been
+useful (closed without blacklist), or is refused; a connection that has been
+useful keeps its slot.  ``reserved_conns_per_torrent`` slots are taken only
+by newcomers that are vouched for (handed out by the tracker, or offering
+pieces we lack).  A handshake followed by nothing therefore holds a slot only
+until the next peer needs it.
+
 Connection policy (DESIGN 5): at most ``max_conns_per_torrent`` pending +
 active connections per torrent, of which at most ``max_dials_per_torrent``
 dialled by us (the rest wait for peers that dial us: a swarm that starts at
@@ -47,6 +61,7 @@ from kraken.torrent.messages import (
     CancelPiece,
     Complete,
     Error,
+    ErrorCode,
     Handshake,
     Message,
     PiecePayload,
@@ -88,6 +103,8 @@ class TorrentControl:
     #: "downloading", "committing" or "complete".
     state: str = "downloading"
     waiters: list[Waiter] = field(factory=list)
+    #: peer ids the tracker handed us for this torrent -> when (last time).
+    handed_out: dict[PeerID, float] = field(factory=dict)
 
     @property
     def complete(self) -> bool:
@@ -106,6 +123,10 @@ class ConnRecord:
     created: float
     active: bool = False
     origin: bool = False
+    #: the driver's key for the remote address of an incoming connection.
+    source: str | None = None
+    #: whether it has shown traffic worth its slot (see the module doc); our dials are.
+    useful: bool = False
 
 
 class AnnounceQueue:
@@ -410,6 +431,11 @@ class Scheduler:
         self.announces.ready(h, now + (self.config.complete_announce_interval if complete else 0.0))
         if t is None or t.state != "downloading":
             return []
+        forget_before = now - self.config.handout_memory
+        for pid in [p for p, when in t.handed_out.items() if when < forget_before]:
+            del t.handed_out[pid]
+        for peer in peers:
+            t.handed_out[peer.peer_id] = now
         actions: list[Action] = []
         count = self._count(h)
         dials = self._dial_count(h)
@@ -424,7 +450,9 @@ class Scheduler:
             if self.is_blacklisted(h, peer.peer_id):
                 continue
             conn = self._new_conn()
-            self.conns[conn] = ConnRecord(conn, h, peer.peer_id, True, now, origin=peer.origin)
+            self.conns[conn] = ConnRecord(
+                conn, h, peer.peer_id, True, now, origin=peer.origin, useful=True
+            )
             self._by_peer[(h, peer.peer_id)] = conn
             actions.append(Dial(conn, h, peer))
             count += 1
@@ -507,34 +535,75 @@ class Scheduler:
         rec.origin = rec.origin or hs.origin
         return self._settle(t.dispatcher.add_peer(conn, hs.peer_id, hs.bitfield, rec.origin))
 
-    def accept(self, hs: Handshake) -> tuple[ConnId, list[Action]]:
+    def accept(self, hs: Handshake, source: str | None = None) -> tuple[ConnId, list[Action]]:
         """
         An incoming handshake: the new connection's id and the actions to run after
         sending our handshake (``handshake_for``).  Raises HandshakeRejected.
+
+        ``source`` is the driver's key for the remote address (None: unknown, no
+        per-address limit); see the module doc for the admission rules.
         """
         h = hs.infohash
         t = self._check_remote(h, hs)
         if self.is_blacklisted(h, hs.peer_id):
             raise HandshakeRejected(f"peer {hs.peer_id} is blacklisted for {h}")
-        actions: list[Action] = []
-        superseded: Close | None = None
+        superseding: ConnId | None = None
         existing = self._by_peer.get((h, hs.peer_id))
         if existing is not None:
             rec = self.conns[existing]
             if rec.active or not rec.outgoing or self.peer_id < hs.peer_id:
                 raise HandshakeRejected(f"already connected to {hs.peer_id}")
             # Both dialled at once: the connection dialled by the smaller id wins.
-            actions.extend(self._drop_conn(existing, blacklist=False))
-            superseded = Close(existing, "superseded by the peer's own dial")
-        if self._count(h) >= self.config.max_conns_per_torrent:
-            raise HandshakeRejected(f"torrent {h} is at capacity")
+            superseding = existing
+        per_address = self.config.max_conns_per_address
+        if source is not None and per_address is not None:
+            held = sum(1 for r in self.conns.values() if r.infohash == h and r.source == source)
+            if held >= per_address:
+                raise HandshakeRejected(
+                    f"address {source} already holds {held} connections to torrent {h}"
+                )
         now = self._now()
+        vouched = (
+            hs.peer_id in t.handed_out
+            and now - t.handed_out[hs.peer_id] <= self.config.handout_memory
+        ) or hs.bitfield.has_any_not_in(t.dispatcher.have)
+        capacity = self.config.max_conns_per_torrent
+        if not vouched:
+            capacity -= self.config.reserved_conns_per_torrent
+        count = self._count(h) - (superseding is not None)
+        evicted: ConnId | None = None
+        if count >= capacity:
+            # A vouched newcomer is worth more than any connection that has shown nothing.
+            evicted = self._idle_incoming(h, 0.0 if vouched else self.config.useful_within)
+            if evicted is None:
+                raise HandshakeRejected(f"torrent {h} is at capacity")
+        actions: list[Action] = []
+        first: list[Action] = []
+        if superseding is not None:
+            actions.extend(self._drop_conn(superseding, blacklist=False))
+            first.append(Close(superseding, "superseded by the peer's own dial"))
+        if evicted is not None:
+            actions.extend(self._drop_conn(evicted, blacklist=False))
+            reason = "slot given to a new peer (this one sent nothing useful)"
+            first.append(Send(evicted, Error(0, ErrorCode.SLOT_RECLAIMED, reason)))
+            first.append(Close(evicted, reason))
         conn = self._new_conn()
-        self.conns[conn] = ConnRecord(conn, h, hs.peer_id, False, now, True, hs.origin)
+        self.conns[conn] = ConnRecord(
+            conn, h, hs.peer_id, False, now, True, hs.origin, source=source, useful=vouched
+        )
         self._by_peer[(h, hs.peer_id)] = conn
         actions.extend(t.dispatcher.add_peer(conn, hs.peer_id, hs.bitfield, hs.origin))
-        settled = self._settle(actions)
-        return conn, settled if superseded is None else [superseded, *settled]
+        return conn, [*first, *self._settle(actions)]
+
+    def _idle_incoming(self, h: InfoHash, grace: float) -> ConnId | None:
+        """The oldest incoming connection of ``h`` not useful within ``grace`` seconds."""
+        since = self._now() - grace
+        idle = [
+            r
+            for r in self.conns.values()
+            if r.infohash == h and not r.outgoing and not r.useful and r.created <= since
+        ]
+        return min(idle, key=lambda r: (r.created, r.conn)).conn if idle else None
 
     def conn_lost(self, conn: ConnId, reason: str = "connection lost") -> list[Action]:
         """The connection closed without us asking: blacklist the peer."""
@@ -556,6 +625,12 @@ class Scheduler:
         d = self._dispatcher_of(conn)
         if d is None:
             return []
+        rec = self.conns[conn]
+        if isinstance(msg, Error) and msg.code == ErrorCode.SLOT_RECLAIMED:
+            # The peer needed the slot for another: no fault, no blacklist.
+            return self._settle([Close(conn, "the peer gave our slot to another")])
+        if not rec.useful:
+            rec.useful = _useful(msg, d)
         if isinstance(msg, PieceRequest):
             actions = d.on_request(conn, msg.index)
         elif isinstance(msg, AnnouncePiece):
@@ -578,6 +653,8 @@ class Scheduler:
         if d is None:
             return PayloadVerdict.DISCARD, []
         verdict, actions = d.payload_start(conn, index, length)
+        if verdict != PayloadVerdict.REJECT:
+            self.conns[conn].useful = True
         return verdict, self._settle(actions)
 
     def payload_end(self, conn: ConnId, index: int) -> tuple[str, list[Action]]:
@@ -672,3 +749,14 @@ class Scheduler:
                 actions.append(TorrentDropped(h, False))
         actions.extend(self._announce_tick())
         return actions
+
+
+def _useful(msg: Message, d: PieceDispatcher) -> bool:
+    """Whether ``msg`` shows its connection worth a slot: it asks for a piece we have or
+    offers one we lack."""
+    if isinstance(msg, PieceRequest | AnnouncePiece):
+        if not 0 <= msg.index < d.metainfo.num_pieces:
+            return False
+        have = msg.index in d.have
+        return have if isinstance(msg, PieceRequest) else not have
+    return isinstance(msg, Complete) and not d.complete

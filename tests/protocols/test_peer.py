@@ -7,11 +7,14 @@ import random
 from errno import EIO, ENOSPC
 from typing import Any
 
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.protocols.basic import Int32StringReceiver
 from twisted.python.failure import Failure
+from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 
 from kraken.core import Bitfield, MetaInfo, PeerID, PeerInfo
@@ -256,6 +259,116 @@ class LocalFaultTests(SynchronousTestCase):
     def test_io_error_ends_the_download(self) -> None:
         """EIO on a piece write: the same (the disk, not the peer, is at fault)."""
         self.full_disk(EIO)
+
+
+class Squatter(Int32StringReceiver):
+    """An attacker's connection: a leecher handshake, then silence; reconnects when dropped."""
+
+    def __init__(self, attack: SlotAttack, ip: str, port: int) -> None:
+        self.attack = attack
+        self.ip = ip
+        self.port = port
+
+    def connectionMade(self) -> None:
+        """Send a handshake with a fresh peer id, as a new leecher would."""
+        meta = self.attack.meta
+        hello = Handshake(
+            PeerID.random(), meta.infohash, meta.digest, "ns", Bitfield(meta.num_pieces)
+        )
+        self.sendString(hello.encode())
+        self.attack.live.add(self)
+
+    def stringReceived(self, string: bytes) -> None:
+        """Ignore whatever the seeder says."""
+
+    def connectionLost(self, reason: Any = None) -> None:
+        """Dropped (refused, evicted, timed out): come back a moment later."""
+        self.attack.live.discard(self)
+        self.attack.dropped += 1
+        if self.attack.running:
+            self.attack.swarm.clock.callLater(0.05, self.attack.connect, self.ip, self.port)
+
+
+class SlotAttack:
+    """Squatters from the given addresses holding a seeder's peer port (issue 18, case 1)."""
+
+    def __init__(self, swarm: Swarm, target: SwarmNode, meta: MetaInfo) -> None:
+        self.swarm = swarm
+        self.target = target
+        self.meta = meta
+        self.running = True
+        self.live: set[Squatter] = set()
+        self.dropped = 0
+
+    def connect(self, ip: str, port: int) -> None:
+        """One squatter connection from ``ip:port``."""
+        if not self.running:
+            return
+        server = self.target.node.factory().buildProtocol(None)
+        client = Squatter(self, ip, port)
+        self.swarm.pumps.append(
+            iosim.connect(
+                server,
+                iosim.FakeTransport(server, True, peerAddress=IPv4Address("TCP", ip, port)),
+                client,
+                iosim.makeFakeClient(client),
+                greet=False,
+                clock=self.swarm.clock,
+            )
+        )
+
+
+class SlotSquattingTests(SynchronousTestCase):
+    """Issue 18, case 1: connections that hold a slot and send nothing cannot stop a pull."""
+
+    def pull(self, squatters: list[str], holding: int = 0) -> float:
+        """
+        Seconds a leecher takes to pull 4 MiB from an origin attacked from ``squatters``
+        (which hold ``holding`` of its slots when the pull starts).
+        """
+        data, meta = blob(4 * MiB, 11)
+        swarm = Swarm()
+        origin = swarm.add(origin=True)
+        origin.archive.seed(meta, data)
+        attack = SlotAttack(swarm, origin, meta)
+        for i, ip in enumerate(squatters):
+            attack.connect(ip, 40000 + i)
+        swarm.run(lambda: False, max_seconds=3.0, step=0.1)
+        self.assertEqual(len(origin.scheduler.conns), holding)
+        began = swarm.clock.seconds()
+        leecher = swarm.add()
+        results = start(swarm, [leecher], meta)
+        swarm.run(lambda: bool(results), max_seconds=90.0, step=0.1)
+        took = swarm.clock.seconds() - began
+        attack.running = False
+        self.assert_pulled(results, leecher, data, meta)
+        return took
+
+    def assert_pulled(
+        self, results: dict[int, Any], leecher: SwarmNode, data: bytes, meta: MetaInfo
+    ) -> None:
+        """The leecher has the exact bytes."""
+        self.assertIsInstance(results.get(leecher.port), MemoryPieceStorage, repr(results))
+        self.assertEqual(leecher.archive.torrents[meta.digest].content(), data)
+
+    def test_one_host_twelve_connections(self) -> None:
+        """
+        12 squatters from one address (reconnecting when dropped) hold 2 of the origin's 10
+        slots, not all of them: a pull completes within twice its unattacked time.
+        """
+        alone = self.pull([])
+        attacked = self.pull(["10.9.9.9"] * 12, holding=2)
+        self.assertLessEqual(attacked, 2 * alone + 0.1)
+
+    def test_ten_hosts_that_send_nothing(self) -> None:
+        """
+        Squatters from 10 addresses fill every slot; the leecher, arriving after they have
+        had a second to show their worth, takes one's slot, and its pull completes within
+        twice its unattacked time while the evicted squatter keeps coming back.
+        """
+        alone = self.pull([])
+        attacked = self.pull([f"10.9.9.{i}" for i in range(10)], holding=10)
+        self.assertLessEqual(attacked, 2 * alone + 0.1)
 
 
 class _Factory:

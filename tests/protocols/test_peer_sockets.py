@@ -10,19 +10,21 @@ from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import gatherResults, inlineCallbacks, succeed
-from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, connectProtocol
 from twisted.internet.task import deferLater
+from twisted.protocols.basic import Int32StringReceiver
 from twisted.python.threadpool import ThreadPool
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SkipTest, TestCase
 from zope.interface import implementer
 
-from kraken.core import PeerID, PeerInfo, PieceLengthTable
+from kraken.core import Bitfield, PeerID, PeerInfo, PieceLengthTable
 from kraken.protocols.archives import AgentArchive, OriginArchive
 from kraken.protocols.peer import PeerNode, threadpool_runner
 from kraken.store import BlobStore
 from kraken.torrent.actions import Announce, EngineConfig
 from kraken.torrent.archive import IPieceFiles
 from kraken.torrent.bandwidth import BandwidthLimiter
+from kraken.torrent.messages import Handshake
 from kraken.torrent.scheduler import Scheduler
 
 
@@ -181,7 +183,8 @@ class RealSocketTests(TestCase):
             PeerID("0" * 40),
             reactor.seconds,
             random.Random(1),
-            EngineConfig(origin=True, announce=False),
+            # Every agent dials from 127.0.0.1.
+            EngineConfig(origin=True, announce=False, max_conns_per_address=None),
         )
         origin = PeerNode(
             reactor,
@@ -202,7 +205,10 @@ class RealSocketTests(TestCase):
         for i in range(5):
             store = BlobStore(self.mktemp(), reactor)
             sched = Scheduler(
-                PeerID(f"{i + 1:040x}"), reactor.seconds, random.Random(i), EngineConfig()
+                PeerID(f"{i + 1:040x}"),
+                reactor.seconds,
+                random.Random(i),
+                EngineConfig(max_conns_per_address=None),
             )
             node = PeerNode(
                 reactor,
@@ -226,3 +232,149 @@ class RealSocketTests(TestCase):
         self.assertTrue(seen)
         main = threading.main_thread()
         self.assertFalse([t for t in seen if t is main], "piece I/O on the reactor thread")
+
+
+class _Squatter(Int32StringReceiver):
+    """An attacker's connection: a leecher handshake with a fresh peer id, then silence."""
+
+    def __init__(self, attack: _SlotAttack) -> None:
+        self.attack = attack
+
+    def connectionMade(self) -> None:
+        """Say hello as a new leecher would."""
+        if not self.attack.running:
+            self.transport.abortConnection()
+            return
+        meta = self.attack.meta
+        hello = Handshake(
+            PeerID.random(), meta.infohash, meta.digest, "ns", Bitfield(meta.num_pieces)
+        )
+        self.sendString(hello.encode())
+
+    def stringReceived(self, string: bytes) -> None:
+        """Ignore the seeder."""
+
+    def connectionLost(self, reason: Any = None) -> None:
+        """Dropped (refused, evicted): reconnect 20 ms later (the attacker shares our CPU)."""
+        self.attack.dropped += 1
+        if self.attack.running:
+            self.attack.later.append(reactor.callLater(0.02, self.attack.connect))
+
+
+class _SlotAttack:
+    """Connections to a peer port from one other host (127.0.0.2), each reconnecting."""
+
+    def __init__(self, port: int, meta: Any) -> None:
+        self.port = port
+        self.meta = meta
+        self.running = True
+        self.dropped = 0
+        self.protocols: list[_Squatter] = []
+        self.later: list[Any] = []
+        self.connecting: list[Any] = []
+
+    def connect(self) -> None:
+        """One more squatter."""
+        proto = _Squatter(self)
+        self.protocols.append(proto)
+        endpoint = TCP4ClientEndpoint(
+            reactor, "127.0.0.1", self.port, bindAddress=("127.0.0.2", 0), timeout=5
+        )
+        connecting = connectProtocol(endpoint, proto)
+        self.connecting.append(connecting)
+        connecting.addErrback(lambda f: None)
+
+    def stop(self) -> None:
+        """Stop reconnecting and drop every connection."""
+        self.running = False
+        for call in self.later:
+            if call.active():
+                call.cancel()
+        for connecting in self.connecting:
+            connecting.cancel()
+        for proto in self.protocols:
+            if proto.transport is not None:
+                proto.transport.abortConnection()
+
+
+class SlotSquattingSocketTests(TestCase):
+    """Issue 18, case 1 on real sockets: one host holding an origin's slots cannot stop a pull."""
+
+    timeout = 60
+
+    @inlineCallbacks
+    def test_pull_while_a_host_squats_the_origin(self) -> Any:
+        """
+        12 connections from 127.0.0.2, each a leecher handshake then silence, reconnecting
+        when dropped, hold 2 of the origin's 10 slots (default max_conns_per_address); an
+        agent on 127.0.0.1 pulls 8 MiB within twice the time it takes unattacked.
+        """
+        probe = socket.socket()
+        try:
+            probe.bind(("127.0.0.2", 0))
+        except OSError as e:
+            raise SkipTest(f"cannot bind 127.0.0.2: {e}") from None
+        finally:
+            probe.close()
+        pool = ThreadPool(2, 4, "squat-test")
+        pool.start()
+        self.addCleanup(pool.stop)
+        run = threadpool_runner(reactor, pool)
+        data = random.Random(8).randbytes(8 * 1024 * 1024)
+        origin_store = BlobStore(self.mktemp(), reactor)
+        meta = origin_store.put_bytes(data, PieceLengthTable(((0, 256 * 1024),)))
+        origin_sched = Scheduler(
+            PeerID("0" * 40),
+            reactor.seconds,
+            random.Random(1),
+            # Each pull is alone with the origin: no piece goes elsewhere first.
+            EngineConfig(origin=True, announce=False, origin_spread_window=None),
+        )
+        origin = PeerNode(reactor, origin_sched, OriginArchive(origin_store), run)
+        origin.start()
+        self.addCleanup(origin.stop)
+        port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(origin.factory())
+        self.addCleanup(port.stopListening)
+        origin_info = PeerInfo(origin_sched.peer_id, "127.0.0.1", port.getHost().port, origin=True)
+
+        @inlineCallbacks
+        def pull(i: int) -> Any:
+            store = BlobStore(self.mktemp(), reactor)
+            sched = Scheduler(
+                PeerID(f"{i:040x}"), reactor.seconds, random.Random(i), EngineConfig()
+            )
+            node = PeerNode(
+                reactor,
+                sched,
+                AgentArchive(store),
+                run,
+                announcer=lambda action: succeed(([origin_info], 1.0)),
+                # 4 MB/s (a burst of 4 MB, then that rate): the pull takes about 1.1 s.
+                bandwidth=BandwidthLimiter.of(reactor.seconds, 2e9, 4e6),
+            )
+            node.start()
+            began = reactor.seconds()
+            try:
+                yield node.download("ns", meta)
+            finally:
+                yield node.stop()
+            took = reactor.seconds() - began
+            with store.open_reader(meta.digest) as reader:
+                self.assertEqual(reader.pread(len(data), 0), data)
+            return took
+
+        alone = yield pull(1)
+        attack = _SlotAttack(port.getHost().port, meta)
+        self.addCleanup(attack.stop)
+        for _ in range(12):
+            attack.connect()
+        for _ in range(200):
+            if attack.dropped >= 10 and len(origin_sched.conns) == 2:
+                break
+            yield deferLater(reactor, 0.01)
+        self.assertEqual(len(origin_sched.conns), 2)
+        attacked = yield pull(2)
+        self.assertTrue(attack.running)
+        attack.stop()
+        yield deferLater(reactor, 0.05)  # the aborted connections close
+        self.assertLessEqual(attacked, 2 * alone, f"{attacked:.2f} s attacked, {alone:.2f} s alone")

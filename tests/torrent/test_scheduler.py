@@ -122,7 +122,7 @@ class ConnectionPolicyTests(SynchronousTestCase):
         self.assertEqual([d.peer.peer_id for d in dials], [pid(i) for i in range(5)])
         self.assertEqual(h.s.announce_result(H, [peer(i) for i in range(5, 15)], 3.0), [])
         for i in range(20, 25):
-            h.s.accept(h.hs(i))
+            h.s.accept(h.hs(i, bits=[i % PIECES]))  # offering a piece we lack: useful
         self.assertRaises(HandshakeRejected, h.s.accept, h.hs(25))
         h.s.dial_failed(dials[0].conn)
         # One slot is free again, and it may hold one of our dials.
@@ -154,8 +154,8 @@ class ConnectionPolicyTests(SynchronousTestCase):
         """Incoming handshakes are refused when at capacity, blacklisted, self, or both complete."""
         h = Harness(max_conns_per_torrent=2)
         h.download()
-        h.s.accept(h.hs(1))
-        conn2, _ = h.s.accept(h.hs(2))
+        h.s.accept(h.hs(1, bits=[0]))
+        conn2, _ = h.s.accept(h.hs(2, bits=[1]))
         self.assertRaises(HandshakeRejected, h.s.accept, h.hs(3))
         h.s.conn_lost(conn2)
         self.assertRaises(HandshakeRejected, h.s.accept, h.hs(2))  # blacklisted
@@ -218,6 +218,129 @@ class ConnectionPolicyTests(SynchronousTestCase):
         self.assertIn(Announce(H, META.digest, "ns", True), done)
         self.assertEqual(h.results, [None])
         self.assertFalse(h.s.is_blacklisted(H, pid(9)))
+
+
+def seeder() -> Harness:
+    """A harness seeding META (as an origin does), 10 slots."""
+    h = Harness(origin=True, announce=False)
+    h.s.add_torrent(META, "ns", Bitfield(PIECES, full=True), complete=True)
+    return h
+
+
+def reclaimed(actions, conn) -> bool:
+    """Whether ``actions`` tell ``conn`` its slot was reclaimed, then close it unblamed."""
+    notice = [
+        a
+        for a in actions
+        if isinstance(a, Send)
+        and a.conn == conn
+        and isinstance(a.message, Error)
+        and a.message.code == ErrorCode.SLOT_RECLAIMED
+    ]
+    closes = [a for a in actions if isinstance(a, Close) and a.conn == conn]
+    return len(notice) == 1 and len(closes) == 1 and not closes[0].blacklisted
+
+
+class AdmissionTests(SynchronousTestCase):
+    """Issue 18: handshakes that bring nothing cannot hold the slots others need."""
+
+    def test_per_address_limit(self) -> None:
+        """One source address holds at most max_conns_per_address connections of a torrent."""
+        h = seeder()
+        h.s.accept(h.hs(1), "10.0.0.9")
+        h.s.accept(h.hs(2), "10.0.0.9")
+        with self.assertRaises(HandshakeRejected) as caught:
+            h.s.accept(h.hs(3), "10.0.0.9")
+        self.assertIn("10.0.0.9", str(caught.exception))
+        h.s.accept(h.hs(3), "10.0.0.10")  # another host
+        h.s.accept(h.hs(4))  # no address known: no limit
+        h.s.accept(h.hs(5))
+        h.s.accept(h.hs(6))
+        unlimited = Harness(origin=True, announce=False, max_conns_per_address=None)
+        unlimited.s.add_torrent(META, "ns", Bitfield(PIECES, full=True), complete=True)
+        for i in range(1, 11):
+            unlimited.s.accept(unlimited.hs(i), "127.0.0.1")
+
+    def test_squatters_lose_their_slots_to_newcomers(self) -> None:
+        """
+        Ten leecher handshakes that are never followed by a request fill a seeder; after
+        useful_within (1 s) a newcomer takes the oldest one's slot (told SLOT_RECLAIMED,
+        closed, not blacklisted); squatters younger than that keep theirs.
+        """
+        h = seeder()
+        squatters = []
+        for i in range(1, 11):
+            conn, _ = h.s.accept(h.hs(i), f"10.0.1.{i}")
+            squatters.append(conn)
+            h.t += 0.1
+        h.t = 0.5
+        self.assertRaises(HandshakeRejected, h.s.accept, h.hs(20), "10.0.2.1")
+        h.t = 1.05  # the first squatter is 1.05 s old, the second 0.95 s
+        conn, actions = h.s.accept(h.hs(20), "10.0.2.1")
+        self.assertTrue(reclaimed(actions, squatters[0]))
+        self.assertNotIn(squatters[0], h.s.conns)
+        self.assertIn(conn, h.s.conns)
+        self.assertEqual(h.s.blacklist, {})
+        self.assertRaises(HandshakeRejected, h.s.accept, h.hs(21), "10.0.2.2")
+
+    def test_useful_connections_keep_their_slots(self) -> None:
+        """Connections that asked for a piece we have are never evicted: the newcomer is refused."""
+        h = seeder()
+        for i in range(1, 11):
+            conn, _ = h.s.accept(h.hs(i), f"10.0.1.{i}")
+            h.s.message(conn, PieceRequest(0))
+        h.t = 100.0
+        self.assertRaises(HandshakeRejected, h.s.accept, h.hs(20), "10.0.2.1")
+
+    def test_what_counts_as_useful(self) -> None:
+        """A request for a piece we lack, or an announce of one we have, earns nothing."""
+        h = Harness()
+        h.download(have=[0])
+        useless, _ = h.s.accept(h.hs(1), "10.0.1.1")
+        h.s.message(useless, PieceRequest(5))  # we do not have 5
+        h.s.message(useless, AnnouncePiece(0))  # we have 0
+        offering, _ = h.s.accept(h.hs(2), "10.0.1.2")
+        h.s.message(offering, AnnouncePiece(3))  # we lack 3
+        asking, _ = h.s.accept(h.hs(3), "10.0.1.3")
+        h.s.message(asking, PieceRequest(0))
+        self.assertFalse(h.s.conns[useless].useful)
+        self.assertTrue(h.s.conns[offering].useful)
+        self.assertTrue(h.s.conns[asking].useful)
+
+    def test_vouched_newcomers_take_reserved_slots_and_evict_at_once(self) -> None:
+        """
+        With 2 reserved slots, a newcomer nobody vouches for finds the torrent full at 8;
+        one the tracker handed out, or one offering a piece we lack, gets a reserved slot,
+        and once all 10 are taken it evicts a useless connection however young.
+        """
+        h = Harness(reserved_conns_per_torrent=2, max_dials_per_torrent=0)
+        h.download()
+        idle = [h.s.accept(h.hs(i), f"10.0.1.{i}")[0] for i in range(1, 9)]
+        self.assertRaises(HandshakeRejected, h.s.accept, h.hs(9), "10.0.1.9")
+        h.s.announce_result(H, [peer(30)], 3.0)  # the tracker hands out peer 30
+        handed, _ = h.s.accept(h.hs(30), "10.0.3.1")
+        self.assertTrue(h.s.conns[handed].useful)
+        h.s.accept(h.hs(31, bits=[2]), "10.0.3.2")  # offers a piece we lack
+        self.assertEqual(len(h.s.conns), 10)
+        _conn, actions = h.s.accept(h.hs(32, bits=[4]), "10.0.3.3")
+        self.assertTrue(reclaimed(actions, idle[0]))
+        # Handouts are remembered for handout_memory (60 s) only.
+        h.t = 61.0
+        h.s.announce_result(H, [peer(40)], 3.0)
+        self.assertNotIn(pid(30), h.s.torrents[H].handed_out)
+
+    def test_slot_reclaimed_is_no_fault(self) -> None:
+        """Told SLOT_RECLAIMED, a peer closes the connection without blacklisting the sender."""
+        h = Harness()
+        h.download()
+        conn, _ = h.connect(1, bits=[0])
+        actions = h.s.message(conn, Error(0, ErrorCode.SLOT_RECLAIMED, "slot given away"))
+        self.assertEqual(
+            [a for a in actions if isinstance(a, Close)],
+            [Close(conn, "the peer gave our slot to another")],
+        )
+        self.assertNotIn(conn, h.s.conns)
+        self.assertFalse(h.s.is_blacklisted(H, pid(1)))
 
 
 class DispatchTests(SynchronousTestCase):
