@@ -55,6 +55,7 @@ from kraken.store.errors import (
     MetaInfoConflict,
     PieceMissing,
     UploadNotFound,
+    naming_file,
 )
 from kraken.store.layout import (
     CACHE,
@@ -253,9 +254,10 @@ class BlobStore:
         tmp = f"{path}.{secrets.token_hex(4)}.new"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
-            _pwrite_all(fd, data, 0)
-            if self.durable:
-                os.fsync(fd)
+            with naming_file(tmp):
+                _pwrite_all(fd, data, 0)
+                if self.durable:
+                    os.fsync(fd)
         finally:
             os.close(fd)
         try:
@@ -413,10 +415,11 @@ class BlobStore:
             except FileNotFoundError:
                 raise UploadNotFound(uid) from None
             try:
-                if isinstance(data, (bytes, bytearray, memoryview)):
-                    _pwrite_all(fd, data, offset)
-                else:
-                    _pwritev_all(fd, data, offset)
+                with naming_file(paths.data):
+                    if isinstance(data, (bytes, bytearray, memoryview)):
+                        _pwrite_all(fd, data, offset)
+                    else:
+                        _pwritev_all(fd, data, offset)
                 self._set_mtime(fd, self._now())
             finally:
                 os.close(fd)
@@ -688,10 +691,11 @@ class BlobStore:
                 return False
             data_fd = os.open(paths.data, os.O_WRONLY)
             try:
-                _pwrite_all(data_fd, data, offset)
-                self._set_mtime(data_fd, self._now())
-                if self.durable:
-                    os.fdatasync(data_fd)
+                with naming_file(paths.data):
+                    _pwrite_all(data_fd, data, offset)
+                    self._set_mtime(data_fd, self._now())
+                    if self.durable:
+                        os.fdatasync(data_fd)
             finally:
                 os.close(data_fd)
             with self._cond:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import os
 import random
+from errno import ENOSPC
+from unittest import SkipTest
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -36,6 +38,19 @@ class UploadTests(StoreTestCase):
         self.store.write_upload(uid, 10, memoryview(b"!"))
         with open(os.path.join(self.root, "upload", uid, "data"), "rb") as f:
             self.assertEqual(f.read(), b"helloworld!")
+
+    def test_write_upload_on_a_full_disk_names_the_file(self) -> None:
+        """ENOSPC from the kernel (``/dev/full`` as the upload file) names the upload's file."""
+        if not os.path.exists("/dev/full"):
+            raise SkipTest("no /dev/full on this system")
+        uid = self.store.create_upload()
+        data = os.path.join(self.root, "upload", uid, "data")
+        os.unlink(data)
+        os.symlink("/dev/full", data)
+        for chunk in (b"x" * 10, [b"x" * 10, b"y"]):
+            with self.assertRaises(OSError) as caught:
+                self.store.write_upload(uid, 0, chunk)
+            self.assertEqual((caught.exception.errno, caught.exception.filename), (ENOSPC, data))
 
     def test_write_upload_negative_offset(self) -> None:
         """A negative offset is a ValueError naming it."""

@@ -94,6 +94,7 @@ class Cluster:
         self.bi_port = free_port()
         self.proxy_port = free_port()
         self.registry_port = free_port()
+        self.agent_server_port = free_port()
         self.origin_address = f"127.0.0.1:{self.origin_port}"
         self.tracker_address = f"127.0.0.1:{self.tracker_port}"
         self.address = f"127.0.0.1:{self.bi_port}"
@@ -182,11 +183,12 @@ class Cluster:
         return self.proxy
 
     def start_agent(self) -> AgentService:
-        """Start the agent, its registry on :attr:`registry_port` (tag TTL 1 s)."""
+        """Start the agent: registry on :attr:`registry_port` (tag TTL 1 s), server API on
+        :attr:`agent_server_port`."""
         config = {
             "data_dir": self._dir("agent"),
             "registry": {"listen": _listen(self.registry_port), "tag_cache_ttl": 1.0},
-            "server": {"listen": _listen(free_port())},
+            "server": {"listen": _listen(self.agent_server_port)},
             "peer": {"listen": _listen(free_port())},
             "tracker": {"hosts": {"static": [self.tracker_address]}},
             "build_index": {"hosts": {"static": [self.address]}},
