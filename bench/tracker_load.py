@@ -119,6 +119,11 @@ def announce_requests(port: int) -> list[bytes]:
 
     Peer ``i`` downloads torrent ``i % 100``, so every torrent has 100 peers.
     The bodies are what :class:`kraken.peers.announce.AnnounceRequest` sends.
+    Every peer has its own address (10.x.y.z), but the generators all connect
+    from 127.0.0.1: the tracker is configured to trust 127.0.0.1 as a
+    forwarder and each request says where it comes from in
+    ``X-Forwarded-For``, so the tracker checks every announce's address as
+    it would behind a load balancer (issue 18).
     """
     from kraken.core import Digest, InfoHash, PeerID, PeerInfo
     from kraken.peers.announce import AnnounceRequest
@@ -133,9 +138,9 @@ def announce_requests(port: int) -> list[bytes]:
         peer = PeerInfo(PeerID(f"{i:040x}"), f"10.{i // 65536}.{i // 256 % 256}.{i % 256}", 16001)
         body = json.dumps(AnnounceRequest(digest, ih, peer).to_dict()).encode()
         requests.append(
-            b"POST /announce/%s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n"
+            b"POST /announce/%s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nX-Forwarded-For: %s\r\n"
             b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
-            % (ih.hex.encode(), port, len(body), body)
+            % (ih.hex.encode(), port, peer.ip.encode(), len(body), body)
         )
     return requests
 
@@ -392,6 +397,7 @@ def _start_tracker(store: str, work: str, procs: list[Any]) -> tuple[Any, Any]:
     config = (
         f"origin:\n  hosts:\n    static: ['127.0.0.1:{origin_port}']\n"
         "  healthcheck:\n    enabled: false\n"
+        "admission:\n  trusted_forwarders: ['127.0.0.1/32']\n"
     )
     redis = None
     if store == "redis":

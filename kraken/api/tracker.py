@@ -4,7 +4,13 @@ The tracker's HTTP API (DESIGN 6): announces, metainfo, health, readiness and me
 Routes:
 
 - ``POST /announce/{infohash}``: record the announcing peer, answer peers best
-  first (:mod:`kraken.peers.handout`) and the announce interval;
+  first (:mod:`kraken.peers.handout`) and the announce interval.  The peer's
+  address must be the one the announce came from and a possible one
+  (:mod:`kraken.peers.admission`: 400 for an impossible address, 403 for
+  another host's); peers in quarantine are left out of the answer;
+- ``POST /report/{infohash}``: an agent's report of peers it could not reach;
+  a peer reported by enough different clients is quarantined
+  (:mod:`kraken.peers.quarantine`);
 - ``GET /namespace/{ns}/blobs/{digest}/metainfo``: the owner origin's answer
   (200 JSON, 202 "ask again", 404), cached in-process (200 for 5 min, other
   codes 1 s) with concurrent identical requests collapsed into one origin
@@ -43,11 +49,13 @@ from twisted.web.server import NOT_DONE_YET
 
 from kraken.core import Digest, InfoHash, PeerInfo
 from kraken.http.errors import CORE_ERRORS, APIError, install_error_handler, render_error
-from kraken.http.request_body import read_json
-from kraken.peers.announce import AnnounceRequest, InvalidAnnounce
+from kraken.http.request_body import json_response, read_json
+from kraken.peers.admission import AdmissionPolicy, AnnounceForbidden
+from kraken.peers.announce import AnnounceRequest, InvalidAnnounce, ReportRequest
 from kraken.peers.cache import CollapsingCache
 from kraken.peers.handout import DEFAULT_HANDOUT_LIMIT, hand_out_stored
 from kraken.peers.origins import IOriginCluster, MetaInfoAnswer, OriginUnavailable
+from kraken.peers.quarantine import DEFAULT_QUARANTINE, DEFAULT_QUARANTINE_REPORTERS, Quarantine
 from kraken.peers.store import IPeerStore, StoredPeer
 
 #: Largest announce body accepted (issue 4: 413 beyond).
@@ -81,7 +89,7 @@ def check_namespace(namespace: str) -> str:
 
 
 TRACKER_ERRORS: Final = CORE_ERRORS.extended(
-    {InvalidAnnounce: 400, InvalidNamespace: 400}, daemon="tracker"
+    {InvalidAnnounce: 400, InvalidNamespace: 400, AnnounceForbidden: 403}, daemon="tracker"
 )
 
 
@@ -95,11 +103,21 @@ class TrackerMetrics:
     announce_seconds: Histogram = field(init=False)
     metainfo_lookups: Counter = field(init=False)
     metainfo_answers: Counter = field(init=False)
+    reports: Counter = field(init=False)
 
     def __attrs_post_init__(self) -> None:
         r = self.registry
         self.announces = Counter(
-            "kraken_tracker_announces", "Announces received, by outcome", ["result"], registry=r
+            "kraken_tracker_announces",
+            "Announces received, by outcome (ok, invalid, refused: another host's address)",
+            ["result"],
+            registry=r,
+        )
+        self.reports = Counter(
+            "kraken_tracker_unreachable_reports",
+            "Peers reported unreachable by agents (reported), and peers quarantined as a result",
+            ["result"],
+            registry=r,
         )
         self.handed_out = Histogram(
             "kraken_tracker_peers_handed_out",
@@ -147,17 +165,26 @@ class TrackerAPI:
     metainfo_max_entries: int = 10000
     origin_memo_ttl: float = ORIGIN_MEMO_TTL
     origin_memo_stale: float = ORIGIN_MEMO_STALE
+    admission: AdmissionPolicy = field(factory=AdmissionPolicy)
+    quarantine_seconds: float = DEFAULT_QUARANTINE
+    quarantine_reporters: int = DEFAULT_QUARANTINE_REPORTERS
+    quarantine: Quarantine = field(init=False)
     _metainfo: CollapsingCache[tuple[str, Digest], MetaInfoAnswer] = field(init=False)
     _origin_memo: dict[Digest, tuple[float, list[StoredPeer]]] = field(init=False, factory=dict)
     _refreshing: set[Digest] = field(init=False, factory=set)
     _answer_tail: bytes = field(init=False)
     _ok_announces: Any = field(init=False)
     _invalid_announces: Any = field(init=False)
+    _refused_announces: Any = field(init=False)
 
     def __attrs_post_init__(self) -> None:
         self._answer_tail = b'],"interval_seconds":%s}' % json.dumps(self.interval_seconds).encode()
         self._ok_announces = self.metrics.announces.labels("ok")
         self._invalid_announces = self.metrics.announces.labels("invalid")
+        self._refused_announces = self.metrics.announces.labels("refused")
+        self.quarantine = Quarantine(
+            self.clock.seconds, self.quarantine_seconds, self.quarantine_reporters
+        )
         self._metainfo = CollapsingCache(
             self.clock,
             self._metainfo_ttl,
@@ -204,9 +231,15 @@ class TrackerAPI:
             ih = InfoHash.parse(infohash)
             body = read_json(request, MAX_ANNOUNCE_BODY)  # type: ignore[arg-type]
             req = AnnounceRequest.from_dict(body, ih)
+            peer = self._admit(req.peer, request)
+        except AnnounceForbidden:
+            self._refused_announces.inc()
+            raise
         except Exception:
             self._invalid_announces.inc()
             raise
+        if peer is not req.peer:
+            req = AnnounceRequest(req.digest, req.infohash, peer)
         # One more than the limit, so that dropping an origin duplicate still leaves the limit.
         try:
             stored = self.peers.announce(ih, req.peer, self.handout_limit + 1)
@@ -223,6 +256,14 @@ class TrackerAPI:
             return stored.addCallback(lambda _: self._answer(request, req, box[0], known, started))
         return Deferred.fromCoroutine(
             self._announce_later(request, req, stored, box=box, origins=origins, started=started)
+        )
+
+    def _admit(self, peer: PeerInfo, request: IRequest) -> PeerInfo:
+        """``peer`` as recorded, if ``request`` may speak for it (:mod:`kraken.peers.admission`)."""
+        client = request.getClientAddress()  # type: ignore[no-untyped-call]
+        forwarded = request.requestHeaders.getRawHeaders(b"x-forwarded-for")
+        return self.admission.check(
+            peer, getattr(client, "host", None), b",".join(forwarded) if forwarded else None
         )
 
     async def _announce_later(
@@ -246,6 +287,9 @@ class TrackerAPI:
         origins: list[StoredPeer],
         started: float,
     ) -> bytes:
+        held = self.quarantine.held(req.infohash)
+        if held is not None:
+            agents = [a for a in agents if a.peer_id not in held]
         peers = hand_out_stored(req.peer, agents, origins, self.handout_limit, self.rng)
         self._ok_announces.inc()
         self.metrics.handed_out.observe(len(peers))
@@ -300,6 +344,35 @@ class TrackerAPI:
             self._origin_memo.clear()
         self._origin_memo[digest] = (self.clock.seconds() + self.origin_memo_ttl, records)
         return records
+
+    @app.route("/report/<infohash>", methods=["POST"])
+    def report(self, request: IRequest, infohash: str) -> bytes:
+        """
+        Record an agent's report of peers it could not reach; answer those now quarantined.
+
+        The reporter's own address is checked as an announce's is; one report counts
+        once per client (:meth:`AdmissionPolicy.identity`) and names only peers of the
+        torrent in the URL.
+        """
+        ih = InfoHash.parse(infohash)
+        body = read_json(request, MAX_ANNOUNCE_BODY)  # type: ignore[arg-type]
+        req = ReportRequest.from_dict(body, ih)
+        reporter = self._admit(req.peer, request)
+        failed = [p.hex for p in req.failed if p != reporter.peer_id]
+        held = self.quarantine.report(ih, failed, self.admission.identity(reporter))
+        self.metrics.reports.labels("reported").inc(len(failed))
+        if held:
+            self.metrics.reports.labels("quarantined").inc(len(held))
+            self.log.info(
+                "quarantined {peers} of {infohash} for {seconds:g}s: unreachable for "
+                "{reporters} clients, the last {reporter}",
+                peers=held,
+                infohash=ih,
+                seconds=self.quarantine.duration,
+                reporters=self.quarantine.reporters,
+                reporter=reporter.address,
+            )
+        return json_response(request, {"quarantined": held})  # type: ignore[arg-type]
 
     @app.route("/namespace/<path:namespace>/blobs/<digest>/metainfo", methods=["GET"])
     async def metainfo(self, request: IRequest, namespace: str, digest: str) -> bytes:

@@ -323,8 +323,7 @@ class AdmissionConfig:
     )
     quarantine_reporters: PositiveInt = setting(
         2,
-        doc="Different clients (addresses; on loopback, peer ids) whose reports quarantine "
-        "a peer.",
+        doc="Different clients (addresses; on loopback, peer ids) whose reports quarantine a peer.",
     )
 
 

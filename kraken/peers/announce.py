@@ -9,6 +9,10 @@ Request, ``POST /announce/{infohash}``::
 
 Response: ``{"peers": [<peer>, ...], "interval_seconds": 3}``.
 
+Report, ``POST /report/{infohash}``: the announce fields (``peer`` is the
+reporter) and ``"failed": ["<40 hex>", ...]``, the peers it could not reach
+(:mod:`kraken.peers.quarantine`).
+
 Unlike the Go tracker's, ids are hex strings and the interval is in seconds
 (Go sent ``[20]byte`` arrays and nanoseconds).  Parsing never trusts the
 network: every error is an :class:`InvalidAnnounce` whose message starts
@@ -17,11 +21,11 @@ with the offending field.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 from attrs import frozen
 
-from kraken.core import Digest, InfoHash, InvalidDigest, InvalidPeerInfo, PeerInfo
+from kraken.core import Digest, InfoHash, InvalidDigest, InvalidPeerInfo, PeerID, PeerInfo
 
 
 class InvalidAnnounce(ValueError):
@@ -79,6 +83,45 @@ class AnnounceRequest:
         except InvalidPeerInfo as e:
             raise InvalidAnnounce(f"peer.{e}") from None
         return cls(digest, ih, peer)
+
+
+#: Most peers one report may name (an announce answer holds about 50 agents).
+MAX_REPORTED: Final = 64
+
+
+@frozen
+class ReportRequest:
+    """An agent's report of peers of one torrent it could not reach (``POST /report/{ih}``)."""
+
+    digest: Digest
+    infohash: InfoHash
+    peer: PeerInfo
+    failed: tuple[PeerID, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON body."""
+        return {
+            "digest": str(self.digest),
+            "infohash": self.infohash.hex,
+            "peer": self.peer.to_dict(),
+            "failed": [p.hex for p in self.failed],
+        }
+
+    @classmethod
+    def from_dict(cls, obj: object, infohash: InfoHash | None = None) -> ReportRequest:
+        """Validate a request body; ``infohash`` (the URL's) must match the body's."""
+        announce = AnnounceRequest.from_dict(obj, infohash)
+        assert isinstance(obj, dict)  # checked by AnnounceRequest.from_dict
+        failed = obj.get("failed")
+        if not isinstance(failed, list) or not 1 <= len(failed) <= MAX_REPORTED:
+            raise InvalidAnnounce(f"failed: expected a list of 1..{MAX_REPORTED} peer ids")
+        ids = []
+        for i, raw in enumerate(failed):
+            try:
+                ids.append(PeerID(raw))
+            except InvalidPeerInfo as e:
+                raise InvalidAnnounce(f"failed[{i}]: {e}") from None
+        return cls(announce.digest, announce.infohash, announce.peer, tuple(ids))
 
 
 @frozen

@@ -4,7 +4,11 @@ A peer store in Redis, through txredisapi, so that several trackers share one vi
 Per torrent two keys, with a hash tag so that Redis Cluster keeps them together:
 
 - ``<prefix>{<infohash>}:exp``, a sorted set ``peer id -> expiry`` (Unix seconds);
-- ``<prefix>{<infohash>}:info``, a hash ``peer id -> "<complete 0|1>|<port>|<ip>"``.
+- ``<prefix>{<infohash>}:info``, a hash ``peer id -> "<complete 0|1>|<port>|<ip>"``;
+- with ``max_per_address``, ``<prefix>{<infohash>}:ip:<ip>``, a sorted set
+  ``peer id -> time of its last announce`` per bounded address: an announce
+  that makes it hold more than the bound drops the entries announced least
+  recently (from all three keys, if the entry is still at that address).
 
 Both updates and reads are Lua scripts, so concurrent trackers cannot interleave
 between the read of the old complete flag and the write of the new entry.  A
@@ -39,24 +43,45 @@ from zope.interface import implementer
 
 from kraken.core import InfoHash, InvalidPeerInfo, PeerID, PeerInfo
 from kraken.peers.resp import DEFAULT_REPLY_TIMEOUT, NoScript, RespPool
-from kraken.peers.store import DEFAULT_PEER_TTL, IPeerStore, StoredPeer
+from kraken.peers.store import DEFAULT_PEER_TTL, IPeerStore, StoredPeer, is_bounded
 
 DEFAULT_KEY_PREFIX: Final = "kraken:peers:"
 
 #: Record an announce; the complete flag, once set, stays while the entry lives.
 _RECORD: Final = """
 local complete = ARGV[6]
-if complete == '0' then
+local old = redis.call('HGET', KEYS[2], ARGV[3])
+if complete == '0' and old and string.sub(old, 1, 1) == '1' then
   local score = redis.call('ZSCORE', KEYS[1], ARGV[3])
-  if score and tonumber(score) > tonumber(ARGV[1]) then
-    local old = redis.call('HGET', KEYS[2], ARGV[3])
-    if old and string.sub(old, 1, 1) == '1' then complete = '1' end
+  if score and tonumber(score) > tonumber(ARGV[1]) then complete = '1' end
+end
+if old then
+  local oldip = string.sub(old, (string.find(old, '|', 3, true) or #old) + 1)
+  if oldip ~= ARGV[4] then
+    -- moved: out of its old address's set (same hash tag, so the same slot as KEYS[3])
+    redis.call('ZREM', string.sub(KEYS[3], 1, #KEYS[3] - #ARGV[4]) .. oldip, ARGV[3])
   end
 end
 redis.call('HSET', KEYS[2], ARGV[3], complete .. '|' .. ARGV[5] .. '|' .. ARGV[4])
 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[3])
 redis.call('PEXPIRE', KEYS[1], ARGV[7])
 redis.call('PEXPIRE', KEYS[2], ARGV[7])
+local bound = tonumber(ARGV[9])
+if bound > 0 then
+  redis.call('ZADD', KEYS[3], ARGV[1], ARGV[3])
+  redis.call('PEXPIRE', KEYS[3], ARGV[7])
+  local extra = redis.call('ZCARD', KEYS[3]) - bound
+  if extra > 0 then
+    for _, id in ipairs(redis.call('ZRANGE', KEYS[3], 0, extra - 1)) do
+      redis.call('ZREM', KEYS[3], id)
+      local v = id ~= ARGV[3] and redis.call('HGET', KEYS[2], id)
+      if v and string.sub(v, (string.find(v, '|', 3, true) or #v) + 1) == ARGV[4] then
+        redis.call('HDEL', KEYS[2], id)
+        redis.call('ZREM', KEYS[1], id)
+      end
+    end
+  end
+end
 """
 #: Drop the entries whose expiry (ZSET score) is past ARGV[1].
 _EXPIRE: Final = """
@@ -218,18 +243,26 @@ class RedisPeerStore:
     ttl: float = DEFAULT_PEER_TTL
     key_prefix: str = DEFAULT_KEY_PREFIX
     rng: random.Random = field(factory=random.Random)
+    max_per_address: int = 0
     _records: dict[str, StoredPeer] = field(init=False, factory=dict)
     _ttl_ms: str = field(init=False)
 
     def __attrs_post_init__(self) -> None:
         self._ttl_ms = str(max(1, math.ceil(self.ttl * 1000)))
 
-    def _keys(self, infohash: InfoHash) -> list[str]:
+    def _keys(self, infohash: InfoHash, ip: str | None = None) -> list[str]:
+        """The torrent's keys; with ``ip``, that address's key too (the record scripts')."""
         base = f"{self.key_prefix}{{{infohash.hex}}}"
-        return [f"{base}:exp", f"{base}:info"]
+        if ip is None:
+            return [f"{base}:exp", f"{base}:info"]
+        return [f"{base}:exp", f"{base}:info", f"{base}:ip:{ip}"]
+
+    def _bound_of(self, ip: str) -> str:
+        """ARGV[9]: the bound of ``ip``'s entries, ``0`` for none."""
+        return str(self.max_per_address) if self.max_per_address and is_bounded(ip) else "0"
 
     def _record_args(self, peer: PeerInfo) -> list[str]:
-        """The record script's arguments for ``peer``, announcing now."""
+        """The record script's arguments 1-7 for ``peer``, announcing now."""
         now = self.clock.seconds()
         return [
             repr(now),
@@ -243,8 +276,8 @@ class RedisPeerStore:
 
     def update_peer(self, infohash: InfoHash, peer: PeerInfo) -> Deferred[None]:
         """Record an announce (see :meth:`IPeerStore.update_peer`)."""
-        args = self._record_args(peer)
-        d: Deferred[Any] = self.redis.eval(_UPDATE, self._keys(infohash), args)
+        args = [*self._record_args(peer), "0", self._bound_of(peer.ip)]
+        d: Deferred[Any] = self.redis.eval(_UPDATE, self._keys(infohash, peer.ip), args)
         return d.addCallback(lambda _: None)
 
     def get_peers(self, infohash: InfoHash, limit: int) -> Deferred[list[PeerInfo]]:
@@ -279,8 +312,8 @@ class RedisPeerStore:
         self, infohash: InfoHash, peer: PeerInfo, limit: int
     ) -> Deferred[list[StoredPeer]]:
         """Record and answer in one script (see :meth:`IPeerStore.announce`)."""
-        args = [*self._record_args(peer), str(max(0, limit))]
-        keys = self._keys(infohash)
+        args = [*self._record_args(peer), str(max(0, limit)), self._bound_of(peer.ip)]
+        keys = self._keys(infohash, peer.ip)
         d: Deferred[Any] = self.redis.evalsha(_ANNOUNCE_SHA, keys, args)
         d.addErrback(self._load_script, keys, args)
         return d.addCallback(self._records_of, infohash)

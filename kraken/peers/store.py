@@ -7,6 +7,13 @@ Semantics every :class:`IPeerStore` shares (checked by one abstract test suite):
   sets its expiry to ``now + ttl`` (default 5 h, DESIGN 6);
 - the complete flag, once set for a live entry, stays set on later announces;
 - expired entries are never returned;
+- with ``max_per_address`` N > 0, one address (the entries' ``ip``) holds at
+  most N entries per torrent: an announce of a new peer id from an address
+  that has N drops the one of them announced least recently, so a host that
+  restarts its agent (a new random id) is never locked out, and a host that
+  announces many fake ids only ever has N of them handed out (issue 18).
+  Loopback addresses are not bounded: they are the tracker's own host, where
+  the herd and single-host tests run every agent;
 - :meth:`IPeerStore.get_peers` returns up to ``limit`` distinct peers chosen at
   random; every one has ``origin=False`` (origins come from the origin ring,
   never from the store);
@@ -17,7 +24,9 @@ Semantics every :class:`IPeerStore` shares (checked by one abstract test suite):
 
 from __future__ import annotations
 
+import functools
 import json
+import math
 import random
 from typing import Final
 
@@ -27,9 +36,19 @@ from twisted.internet.interfaces import IReactorTime
 from zope.interface import Interface, implementer
 
 from kraken.core import InfoHash, PeerInfo
+from kraken.core.address import parse_ip
 
 #: DESIGN 6: an entry lives this long after the peer's last announce.
 DEFAULT_PEER_TTL: Final = 5 * 3600.0
+
+
+@functools.lru_cache(maxsize=65536)
+def is_bounded(ip: str) -> bool:
+    """Whether entries at ``ip`` count against ``max_per_address`` (every address but loopback)."""
+    try:
+        return not parse_ip(ip).is_loopback
+    except ValueError:
+        return True
 
 
 @frozen
@@ -100,7 +119,10 @@ class MemoryPeerStore:
     clock: IReactorTime
     ttl: float = DEFAULT_PEER_TTL
     rng: random.Random = field(factory=random.Random)
+    max_per_address: int = 0
     _torrents: dict[InfoHash, dict[str, _Entry]] = field(init=False, factory=dict)
+    #: With ``max_per_address``: per torrent, address -> ids of the entries at it.
+    _by_ip: dict[InfoHash, dict[str, set[str]]] = field(init=False, factory=dict)
 
     def _record(self, infohash: InfoHash, peer: PeerInfo, now: float) -> dict[str, _Entry]:
         peers = self._torrents.get(infohash)
@@ -118,9 +140,41 @@ class MemoryPeerStore:
             # The common re-announce: same address and state, only the expiry moves.
             old.expires_at = now + self.ttl
         else:
+            if self.max_per_address and (old is None or old.peer.ip != peer.ip):
+                self._bound(infohash, peers, key, peer.ip, old)
             stored = PeerInfo(peer.peer_id, peer.ip, peer.port, origin=False, complete=complete)
             peers[key] = _Entry(stored, StoredPeer.of(stored), now + self.ttl)
         return peers
+
+    def _bound(
+        self, infohash: InfoHash, peers: dict[str, _Entry], key: str, ip: str, old: _Entry | None
+    ) -> None:
+        """Index ``key`` under ``ip``, first dropping the entries over the bound of ``ip``."""
+        index = self._by_ip.get(infohash)
+        if index is None:
+            index = self._by_ip[infohash] = {}
+        if old is not None:
+            self._unindex(index, key, old.peer.ip)
+        if not is_bounded(ip):
+            return
+        ids = index.get(ip)
+        if ids is None:
+            ids = index[ip] = set()
+        while len(ids) >= self.max_per_address:
+            oldest = min(ids, key=lambda i: peers[i].expires_at if i in peers else -math.inf)
+            ids.discard(oldest)
+            entry = peers.get(oldest)
+            if entry is not None and entry.peer.ip == ip:
+                del peers[oldest]
+        ids.add(key)
+
+    @staticmethod
+    def _unindex(index: dict[str, set[str]], key: str, ip: str) -> None:
+        ids = index.get(ip)
+        if ids is not None:
+            ids.discard(key)
+            if not ids:
+                del index[ip]
 
     def update_peer(self, infohash: InfoHash, peer: PeerInfo) -> Deferred[None]:
         """Record an announce (see :meth:`IPeerStore.update_peer`)."""
@@ -167,11 +221,15 @@ class MemoryPeerStore:
         dropped = 0
         for infohash in list(self._torrents):
             peers = self._torrents[infohash]
+            index = self._by_ip.get(infohash)
             for peer_id in [p for p, e in peers.items() if e.expires_at <= now]:
-                del peers[peer_id]
+                entry = peers.pop(peer_id)
+                if index is not None:
+                    self._unindex(index, peer_id, entry.peer.ip)
                 dropped += 1
             if not peers:
                 del self._torrents[infohash]
+                self._by_ip.pop(infohash, None)
         return dropped
 
     def torrent_count(self) -> int:

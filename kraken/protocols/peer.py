@@ -49,7 +49,7 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
-from kraken.core import InfoHash, MetaInfo, PeerInfo
+from kraken.core import Digest, InfoHash, MetaInfo, PeerInfo
 from kraken.protocols.peer_metrics import PeerMetrics
 from kraken.protocols.sendfile import FileSender, sendfile_socket, warm
 from kraken.torrent.actions import (
@@ -120,6 +120,9 @@ def synchronous_runner(f: Callable[..., T], *args: Any) -> Deferred[T]:
 Connector = Callable[[PeerInfo, "PeerProtocol"], Deferred[Any]]
 #: Announces to the tracker; fires with (peers, interval seconds).
 Announcer = Callable[[Announce], Deferred[tuple[Sequence[PeerInfo], float]]]
+#: Told of each peer we dialled that refused, timed out or never answered our handshake:
+#: (blob, torrent, peer, reason); the agent reports them to the tracker (issue 18).
+Unreachable = Callable[[Digest, InfoHash, PeerInfo, str], object]
 
 
 @frozen
@@ -400,6 +403,8 @@ class PeerProtocol(Int32StringReceiver):
 
     def _handshake_timeout(self) -> None:
         self._timer = None
+        if self.dial is not None and self.state == "handshake":
+            self.node.unreachable_peer(self.dial, "handshake timed out")
         self.fail("handshake timed out")
 
     def _cancel_timer(self) -> None:
@@ -690,6 +695,7 @@ class PeerNode:
         *,
         connector: Connector | None = None,
         announcer: Announcer | None = None,
+        unreachable: Unreachable | None = None,
         bandwidth: BandwidthLimiter | None = None,
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
         tick_interval: float = 1.0,
@@ -701,6 +707,7 @@ class PeerNode:
         self.run_blocking = run_blocking
         self.connector = connector or self._tcp_connector
         self.announcer = announcer
+        self.unreachable = unreachable
         self.bandwidth = bandwidth or BandwidthLimiter()
         self._read_buffer: memoryview | None = None
         self.handshake_timeout = handshake_timeout
@@ -896,9 +903,16 @@ class PeerNode:
         def failed(f: Failure) -> None:
             if self.protocols.get(action.conn) is proto:
                 del self.protocols[action.conn]
+                self.unreachable_peer(action, str(f.value))
                 self.run(self.scheduler.dial_failed(action.conn, str(f.value)))
 
         self.connector(action.peer, proto).addErrback(failed)
+
+    def unreachable_peer(self, dial: Dial, reason: str) -> None:
+        """Tell ``unreachable`` that ``dial`` failed to connect or to get a handshake back."""
+        t = self.scheduler.torrents.get(dial.infohash)
+        if self.unreachable is not None and t is not None:
+            self.unreachable(t.metainfo.digest, dial.infohash, dial.peer, reason)
 
     def _tcp_connector(self, peer: PeerInfo, proto: PeerProtocol) -> Deferred[Any]:
         reactor: IReactorTCP = self.reactor

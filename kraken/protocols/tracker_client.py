@@ -10,6 +10,11 @@ is returned to the caller (reference kraken-p2p.md 4.2).
 Metainfo answered 202 ("the origin is fetching it") or 503 ("no origin
 answers right now") is asked again after 1 s, then 1.3 times longer each
 time up to 5 s, with 5 % jitter, and given up after 15 minutes (DESIGN 5).
+
+:class:`UnreachableReporter` tells the tracker which peers of a torrent this
+agent could not dial or that never answered its handshake, a few at a time
+(``POST /report/{infohash}``), so that the tracker stops handing out fakes
+(:mod:`kraken.peers.quarantine`).
 """
 
 from __future__ import annotations
@@ -22,20 +27,32 @@ from urllib.parse import quote
 
 from attrs import define, field, frozen
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from kraken.cluster.health import PassiveHealthFilter
 from kraken.cluster.ring import RendezvousRing
 from kraken.core import Digest, InvalidMetaInfo, MetaInfo, parse_json
+from kraken.core.digest import InfoHash
+from kraken.core.peer import PeerID, PeerInfo
 from kraken.http.client import KrakenHTTPClient, NetworkError, TreqResponse, read_body
-from kraken.peers.announce import AnnounceRequest, AnnounceResponse, InvalidAnnounce
+from kraken.peers.announce import (
+    MAX_REPORTED,
+    AnnounceRequest,
+    AnnounceResponse,
+    InvalidAnnounce,
+    ReportRequest,
+)
 
 #: Seconds each tracker gets to answer before the next one is tried.
 DEFAULT_TRACKER_TIMEOUT: Final = 10.0
 MAX_ANNOUNCE_RESPONSE: Final = 1024 * 1024
 MAX_METAINFO_RESPONSE: Final = 16 * 1024 * 1024
+MAX_REPORT_RESPONSE: Final = 64 * 1024
+#: Seconds an unreachable peer waits for others of its torrent before the report is sent.
+DEFAULT_REPORT_DELAY: Final = 2.0
 
 
 class TrackerUnavailable(Exception):
@@ -147,6 +164,33 @@ class TrackerClient:
         """
         return Deferred.fromCoroutine(self._announce(request))
 
+    async def _report(self, request: ReportRequest) -> list[str]:
+        data = json.dumps(request.to_dict(), separators=(",", ":")).encode()
+
+        def send(tracker: str) -> Deferred[TreqResponse]:
+            return self.client.post(
+                f"{self.scheme}://{tracker}/report/{request.infohash}",
+                data=data,
+                headers={"Content-Type": "application/json"},
+                timeout=self.timeout,
+                retry=False,
+            )
+
+        tracker, response = await self._first_answer(request.digest, send)
+        raw = await read_body(response, MAX_REPORT_RESPONSE)
+        try:
+            held = json.loads(raw)["quarantined"]
+            return [PeerID(p).hex for p in held]
+        except (ValueError, KeyError, TypeError, RecursionError) as e:
+            raise InvalidTrackerResponse(f"{tracker}: bad report answer: {e}") from e
+
+    def report(self, request: ReportRequest) -> Deferred[list[str]]:
+        """
+        Report peers this agent could not reach to the digest's tracker; fire with the ids
+        the tracker quarantined as a result.
+        """
+        return Deferred.fromCoroutine(self._report(request))
+
     async def _metainfo(self, namespace: str, digest: Digest) -> MetaInfo:
         path = f"/namespace/{quote(namespace, safe='')}/blobs/{digest}/metainfo"
         started = self.clock.seconds()
@@ -193,3 +237,77 @@ class TrackerClient:
         :class:`InvalidTrackerResponse`.
         """
         return Deferred.fromCoroutine(self._metainfo(namespace, digest))
+
+
+@define
+class UnreachableReporter:
+    """
+    Collects the peers of each torrent this agent could not reach and reports them.
+
+    Called by the peer driver (:class:`~kraken.protocols.peer.PeerNode`'s
+    ``unreachable``) with each failed dial or handshake; the first failure of
+    a torrent starts a ``delay`` after which one report names every peer
+    collected meanwhile (at most ``MAX_REPORTED``).  Origins are never
+    reported: the tracker has them from the ring.  A failed report is logged
+    and dropped; it never fails a download.  :meth:`stop` (when the agent
+    stops) drops what is pending and cancels reports on their way.
+    """
+
+    log: ClassVar[Logger] = Logger()
+
+    tracker: TrackerClient
+    me: PeerInfo
+    clock: IReactorTime
+    delay: float = DEFAULT_REPORT_DELAY
+    _pending: dict[InfoHash, tuple[Digest, dict[PeerID, None]]] = field(init=False, factory=dict)
+    _timers: dict[InfoHash, IDelayedCall] = field(init=False, factory=dict)
+    _stopped: bool = field(init=False, default=False)
+    #: Reports being sent (tests wait for them).
+    sending: set[Deferred[None]] = field(init=False, factory=set)
+
+    def __call__(self, digest: Digest, infohash: InfoHash, peer: PeerInfo, reason: str) -> None:
+        """``peer`` of ``infohash`` could not be reached (``reason``)."""
+        if self._stopped or peer.origin or peer.peer_id == self.me.peer_id:
+            return
+        pending = self._pending.get(infohash)
+        if pending is None:
+            pending = self._pending[infohash] = (digest, {})
+            self._timers[infohash] = self.clock.callLater(self.delay, self._send, infohash)
+        if len(pending[1]) < MAX_REPORTED:
+            pending[1][peer.peer_id] = None
+        self.log.debug(
+            "peer {peer} of {infohash} unreachable: {reason}",
+            peer=peer.address,
+            infohash=infohash,
+            reason=reason,
+        )
+
+    def stop(self) -> None:
+        """Send nothing more: drop pending reports, cancel those being sent."""
+        self._stopped = True
+        for timer in self._timers.values():
+            if timer.active():
+                timer.cancel()
+        self._timers.clear()
+        self._pending.clear()
+        for sent in list(self.sending):
+            sent.cancel()
+
+    def _send(self, infohash: InfoHash) -> None:
+        del self._timers[infohash]
+        digest, failed = self._pending.pop(infohash)
+        request = ReportRequest(digest, infohash, self.me, tuple(failed))
+        sent: Deferred[None] = self.tracker.report(request).addCallbacks(
+            lambda held: None, self._failed, errbackArgs=(infohash,)
+        )
+        self.sending.add(sent)
+        sent.addBoth(lambda _: self.sending.discard(sent))
+
+    def _failed(self, failure: Failure, infohash: InfoHash) -> None:
+        if self._stopped:
+            return
+        self.log.warn(
+            "could not report unreachable peers of {infohash}: {error}",
+            infohash=infohash,
+            error=failure.getErrorMessage(),
+        )

@@ -274,13 +274,14 @@ def build_agent(
         else BandwidthLimiter()
     )
     metrics = AgentMetrics()
+    unreachable = UnreachableReporter(tracker, PeerInfo(peer_id, ip, port), reactor)
     node = PeerNode(
         reactor,
         scheduler,
         AgentArchive(store),
         run_blocking,
         announcer=AnnouncerAdapter(tracker, peer_id, ip, port),
-        unreachable=UnreachableReporter(tracker, PeerInfo(peer_id, ip, port), reactor),
+        unreachable=unreachable,
         bandwidth=bandwidth,
         handshake_timeout=config.scheduler.handshake_timeout,
         metrics=PeerMetrics(metrics.registry),
@@ -342,6 +343,7 @@ def build_agent(
     registry_listen = registry_listen or config.registry.listen
     services.append(closing_listener(reactor, registry_listen, registry_site))
     services.append(OnStop(http.close))
+    services.append(OnStop(unreachable.stop))  # stops first: no report after the pool closes
     services.append(tls.expiry_monitor(reactor, metrics.registry))
 
     tree = AgentService(api, registry, store, node, downloader, cleaner)

@@ -8,18 +8,23 @@ import json
 from io import BytesIO
 from typing import Any
 
+from prometheus_client import generate_latest
 from treq.testing import StubTreq
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 from twisted.web.test.requesthelper import DummyRequest
 from zope.interface import implementer
 
 from kraken.api.tracker import MAX_ANNOUNCE_BODY, InvalidNamespace, TrackerAPI, check_namespace
 from kraken.core import Digest, InfoHash, MetaInfo, PeerID, PeerInfo
+from kraken.core.address import parse_networks
+from kraken.peers.admission import AdmissionPolicy
 from kraken.peers.origins import IOriginCluster, MetaInfoAnswer, OriginUnavailable
 from kraken.peers.store import MemoryPeerStore, StoredPeer
 
@@ -76,6 +81,11 @@ class BrokenStore:
         return fail(ConnectionError("redis is down"))
 
 
+#: StubTreq's requests come from 127.0.0.1: here a trusted forwarder, which vouches for the
+#: address in the body (the agents at 10.0.0.1), so these tests see the handout alone.
+VOUCHED = AdmissionPolicy(parse_networks(["127.0.0.1/32"]))
+
+
 def agent(n: int, complete: bool = False) -> PeerInfo:
     """Agent number ``n``."""
     return PeerInfo(PeerID(f"{n:040x}"), "10.0.0.1", 16001 + n, complete=complete)
@@ -93,7 +103,9 @@ class TrackerAPITestCase(SynchronousTestCase):
         self.clock = Clock()
         self.store = MemoryPeerStore(self.clock)
         self.origins = FakeOrigins()
-        self.api = TrackerAPI(self.store, self.origins, self.clock, interval_seconds=3)
+        self.api = TrackerAPI(
+            self.store, self.origins, self.clock, interval_seconds=3, admission=VOUCHED
+        )
         self.treq = StubTreq(self.api.resource())
 
     def request(self, method: str, path: str, **kwargs: Any) -> tuple[int, bytes, Any]:
@@ -164,7 +176,7 @@ class AnnounceTests(TrackerAPITestCase):
 
     def test_store_down(self) -> None:
         """When the store fails, the announce still answers with the origins."""
-        api = TrackerAPI(BrokenStore(), self.origins, self.clock)  # type: ignore[arg-type]
+        api = TrackerAPI(BrokenStore(), self.origins, self.clock, admission=VOUCHED)  # type: ignore[arg-type]
         self.treq = StubTreq(api.resource())
         self.assertEqual(self.peers_of(agent(1)), [ORIGIN])
         # One failure logged: the store is asked once per announce (update and read together).
@@ -220,7 +232,7 @@ class AnnouncePathTests(TrackerAPITestCase):
     def test_asynchronous_store(self) -> None:
         """With a store that answers later, the response waits for it and has a Content-Length."""
         slow = SlowStore(self.store)
-        api = TrackerAPI(slow, self.origins, self.clock, interval_seconds=3)  # type: ignore[arg-type]
+        api = TrackerAPI(slow, self.origins, self.clock, interval_seconds=3, admission=VOUCHED)  # type: ignore[arg-type]
         treq = StubTreq(api.resource())
         self.successResultOf(self.store.update_peer(IH, agent(1)))
         d = treq.post(f"http://tracker/announce/{IH.hex}", data=json.dumps(announce_body(agent(2))))
@@ -238,7 +250,7 @@ class AnnouncePathTests(TrackerAPITestCase):
     def test_client_gone_before_answer(self) -> None:
         """A client that disconnects before a slow store answers costs nothing but the answer."""
         slow = SlowStore(self.store)
-        api = TrackerAPI(slow, self.origins, self.clock)  # type: ignore[arg-type]
+        api = TrackerAPI(slow, self.origins, self.clock, admission=VOUCHED)  # type: ignore[arg-type]
         request = DummyRequest([b"announce", IH.hex.encode()])
         request.method = b"POST"
         request.path = b"/announce/" + IH.hex.encode()
@@ -542,3 +554,210 @@ class HealthTests(TrackerAPITestCase):
         """Two apps in one process keep separate metrics (no global registry clash)."""
         other = TrackerAPI(self.store, self.origins, self.clock)
         self.assertIsNot(other.metrics.registry, self.api.metrics.registry)
+
+
+class FromAddress(Resource):
+    """Serves ``wrapped`` as if every request came from ``host`` (StubTreq's: 127.0.0.1)."""
+
+    isLeaf = True
+
+    def __init__(self, wrapped: Any, host: str) -> None:
+        super().__init__()
+        self.wrapped, self.host = wrapped, host
+
+    def render(self, request: Any) -> Any:
+        """Set the client address, then render ``wrapped``."""
+        request.client = (IPv6Address if ":" in self.host else IPv4Address)("TCP", self.host, 40000)
+        return self.wrapped.render(request)
+
+
+class AdmissionTests(SynchronousTestCase):
+    """Issue 18: an announce speaks only for the address it came from, and a possible one."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.store = MemoryPeerStore(self.clock, max_per_address=4)
+        self.origins = FakeOrigins()
+        self.api = TrackerAPI(self.store, self.origins, self.clock, interval_seconds=3)
+
+    def announce(
+        self, peer: PeerInfo, source: str, headers: dict[str, str] | None = None
+    ) -> tuple[int, bytes]:
+        """POST ``peer``'s announce from client address ``source``; status and body."""
+        treq = StubTreq(FromAddress(self.api.resource(), source))
+        d = treq.post(
+            f"http://tracker/announce/{IH.hex}",
+            data=json.dumps(announce_body(peer)),
+            headers=headers,
+        )
+        treq.flush()
+        response = self.successResultOf(d)
+        return response.code, self.successResultOf(response.content())
+
+    def handed_out(self, peer: PeerInfo, source: str | None = None) -> list[PeerInfo]:
+        """The peers handed to ``peer`` announcing from its own address."""
+        code, body = self.announce(peer, source or peer.ip)
+        self.assertEqual(code, 200, body)
+        return [PeerInfo.from_dict(p) for p in json.loads(body)["peers"]]
+
+    def test_poisoned_swarm(self) -> None:
+        """
+        The seen case: 22 fake complete peers announced from one client (10.0.0.9), among
+        them 169.254.169.254:80, other hosts' addresses and the client's own ports.  An
+        agent is handed none of the foreign or impossible ones and at most 4 (the bound
+        per address) of the client's own.
+        """
+        fakes = [PeerInfo(PeerID(f"{0xF00:040x}"), "169.254.169.254", 80, complete=True)]
+        fakes += [
+            PeerInfo(PeerID(f"{0xF10 + i:040x}"), f"10.0.7.{i}", 16001, complete=True)
+            for i in range(1, 8)
+        ]
+        fakes += [
+            PeerInfo(PeerID(f"{0xF20 + i:040x}"), "10.0.0.9", 20000 + i, complete=True)
+            for i in range(14)
+        ]
+        self.assertEqual(len(fakes), 22)
+        codes = []
+        for fake in fakes:
+            self.clock.advance(0.1)
+            codes.append(self.announce(fake, "10.0.0.9")[0])
+        self.assertEqual(codes, [400] + [403] * 7 + [200] * 14)
+        got = self.handed_out(PeerInfo(PeerID(f"{1:040x}"), "10.0.0.20", 16001))
+        agents = [p for p in got if not p.origin]
+        self.assertEqual(len(agents), 4)
+        self.assertTrue(all(p.ip == "10.0.0.9" for p in agents), agents)
+        self.assertEqual({p.peer_id for p in agents}, {f.peer_id for f in fakes[-4:]})
+        metrics = generate_latest(self.api.metrics.registry)
+        self.assertIn(b'kraken_tracker_announces_total{result="refused"} 7.0', metrics)
+        self.assertIn(b'kraken_tracker_announces_total{result="invalid"} 1.0', metrics)
+
+    def test_impossible_addresses(self) -> None:
+        """Unspecified, multicast, link-local, reserved and broadcast addresses are 400."""
+        for ip in (
+            "0.0.0.0",
+            "::",
+            "224.0.0.1",
+            "ff02::1",
+            "169.254.169.254",
+            "fe80::1",
+            "240.0.0.1",
+            "255.255.255.255",
+        ):
+            code, body = self.announce(PeerInfo(PeerID(f"{1:040x}"), ip, 16001), ip)
+            self.assertEqual(code, 400, ip)
+            self.assertIn(b"peer.ip", body)
+        self.assertEqual(self.store.torrent_count(), 0)
+
+    def test_loopback_only_from_loopback(self) -> None:
+        """127.0.0.1 is a possible peer for a client on loopback (the herd), not for others."""
+        me = PeerInfo(PeerID(f"{1:040x}"), "127.0.0.1", 16001)
+        code, body = self.announce(me, "10.0.0.9")
+        self.assertEqual(code, 400, body)
+        self.assertIn(b"loopback", body)
+        self.assertEqual(self.announce(me, "127.0.0.1")[0], 200)
+
+    def test_many_agents_on_loopback(self) -> None:
+        """Ten agents of one host on 127.0.0.1 are all handed out (loopback is not bounded)."""
+        for n in range(10):
+            self.handed_out(PeerInfo(PeerID(f"{n:040x}"), "127.0.0.1", 16001 + n))
+        got = self.handed_out(PeerInfo(PeerID(f"{99:040x}"), "127.0.0.1", 17001))
+        self.assertEqual(len([p for p in got if not p.origin]), 10)
+
+    def test_speaks_only_for_its_own_address(self) -> None:
+        """Another host's address is 403 naming both; an IPv4-mapped source is the IPv4 host."""
+        code, body = self.announce(PeerInfo(PeerID(f"{1:040x}"), "10.0.0.10", 16001), "10.0.0.9")
+        self.assertEqual(code, 403)
+        self.assertIn(b"10.0.0.10", body)
+        self.assertIn(b"(10.0.0.9)", body)
+        mapped = PeerInfo(PeerID(f"{2:040x}"), "::ffff:10.0.0.9", 16001)
+        self.assertEqual(self.announce(mapped, "10.0.0.9")[0], 200)
+        plain = PeerInfo(PeerID(f"{3:040x}"), "10.0.0.9", 16002)
+        self.assertEqual(self.announce(plain, "::ffff:10.0.0.9")[0], 200)
+        stored = {p.ip for p in self.successResultOf(self.store.get_peers(IH, 9))}
+        self.assertEqual(stored, {"10.0.0.9"})
+
+    def test_forwarded_for_from_trusted_forwarders_only(self) -> None:
+        """
+        From a trusted forwarder the rightmost X-Forwarded-For address that is not a
+        forwarder is the source (an address the client prepended does not count); without
+        the header the body is believed; from anyone else the header is ignored.
+        """
+        self.api.admission = AdmissionPolicy(parse_networks(["10.1.0.0/16"]))
+        agent7 = PeerInfo(PeerID(f"{7:040x}"), "10.0.0.7", 16001)
+        forwarded = {"X-Forwarded-For": "10.0.0.7"}
+        self.assertEqual(self.announce(agent7, "10.1.0.5", forwarded)[0], 200)
+        chain = {"X-Forwarded-For": "10.0.0.7, 10.1.0.6"}
+        self.assertEqual(self.announce(agent7, "10.1.0.5", chain)[0], 200)
+        spoofed = {"X-Forwarded-For": "10.0.0.8, 10.0.0.7"}
+        other = PeerInfo(PeerID(f"{8:040x}"), "10.0.0.8", 16001)
+        self.assertEqual(self.announce(other, "10.1.0.5", spoofed)[0], 403)
+        self.assertEqual(self.announce(other, "10.1.0.5")[0], 200)
+        self.assertEqual(self.announce(other, "10.0.0.7", {"X-Forwarded-For": "10.0.0.8"})[0], 403)
+        code, body = self.announce(agent7, "10.1.0.5", {"X-Forwarded-For": "junk"})
+        self.assertEqual(code, 400)
+        self.assertIn(b"X-Forwarded-For", body)
+
+    def report(self, reporter: PeerInfo, failed: list[PeerID], source: str | None = None) -> Any:
+        """POST a report from ``source`` (default: the reporter's address); status and JSON."""
+        treq = StubTreq(FromAddress(self.api.resource(), source or reporter.ip))
+        body = {**announce_body(reporter), "failed": [p.hex for p in failed]}
+        d = treq.post(f"http://tracker/report/{IH.hex}", data=json.dumps(body))
+        treq.flush()
+        response = self.successResultOf(d)
+        return response.code, self.successResultOf(response.content())
+
+    def test_unreachable_peer_quarantined(self) -> None:
+        """
+        A peer that two different clients report unreachable is left out of answers for
+        the quarantine (300 s), then handed out again; one client's reports alone (any
+        number of them) quarantine nobody.
+        """
+        fake = PeerInfo(PeerID(f"{0xF:040x}"), "10.0.0.9", 20000, complete=True)
+        self.assertEqual(self.announce(fake, "10.0.0.9")[0], 200)
+        a = PeerInfo(PeerID(f"{1:040x}"), "10.0.0.20", 16001)
+        b = PeerInfo(PeerID(f"{2:040x}"), "10.0.0.21", 16001)
+        c = PeerInfo(PeerID(f"{3:040x}"), "10.0.0.22", 16001)
+        self.assertIn(fake, self.handed_out(a))
+        for _ in range(3):
+            self.assertEqual(self.report(a, [fake.peer_id]), (200, b'{"quarantined":[]}'))
+        self.assertIn(fake, self.handed_out(c))
+        self.assertEqual(
+            self.report(b, [fake.peer_id]),
+            (200, b'{"quarantined":["%s"]}' % fake.peer_id.hex.encode()),
+        )
+        self.assertNotIn(fake.peer_id, [p.peer_id for p in self.handed_out(c)])
+        self.clock.advance(300)
+        self.assertIn(fake, self.handed_out(c))
+
+    def test_report_speaks_only_for_its_own_address(self) -> None:
+        """A report naming a reporter at another address is 403 and counts for nothing."""
+        fake = PeerInfo(PeerID(f"{0xF:040x}"), "10.0.0.9", 20000, complete=True)
+        self.announce(fake, "10.0.0.9")
+        a = PeerInfo(PeerID(f"{1:040x}"), "10.0.0.20", 16001)
+        b = PeerInfo(PeerID(f"{2:040x}"), "10.0.0.21", 16001)
+        self.assertEqual(self.report(a, [fake.peer_id])[0], 200)
+        self.assertEqual(self.report(b, [fake.peer_id], source="10.0.0.20")[0], 403)
+        self.assertIn(fake, self.handed_out(PeerInfo(PeerID(f"{3:040x}"), "10.0.0.22", 16001)))
+
+    def test_loopback_reporters_count_by_peer_id(self) -> None:
+        """Two agents of one host on loopback are two reporters (the herd)."""
+        fake = PeerInfo(PeerID(f"{0xF:040x}"), "127.0.0.1", 20000, complete=True)
+        self.announce(fake, "127.0.0.1")
+        a = PeerInfo(PeerID(f"{1:040x}"), "127.0.0.1", 16001)
+        b = PeerInfo(PeerID(f"{2:040x}"), "127.0.0.1", 17001)
+        self.report(a, [fake.peer_id])
+        self.assertEqual(
+            json.loads(self.report(b, [fake.peer_id])[1])["quarantined"], [fake.peer_id.hex]
+        )
+
+    def test_bad_reports(self) -> None:
+        """A report without ``failed``, with too many or malformed ids, is 400."""
+        a = PeerInfo(PeerID(f"{1:040x}"), "10.0.0.20", 16001)
+        treq = StubTreq(FromAddress(self.api.resource(), a.ip))
+        for failed in (None, [], ["x"], [f"{i:040x}" for i in range(65)], "0" * 40):
+            body = announce_body(a)
+            if failed is not None:
+                body["failed"] = failed
+            d = treq.post(f"http://tracker/report/{IH.hex}", data=json.dumps(body))
+            treq.flush()
+            self.assertEqual(self.successResultOf(d).code, 400, failed)

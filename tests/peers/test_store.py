@@ -194,6 +194,36 @@ class PeerStoreTests:
             self.assertTrue(got <= fresh)
         self.assertEqual(len(await self.store.announce(IH, peer(200), 50)), 8)
 
+    async def test_bound_per_address(self) -> None:
+        """Issue 18: one address holds at most ``max_per_address`` peers of a torrent.
+
+        22 fake peers announced from one address leave 3 in the store, the three
+        announced last (a restarted agent's new id always gets in); other addresses
+        and other torrents are untouched, and an address's re-announces do not count.
+        """
+        store = self.bounded_store(3)
+        await store.update_peer(IH, peer(100, ip="10.0.0.2"))
+        await store.update_peer(OTHER, peer(200))
+        for i in range(22):
+            self.clock.advance(1)
+            await store.announce(IH, peer(i, port=2000 + i), 50)
+            await store.announce(IH, peer(i, port=2000 + i, complete=True), 50)
+        got = {p.peer_id.hex for p in await store.get_peers(IH, 50)}
+        self.assertEqual(got, {f"{n:040x}" for n in (19, 20, 21, 100)})
+        self.assertEqual(len(await store.get_peers(OTHER, 50)), 1)
+        # A peer that moved to another address no longer counts against the first.
+        await store.update_peer(IH, peer(21, ip="10.0.0.3"))
+        await store.update_peer(IH, peer(30))
+        got = {p.peer_id.hex for p in await store.get_peers(IH, 50)}
+        self.assertEqual(got, {f"{n:040x}" for n in (19, 20, 21, 30, 100)})
+
+    async def test_loopback_not_bounded(self) -> None:
+        """Peers on loopback (the herd, single-host tests) are never dropped by the bound."""
+        store = self.bounded_store(2)
+        for i in range(6):
+            await store.update_peer(IH, peer(i, ip="127.0.0.1", port=16001 + i))
+        self.assertEqual(len(await store.get_peers(IH, 50)), 6)
+
 
 class MemoryPeerStoreTests(PeerStoreTests, TestCase):
     """The suite on :class:`MemoryPeerStore`."""
@@ -201,6 +231,10 @@ class MemoryPeerStoreTests(PeerStoreTests, TestCase):
     def setUp(self) -> None:
         self.clock = Clock()
         self.store = MemoryPeerStore(self.clock, ttl=self.ttl)
+
+    def bounded_store(self, n: int) -> MemoryPeerStore:
+        """A store with ``max_per_address`` n."""
+        return MemoryPeerStore(self.clock, ttl=self.ttl, max_per_address=n)
 
 
 class MemorySweepTests(SynchronousTestCase):
@@ -219,6 +253,20 @@ class MemorySweepTests(SynchronousTestCase):
         self.assertEqual(store.torrent_count(), 1)
         self.assertEqual(self.successResultOf(store.get_peers(IH, 9)), [peer(2)])
 
+    def test_sweep_forgets_bounded_addresses(self) -> None:
+        """Swept entries leave the per-address index: new peers at the address are not dropped."""
+        clock = Clock()
+        store = MemoryPeerStore(clock, ttl=10, max_per_address=2)
+        store.update_peer(IH, peer(1))
+        store.update_peer(IH, peer(2))
+        clock.advance(10)
+        self.assertEqual(store.sweep(), 2)
+        store.update_peer(IH, peer(3))
+        store.update_peer(IH, peer(4))
+        got = self.successResultOf(store.get_peers(IH, 9))
+        self.assertEqual(sorted(p.peer_id.hex for p in got), [f"{3:040x}", f"{4:040x}"])
+        self.assertEqual(store._by_ip, {IH: {"10.0.0.1": {f"{3:040x}", f"{4:040x}"}}})
+
 
 class RedisPeerStoreTests(PeerStoreTests, TestCase):
     """The suite on :class:`RedisPeerStore` against a real redis-server."""
@@ -235,6 +283,10 @@ class RedisPeerStoreTests(PeerStoreTests, TestCase):
 
     def setUp(self) -> Any:
         return ensureDeferred(self._setUp())
+
+    def bounded_store(self, n: int) -> RedisPeerStore:
+        """A store on the same Redis with ``max_per_address`` n."""
+        return RedisPeerStore(self.store.redis, self.clock, ttl=self.ttl, max_per_address=n)
 
     async def test_script_reloaded(self) -> None:
         """After Redis forgets its scripts (restart, SCRIPT FLUSH), announces load it again."""

@@ -60,8 +60,8 @@ class ScriptedOrigins:
 
 
 def me(n: int = 1, complete: bool = False) -> PeerInfo:
-    """An agent."""
-    return PeerInfo(PeerID(f"{n:040x}"), "10.0.0.1", 16001, complete=complete)
+    """An agent on this host (the in-memory HTTP client's requests come from 127.0.0.1)."""
+    return PeerInfo(PeerID(f"{n:040x}"), "127.0.0.1", 16001, complete=complete)
 
 
 class TrackerClientTests(SynchronousTestCase):
