@@ -120,9 +120,13 @@ class LoadTests(SynchronousTestCase):
         self.assertEqual([key for key, _ in problems], ["ca"])
 
     def test_proxy_default(self) -> None:
-        """The proxy's pushes need no client certificate unless configured; other daemons' do."""
-        self.assertFalse(load_config("proxy", None).tls.require_client_cert_for_writes)
-        self.assertTrue(load_config("origin", None).tls.require_client_cert_for_writes)
+        """Over TLS the proxy's pushes need a client certificate by default, as every write does.
+
+        Issue 18: a proxy that wrote with its own certificate for anonymous clients was a
+        side door around the origins' and the build-index's mutual TLS.
+        """
+        for daemon in ("proxy", "origin", "tracker", "build-index"):
+            self.assertTrue(load_config(daemon, None).tls.require_client_cert_for_writes, daemon)
 
 
 class ExpiryTests(SynchronousTestCase):

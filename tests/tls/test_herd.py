@@ -2,10 +2,11 @@
 The herd with ``--tls`` on free ports in this reactor: mutual TLS end to end, with skopeo.
 
 - skopeo pushes into the proxy's TLS registry port, verifying the proxy's certificate against
-  the herd's development CA (``--dest-cert-dir``), with and without a client certificate, and
-  pulls the image back out of the agent's plain-HTTP registry port with the same digests;
-- when the proxy requires a client certificate for pushes, a push without one fails with a
-  403 that skopeo reports, and the same push with ``<data>/tls/skopeo`` succeeds;
+  the herd's development CA (``--dest-cert-dir``), and pulls the image back out of the agent's
+  plain-HTTP registry port with the same digests;
+- by default the proxy requires a client certificate for pushes: a push without one fails with
+  a registry ``DENIED`` 403 that skopeo reports, the same push with ``<data>/tls/skopeo``
+  succeeds, and reads stay open; a proxy configured not to require one takes anonymous pushes;
 - the tracker, the origin and the build-index refuse plain HTTP, and a blob uploaded to the
   origin with the client certificate reaches the agent (announce, metainfo and tag calls all
   over TLS);
@@ -14,6 +15,7 @@ The herd with ``--tls`` on free ports in this reactor: mutual TLS end to end, wi
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
@@ -147,14 +149,14 @@ class TLSHerdTests(TestCase):
         self.assertEqual(_blobs(out), _blobs(source))
 
     async def test_verified_push_without_client_certificate(self) -> None:
-        """Proxy not requiring one: a push verifying the proxy against the CA, no client cert.
+        """Proxy configured not to require one: a push verifying the proxy, no client cert.
 
         The image comes back out of the agent with the same manifest, config and layer
         digests.  A push without the CA (the system roots only) is refused by skopeo, which
         shows that the proxy's certificate really was checked.
         """
         require_program("skopeo")
-        herd = self.start()
+        herd = self.start({"proxy": {"tls": {"require_client_cert_for_writes": False}}})
         await self.until_ready(herd)
         source = self.image()
         empty = self.ca_only_dir()
@@ -166,14 +168,26 @@ class TLSHerdTests(TestCase):
         self.assertEqual(code, 0, output)
         await self.pull_and_compare(source)
 
-    async def test_push_needs_client_certificate_when_required(self) -> None:
-        """Proxy requiring one: no client certificate -> 403 reported by skopeo; with it -> works.
+    async def test_push_needs_client_certificate_by_default(self) -> None:
+        """Default ``--tls`` herd: no client certificate -> 403 DENIED; with the cert dir -> works.
 
-        ``<data>/tls/skopeo`` (written by the herd) holds the CA and the ``client`` pair.
+        Issue 18: the proxy accepted anonymous pushes and wrote them with its own
+        certificate.  The refusal is a registry error (JSON ``DENIED``) that skopeo
+        reports; reads stay open; ``<data>/tls/skopeo`` (written by the herd) holds the CA
+        and the ``client`` pair, and a push with it goes through.
         """
         require_program("skopeo")
-        herd = self.start({"proxy": {"tls": {"require_client_cert_for_writes": True}}})
+        herd = self.start()
         await self.until_ready(herd)
+        proxy = f"http://127.0.0.1:{self.base}"
+        anonymous = self.client(None)
+        with self.assertRaises(HTTPStatusError) as raised:
+            await anonymous.post(f"{proxy}/v2/herd/app/blobs/uploads/")
+        self.assertEqual(raised.exception.status, 403)
+        error = json.loads(raised.exception.body)["errors"][0]
+        self.assertEqual(error["code"], "DENIED")
+        response = await anonymous.get(f"{proxy}/v2/")
+        await read_body(response, 4096)
         source = self.image()
         code, output = await self.push(source, self.ca_only_dir())
         self.assertNotEqual(code, 0, output)

@@ -155,7 +155,7 @@ class MemoryTLSTests(SynchronousTestCase):
         self.assertEqual(self.answer(Exchange(server, certified), b"GET"), (200, b"ok GET"))
 
     def test_writes_open_when_not_required(self) -> None:
-        """require_client_cert_for_writes off (the proxy's default): anonymous pushes pass."""
+        """require_client_cert_for_writes off (a config may say so): anonymous PUTs pass."""
         server = self.pki.server_tls(require_client_cert_for_writes=False)
         policy = self.pki.client_tls(None).client_policy()
         assert policy is not None
