@@ -440,6 +440,8 @@ class ClusterTLS:
     server_name: str | None = None
     require_for_writes: bool = True
     require_for_reads: bool = False
+    peer: CertifiedKey | None = None
+    """With ``tls.peer``: the certificate of both sides of peer connections."""
 
     @classmethod
     def from_config(cls, config: TLSConfig, *, serve: bool = True) -> ClusterTLS:
@@ -461,6 +463,9 @@ class ClusterTLS:
             server = CertifiedKey.load(config.cert, config.key, passphrase)
         if config.client_cert is not None and config.client_key is not None:
             client = CertifiedKey.load(config.client_cert, config.client_key, passphrase)
+        peer = None
+        if config.peer and config.cert is not None and config.key is not None:
+            peer = server or CertifiedKey.load(config.cert, config.key, passphrase)
         return cls(
             cas=cas,
             ca_path=config.ca,
@@ -469,6 +474,7 @@ class ClusterTLS:
             server_name=config.server_name,
             require_for_writes=config.require_client_cert_for_writes,
             require_for_reads=config.require_client_cert_for_reads,
+            peer=peer,
         )
 
     @property
@@ -496,6 +502,37 @@ class ClusterTLS:
         return CertificateOptions(
             raiseMinimumTo=MINIMUM_TLS_VERSION, acceptableProtocols=[b"http/1.1"], **kwargs
         )
+
+    def peer_options(self) -> CertificateOptions | None:
+        """
+        The TLS context of peer connections, both sides, or None (plain TCP) without ``tls.peer``.
+
+        Each side presents its certificate and requires the other's, verified
+        against the cluster CA (TLS >= 1.2).  Names are not checked: peers are
+        dialled by the address the tracker gives, and any holder of a cluster
+        certificate may take part in the swarm; what a peer sends is checked
+        against the metainfo's piece hashes anyway.
+        """
+        if self.peer is None:
+            return None
+        if not self.cas:
+            raise ValueError("peer TLS needs the cluster CA (tls.ca)")
+        return CertificateOptions(
+            raiseMinimumTo=MINIMUM_TLS_VERSION,
+            verify=True,
+            caCerts=[crypto.X509.from_cryptography(ca) for ca in self.cas],
+            requireCertificate=True,
+            **self.peer.openssl_options(),
+        )
+
+    def peer_endpoint(
+        self, endpoint: IStreamServerEndpoint, reactor: IReactorTime | None = None
+    ) -> IStreamServerEndpoint:
+        """The peer port's ``endpoint``, wrapped in mutual TLS with ``tls.peer``."""
+        options = self.peer_options()
+        if options is None:
+            return endpoint
+        return TLSServerEndpoint(endpoint, options, reactor)
 
     def server_endpoint(
         self, endpoint: IStreamServerEndpoint, reactor: IReactorTime | None = None
@@ -563,6 +600,8 @@ class ClusterTLS:
             found.append(("server", self.server.path, self.server.leaf))
         if self.client is not None:
             found.append(("client", self.client.path, self.client.leaf))
+        if self.peer is not None and self.peer is not self.server:
+            found.append(("peer", self.peer.path, self.peer.leaf))
         for ca in self.cas:
             found.append(("ca", self.ca_path or "", ca))
         return found

@@ -245,6 +245,13 @@ class TLSConfig:
     require_client_cert_for_reads: bool = setting(
         False, doc="GET and HEAD over TLS need one too (403 otherwise)."
     )
+    peer: bool = setting(
+        False,
+        doc="Agents and origins: mutual TLS on the peer port and on dials to peers, with "
+        "`cert`/`key` on both sides, checked against `ca` (no name check); a peer without a "
+        "certificate from `ca` is refused at the TLS handshake. Every peer of the cluster "
+        "must agree. Other daemons ignore it.",
+    )
 
     def config_problems(self) -> Problems:
         """Certificates and keys come in pairs; client certificates need ``ca`` to be checked."""
@@ -260,6 +267,10 @@ class TLSConfig:
                 self.require_client_cert_for_writes or self.require_client_cert_for_reads
             ):
                 yield ("ca", 'required to check client certificates when "cert" is set')
+        if self.peer:
+            for key in ("ca", "cert", "key"):
+                if getattr(self, key) is None:
+                    yield (key, 'required when "peer" is set')
         if self.require_client_cert_for_reads and not self.require_client_cert_for_writes:
             yield (
                 "require_client_cert_for_writes",

@@ -15,7 +15,9 @@ that the storage can give as a file region
 thread opens the region and reads it into the page cache, then the reactor
 thread only moves pages from the cache to the socket in bounded non-blocking
 calls.  Otherwise the piece is read in a thread and written by a
-push producer that pauses when the transport's buffer is full.  Control frames
+push producer that pauses when the transport's buffer is full; so it is under
+peer TLS (``tls``, where the protocol's transport is a ``TLSMemoryBIOProtocol``, and
+neither ``recv_into`` nor ``sendfile`` can apply).  Control frames
 written while a piece is streaming are held and sent after it (they would
 otherwise land in the middle of the raw payload).
 
@@ -37,7 +39,7 @@ from attrs import frozen
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, wrapClientTLS
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTCP, IReactorTime
 from twisted.internet.main import CONNECTION_DONE, CONNECTION_LOST
 from twisted.internet.protocol import Factory
@@ -697,6 +699,7 @@ class PeerNode:
         announcer: Announcer | None = None,
         unreachable: Unreachable | None = None,
         bandwidth: BandwidthLimiter | None = None,
+        tls: Any | None = None,
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
         tick_interval: float = 1.0,
         metrics: PeerMetrics | None = None,
@@ -709,6 +712,9 @@ class PeerNode:
         self.announcer = announcer
         self.unreachable = unreachable
         self.bandwidth = bandwidth or BandwidthLimiter()
+        #: The TLS context our dials use (peer TLS, kraken.tls.ClusterTLS.peer_options),
+        #: or None: plain TCP.  The listener is wrapped by whoever makes it.
+        self.tls = tls
         self._read_buffer: memoryview | None = None
         self.handshake_timeout = handshake_timeout
         self.tick_interval = tick_interval
@@ -916,7 +922,11 @@ class PeerNode:
 
     def _tcp_connector(self, peer: PeerInfo, proto: PeerProtocol) -> Deferred[Any]:
         reactor: IReactorTCP = self.reactor
-        endpoint = TCP4ClientEndpoint(reactor, peer.ip, peer.port, timeout=self.handshake_timeout)
+        endpoint: Any = TCP4ClientEndpoint(
+            reactor, peer.ip, peer.port, timeout=self.handshake_timeout
+        )
+        if self.tls is not None:
+            endpoint = wrapClientTLS(self.tls, endpoint)
         d: Deferred[Any] = connectProtocol(endpoint, proto)  # type: ignore[no-untyped-call]
         return d
 

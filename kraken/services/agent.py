@@ -283,6 +283,7 @@ def build_agent(
         announcer=AnnouncerAdapter(tracker, peer_id, ip, port),
         unreachable=unreachable,
         bandwidth=bandwidth,
+        tls=tls.peer_options(),
         handshake_timeout=config.scheduler.handshake_timeout,
         metrics=PeerMetrics(metrics.registry),
     )
@@ -317,7 +318,11 @@ def build_agent(
     cleaner: StoreCleaner | None = None
     services: list[Service] = [ThreadPoolService(pool), tracker_members, bi_members]
     services.append(PeerNodeService(node))
-    services.append(_listener(reactor, peer_listen or config.peer.listen, node.factory()))
+    peer_endpoint = tls.peer_endpoint(
+        serverFromString(reactor, peer_listen or config.peer.listen),  # type: ignore[no-untyped-call]
+        reactor,
+    )
+    services.append(StreamServerEndpointService(peer_endpoint, node.factory()))  # type: ignore[no-untyped-call]
     services.append(SeedCachedService(downloader))
     fs_size = filesystem_size(data_dir)
     policy = cleanup_policy(config.cleanup, fs_size)
@@ -350,11 +355,6 @@ def build_agent(
     for service in services:
         service.setServiceParent(tree)  # type: ignore[no-untyped-call]
     return tree
-
-
-def _listener(reactor: Any, description: str, factory: Any) -> StreamServerEndpointService:
-    endpoint = serverFromString(reactor, description)  # type: ignore[no-untyped-call]
-    return StreamServerEndpointService(endpoint, factory)  # type: ignore[no-untyped-call]
 
 
 def makeService(options: usage.Options, reactor: Any = None) -> MultiService:

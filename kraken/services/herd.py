@@ -19,9 +19,10 @@ collide.  Member data directories are ``<data>/<daemon>`` (``<data>/agent-1``, .
 
 ``--tls`` makes, on first start, a development CA and the certificates of every member and of
 ``client`` in ``<data>/tls`` (:func:`kraken.certs.ensure_certificates`), gives every member a
-``tls:`` section, and copies the CA and ``client``'s pair into ``<data>/tls/skopeo`` as
-``ca.crt``, ``client.cert`` and ``client.key``, the directory ``skopeo copy --dest-cert-dir``
-takes to verify the proxy and present a client certificate (docs/security.md).
+``tls:`` section (agents and origins with ``peer: true``: mutual TLS on the peer ports), and
+copies the CA and ``client``'s pair into ``<data>/tls/skopeo`` as ``ca.crt``, ``client.cert``
+and ``client.key``, the directory ``skopeo copy --dest-cert-dir`` takes to verify the proxy and
+present a client certificate (docs/security.md).
 """
 
 from __future__ import annotations
@@ -202,6 +203,8 @@ def herd_plan(
             cert, cert_key = cert_paths(tls_dir, kind)
             plan["tls"] = {"ca": f"{tls_dir}/{CA_CERT_FILE}", "client_cert": cert}
             plan["tls"].update(client_key=cert_key, cert=cert, key=cert_key)
+            if kind in ("agent", "origin"):
+                plan["tls"]["peer"] = True  # mutual TLS on the peer ports too
         own = dict(user.get(key) or {})
         if name != kind:  # an extra member: the plan's listeners win
             for k in keep:

@@ -198,7 +198,12 @@ def build_origin(
     )
     scheduler = make_scheduler(peer.peer_id, reactor, **attrs.asdict(_engine_config(config)))
     node = PeerNode(
-        reactor, scheduler, OriginArchive(store), run, metrics=PeerMetrics(metrics.registry)
+        reactor,
+        scheduler,
+        OriginArchive(store),
+        run,
+        metrics=PeerMetrics(metrics.registry),
+        tls=tls.peer_options(),
     )
 
     api = OriginAPI(
@@ -226,7 +231,10 @@ def build_origin(
         sweeper.clock = reactor
         services.append(sweeper)
     services.append(PeerNodeService(node))
-    peer_endpoint = serverFromString(reactor, config.peer.listen)  # type: ignore[no-untyped-call]
+    peer_endpoint = tls.peer_endpoint(
+        serverFromString(reactor, config.peer.listen),  # type: ignore[no-untyped-call]
+        reactor,
+    )
     services.append(StreamServerEndpointService(peer_endpoint, node.factory()))  # type: ignore[no-untyped-call]
     expiry = TimerService(min(60.0, config.uploads.idle_timeout), api.expire_uploads)  # type: ignore[no-untyped-call]
     expiry.clock = reactor

@@ -2,25 +2,33 @@
 
 from __future__ import annotations
 
+import os
 import random
 import socket
 import threading
 from collections.abc import Callable
 from typing import Any
 
+from cryptography import x509
+from OpenSSL import crypto
 from twisted.internet import reactor
 from twisted.internet.defer import gatherResults, inlineCallbacks, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, connectProtocol
+from twisted.internet.interfaces import ISSLTransport
+from twisted.internet.ssl import CertificateOptions, TLSVersion
 from twisted.internet.task import deferLater
 from twisted.protocols.basic import Int32StringReceiver
 from twisted.python.threadpool import ThreadPool
 from twisted.trial.unittest import SkipTest, TestCase
 from zope.interface import implementer
 
+from kraken.certs import CA_CERT_FILE, cert_paths, ensure_certificates
+from kraken.config.sections import TLSConfig
 from kraken.core import Bitfield, PeerID, PeerInfo, PieceLengthTable
 from kraken.protocols.archives import AgentArchive, OriginArchive
 from kraken.protocols.peer import PeerNode, threadpool_runner
 from kraken.store import BlobStore
+from kraken.tls import ClusterTLS, TLSServerEndpoint
 from kraken.torrent.actions import Announce, EngineConfig
 from kraken.torrent.archive import IPieceFiles
 from kraken.torrent.bandwidth import BandwidthLimiter
@@ -378,3 +386,127 @@ class SlotSquattingSocketTests(TestCase):
         attack.stop()
         yield deferLater(reactor, 0.05)  # the aborted connections close
         self.assertLessEqual(attacked, 2 * alone, f"{attacked:.2f} s attacked, {alone:.2f} s alone")
+
+
+def _peer_tls(directory: str, name: str, *, ca_dir: str | None = None) -> Any:
+    """The peer TLS context of ``name``'s certificate in ``directory`` (trusting ``ca_dir``)."""
+    ensure_certificates(directory, [name])
+    cert, key = cert_paths(directory, name)
+    ca = os.path.join(ca_dir or directory, CA_CERT_FILE)
+    return ClusterTLS.from_config(TLSConfig(ca=ca, cert=cert, key=key, peer=True)).peer_options()
+
+
+class PeerTLSTests(TestCase):
+    """Mutual TLS on peer ports (issue 18): cluster certificates only; plain piece paths."""
+
+    timeout = 60
+
+    @inlineCallbacks
+    def origin(self, seen: list[threading.Thread]) -> Any:
+        """An origin seeding 4 MiB behind a peer TLS listener; (port, meta, data, scheduler)."""
+        pool = ThreadPool(2, 4, "peer-tls-test")
+        pool.start()
+        self.addCleanup(pool.stop)
+        self.run_blocking = threadpool_runner(reactor, pool)
+        data = random.Random(9).randbytes(4 * 1024 * 1024)
+        store = BlobStore(self.mktemp(), reactor)
+        meta = store.put_bytes(data, PieceLengthTable(((0, 256 * 1024),)))
+        sched = Scheduler(
+            PeerID("0" * 40),
+            reactor.seconds,
+            random.Random(1),
+            EngineConfig(origin=True, announce=False),
+        )
+        node = PeerNode(
+            reactor,
+            sched,
+            ThreadCheckingArchive(OriginArchive(store), seen, files=True),
+            self.run_blocking,
+        )
+        node.start()
+        self.addCleanup(node.stop)
+        self.certs = self.mktemp()
+        endpoint = TLSServerEndpoint(
+            TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1"),
+            _peer_tls(self.certs, "origin"),
+            reactor,
+        )
+        port = yield endpoint.listen(node.factory())
+        self.addCleanup(port.stopListening)
+        info = PeerInfo(sched.peer_id, "127.0.0.1", port.getHost().port, origin=True)
+        return info, meta, data, sched, node
+
+    def agent(self, info: PeerInfo, tls: Any) -> tuple[PeerNode, BlobStore]:
+        """An agent dialling ``info`` with ``tls`` (None: plain TCP)."""
+        store = BlobStore(self.mktemp(), reactor)
+        sched = Scheduler(PeerID("1" * 40), reactor.seconds, random.Random(2), EngineConfig())
+        node = PeerNode(
+            reactor,
+            sched,
+            AgentArchive(store),
+            self.run_blocking,
+            announcer=lambda action: succeed(([info], 1.0)),
+            tls=tls,
+            handshake_timeout=2.0,
+        )
+        node.start()
+        self.addCleanup(node.stop)
+        return node, store
+
+    @inlineCallbacks
+    def test_pull_over_peer_tls(self) -> Any:
+        """
+        With a certificate of the cluster CA an agent pulls over TLS: both sides' transports
+        are TLS, the bytes are right, and the seeder streams pieces it read in a thread (no
+        sendfile: a file region cannot go through the TLS layer).
+        """
+        seen: list[threading.Thread] = []
+        _FileStorage.opened = 0
+        info, meta, data, _, origin = yield self.origin(seen)
+        node, store = self.agent(info, _peer_tls(self.certs, "agent"))
+        yield node.download("ns", meta)
+        with store.open_reader(meta.digest) as reader:
+            self.assertEqual(reader.pread(len(data), 0), data)
+        self.assertEqual(_FileStorage.opened, 0)
+        live = [*origin.live, *node.live]
+        self.assertTrue(live)
+        self.assertTrue(all(ISSLTransport.providedBy(p.transport) for p in live))
+        main = threading.main_thread()
+        self.assertFalse([t for t in seen if t is main], "piece I/O on the reactor thread")
+
+    @inlineCallbacks
+    def assert_refused(self, tls: Any) -> Any:
+        """An agent dialling with ``tls`` never gets a handshake in; the origin holds nothing."""
+        info, meta, _, origin_sched, _ = yield self.origin([])
+        node, _ = self.agent(info, tls(self.certs))
+        node.download("ns", meta).addErrback(lambda f: None)
+        for _ in range(400):
+            if node.scheduler.is_blacklisted(meta.infohash, info.peer_id):
+                break
+            yield deferLater(reactor, 0.01)
+        self.assertTrue(node.scheduler.is_blacklisted(meta.infohash, info.peer_id))
+        self.assertEqual(origin_sched.conns, {})
+        yield node.stop()
+
+    def test_plain_peer_refused(self) -> Any:
+        """A peer speaking plain TCP to a TLS peer port is refused."""
+        return self.assert_refused(lambda certs: None)
+
+    def test_peer_without_certificate_refused(self) -> Any:
+        """A TLS peer presenting no certificate is refused at the TLS handshake."""
+
+        def no_certificate(certs: str) -> Any:
+            with open(os.path.join(certs, CA_CERT_FILE), "rb") as f:
+                ca = x509.load_pem_x509_certificate(f.read())
+            return CertificateOptions(
+                verify=True,
+                caCerts=[crypto.X509.from_cryptography(ca)],
+                raiseMinimumTo=TLSVersion.TLSv1_2,
+            )
+
+        return self.assert_refused(no_certificate)
+
+    def test_peer_of_another_ca_refused(self) -> Any:
+        """A TLS peer whose certificate another CA signed is refused at the TLS handshake."""
+        other = self.mktemp()
+        return self.assert_refused(lambda certs: _peer_tls(other, "agent", ca_dir=certs))
