@@ -165,7 +165,6 @@ def _add_herd(sub: Any) -> None:
 
 def _config_check(args: argparse.Namespace) -> int:
     """Load FILE as the daemon would at start-up; print every problem, one per line."""
-    from kraken.backends.config import BackendConfigError, BackendsConfig
     from kraken.config import ConfigError, HerdConfig, load_config
 
     try:
@@ -183,12 +182,6 @@ def _config_check(args: argparse.Namespace) -> int:
     )
     problems = []
     for name, member in members:
-        backends = getattr(member, "backends", None)
-        if backends is not None:
-            try:
-                BackendsConfig.from_list([e.to_raw() for e in backends], f"{name}.backends")
-            except BackendConfigError as e:
-                problems.append(str(e))
         if args.files:
             from twisted.python.usage import UsageError
 

@@ -21,7 +21,6 @@ neither the cluster's TLS client certificate nor its retry statuses' meaning of 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
 from typing import ClassVar, cast
 from urllib.parse import quote
 
@@ -35,7 +34,7 @@ from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
 from zope.interface import implementer
 
-from kraken.backends.config import BackendConfigError, BackendContext, _mapping, _no_unknown_keys
+from kraken.backends.config import BackendContext
 from kraken.backends.interface import (
     DEFAULT_LIST_LIMIT,
     BlobInfo,
@@ -48,10 +47,11 @@ from kraken.backends.interface import (
     UploadSource,
 )
 from kraken.backends.names import check_namespace, parse_name, unsupported_list
+from kraken.config.backends import DEFAULT_HTTP_DOWNLOAD_TIMEOUT, HTTPOptions
 from kraken.http.client import HTTPClientFactory, KrakenHTTPClient, RequestTimeout, TreqResponse
 
 #: Seconds to wait for a download's response headers (Go Kraken's ``download_timeout``).
-DEFAULT_DOWNLOAD_TIMEOUT = 180.0
+DEFAULT_DOWNLOAD_TIMEOUT = DEFAULT_HTTP_DOWNLOAD_TIMEOUT
 
 #: Seconds a download body may stall before the download fails.
 DEFAULT_IDLE_TIMEOUT = 60.0
@@ -299,40 +299,8 @@ class HTTPBackend:
         return self.factory.close()
 
 
-def _seconds(options: Mapping[str, object], key: str, path: str, default: float) -> float:
-    value = options.get(key, default)
-    if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
-        raise BackendConfigError(f"{path}.{key}", f"expected seconds > 0, got {value!r}")
-    return float(value)
-
-
-@frozen
-class HTTPBackendConfig:
-    """Options of the ``http`` backend."""
-
-    kind: ClassVar[str] = "http"
-
-    download_url: str
-    download_timeout: float = DEFAULT_DOWNLOAD_TIMEOUT
-
-    @classmethod
-    def from_dict(cls, raw: object, path: str) -> HTTPBackendConfig:
-        """Parse ``{download_url: <template>, download_timeout: <seconds>}``."""
-        options = _mapping(raw, path)
-        _no_unknown_keys(options, {"download_url", "download_timeout"}, path)
-        url = options.get("download_url")
-        if not isinstance(url, str):
-            raise BackendConfigError(
-                f"{path}.download_url", f"expected a URL with {{name}} or %s, got {url!r}"
-            )
-        try:
-            check_url_template(url)
-        except ValueError as e:
-            raise BackendConfigError(f"{path}.download_url", str(e)) from None
-        timeout = _seconds(options, "download_timeout", path, DEFAULT_DOWNLOAD_TIMEOUT)
-        return cls(url, timeout)
-
-    def build(self, context: BackendContext) -> IBackend:
-        """An :class:`HTTPBackend` with its own client factory on the context's reactor."""
-        factory = HTTPClientFactory(context.reactor, timeout=self.download_timeout)
-        return HTTPBackend(self.download_url, factory.client(), factory, context.reactor)
+def build_http_backend(options: HTTPOptions, context: BackendContext) -> IBackend:
+    """An :class:`HTTPBackend` for the checked ``http`` options, with its own client factory
+    on the context's reactor."""
+    factory = HTTPClientFactory(context.reactor, timeout=options.download_timeout)
+    return HTTPBackend(options.download_url, factory.client(), factory, context.reactor)

@@ -37,7 +37,7 @@ from twisted.internet.interfaces import IConsumer, IPushProducer, IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from kraken.backends.config import BackendConfigError, BackendContext, _mapping, _no_unknown_keys
+from kraken.backends.config import BackendContext
 from kraken.backends.http import (
     DEFAULT_IDLE_TIMEOUT,
     discard_body,
@@ -64,6 +64,7 @@ from kraken.backends.names import (
     parse_name,
     unsupported_list,
 )
+from kraken.config.backends import DEFAULT_REGISTRY_TIMEOUT, RegistryOptions
 from kraken.core import parse_json
 from kraken.http.client import HTTPClientFactory, KrakenHTTPClient, TreqResponse, read_body
 
@@ -86,7 +87,7 @@ MAX_TOKEN_RESPONSE = 1 << 20
 DEFAULT_TOKEN_LIFETIME = 60.0
 
 #: Seconds per request attempt (Go Kraken's registry ``timeout``).
-DEFAULT_TIMEOUT = 60.0
+DEFAULT_TIMEOUT = DEFAULT_REGISTRY_TIMEOUT
 
 _DIGEST_TEXT_SIZE = len("sha256:") + 64
 _PARAMETER = re.compile(r'([A-Za-z][A-Za-z0-9_-]*)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]+))')
@@ -357,52 +358,14 @@ def _write_once(consumer: IConsumer, data: bytes) -> int:
     return len(data)
 
 
-def _string(options: Mapping[str, object], key: str, path: str) -> str | None:
-    value = options.get(key)
-    if value is not None and (not isinstance(value, str) or not value):
-        raise BackendConfigError(f"{path}.{key}", f"expected a non-empty string, got {value!r}")
-    return value
-
-
-@frozen
-class RegistryBackendConfig:
-    """Options of the ``registry`` backend."""
-
-    kind: ClassVar[str] = "registry"
-
-    address: str
-    credentials: RegistryCredentials | None = None
-    timeout: float = DEFAULT_TIMEOUT
-
-    @classmethod
-    def from_dict(cls, raw: object, path: str) -> RegistryBackendConfig:
-        """Parse ``{address, username, password, timeout}``."""
-        options = _mapping(raw, path)
-        _no_unknown_keys(options, {"address", "username", "password", "timeout"}, path)
-        address = _string(options, "address", path)
-        if address is None:
-            raise BackendConfigError(f"{path}.address", "missing (host[:port] or an http(s) URL)")
-        try:
-            _base_url(address)
-        except ValueError as e:
-            raise BackendConfigError(f"{path}.address", str(e)) from None
-        username = _string(options, "username", path)
-        password = _string(options, "password", path)
-        if (username is None) != (password is None):
-            missing = "password" if password is None else "username"
-            raise BackendConfigError(f"{path}.{missing}", "username and password go together")
-        timeout = options.get("timeout", DEFAULT_TIMEOUT)
-        if not isinstance(timeout, int | float) or isinstance(timeout, bool) or timeout <= 0:
-            raise BackendConfigError(f"{path}.timeout", f"expected seconds > 0, got {timeout!r}")
-        credentials = (
-            RegistryCredentials(username, password)
-            if username is not None and password is not None
-            else None
-        )
-        return cls(address, credentials, float(timeout))
-
-    def build(self, context: BackendContext) -> IBackend:
-        """A :class:`RegistryBackend` with its own client factory on the context's reactor."""
-        factory = HTTPClientFactory(context.reactor, timeout=self.timeout)
-        reactor: Any = context.reactor
-        return RegistryBackend(self.address, factory.client(), reactor, self.credentials, factory)
+def build_registry_backend(options: RegistryOptions, context: BackendContext) -> IBackend:
+    """A :class:`RegistryBackend` for the checked ``registry`` options, with its own client
+    factory on the context's reactor."""
+    credentials = (
+        RegistryCredentials(options.username, options.password)
+        if options.username is not None and options.password is not None
+        else None
+    )
+    factory = HTTPClientFactory(context.reactor, timeout=options.timeout)
+    reactor: Any = context.reactor
+    return RegistryBackend(options.address, factory.client(), reactor, credentials, factory)

@@ -41,12 +41,7 @@ from twisted.internet.interfaces import IConsumer
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from kraken.backends.config import (
-    BackendConfigError,
-    BackendContext,
-    _mapping,
-    _no_unknown_keys,
-)
+from kraken.backends.config import BackendContext
 from kraken.backends.interface import (
     DEFAULT_LIST_LIMIT,
     BlobInfo,
@@ -64,15 +59,21 @@ from kraken.backends.names import (
 )
 from kraken.backends.streams import DEFAULT_CHUNK_SIZE, FileSender
 from kraken.backends.threads import BlockingRunner
+from kraken.config.backends import (
+    DEFAULT_S3_CONCURRENCY,
+    DEFAULT_S3_PART_SIZE,
+    MIN_S3_PART_SIZE,
+    S3Options,
+)
 
 #: Size of each part of a multipart upload, and the size above which uploads are multipart.
-DEFAULT_PART_SIZE = 64 << 20
+DEFAULT_PART_SIZE = DEFAULT_S3_PART_SIZE
 
 #: S3 refuses parts smaller than this (except the last one).
-MIN_PART_SIZE = 5 << 20
+MIN_PART_SIZE = MIN_S3_PART_SIZE
 
 #: Threads one multipart upload uses.
-DEFAULT_CONCURRENCY = 10
+DEFAULT_CONCURRENCY = DEFAULT_S3_CONCURRENCY
 
 #: Longest continuation token accepted from a caller (S3's own are far shorter).
 MAX_TOKEN_LENGTH = 1024
@@ -323,109 +324,24 @@ def s3_client_factory(
     return make
 
 
-def _optional_string(options: Mapping[str, object], key: str, path: str) -> str | None:
-    value = options.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value:
-        raise BackendConfigError(f"{path}.{key}", f"expected a non-empty string, got {value!r}")
-    return value
-
-
-def _int(options: Mapping[str, object], key: str, path: str, default: int, minimum: int) -> int:
-    value = options.get(key, default)
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise BackendConfigError(
-            f"{path}.{key}", f"expected an integer >= {minimum}, got {value!r}"
-        )
-    return value
-
-
-@frozen
-class S3BackendConfig:
-    """Options of the ``s3`` backend."""
-
-    kind: ClassVar[str] = "s3"
-
-    bucket: str
-    region: str | None = None
-    root_directory: str = ""
-    endpoint_url: str | None = None
-    """e.g. ``http://127.0.0.1:9000`` for MinIO; ``None`` for AWS."""
-    force_path_style: bool = False
-    credentials: S3Credentials | None = None
-    part_size: int = DEFAULT_PART_SIZE
-    concurrency: int = DEFAULT_CONCURRENCY
-
-    @classmethod
-    def from_dict(cls, raw: object, path: str) -> S3BackendConfig:
-        """Parse ``{bucket, region, root_directory, endpoint_url, force_path_style, ...}``."""
-        options = _mapping(raw, path)
-        _no_unknown_keys(
-            options,
-            {
-                "bucket",
-                "region",
-                "root_directory",
-                "endpoint_url",
-                "force_path_style",
-                "access_key_id",
-                "secret_access_key",
-                "session_token",
-                "part_size",
-                "concurrency",
-            },
-            path,
-        )
-        bucket = _optional_string(options, "bucket", path)
-        if bucket is None:
-            raise BackendConfigError(f"{path}.bucket", "missing (the bucket's name)")
-        root = _optional_string(options, "root_directory", path) or ""
-        try:
-            _root_directory(root)
-        except ValueError as e:
-            raise BackendConfigError(f"{path}.root_directory", str(e)) from None
-        force_path_style = options.get("force_path_style", False)
-        if not isinstance(force_path_style, bool):
-            raise BackendConfigError(
-                f"{path}.force_path_style", f"expected true or false, got {force_path_style!r}"
-            )
-        key_id = _optional_string(options, "access_key_id", path)
-        secret = _optional_string(options, "secret_access_key", path)
-        if (key_id is None) != (secret is None):
-            missing = "secret_access_key" if secret is None else "access_key_id"
-            raise BackendConfigError(
-                f"{path}.{missing}", "access_key_id and secret_access_key go together"
-            )
-        credentials = (
-            S3Credentials(key_id, secret, _optional_string(options, "session_token", path))
-            if key_id is not None and secret is not None
-            else None
-        )
-        return cls(
-            bucket=bucket,
-            region=_optional_string(options, "region", path),
-            root_directory=root,
-            endpoint_url=_optional_string(options, "endpoint_url", path),
-            force_path_style=force_path_style,
+def build_s3_backend(options: S3Options, context: BackendContext) -> IBackend:
+    """An :class:`S3Backend` for the checked ``s3`` options; boto3 runs in the context's runner."""
+    credentials = (
+        S3Credentials(options.access_key_id, options.secret_access_key, options.session_token)
+        if options.access_key_id is not None and options.secret_access_key is not None
+        else None
+    )
+    return S3Backend(
+        options.bucket,
+        context.run,
+        s3_client_factory(
+            region=options.region,
+            endpoint_url=options.endpoint_url,
+            force_path_style=options.force_path_style,
             credentials=credentials,
-            part_size=_int(options, "part_size", path, DEFAULT_PART_SIZE, MIN_PART_SIZE),
-            concurrency=_int(options, "concurrency", path, DEFAULT_CONCURRENCY, 1),
-        )
-
-    def build(self, context: BackendContext) -> IBackend:
-        """An :class:`S3Backend` whose boto3 calls run in the context's runner."""
-        return S3Backend(
-            self.bucket,
-            context.run,
-            s3_client_factory(
-                region=self.region,
-                endpoint_url=self.endpoint_url,
-                force_path_style=self.force_path_style,
-                credentials=self.credentials,
-                max_connections=self.concurrency,
-            ),
-            root_directory=self.root_directory,
-            part_size=self.part_size,
-            concurrency=self.concurrency,
-        )
+            max_connections=options.concurrency,
+        ),
+        root_directory=options.root_directory,
+        part_size=options.part_size,
+        concurrency=options.concurrency,
+    )

@@ -82,7 +82,7 @@ def _backends_setting() -> Any:
     return setting(
         Factory(lambda self: default_backends(self.data_dir), takes_self=True),
         doc="Ordered list; the first entry whose `namespace` regex matches a namespace "
-        "serves it. Backend options are checked by the backend itself.",
+        "serves it. Each entry's backend options are checked with the rest of the file.",
         default_doc="`[{namespace: .*, backend: {fs: {root: <data_dir>/../backend}}}]`",
     )
 

@@ -102,9 +102,15 @@ def _entry_rows(cls: type, prefix: str) -> Iterator[tuple[str, str, str, str]]:
         tp = types_[field.name]
         if field.default is attrs.NOTHING:
             shown = "required"
-        else:
+        elif field.default is None or not is_config_class(optional_inner(tp) or tp):
             shown = f"`{flow(unstructure_value(tp, field.default))}`"
+        else:
+            shown = ""
         yield (f"`{prefix}{field.name}`", type_name(tp), shown, field.metadata.get(DOC, ""))
+        # The keys of a section inside an entry (a backend's options) are listed too.
+        section_type = optional_inner(tp) or tp
+        if is_config_class(section_type):
+            yield from _entry_rows(section_type, f"{prefix}{field.name}.")
 
 
 def table(cls: type) -> str:

@@ -13,7 +13,6 @@ sections 5-11; docs/configuration.md is generated from the ``doc`` strings.
 
 from __future__ import annotations
 
-import copy
 import posixpath
 from collections.abc import Iterator, Mapping
 from types import MappingProxyType
@@ -21,7 +20,8 @@ from typing import Annotated, Any, ClassVar
 
 from attrs import frozen
 
-from kraken.config.structure import section, setting
+from kraken.config.backends import BackendChoice, FilesystemOptions
+from kraken.config.structure import section, setting, unstructure
 from kraken.config.values import (
     ByteRate,
     DiskLimit,
@@ -29,7 +29,6 @@ from kraken.config.values import (
     Duration,
     Endpoint,
     HostPort,
-    Name,
     NonNegativeInt,
     Path,
     PositiveInt,
@@ -485,40 +484,30 @@ class BackendEntry:
     """
     One entry of ``backends:``: blobs of namespaces matching ``namespace`` use ``backend``.
 
-    The backend is a mapping with exactly one key, the backend's name (``fs``,
-    ``s3``, ...), whose value is that backend's options.  The options are kept as
-    plain YAML data, checked here only for shape: :mod:`kraken.backends` builds
-    and validates backends from :meth:`to_raw` (``BackendsConfig.from_list``).
+    The backend names exactly one kind (``fs``, ``s3``, ...) with its options, which
+    are checked here like every other setting (:mod:`kraken.config.backends`);
+    :mod:`kraken.backends.config` builds the backends from them.
     """
 
     namespace: Regex = setting(doc="Regular expression searched for in the namespace.")
-    backend: Mapping[Name, Any] = setting(doc="`{<name>: {<options>}}`, e.g. `{fs: {root: /x}}`.")
+    backend: BackendChoice = setting(
+        doc="Exactly one backend and its options, e.g. `{fs: {root: /x}}`."
+    )
 
     @property
     def name(self) -> str:
-        """The backend's name (``fs``, ``s3``...)."""
-        return next(iter(self.backend))
+        """The backend's kind (``fs``, ``s3``...)."""
+        return self.backend.kind
 
     @property
-    def options(self) -> Mapping[str, Any]:
-        """The backend's options (plain YAML data)."""
-        options: Mapping[str, Any] = self.backend[self.name] or {}
+    def options(self) -> dict[str, Any]:
+        """The backend's options as YAML data (``{"root": "/x"}``)."""
+        options: dict[str, Any] = unstructure(self.backend.options)
         return options
 
     def to_raw(self) -> dict[str, Any]:
-        """The entry as plain YAML data, for :mod:`kraken.backends` to build from."""
-        return {"namespace": self.namespace, "backend": {self.name: copy.deepcopy(self.options)}}
-
-    def config_problems(self) -> Problems:
-        """Exactly one backend, whose options are a mapping with string keys (or empty)."""
-        if len(self.backend) != 1:
-            yield ("backend", "expected exactly one backend, such as {fs: {root: ...}}")
-            return
-        name, options = next(iter(self.backend.items()))
-        if options is not None and not (
-            isinstance(options, Mapping) and all(isinstance(key, str) for key in options)
-        ):
-            yield (("backend", name), "expected a mapping of options")
+        """The entry as plain YAML data (what a user writes for it)."""
+        return unstructure(self)
 
 
 def default_backend_root(data_dir: str) -> str:
@@ -537,7 +526,7 @@ def default_backends(data_dir: str) -> tuple[BackendEntry, ...]:
     return (
         BackendEntry(
             namespace=".*",
-            backend=MappingProxyType({"fs": {"root": default_backend_root(data_dir)}}),
+            backend=BackendChoice(fs=FilesystemOptions(root=default_backend_root(data_dir))),
         ),
     )
 

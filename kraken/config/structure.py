@@ -21,7 +21,8 @@ A class may define ``config_problems(self)`` yielding ``(key, message)`` for
 checks across fields (``key`` relative to the section: a field name, a tuple
 of keys, or ``""`` for the section itself), ``config_prepare(cls,
 raw) -> raw`` (a classmethod) to fill in the raw mapping before it is read,
-and ``config_atomic: ClassVar[bool] = True`` when a value given in YAML must
+``config_unstructure(self)`` to write itself back as YAML data, and
+``config_atomic: ClassVar[bool] = True`` when a value given in YAML must
 replace the field's default as a whole instead of being merged into it (host
 lists: ``dns:`` must not be merged with a default ``static:``).
 """
@@ -69,6 +70,7 @@ def setting(
     doc: str,
     factory: Callable[[], Any] | None = None,
     default_doc: str | None = None,
+    secret: bool = False,
 ) -> Any:
     """
     Declare a setting of a config class, with its documentation.
@@ -76,13 +78,14 @@ def setting(
     ``default_doc`` replaces the shown default in the reference when the
     default is computed (for instance from ``data_dir``); pass an
     ``attrs.Factory(..., takes_self=True)`` as ``default`` in that case.
+    A ``secret`` (a password) is left out of the class's ``repr``, and so of logs.
     """
     metadata: dict[str, object] = {DOC: doc}
     if default_doc is not None:
         metadata[DEFAULT_DOC] = default_doc
     if factory is not None:
-        return attrs.field(factory=factory, metadata=metadata)
-    return attrs.field(default=default, metadata=metadata)
+        return attrs.field(factory=factory, metadata=metadata, repr=not secret)
+    return attrs.field(default=default, metadata=metadata, repr=not secret)
 
 
 def section(cls: type[T], *, doc: str, **overrides: Any) -> T:
@@ -359,7 +362,15 @@ def unstructure_value(tp: Any, value: Any) -> Any:
 
 
 def unstructure(instance: object) -> dict[str, Any]:
-    """A config instance as YAML-ready plain data; ``structure`` of it gives it back."""
+    """A config instance as YAML-ready plain data; ``structure`` of it gives it back.
+
+    A class may define ``config_unstructure(self)`` to write itself (a choice of one
+    of several sections writes only the chosen one).
+    """
+    own = getattr(instance, "config_unstructure", None)
+    if own is not None:
+        written: dict[str, Any] = own()
+        return written
     cls = type(instance)
     types_ = field_types(cls)
     return {

@@ -8,42 +8,41 @@ from typing import Any
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from kraken.backends.config import (
-    DEFAULT_FS_ROOT,
-    BackendConfigError,
-    BackendContext,
-    BackendRouteConfig,
-    BackendsConfig,
-    FilesystemBackendConfig,
-    NoopBackendConfig,
-)
+from kraken.backends.config import DEFAULT_FS_ROOT, BackendContext, BackendsConfig
 from kraken.backends.fs import FilesystemBackend
 from kraken.backends.interface import NamespaceNotFound
 from kraken.backends.noop import NoopBackend
 from kraken.backends.threads import run_inline
+from kraken.config import BackendEntry, ConfigError
+from kraken.config.backends import BackendChoice, FilesystemOptions, NoopOptions
+
+
+def entry(namespace: str, **kind: Any) -> BackendEntry:
+    """A backends entry routing ``namespace`` to the one backend in ``kind``."""
+    return BackendEntry(namespace=namespace, backend=BackendChoice(**kind))
 
 
 class BackendsConfigParseTests(SynchronousTestCase):
-    """BackendsConfig.from_list reads Go Kraken's backends: list, strictly."""
+    """BackendsConfig.from_list reads Go Kraken's backends: list with the config parser."""
 
     def assert_error(self, raw: Any, path: str, words: str) -> None:
-        """Parsing ``raw`` fails with BackendConfigError at ``path`` mentioning ``words``."""
-        with self.assertRaises(BackendConfigError) as raised:
+        """Parsing ``raw`` fails with one ConfigError line at ``path`` mentioning ``words``."""
+        with self.assertRaises(ConfigError) as raised:
             BackendsConfig.from_list(raw)
-        self.assertEqual(raised.exception.path, path)
-        self.assertTrue(str(raised.exception).startswith(f"{path}: "), str(raised.exception))
-        self.assertIn(words, str(raised.exception))
+        (problem,) = raised.exception.problems
+        self.assertTrue(problem.startswith(f"{path}: "), problem)
+        self.assertIn(words, problem)
 
     def test_default(self) -> None:
         """No backends: key means one fs backend under ./kraken-data for every namespace."""
         self.assertEqual(
             BackendsConfig.from_list(None),
-            BackendsConfig((BackendRouteConfig(".*", FilesystemBackendConfig(DEFAULT_FS_ROOT)),)),
+            BackendsConfig((entry(".*", fs=FilesystemOptions(root=DEFAULT_FS_ROOT)),)),
         )
         self.assertEqual(DEFAULT_FS_ROOT, "./kraken-data/backend")
 
     def test_routes_in_order(self) -> None:
-        """Each entry becomes a route, in the order given."""
+        """Each entry becomes a route, in the order given; ``noop: null`` means noop."""
         config = BackendsConfig.from_list(
             [
                 {"namespace": "^library/", "backend": {"fs": {"root": "/srv/lib"}}},
@@ -51,10 +50,10 @@ class BackendsConfigParseTests(SynchronousTestCase):
             ]
         )
         self.assertEqual(
-            config.routes,
+            config.entries,
             (
-                BackendRouteConfig("^library/", FilesystemBackendConfig("/srv/lib")),
-                BackendRouteConfig(".*", NoopBackendConfig()),
+                entry("^library/", fs=FilesystemOptions(root="/srv/lib")),
+                entry(".*", noop=NoopOptions()),
             ),
         )
 
@@ -64,12 +63,12 @@ class BackendsConfigParseTests(SynchronousTestCase):
         self.assert_error(["x"], "backends[0]", "expected a mapping")
         self.assert_error([{"backend": {"noop": {}}}], "backends[0].namespace", "missing")
         self.assert_error(
-            [{"namespace": 3, "backend": {"noop": {}}}], "backends[0].namespace", "regex"
+            [{"namespace": 3, "backend": {"noop": {}}}], "backends[0].namespace", "regular"
         )
         self.assert_error(
-            [{"namespace": "(", "backend": {"noop": {}}}], "backends[0].namespace", "'('"
+            [{"namespace": "(", "backend": {"noop": {}}}], "backends[0].namespace", '"("'
         )
-        self.assert_error([{"namespace": ".*"}], "backends[0].backend", "exactly one")
+        self.assert_error([{"namespace": ".*"}], "backends[0].backend", "required")
         self.assert_error(
             [{"namespace": ".*", "backend": {"fs": {}, "noop": {}}}],
             "backends[0].backend",
@@ -81,7 +80,7 @@ class BackendsConfigParseTests(SynchronousTestCase):
         self.assert_error(
             [{"namespace": ".*", "backend": {"fs": {"root": ""}}}],
             "backends[0].backend.fs.root",
-            "non-empty string",
+            "expected a path",
         )
         self.assert_error(
             [{"namespace": ".*", "backend": {"fs": {"rot": "/x"}}}],
@@ -99,6 +98,17 @@ class BackendsConfigParseTests(SynchronousTestCase):
             "exactly one",
         )
 
+    def test_root_of_key_paths(self) -> None:
+        """The key paths start at the root given (the daemon's name)."""
+        with self.assertRaises(ConfigError) as raised:
+            BackendsConfig.from_list(
+                [{"namespace": ".*", "backend": {"fs": {"rooot": "/x"}}}], "origin"
+            )
+        self.assertEqual(
+            raised.exception.problems,
+            ('origin.backends[0].backend.fs.rooot: unknown key (did you mean "root"?)',),
+        )
+
 
 class BackendsConfigBuildTests(SynchronousTestCase):
     """BackendsConfig.build makes the backends and the router over them."""
@@ -108,9 +118,9 @@ class BackendsConfigBuildTests(SynchronousTestCase):
         root = self.mktemp()
         config = BackendsConfig(
             (
-                BackendRouteConfig("^a/", FilesystemBackendConfig(root)),
-                BackendRouteConfig("^b/", NoopBackendConfig()),
-                BackendRouteConfig("^c/", FilesystemBackendConfig(root)),
+                entry("^a/", fs=FilesystemOptions(root=root)),
+                entry("^b/", noop=NoopOptions()),
+                entry("^c/", fs=FilesystemOptions(root=root)),
             )
         )
         router = config.build(BackendContext(Clock(), run_inline))

@@ -17,11 +17,10 @@ from twisted.web.client import ResponseDone
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
-from kraken.backends.config import BackendConfigError, BackendContext, BackendsConfig
+from kraken.backends.config import BackendContext, BackendsConfig
 from kraken.backends.http import (
     DEFAULT_DOWNLOAD_TIMEOUT,
     HTTPBackend,
-    HTTPBackendConfig,
     check_url_template,
     stream_response,
 )
@@ -34,6 +33,8 @@ from kraken.backends.interface import (
 )
 from kraken.backends.streams import BytesConsumer, download_to_path
 from kraken.backends.threads import run_inline
+from kraken.config import ConfigError
+from kraken.config.backends import HTTPOptions
 from kraken.http.client import HTTPClientFactory, HTTPStatusError, RequestTimeout, RetryPolicy
 from tests.backends.base import NAMESPACE, BackendTests, RunAsynchronously, backend_test, blob_name
 from tests.backends.test_s3 import PauseEveryWriteConsumer, StopAfterFirstWriteConsumer
@@ -284,8 +285,8 @@ class IdleTimeoutTests(SynchronousTestCase):
         self.assertEqual(clock.getDelayedCalls(), [])
 
 
-class HTTPBackendConfigTests(SynchronousTestCase):
-    """The ``http`` config section and URL templates."""
+class HTTPBackendOptionsTests(SynchronousTestCase):
+    """The ``http`` backend's options and URL templates."""
 
     def test_templates(self) -> None:
         """A template needs an http(s) URL and exactly one placeholder."""
@@ -300,30 +301,29 @@ class HTTPBackendConfigTests(SynchronousTestCase):
         backend = HTTPBackend("http://x/{namespace}/{name}", HTTPClientFactory(Clock()).client())
         self.assertEqual(backend.url_of("a/b%c", "library/x:1"), "http://x/a/b%25c/library/x:1")
 
-    def test_from_dict(self) -> None:
-        """download_url and download_timeout (default 180 s) are parsed; build makes a backend."""
-        config = HTTPBackendConfig.from_dict({"download_url": "http://h/{name}"}, "http")
-        self.assertEqual(config, HTTPBackendConfig("http://h/{name}", DEFAULT_DOWNLOAD_TIMEOUT))
-        backend = config.build(BackendContext(Clock(), run_inline))
+    def test_options(self) -> None:
+        """download_url and download_timeout (default 180 s) are read; build makes a backend."""
+        config = BackendsConfig.from_list(
+            [{"namespace": ".*", "backend": {"http": {"download_url": "http://h/{name}"}}}]
+        )
+        self.assertEqual(
+            config.entries[0].backend.http,
+            HTTPOptions(download_url="http://h/{name}", download_timeout=DEFAULT_DOWNLOAD_TIMEOUT),
+        )
+        backend = config.build(BackendContext(Clock(), run_inline)).backend_for("x")
         assert isinstance(backend, HTTPBackend)
         self.assertEqual(backend.download_url, "http://h/{name}")
         self.successResultOf(backend.close())
 
-    def test_from_dict_errors(self) -> None:
-        """Bad options are errors naming their key."""
+    def test_option_errors(self) -> None:
+        """Bad options are ConfigError lines naming their key."""
         for raw, key in [
             ({}, "http.download_url"),
             ({"download_url": "http://h/"}, "http.download_url"),
             ({"download_url": "http://h/%s", "download_timeout": 0}, "http.download_timeout"),
             ({"download_url": "http://h/%s", "x": 1}, "http.x"),
         ]:
-            with self.assertRaises(BackendConfigError) as caught:
-                HTTPBackendConfig.from_dict(raw, "http")
-            self.assertEqual(caught.exception.path, key)
-
-    def test_backends_list(self) -> None:
-        """``backend: {http: ...}`` in the backends list is understood."""
-        config = BackendsConfig.from_list(
-            [{"namespace": ".*", "backend": {"http": {"download_url": "http://h/%s"}}}]
-        )
-        self.assertEqual(config.routes[0].backend, HTTPBackendConfig("http://h/%s"))
+            with self.assertRaises(ConfigError) as caught:
+                BackendsConfig.from_list([{"namespace": ".*", "backend": {"http": raw}}])
+            (problem,) = caught.exception.problems
+            self.assertTrue(problem.startswith(f"backends[0].backend.{key}: "), problem)

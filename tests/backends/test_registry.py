@@ -32,7 +32,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
-from kraken.backends.config import BackendConfigError, BackendContext, BackendsConfig
+from kraken.backends.config import BackendContext, BackendsConfig
 from kraken.backends.interface import (
     BlobInfo,
     BlobNotFound,
@@ -44,11 +44,11 @@ from kraken.backends.registry import (
     MANIFEST_MEDIA_TYPES,
     RegistryAuthError,
     RegistryBackend,
-    RegistryBackendConfig,
     RegistryCredentials,
     parse_challenge,
 )
 from kraken.backends.streams import BytesConsumer, download_bytes
+from kraken.config import ConfigError
 from kraken.http.client import HTTPClientFactory, RetryPolicy
 from tests.backends.base import BackendTests, RunAsynchronously, backend_test, blob_name
 from tests.backends.servers import DockerRegistry, docker_registry, free_port
@@ -492,20 +492,32 @@ class RegistryUnitTests(SynchronousTestCase):
         with self.assertRaises(ValueError):
             RegistryBackend("ftp://r", client, Clock())
 
-    def test_from_dict(self) -> None:
-        """address, username/password and timeout are parsed; build makes a backend."""
-        config = RegistryBackendConfig.from_dict(
-            {"address": "http://127.0.0.1:5000", "username": "u", "password": "p"}, "registry"
+    def test_options(self) -> None:
+        """address, username/password and timeout are read; build makes a backend."""
+        config = BackendsConfig.from_list(
+            [
+                {
+                    "namespace": ".*",
+                    "backend": {
+                        "registry": {
+                            "address": "http://127.0.0.1:5000",
+                            "username": "u",
+                            "password": "p",
+                        }
+                    },
+                }
+            ]
         )
-        self.assertEqual(config.credentials, RegistryCredentials("u", "p"))
         self.assertNotIn("'p'", repr(config))
-        backend = config.build(BackendContext(Clock(), None))  # type: ignore[arg-type]
+        router = config.build(BackendContext(Clock(), None))  # type: ignore[arg-type]
+        backend = router.backend_for("x")
         assert isinstance(backend, RegistryBackend)
         self.assertEqual(backend.address, "http://127.0.0.1:5000")
+        self.assertEqual(backend.credentials, RegistryCredentials("u", "p"))
         self.successResultOf(backend.close())
 
-    def test_from_dict_errors(self) -> None:
-        """Bad options are errors naming their key."""
+    def test_option_errors(self) -> None:
+        """Bad options are ConfigError lines naming their key."""
         for raw, key in [
             ({}, "registry.address"),
             ({"address": "ftp://x"}, "registry.address"),
@@ -513,13 +525,7 @@ class RegistryUnitTests(SynchronousTestCase):
             ({"address": "x", "timeout": -1}, "registry.timeout"),
             ({"address": "x", "bogus": 1}, "registry.bogus"),
         ]:
-            with self.assertRaises(BackendConfigError) as caught:
-                RegistryBackendConfig.from_dict(raw, "registry")
-            self.assertEqual(caught.exception.path, key)
-
-    def test_backends_list(self) -> None:
-        """``backend: {registry: ...}`` in the backends list is understood."""
-        config = BackendsConfig.from_list(
-            [{"namespace": ".*", "backend": {"registry": {"address": "r:5000"}}}]
-        )
-        self.assertEqual(config.routes[0].backend, RegistryBackendConfig("r:5000"))
+            with self.assertRaises(ConfigError) as caught:
+                BackendsConfig.from_list([{"namespace": ".*", "backend": {"registry": raw}}])
+            (problem,) = caught.exception.problems
+            self.assertTrue(problem.startswith(f"backends[0].backend.{key}: "), problem)

@@ -13,19 +13,19 @@ from twisted.internet.interfaces import IProducer
 from twisted.python.threadpool import ThreadPool
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from kraken.backends.config import BackendConfigError, BackendContext, BackendsConfig
+from kraken.backends.config import BackendContext, BackendsConfig
 from kraken.backends.interface import BlobNotFound, IBackend, TransferStopped
 from kraken.backends.s3 import (
     DEFAULT_PART_SIZE,
     MIN_PART_SIZE,
     S3Backend,
-    S3BackendConfig,
     S3Credentials,
     is_not_found,
     s3_client_factory,
 )
 from kraken.backends.streams import BytesConsumer
 from kraken.backends.threads import BlockingRunner, run_inline, threadpool_runner
+from kraken.config import ConfigError
 from tests.backends.base import NAMESPACE, ReadWriteBackendTests, RunAsynchronously, blob_name
 from tests.backends.servers import MotoServer, moto_server
 
@@ -294,31 +294,38 @@ class S3KeyAndConfigTests(SynchronousTestCase):
         with self.assertRaises(ValueError):
             S3Backend("b", run_inline, object, part_size=MIN_PART_SIZE - 1)
 
-    def test_from_dict(self) -> None:
-        """Every option is parsed; defaults are 64 MiB parts and 10 threads."""
-        config = S3BackendConfig.from_dict(
-            {
-                "bucket": "blobs",
-                "region": "eu-west-1",
-                "root_directory": "/kraken/",
-                "endpoint_url": "http://127.0.0.1:9000",
-                "force_path_style": True,
-                "access_key_id": "id",
-                "secret_access_key": "secret",
-            },
-            "s3",
+    def test_options(self) -> None:
+        """Every option is read; defaults are 64 MiB parts and 10 threads; build makes it."""
+        config = BackendsConfig.from_list(
+            [
+                {
+                    "namespace": ".*",
+                    "backend": {
+                        "s3": {
+                            "bucket": "blobs",
+                            "region": "eu-west-1",
+                            "root_directory": "/kraken/",
+                            "endpoint_url": "http://127.0.0.1:9000",
+                            "force_path_style": True,
+                            "access_key_id": "id",
+                            "secret_access_key": "secret",
+                        }
+                    },
+                }
+            ]
         )
-        self.assertEqual(config.bucket, "blobs")
-        self.assertEqual(config.credentials, S3Credentials("id", "secret"))
-        self.assertEqual((config.part_size, config.concurrency), (DEFAULT_PART_SIZE, 10))
+        options = config.entries[0].backend.s3
+        assert options is not None
+        self.assertEqual(options.bucket, "blobs")
+        self.assertEqual((options.part_size, options.concurrency), (DEFAULT_PART_SIZE, 10))
         self.assertNotIn("secret", repr(config))
-        backend = config.build(BackendContext(None, run_inline))
+        backend = config.build(BackendContext(None, run_inline)).backend_for("x")
         assert isinstance(backend, S3Backend)
         self.assertEqual(backend.root_directory, "kraken")
         self.assertEqual(backend.key_of("a:b"), "kraken/a:b")
 
-    def test_from_dict_errors(self) -> None:
-        """Bad options are errors naming their key."""
+    def test_option_errors(self) -> None:
+        """Bad options are ConfigError lines naming their key."""
         for raw, key in [
             ({}, "s3.bucket"),
             ({"bucket": ""}, "s3.bucket"),
@@ -329,11 +336,7 @@ class S3KeyAndConfigTests(SynchronousTestCase):
             ({"bucket": "b", "part_size": 1024}, "s3.part_size"),
             ({"bucket": "b", "concurrency": 0}, "s3.concurrency"),
         ]:
-            with self.assertRaises(BackendConfigError) as caught:
-                S3BackendConfig.from_dict(raw, "s3")
-            self.assertEqual(caught.exception.path, key, raw)
-
-    def test_backends_list(self) -> None:
-        """``backend: {s3: ...}`` in the backends list builds an S3 backend."""
-        config = BackendsConfig.from_list([{"namespace": ".*", "backend": {"s3": {"bucket": "b"}}}])
-        self.assertEqual(config.routes[0].backend, S3BackendConfig("b"))
+            with self.assertRaises(ConfigError) as caught:
+                BackendsConfig.from_list([{"namespace": ".*", "backend": {"s3": raw}}], "origin")
+            (problem,) = caught.exception.problems
+            self.assertTrue(problem.startswith(f"origin.backends[0].backend.{key}: "), problem)

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from typing import Any
 
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.internet.defer import Deferred
+from twisted.internet.utils import getProcessOutputAndValue
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+import tests
 from kraken.config import ConfigError, parse_config
+
+#: The checkout holding ``kraken/`` and ``twisted/plugins/kraken_plugins.py``.
+CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(tests.__file__)))
+#: ``twistd``, run by this interpreter: what the ``twistd`` console script does.
+TWISTD = "from twisted.scripts.twistd import run; run()"
 
 DURATION = 'expected a duration such as "30s", "5m", "1h30m" or a number of seconds, got {}'
 SIZE = 'expected a size such as "64MiB", "4MB" or a number of bytes, got {}'
@@ -325,7 +335,7 @@ class ConsistencyErrorsTests(ErrorCase):
         )
 
     def test_backends(self) -> None:
-        """Backend entries: one backend name, options a mapping, at least one entry."""
+        """Backend entries: one known backend kind, options a mapping, at least one entry."""
         self.assertProblem(
             "origin", {"backends": []}, "origin.backends: expected at least one entry"
         )
@@ -346,16 +356,94 @@ class ConsistencyErrorsTests(ErrorCase):
             (
                 'origin.backends[0].namespace: invalid regular expression "(": '
                 "missing ), unterminated subpattern at position 0",
-                "origin.backends[1].backend: expected exactly one backend, such as "
-                "{fs: {root: ...}}",
-                "origin.backends[2].backend.FS: expected a lowercase name such as fs or s3, "
-                'got "FS"',
-                "origin.backends[3].backend.s3: expected a mapping of options",
-                "origin.backends[4].backend: expected exactly one backend, such as "
-                "{fs: {root: ...}}",
+                "origin.backends[1].backend: expected exactly one of fs, s3, registry, http, "
+                "noop, got none",
+                "origin.backends[2].backend.FS: unknown key",
+                "origin.backends[3].backend.s3: expected a mapping, got a list",
+                "origin.backends[4].backend.s3.bucket: required key missing",
                 "origin.backends[5].namespace: required key missing",
             ),
         )
+        self.assertProblem(
+            "build-index",
+            {"backends": [{"namespace": ".*", "backend": {"fs": {}, "noop": None}}]},
+            "build-index.backends[0].backend: expected exactly one of fs, s3, registry, http, "
+            "noop, got fs, noop",
+        )
+
+    def test_backend_options(self) -> None:
+        """Each backend's options are checked at load time, one line per problem with its path."""
+        self.assertProblem(
+            "origin",
+            {"backends": [{"namespace": ".*", "backend": {"fs": {"rooot": "/x"}}}]},
+            'origin.backends[0].backend.fs.rooot: unknown key (did you mean "root"?)',
+        )
+
+        def entry(kind: str, options: dict[str, Any]) -> dict[str, Any]:
+            return {"backends": [{"namespace": ".*", "backend": {kind: options}}]}
+
+        prefix = "origin.backends[0].backend."
+        for kind, options, problem in [
+            ("fs", {"root": ""}, 'fs.root: expected a path, got ""'),
+            ("s3", {}, "s3.bucket: required key missing"),
+            ("s3", {"bucket": ""}, 's3.bucket: expected a non-empty string, got ""'),
+            ("s3", {"bucket": "b", "nope": 1}, "s3.nope: unknown key"),
+            (
+                "s3",
+                {"bucket": "b", "root_directory": "../x"},
+                "s3.root_directory: invalid root_directory '../x': expected '/'-separated "
+                "segments of [A-Za-z0-9][A-Za-z0-9._-]*",
+            ),
+            (
+                "s3",
+                {"bucket": "b", "force_path_style": "yes"},
+                's3.force_path_style: expected true or false, got "yes"',
+            ),
+            (
+                "s3",
+                {"bucket": "b", "access_key_id": "x"},
+                "s3.secret_access_key: access_key_id and secret_access_key go together",
+            ),
+            (
+                "s3",
+                {"bucket": "b", "part_size": 1024},
+                "s3.part_size: must be at least 5242880 bytes (S3's minimum), got 1024",
+            ),
+            (
+                "s3",
+                {"bucket": "b", "concurrency": 0},
+                "s3.concurrency: expected a positive integer, got 0",
+            ),
+            ("registry", {}, "registry.address: required key missing"),
+            (
+                "registry",
+                {"address": "ftp://x"},
+                "registry.address: 'ftp://x' must be host[:port] or an http(s) URL",
+            ),
+            (
+                "registry",
+                {"address": "x", "username": "u"},
+                "registry.password: username and password go together",
+            ),
+            (
+                "registry",
+                {"address": "x", "timeout": 0},
+                "registry.timeout: expected seconds > 0, got 0",
+            ),
+            ("http", {}, "http.download_url: required key missing"),
+            (
+                "http",
+                {"download_url": "http://h/"},
+                "http.download_url: download_url 'http://h/' needs exactly one '{name}' or '%s'",
+            ),
+            (
+                "http",
+                {"download_url": "http://h/%s", "download_timeout": 0},
+                "http.download_timeout: expected seconds > 0, got 0",
+            ),
+            ("noop", {"x": 1}, "noop.x: unknown key"),
+        ]:
+            self.assertProblem("origin", entry(kind, options), prefix + problem)
 
     def test_piece_lengths(self) -> None:
         """Piece lengths are bounded like those accepted from the network."""
@@ -378,3 +466,30 @@ class ConsistencyErrorsTests(ErrorCase):
             {"origin": {"hashring": {"max_replica": 0}}},
             "herd.origin.hashring.max_replica: expected a positive integer, got 0",
         )
+
+
+class TwistdTests(TestCase):
+    """``twistd -n kraken-origin --config FILE`` as an operator runs it, in a child process."""
+
+    def test_bad_backend_option_is_one_line(self) -> Deferred[None]:
+        """A misspelt backend option stops the daemon with one line naming its key, no traceback."""
+        path = os.path.abspath(self.mktemp())
+        with open(path, "w", encoding="utf-8") as f:
+            f.write('backends:\n  - namespace: ".*"\n    backend:\n      fs: {rooot: /tmp/x}\n')
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [CHECKOUT, env.get("PYTHONPATH")]))
+        argv = ["-c", TWISTD, "-n", "kraken-origin", "--config", path]
+
+        def check(result: tuple[bytes, bytes, int]) -> None:
+            out, err, code = result
+            text = (out + err).decode("utf-8", "replace")
+            self.assertNotEqual(code, 0, text)
+            self.assertNotIn("Traceback", text)
+            (line,) = [line for line in text.splitlines() if "backends[0]" in line]
+            expected = 'origin.backends[0].backend.fs.rooot: unknown key (did you mean "root"?)'
+            self.assertTrue(line.endswith(f"{path}: {expected}"), text)
+
+        d: Deferred[tuple[bytes, bytes, int]] = getProcessOutputAndValue(
+            sys.executable, argv, env=env, path=CHECKOUT
+        )
+        return d.addCallback(check)

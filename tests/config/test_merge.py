@@ -57,9 +57,10 @@ class SectionMergeTests(SynchronousTestCase):
             "origin",
             {"data_dir": "/d/origin", "backends": [{"namespace": "x", "backend": {"fs": {}}}]},
         )
+        # An fs backend given without a root has the fs backend's own default, not data_dir's.
         self.assertEqual(
             [entry.to_raw() for entry in given.backends],
-            [{"namespace": "x", "backend": {"fs": {}}}],
+            [{"namespace": "x", "backend": {"fs": {"root": "./kraken-data/backend"}}}],
         )
 
     def test_values_are_read_only(self) -> None:
