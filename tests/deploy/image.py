@@ -41,6 +41,7 @@ CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(tests.__file__)))
 #: Outlives test runs on one machine; CI starts without it and fills it.
 CACHE = "/var/tmp/kraken-test-image-cache"
 SUITE = "bookworm"
+BASE_REPOSITORY = "localhost/kraken-test-base"
 MIRROR = os.environ.get("KRAKEN_TEST_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 
 
@@ -67,7 +68,7 @@ async def podman(testcase: TestCase, program: str, *args: str, check: bool = Tru
 
 
 def _run(argv: list[str], **kwargs: Any) -> None:
-    """Run a set-up command in a thread's worth of blocking; its output only on failure."""
+    """Run a set-up command (blocking: the test calls it in a thread); output only on failure."""
     done = subprocess.run(argv, capture_output=True, text=True, check=False, **kwargs)
     if done.returncode:
         raise RuntimeError(f"{' '.join(argv)} exited {done.returncode}:\n{done.stderr[-4000:]}")
@@ -92,7 +93,7 @@ class ImageBuild:
         self.debootstrap = debootstrap
         self.timings: dict[str, float] = {}
         day = datetime.date.today().strftime("%Y%m%d")
-        self.base_image = f"localhost/kraken-test-base:{SUITE}-{day}"
+        self.base_image = f"{BASE_REPOSITORY}:{SUITE}-{day}"
         with open(os.path.join(CHECKOUT, "setup.cfg"), "rb") as f:
             requirements = hashlib.sha256(f.read()).hexdigest()[:12]
         self.wheelhouse = os.path.join(CACHE, f"wheelhouse-{day}-{requirements}")
@@ -121,12 +122,22 @@ class ImageBuild:
                 raise RuntimeError("tar of the debootstrap root failed")
         finally:
             shutil.rmtree(root, ignore_errors=True)
+        # Earlier days' base images are this test's own: drop them.
+        listed = subprocess.run(
+            [self.podman, "images", "--format", "{{.Repository}}:{{.Tag}}", BASE_REPOSITORY],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.split()
+        for old in set(listed) - {self.base_image}:
+            subprocess.run([self.podman, "rmi", old], capture_output=True, check=False)
 
     def _wheels(self, context: str) -> None:
         """Download every dependency's wheel, and the build backend's, unless cached (blocking)."""
         if os.path.isdir(self.wheelhouse):
             return
-        partial = tempfile.mkdtemp(prefix="wheelhouse-", dir=CACHE)
+        os.makedirs(CACHE, exist_ok=True)
+        partial = tempfile.mkdtemp(prefix="partial-", dir=CACHE)
         source = tempfile.mkdtemp(prefix="source-", dir=CACHE)  # pip writes metadata into it
         try:
             shutil.copytree(context, source, dirs_exist_ok=True)
@@ -146,6 +157,9 @@ class ImageBuild:
                     "wheel",
                 ]
             )
+            for name in os.listdir(CACHE):  # earlier wheelhouses are this test's own
+                if name.startswith("wheelhouse-"):
+                    shutil.rmtree(os.path.join(CACHE, name), ignore_errors=True)
             os.replace(partial, self.wheelhouse)
         finally:
             shutil.rmtree(partial, ignore_errors=True)
@@ -181,6 +195,7 @@ class ImageBuild:
             "build",
             "--quiet",
             "--no-cache",  # the time of a real build, not of a cache hit
+            "--layers=false",  # and no builder-stage image left behind, run after run
             "--format=docker",  # keeps HEALTHCHECK, which the OCI image format has no field for
             *ulimit_options(),
             "--build-arg",
