@@ -11,7 +11,8 @@ file, P2P and curl alternating (ABBA) so both see the same (shared) machine: on 
 the first write into never-touched memory costs several times more (measured:
 2.4 s versus 0.2 s to ``pwrite`` 1 GiB), so one P2P run against curl's best of
 two compared cold page cache with warm.  The last line is JSON
-``{"mb_per_s", "reference_mb_per_s", "ratio", "median_run_ratio"}``.
+``{"mb_per_s", "reference_mb_per_s", "ratio", "median_run_ratio", "seeder_cpu_s_per_gb",
+"downloader_cpu_s_per_gb", "peer_tls"}`` (``--peer-tls``: mutual TLS on the peer connection).
 """
 
 from __future__ import annotations
@@ -98,7 +99,20 @@ def _node(peer_id_hex: str, archive: Any, origin: bool, **config: Any) -> Any:
     return node
 
 
-def run_seeder(blob: str, meta_path: str) -> None:
+def _peer_tls(tls_dir: str | None, name: str) -> Any:
+    """The peer TLS context of certificate ``name`` in ``tls_dir`` (None: plain TCP)."""
+    if tls_dir is None:
+        return None
+    from kraken.certs import CA_CERT_FILE, cert_paths
+    from kraken.config.sections import TLSConfig
+    from kraken.tls import ClusterTLS
+
+    cert, key = cert_paths(tls_dir, name)
+    config = TLSConfig(ca=os.path.join(tls_dir, CA_CERT_FILE), cert=cert, key=key, peer=True)
+    return ClusterTLS.from_config(config).peer_options()
+
+
+def run_seeder(blob: str, meta_path: str, tls_dir: str | None = None) -> None:
     """Serve ``blob`` read-only on a free port; print the port; exit on stdin EOF."""
     from twisted.internet import reactor, stdio
     from twisted.internet.endpoints import TCP4ServerEndpoint
@@ -149,7 +163,13 @@ def run_seeder(blob: str, meta_path: str) -> None:
             return FileStorage() if digest == meta.digest else None
 
     node = _node("0" * 40, FileArchive(), origin=True)
-    port = reactor.listenTCP(0, node.factory(), interface="127.0.0.1")  # type: ignore[attr-defined]
+    factory: Any = node.factory()
+    tls = _peer_tls(tls_dir, "seeder")
+    if tls is not None:
+        from twisted.protocols.tls import TLSMemoryBIOFactory
+
+        factory = TLSMemoryBIOFactory(tls, False, factory)
+    port = reactor.listenTCP(0, factory, interface="127.0.0.1")  # type: ignore[attr-defined]
     del TCP4ServerEndpoint
     cpu0 = cpu_seconds()
     print(port.getHost().port, flush=True)
@@ -170,6 +190,8 @@ def run_leecher(
     store_dir: str,
     pipeline: int | None = None,
     agent_limits: bool = False,
+    *,
+    tls_dir: str | None = None,
 ) -> None:
     """Download from 127.0.0.1:port into a BlobStore; print timing JSON."""
     from twisted.internet import reactor
@@ -186,6 +208,7 @@ def run_leecher(
     node = _node("1" * 40, AgentArchive(store), origin=False, **extra)
     seeder = PeerInfo(PeerID("0" * 40), "127.0.0.1", port, origin=True)
     node.announcer = lambda action: succeed(([seeder], 3.0))
+    node.tls = _peer_tls(tls_dir, "downloader")
     if agent_limits:
         from kraken.config.loader import parse_config
         from kraken.torrent.bandwidth import BandwidthLimiter
@@ -257,17 +280,30 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="the downloader has the agent's default bandwidth limits (default: none)",
     )
+    parser.add_argument(
+        "--peer-tls",
+        action="store_true",
+        help="mutual TLS on the peer connection (tls.peer), certificates of a fresh dev CA",
+    )
     parser.add_argument("--role", choices=["parent", "seed", "leech"], default="parent")
+    parser.add_argument("--tls-dir")
     parser.add_argument("--blob")
     parser.add_argument("--meta")
     parser.add_argument("--port", type=int)
     parser.add_argument("--store")
     args = parser.parse_args(argv)
     if args.role == "seed":
-        run_seeder(args.blob, args.meta)
+        run_seeder(args.blob, args.meta, args.tls_dir)
         return
     if args.role == "leech":
-        run_leecher(args.port, args.meta, args.store, args.origin_pipeline, args.agent_limits)
+        run_leecher(
+            args.port,
+            args.meta,
+            args.store,
+            args.origin_pipeline,
+            args.agent_limits,
+            tls_dir=args.tls_dir,
+        )
         return
     leech_args = (
         [] if args.origin_pipeline is None else ["--origin-pipeline", str(args.origin_pipeline)]
@@ -290,6 +326,14 @@ def main(argv: list[str] | None = None) -> None:
         meta_path = os.path.join(workdir, "meta.json")
         with open(meta_path, "wb") as f:
             f.write(meta.to_json())
+        seed_args: list[str] = []
+        if args.peer_tls:
+            from kraken.certs import ensure_certificates
+
+            tls_dir = os.path.join(workdir, "tls")
+            ensure_certificates(tls_dir, ["seeder", "downloader"])
+            seed_args = ["--tls-dir", tls_dir]
+            leech_args += seed_args
         runs: list[tuple[float, float, float]] = []
         refs: list[tuple[float, float, float]] = []
         gb = size / 1e9
@@ -298,7 +342,7 @@ def main(argv: list[str] | None = None) -> None:
             # in ABBA order so neither always runs right after the other freed 1 GiB.
             def p2p() -> None:
                 _settle(args.settle)
-                runs.append(_p2p_once(blob, meta, meta_path, workdir, leech_args))
+                runs.append(_p2p_once(blob, meta, meta_path, workdir, leech_args, seed_args))
 
             def curl() -> None:
                 _settle(args.settle)
@@ -321,7 +365,8 @@ def main(argv: list[str] | None = None) -> None:
         mb_per_s = size / MB / seconds
         print(
             f"p2p: {size / MB:.0f} MB in {seconds:.2f} s = {mb_per_s:.0f} MB/s "
-            f"(best of {len(runs)}, piece length {meta.piece_length // 1024} KiB)"
+            f"(best of {len(runs)}, piece length {meta.piece_length // 1024} KiB"
+            f"{', peer TLS' if args.peer_tls else ''})"
         )
         print(
             f"cpu: seeder {seed_cpu / gb:.2f} s/GB (serving only), "
@@ -342,6 +387,9 @@ def main(argv: list[str] | None = None) -> None:
                     "median_run_ratio": round(
                         statistics.median(r[0] / p[0] for p, r in zip(runs, refs, strict=True)), 3
                     ),
+                    "seeder_cpu_s_per_gb": round(seed_cpu / gb, 2),
+                    "downloader_cpu_s_per_gb": round(leech_cpu / gb, 2),
+                    "peer_tls": args.peer_tls,
                 }
             )
         )
@@ -349,15 +397,20 @@ def main(argv: list[str] | None = None) -> None:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _p2p_once(
-    blob: str, meta: Any, meta_path: str, workdir: str, leech_args: Sequence[str] = ()
+def _p2p_once(  # noqa: PLR0917
+    blob: str,
+    meta: Any,
+    meta_path: str,
+    workdir: str,
+    leech_args: Sequence[str] = (),
+    seed_args: Sequence[str] = (),
 ) -> tuple[float, float, float]:
     """One seeder + one downloader into a fresh store: (seconds, downloader CPU, seeder CPU)."""
     me = [sys.executable, "-m", "bench.pair"]
     store = os.path.join(workdir, "store")
     shutil.rmtree(store, ignore_errors=True)
     seeder = subprocess.Popen(
-        [*me, "--role", "seed", "--blob", blob, "--meta", meta_path],
+        [*me, "--role", "seed", "--blob", blob, "--meta", meta_path, *seed_args],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
