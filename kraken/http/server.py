@@ -550,7 +550,7 @@ class KrakenSite(Site):
     """
 
     protocol = KrakenChannel  # type: ignore[assignment]
-    requestFactory = KrakenRequest  # type: ignore[assignment]
+    requestFactory = KrakenRequest
     quiet_paths: ClassVar[frozenset[bytes]] = frozenset({b"/health", b"/readiness", b"/metrics"})
 
     def __init__(
