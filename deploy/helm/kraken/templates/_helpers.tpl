@@ -100,6 +100,7 @@ them. @POD_IP@ and @NODE_IP@ are replaced by the pod's init container.
   "cluster" (dict "hosts" (dict "dns" (printf "%s:15004" (include "kraken.dns" (list . "build-index")))))
   "origin" (dict "hosts" (dict "dns" (printf "%s:15002" (include "kraken.dns" (list . "origin")))))
   "backends" .Values.backends.buildIndex
+  "duplicates" (dict "trusted_networks" .Values.buildIndex.duplicatesFrom)
   "tls" (include "kraken.tlsConfig" (list . true) | fromYaml)
 -}}
 {{- toYaml (mustMergeOverwrite $c (deepCopy .Values.buildIndex.config)) -}}
