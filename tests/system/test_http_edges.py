@@ -382,6 +382,7 @@ class FailFastTests(TestCase):
             sys.executable,
             "-c",
             "from twisted.scripts.twistd import run; run()",
+            "--pidfile=",
             "-n",
             "kraken-herd",
             "--data",
