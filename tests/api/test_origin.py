@@ -96,6 +96,28 @@ class UploadTests(OriginAPITestCase):
         self.assertTrue(self.origin.store.is_persisted(DIGEST))
         self.assertTrue(self.origin.queue.pending(WRITEBACK_KIND, writeback_key(NS, DIGEST)))
 
+    def test_idle_uploads_expire_with_their_files(self) -> None:
+        """An upload no request touched for ``upload_timeout`` is removed, files and all;
+        one that keeps being written is not."""
+        idle = self.start()
+        busy = self.start()
+        self.clock.advance(self.origin.api.upload_timeout - 10)
+        self.assertEqual(self.patch(busy, 0, 10, BLOB[:10])[0], 204)
+        self.clock.advance(20)
+        self.assertEqual(self.origin.api.expire_uploads(), 1)
+        self.assertEqual([u.uid for u in self.origin.store.list_uploads()], [busy])
+        code, body = self.patch(idle, 0, 10, BLOB[:10])
+        self.assertEqual((code, self.error_code(body)), (404, "BLOB_UPLOAD_UNKNOWN"))
+
+    def test_open_uploads_capped(self) -> None:
+        """Past ``max_uploads`` open uploads a new one gets 429 with ``Retry-After``."""
+        self.origin.api.max_uploads = 2
+        self.start()
+        self.start()
+        code, headers, body = self.call("POST", f"/namespace/{NS_Q}/blobs/{DIGEST}/uploads")
+        self.assertEqual((code, self.error_code(body)), (429, "TOOMANYREQUESTS"))
+        self.assertEqual(headers.getRawHeaders("Retry-After"), ["5"])
+
     def test_writeback_reaches_backend_then_unpersists(self) -> None:
         """The write-back uploads the blob to the backend and then unpersists it."""
         self.upload()

@@ -165,7 +165,16 @@ def make_origin(
     fetcher.on_fetched.append(replicator.replicate)
     peer = PeerInfo(PeerID.from_address("127.0.0.1", 15001), "127.0.0.1", 15001, origin=True)
     api = OriginAPI(
-        store, run_inline, ring, router, fetcher, Writeback(queue), replicator, peer, PIECES
+        store,
+        run_inline,
+        ring,
+        router,
+        fetcher,
+        Writeback(queue),
+        replicator,
+        peer,
+        PIECES,
+        clock=clock,
     )
     agent.add(address, api.resource())
     return MemoryOrigin(api, store, queue, backend, fetcher, membership)
