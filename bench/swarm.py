@@ -25,8 +25,10 @@ shaped link).  It reports:
   ``--no-tcp-reference`` skips it);
 - the run's timeline (:mod:`bench.trace`): what the agents received together and how busy
   the machine's CPU was, per second (printed) and per quarter second (in the JSON);
-- a CDF plot of completion times (PNG, matplotlib) and JSON of the run in ``--out``;
-- a last line of JSON ``{p50_ratio, p99_ratio, max_ratio, origin_egress_ratio, cpu_s_per_gb}``.
+- JSON of the run in ``--out`` and a line of JSON ``{p50_ratio, p99_ratio, max_ratio,
+  origin_egress_ratio, cpu_s_per_gb, tcp_p50_ratio, tcp_p99_ratio}``, printed before the plot;
+- a CDF plot of completion times (PNG) in ``--out``: the last line says where, or, without
+  matplotlib, that it was not drawn (the figures above are all there).
 
 Everything it made (namespaces, bridge, veths, qdiscs, processes) is removed at the end, also
 on Ctrl-C, SIGTERM or an error; ``--cleanup`` removes leftovers of a killed run by name prefix.
@@ -466,6 +468,74 @@ def plot_cdf(
     plt.close(fig)
 
 
+def save_cdf(
+    times: Sequence[float], bound: float, path: str, title: str, tcp_bound: float | None = None
+) -> str:
+    """
+    :func:`plot_cdf` if matplotlib is there; the line to print: where the PNG is, or why none.
+
+    A run takes minutes and its figures are printed before the plot is drawn, so a machine
+    without matplotlib loses only the picture.
+    """
+    try:
+        plot_cdf(times, bound, path, title, tcp_bound)
+    except ImportError as e:
+        return f"CDF not drawn: {e.name or 'matplotlib'} is not installed (pip install matplotlib)"
+    return f"CDF: {path}"
+
+
+def report(detail: dict[str, Any], out: str) -> None:
+    """
+    Write a run's ``detail`` (as :func:`run_benchmark` builds it) as JSON into ``out``, print
+    its figures and the JSON line of its summary, then draw the CDF beside the JSON.
+
+    The figures come first: a run takes minutes, and nothing after them may lose them.
+    """
+    options = detail["options"]
+    n, size, rate = options["agents"], options["size"], options["rate"]
+    times, bound, tcp_bound = detail["times_s"], detail["bound_s"], detail["tcp_bound_s"]
+    summary, timeline, reference = detail["summary"], detail["timeline"], detail["tcp_reference"]
+    os.makedirs(out, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    with open(os.path.join(out, f"swarm-{stamp}.json"), "w") as f:
+        json.dump(detail, f, indent=1)
+    print(
+        f"bound {bound:.2f} s; completion p50 {detail['p50_s']:.2f} s, "
+        f"p99 {detail['p99_s']:.2f} s, max {detail['max_s']:.2f} s; "
+        f"origins sent {detail['origin_tx_bytes'] / size:.2f} blobs; CPU {detail['cpu_s']:.1f} s "
+        f"({detail['cpu_s_by_daemon']})"
+    )
+    until = max(times)
+    received = per_second(timeline, "agents_rx", until)
+    busy = per_second(timeline, "cpu", until)
+    print(
+        f"agents received, MiB/s in each second (their links: {n * rate / 1024**2:g}, "
+        f"Ethernet headers included): {' '.join(f'{r / 1024**2:.0f}' for r in received)}"
+    )
+    print(f"CPU busy in each second (%): {' '.join(f'{100 * b:.0f}' for b in busy)}")
+    resent = f"TCP segments retransmitted: {100 * detail['tcp_retransmitted']:.2f} %"
+    if reference is not None:
+        resent += f" (TCP reference: {100 * reference['retransmitted']:.2f} %)"
+    print(resent)
+    if tcp_bound is not None:
+        print(
+            f"bound at the TCP reference rate {tcp_bound:.2f} s: p50 {summary['tcp_p50_ratio']}, "
+            f"p99 {summary['tcp_p99_ratio']} of it"
+        )
+    print(json.dumps(summary), flush=True)
+    print(
+        save_cdf(
+            times,
+            bound,
+            os.path.join(out, f"swarm-{stamp}.png"),
+            f"{n} agents, {options['origins']} origins, {size / 1024**2:.0f} MiB, "
+            f"{rate / 1024**2:g} MiB/s per host",
+            tcp_bound,
+        ),
+        flush=True,
+    )
+
+
 def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     """One run of the benchmark as the command line describes; the summary."""
     options = SwarmOptions(
@@ -580,43 +650,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         "summary": summary,
         "timeline": timeline,
     }
-    os.makedirs(args.out, exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    with open(os.path.join(args.out, f"swarm-{stamp}.json"), "w") as f:
-        json.dump(detail, f, indent=1)
-    png = os.path.join(args.out, f"swarm-{stamp}.png")
-    plot_cdf(
-        times,
-        bound,
-        png,
-        f"{n} agents, {args.origins} origins, {size / 1024**2:.0f} MiB, "
-        f"{args.rate / 1024**2:g} MiB/s per host",
-        tcp_bound,
-    )
-    print(
-        f"bound {bound:.2f} s; completion p50 {detail['p50_s']:.2f} s, "
-        f"p99 {detail['p99_s']:.2f} s, max {detail['max_s']:.2f} s; "
-        f"origins sent {detail['origin_tx_bytes'] / size:.2f} blobs; CPU {cpu:.1f} s "
-        f"({detail['cpu_s_by_daemon']})"
-    )
-    until = max(times)
-    received = per_second(timeline, "agents_rx", until)
-    busy = per_second(timeline, "cpu", until)
-    print(
-        f"agents received, MiB/s in each second (their links: {n * args.rate / 1024**2:g}, "
-        f"Ethernet headers included): {' '.join(f'{r / 1024**2:.0f}' for r in received)}"
-    )
-    print(f"CPU busy in each second (%): {' '.join(f'{100 * b:.0f}' for b in busy)}")
-    resent = f"TCP segments retransmitted: {100 * detail['tcp_retransmitted']:.2f} %"
-    if reference is not None:
-        resent += f" (TCP reference: {100 * reference['retransmitted']:.2f} %)"
-    print(resent)
-    if tcp_bound is not None:
-        print(
-            f"bound at the TCP reference rate {tcp_bound:.2f} s: p50 {summary['tcp_p50_ratio']}, "
-            f"p99 {summary['tcp_p99_ratio']} of it"
-        )
-    print(f"CDF: {png}")
+    report(detail, args.out)
     return summary
 
 
@@ -719,8 +753,7 @@ def main(argv: list[str] | None = None) -> int:
         print("removed:", " ".join(cleanup_prefix(PREFIX)) or "nothing")
         return 0
     with _signals_raise():
-        summary = run_benchmark(args)
-    print(json.dumps(summary))
+        run_benchmark(args)
     return 0
 
 
