@@ -27,9 +27,14 @@ bytes, ``--size`` bytes in all; then, alternating which goes first (ABBA), each 
   layer as it is: without it skopeo gzips an uncompressed layer on the way to a
   docker registry (``--dest-compress`` only applies to the ``dir:`` transport).
 
+After each round's uploads, the blob is read back from each side with ``curl -o
+/dev/null`` (origin: ``GET /namespace/bench/blobs/<digest>``, served with ``os.sendfile``;
+reference: the registry's blob GET), ABBA, timed with the server's CPU from ``/proc``.
+
 Each side's best round counts (``--rounds``, default 3); every round is printed, with
 the median per-round ratio.  The last line is JSON with ``mb_per_s``,
-``reference_mb_per_s`` and ``ratio`` (MB = 10^6 bytes).
+``reference_mb_per_s`` and ``ratio`` (MB = 10^6 bytes), and for the read-back ``get_mb_per_s``,
+``get_reference_mb_per_s``, ``get_ratio`` and ``origin_get_cpu_s_per_gb``.
 """
 
 from __future__ import annotations
@@ -285,6 +290,15 @@ def skopeo_once(skopeo: str, layout: str, registry: Any, tag: str) -> tuple[floa
     return seconds, process_cpu_seconds(registry.process.pid) - server0, children() - child0
 
 
+def get_once(url: str, server_pid: int) -> tuple[float, float]:
+    """One timed ``curl -o /dev/null`` of ``url``: (seconds, the server's CPU seconds)."""
+    curl = shutil.which("curl") or "curl"
+    server0 = process_cpu_seconds(server_pid)
+    t0 = time.perf_counter()
+    subprocess.run([curl, "-sSf", "-o", "/dev/null", url], check=True)
+    return time.perf_counter() - t0, process_cpu_seconds(server_pid) - server0
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the comparison and print the JSON line."""
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
@@ -310,6 +324,8 @@ def main(argv: list[str] | None = None) -> None:
     origin: Origin | None = None
     ours: list[tuple[float, float, float]] = []
     refs: list[tuple[float, float, float]] = []
+    gets: list[tuple[float, float]] = []
+    ref_gets: list[tuple[float, float]] = []
     try:
         origin = Origin(workdir)
         with docker_registry(workdir) as registry:
@@ -326,6 +342,15 @@ def main(argv: list[str] | None = None) -> None:
                         wb = origin.wait_writeback()
                     else:
                         refs.append(skopeo_once(skopeo, layout, registry, f"r{i}"))
+                # Then the blob back out of each (GET, curl to /dev/null), ABBA as well.
+                origin_url = f"http://{origin.host}/namespace/{NAMESPACE}/blobs/{digest}"
+                ref_url = f"http://{registry.address}/v2/bench/blob/blobs/{digest}"
+                for side in ("origin", "registry") if i % 2 else ("registry", "origin"):
+                    _settle(args.settle)
+                    if side == "origin":
+                        gets.append(get_once(origin_url, origin.process.pid))
+                    else:
+                        ref_gets.append(get_once(ref_url, registry.process.pid))
                 secs, server_cpu, client_cpu = ours[-1]
                 ref_secs, reg_cpu, skopeo_cpu = refs[-1]
                 print(
@@ -333,7 +358,11 @@ def main(argv: list[str] | None = None) -> None:
                     f"origin {server_cpu / gb:.2f}, client {client_cpu / gb:.2f} "
                     f"(write-back after: {wb:.1f} s); "
                     f"skopeo {length / MB / ref_secs:.0f} MB/s ({ref_secs:.2f} s), cpu s/GB: "
-                    f"registry {reg_cpu / gb:.2f}, skopeo {skopeo_cpu / gb:.2f}",
+                    f"registry {reg_cpu / gb:.2f}, skopeo {skopeo_cpu / gb:.2f}; "
+                    f"GET: origin {length / MB / gets[-1][0]:.0f} MB/s "
+                    f"(cpu {gets[-1][1] / gb:.2f} s/GB), "
+                    f"registry {length / MB / ref_gets[-1][0]:.0f} MB/s "
+                    f"(cpu {ref_gets[-1][1] / gb:.2f} s/GB)",
                     flush=True,
                 )
                 shutil.rmtree(layout, ignore_errors=True)
@@ -362,6 +391,10 @@ def main(argv: list[str] | None = None) -> None:
                         3,
                     ),
                     "origin_cpu_s_per_gb": round(statistics.median(o[1] for o in ours) / gb, 2),
+                    "get_mb_per_s": round(mb / min(gets)[0], 1),
+                    "get_reference_mb_per_s": round(mb / min(ref_gets)[0], 1),
+                    "get_ratio": round(min(ref_gets)[0] / min(gets)[0], 3),
+                    "origin_get_cpu_s_per_gb": round(statistics.median(g[1] for g in gets) / gb, 3),
                 }
             )
         )

@@ -40,12 +40,12 @@ from attrs import define, field
 from klein import Klein
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.interfaces import IPushProducer, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
-from zope.interface import implementer
 
+from kraken.api.serving import serve_blob
 from kraken.api.tracker import InvalidNamespace, check_namespace
 from kraken.backends.interface import BlobNotFound as BackendBlobNotFound
 from kraken.backends.interface import InvalidName, NamespaceNotFound
@@ -76,7 +76,6 @@ from kraken.http.errors import (
     install_error_handler,
     render_registry_json,
 )
-from kraken.http.ranges import parse_range
 from kraken.http.request_body import json_response, read_json
 from kraken.http.server import BodyPlan, KleinRoutes, RequestHead, StreamingSink, body_sink
 from kraken.origin.refresh import BackendFetcher, BlobTooLarge, FetchersBusy, FetchFailed
@@ -87,7 +86,6 @@ from kraken.store import (
     BlobExists,
     BlobInUse,
     BlobPersisted,
-    BlobReader,
     BlobStore,
     InvalidUploadID,
     UploadNotFound,
@@ -96,10 +94,6 @@ from kraken.store import BlobNotFound as StoreBlobNotFound
 
 __all__ = ["ORIGIN_ERRORS", "OriginAPI", "OriginMetrics", "parse_content_range"]
 
-#: Bytes copied from a request body to the upload file per write.
-COPY_CHUNK: Final = 4 * 1024 * 1024
-#: Bytes read from the cache file per write to the response.
-SEND_CHUNK: Final = 1024 * 1024
 #: Largest PATCH body accepted.
 DEFAULT_MAX_CHUNK: Final = 1024**3
 #: Open uploads an origin keeps; a new one beyond gets 429.
@@ -230,56 +224,6 @@ class OriginMetrics:
             ["kind", "result"],
             registry=r,
         )
-
-
-@implementer(IPushProducer)
-class _BlobSender:
-    """Streams a slice of a cache file to a response, reading chunks through the runner."""
-
-    def __init__(self, request: Any, reader: BlobReader, run: BlockingRunner) -> None:
-        self.request = request
-        self.reader = reader
-        self.run = run
-        self._paused: Deferred[None] | None = None
-        self._stopped = False
-
-    def pauseProducing(self) -> None:
-        """The transport's buffer is full."""
-        if self._paused is None:
-            self._paused = Deferred()
-
-    def resumeProducing(self) -> None:
-        """The transport drained."""
-        paused, self._paused = self._paused, None
-        if paused is not None:
-            paused.callback(None)
-
-    def stopProducing(self) -> None:
-        """The client went away."""
-        self._stopped = True
-        self.resumeProducing()
-
-    async def send(self, start: int, end: int) -> int:
-        """Write bytes ``start..end`` (exclusive); return how many were sent."""
-        self.request.registerProducer(self, True)
-        sent = 0
-        try:
-            offset = start
-            while offset < end and not self._stopped:
-                if self._paused is not None:
-                    await self._paused
-                    continue
-                data = await self.run(self.reader.pread, min(SEND_CHUNK, end - offset), offset)
-                if not data:
-                    raise OSError(f"{self.reader.digest}: short read at {offset}")
-                if self._stopped:
-                    break
-                self.request.write(data)
-                offset += len(data)
-                sent += len(data)
-        finally:
-            self.request.unregisterProducer()
-        return sent
 
 
 # Klein (werkzeug) has already percent-decoded path parameters once: decoding them again
@@ -644,28 +588,14 @@ class OriginAPI:
 
     @app.route("/namespace/<path:namespace>/blobs/<digest>", methods=["GET"])
     async def get_blob(self, request: IRequest, namespace: str, digest: str) -> bytes:
-        """Stream the cached blob (Range supported), or 202 while fetching it."""
+        """Stream the cached blob (Range supported; ``os.sendfile`` on plain TCP), or 202
+        while fetching it from the backend."""
         ns, d = _namespace(namespace), _digest(digest)
         try:
-            reader: BlobReader = await self.run(self.store.open_reader, d)
+            sent = await serve_blob(request, self.store, d, self.run)
         except StoreBlobNotFound:
             return await self._fetch_or_raise(ns, d, request)
-        try:
-            span = parse_range(
-                request.getHeader(b"range"),  # type: ignore[no-untyped-call]
-                reader.size,
-            )
-            start, end = (0, reader.size) if span is None else (span.start, span.stop)
-            if span is not None:
-                request.setResponseCode(206)  # type: ignore[no-untyped-call]
-                request.setHeader(b"Content-Range", span.content_range().encode())  # type: ignore[no-untyped-call]
-            request.setHeader(b"Content-Type", b"application/octet-stream")  # type: ignore[no-untyped-call]
-            request.setHeader(b"Accept-Ranges", b"bytes")  # type: ignore[no-untyped-call]
-            request.setHeader(b"Content-Length", str(end - start).encode())  # type: ignore[no-untyped-call]
-            sent = await _BlobSender(request, reader, self.run).send(start, end)
-            self.metrics.served_bytes.inc(sent)
-        finally:
-            await self.run(reader.close)
+        self.metrics.served_bytes.inc(sent)
         return b""
 
     @app.route("/namespace/<path:namespace>/blobs/<digest>/prefetch", methods=["POST"])

@@ -34,6 +34,7 @@ from twisted.internet import tcp
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPullProducer, IPushProducer
 from twisted.logger import Logger
+from twisted.protocols.policies import ProtocolWrapper
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -64,6 +65,10 @@ def sendfile_transport(request: Any) -> Any | None:
         return None
     channel = getattr(request, "channel", None)
     transport = getattr(channel, "transport", None)
+    # A listener that tracks its connections (kraken.services.parts.ConnectionsFactory)
+    # puts a ProtocolWrapper between the channel and the socket: look through it.
+    while isinstance(transport, ProtocolWrapper):
+        transport = transport.transport
     if isinstance(transport, tcp.Connection) and transport.connected:
         return transport
     return None

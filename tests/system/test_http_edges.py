@@ -26,6 +26,7 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
 import tests
+from kraken.api.serving import SendfileProducer
 from kraken.core import Digest
 from kraken.services.herd import HerdService, build_herd, herd_plan
 from tests.external import require_program
@@ -297,6 +298,40 @@ class PlainEdgeTests(TestCase):
         self.assertEqual(sorted(statuses), [200] + [409] * 9, statuses)
         await deferLater(reactor, 0.5)
         self.assertEqual(await _thread(_upload_sizes, self.herd.data), [])
+
+    async def test_blobs_served_with_sendfile(self) -> None:
+        """The origin's and the agent's blob GETs go out with ``os.sendfile`` through the
+        daemons' own listeners (which put a connection-tracking wrapper before the socket)."""
+        blob = os.urandom(3 * 1024 * 1024 + 7)
+        digest = Digest.of_bytes(blob)
+        uid = await self.origin_upload(digest, len(blob))
+        head = (
+            f"PATCH /namespace/{NS}/blobs/{digest}/uploads/{uid} HTTP/1.1\r\nHost: x\r\n"
+            f"Content-Range: 0-{len(blob)}\r\nContent-Length: {len(blob)}\r\n"
+            "Connection: close\r\n\r\n"
+        ).encode()
+        self.assertEqual(_status((await _thread(exchange, self.herd.origin, head + blob))[0]), 204)
+        commit = (
+            f"PUT /namespace/{NS}/blobs/{digest}/uploads/{uid} HTTP/1.1\r\nHost: x\r\n"
+            "Content-Length: 0\r\nConnection: close\r\n\r\n"
+        ).encode()
+        self.assertEqual(_status((await _thread(exchange, self.herd.origin, commit))[0]), 200)
+        started: list[int] = []
+        original = SendfileProducer.start
+
+        def counting(producer: SendfileProducer) -> Any:
+            started.append(producer.left)
+            return original(producer)
+
+        self.patch(SendfileProducer, "start", counting)
+        get = (
+            f"GET /namespace/{NS}/blobs/{digest} HTTP/1.1\r\nHost: x\r\n"
+            "Range: bytes=7-\r\nConnection: close\r\n\r\n"
+        ).encode()
+        answer, _, _ = await _thread(exchange, self.herd.origin, get)
+        self.assertEqual(_status(answer), 206, answer[:200])
+        self.assertTrue(answer.endswith(blob[7:]))
+        self.assertEqual(started, [len(blob) - 7])
 
     async def test_upload_sessions_capped(self) -> None:
         """Past uploads.max_open the origin answers 429 with Retry-After."""
