@@ -35,17 +35,20 @@ def serve(root: str, port: int) -> None:
     from twisted.internet import reactor
     from twisted.internet.defer import Deferred, succeed
     from twisted.python.threadpool import ThreadPool
-    from twisted.web.server import Site
     from zope.interface import implementer
 
     from kraken.api.agent import AgentAPI
     from kraken.api.registry import RegistryAPI
     from kraken.cluster import PassiveHealthFilter
+    from kraken.config.sections import HTTPServerConfig
     from kraken.core import Digest
     from kraken.http.client import HTTPClientFactory
+    from kraken.http.errors import render_registry_json
+    from kraken.http.server import KleinRoutes, read_only
     from kraken.protocols.buildindex_client import BuildIndexClient
     from kraken.protocols.downloader import IBlobDownloader
     from kraken.protocols.peer import threadpool_runner
+    from kraken.services.parts import closing_listener, http_site
     from kraken.store import BlobStore
 
     @implementer(IBlobDownloader)
@@ -65,7 +68,16 @@ def serve(root: str, port: int) -> None:
     tags = BuildIndexClient(http.client(), frozenset, PassiveHealthFilter(reactor))
     api = AgentAPI(store, Cached(), tags, threadpool_runner(reactor, pool))
     registry = RegistryAPI(api, reactor)
-    reactor.listenTCP(port, Site(registry.resource()), interface="127.0.0.1")  # type: ignore[attr-defined]
+    # The agent daemon's own listener stack: a KrakenSite (read-only gate, limits) behind
+    # the connection-tracking ClosingListener, so the figure is what the daemon serves.
+    site = http_site(
+        registry.resource(),
+        reactor,
+        HTTPServerConfig(),
+        gate=KleinRoutes(registry.app, {}, checks=[read_only]),
+        renderer=render_registry_json,
+    )
+    closing_listener(reactor, f"tcp:{port}:interface=127.0.0.1", site).startService()
     reactor.run()  # type: ignore[attr-defined]
     pool.stop()
 
