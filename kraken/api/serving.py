@@ -35,6 +35,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPullProducer, IPushProducer
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper
+from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -66,8 +67,11 @@ def sendfile_transport(request: Any) -> Any | None:
     channel = getattr(request, "channel", None)
     transport = getattr(channel, "transport", None)
     # A listener that tracks its connections (kraken.services.parts.ConnectionsFactory)
-    # puts a ProtocolWrapper between the channel and the socket: look through it.
+    # puts a ProtocolWrapper between the channel and the socket: look through it. TLS is
+    # a ProtocolWrapper too, and one whose bytes must never bypass it.
     while isinstance(transport, ProtocolWrapper):
+        if isinstance(transport, TLSMemoryBIOProtocol):
+            return None
         transport = transport.transport
     if isinstance(transport, tcp.Connection) and transport.connected:
         return transport

@@ -3,8 +3,10 @@
 
 ``push`` hashes the file (in a thread), then uploads it in 32 MiB chunks to the blob's
 owner (asking ``--origin`` for the locations), with a tqdm progress bar on stderr, and
-prints the digest.  ``stat`` prints the size the ring (or its backend) knows; ``pull``
-downloads a blob to a file (or stdout) and checks its digest.
+prints the digest (saying so when the origin already had the blob).  ``stat`` prints
+the size the ring (or its backend) knows; ``pull`` downloads a blob to a file (or
+stdout) and checks its digest.  ``--cacert``, ``--cert`` and ``--key`` talk to an
+origin that serves TLS (``https://``), presenting a client certificate for writes.
 """
 
 from __future__ import annotations
@@ -17,13 +19,16 @@ from collections.abc import Callable
 from typing import IO, Any, ParamSpec, TypeVar
 from urllib.parse import urlsplit
 
+from attrs import frozen
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.task import react
 from twisted.internet.threads import deferToThread
+from twisted.web.iweb import IPolicyForHTTPS
 
 from kraken.backends.threads import BlockingRunner
+from kraken.config.sections import TLSConfig
 from kraken.core import Digest
-from kraken.http.client import HTTPClientFactory
+from kraken.http.client import HTTPClientFactory, RequestError
 from kraken.protocols.origin_client import (
     DEFAULT_CHUNK_SIZE,
     BlobNotFoundAtOrigin,
@@ -32,11 +37,20 @@ from kraken.protocols.origin_client import (
     OriginClusterClient,
     file_chunks,
 )
+from kraken.tls import ClusterTLS, TLSFileError
 
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
 
-__all__ = ["add_blob_parser", "file_digest", "pull_file", "push_file"]
+__all__ = [
+    "BadOptions",
+    "OriginTarget",
+    "add_blob_parser",
+    "file_digest",
+    "origin_target",
+    "pull_file",
+    "push_file",
+]
 
 
 def file_digest(path: str) -> Digest:
@@ -54,12 +68,14 @@ async def push_file(
     path: str,
     run: BlockingRunner,
     progress: Any = None,
-) -> Digest:
-    """Upload the file at ``path``; return its digest (already present counts as success)."""
+) -> tuple[Digest, bool]:
+    """Upload the file at ``path``; return its digest and False if the origin already had it."""
     digest = await run(file_digest, path)
     size = await run(os.path.getsize, path)
-    await cluster.upload_blob(namespace, digest, size, file_chunks(path, run), progress=progress)
-    return digest
+    stored = await cluster.upload_blob(
+        namespace, digest, size, file_chunks(path, run), progress=progress
+    )
+    return digest, stored
 
 
 async def pull_file(
@@ -78,23 +94,66 @@ async def pull_file(
     return size
 
 
-def _cluster(reactor: Any, origin: str) -> OriginClusterClient:
+class BadOptions(Exception):
+    """A command line that cannot work (bad ``--origin``, half a client certificate, bad files)."""
+
+
+@frozen
+class OriginTarget:
+    """Where and how to reach the origin: ``host:port``, the scheme and the HTTPS policy."""
+
+    netloc: str
+    scheme: str
+    tls: IPolicyForHTTPS | None
+
+
+def origin_target(args: argparse.Namespace) -> OriginTarget:
+    """Check ``--origin`` and the TLS options and load their files (blocking: before the reactor).
+
+    ``--cacert`` makes every call HTTPS verified against that CA (``http://`` in ``--origin``
+    is upgraded, as between components); ``--cert``/``--key`` add a client certificate.
+    """
+    origin = args.origin
     parts = urlsplit(origin if "://" in origin else f"http://{origin}")
-    if not parts.netloc:
-        raise SystemExit(f"kraken blob: bad --origin {origin!r}: expected http://host:port")
-    http = HTTPClientFactory(reactor)
+    if parts.scheme not in ("http", "https"):
+        raise BadOptions(f"bad --origin {origin!r}: the scheme must be http or https")
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if not parts.hostname or port is None or parts.path not in ("", "/"):
+        raise BadOptions(f"bad --origin {origin!r}: expected http://host:port or https://host:port")
+    if (args.cert is None) != (args.key is None):
+        raise BadOptions("--cert and --key go together (the client certificate and its key)")
+    if args.cert is not None and args.cacert is None:
+        raise BadOptions(
+            "--cert needs --cacert (the cluster CA that signed the origin's certificate)"
+        )
+    tls = None
+    if args.cacert is not None:
+        try:
+            config = TLSConfig(ca=args.cacert, client_cert=args.cert, client_key=args.key)
+            tls = ClusterTLS.from_config(config, serve=False).client_policy()
+        except TLSFileError as e:
+            raise BadOptions(str(e)) from e
+    scheme = "https" if tls is not None else parts.scheme
+    return OriginTarget(parts.netloc, scheme, tls)
+
+
+def _cluster(reactor: Any, target: OriginTarget) -> OriginClusterClient:
+    http = HTTPClientFactory(reactor, tls=target.tls)
     client = OriginClient(
-        http.client(), reactor, scheme=parts.scheme, chunk_size=DEFAULT_CHUNK_SIZE
+        http.client(), reactor, scheme=target.scheme, chunk_size=DEFAULT_CHUNK_SIZE
     )
-    return OriginClusterClient(client, lambda: [parts.netloc])
+    return OriginClusterClient(client, lambda: [target.netloc])
 
 
 def _runner(function: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> Deferred[_T]:
     return deferToThread(function, *args, **kwargs)
 
 
-async def _main(reactor: Any, args: argparse.Namespace) -> int:
-    cluster = _cluster(reactor, args.origin)
+async def _main(reactor: Any, args: argparse.Namespace, target: OriginTarget) -> int:
+    cluster = _cluster(reactor, target)
     try:
         if args.blob_command == "push":
             from tqdm import tqdm
@@ -107,7 +166,15 @@ async def _main(reactor: Any, args: argparse.Namespace) -> int:
                 def progress(done: int) -> None:
                     bar.update(done - bar.n)
 
-                digest = await push_file(cluster, args.namespace, args.file, _runner, progress)
+                digest, stored = await push_file(
+                    cluster, args.namespace, args.file, _runner, progress
+                )
+                bar.leave = stored
+            if not stored:
+                print(
+                    f"kraken blob push: {digest} already present at the origin; nothing uploaded",
+                    file=sys.stderr,
+                )
             print(digest)
         elif args.blob_command == "stat":
             print(await cluster.stat(args.namespace, Digest.parse(args.digest)))
@@ -121,7 +188,7 @@ async def _main(reactor: Any, args: argparse.Namespace) -> int:
     except BlobNotFoundAtOrigin as e:
         print(f"kraken blob {args.blob_command}: {e}", file=sys.stderr)
         return 1
-    except (NoOriginAvailable, ValueError, OSError) as e:
+    except (NoOriginAvailable, RequestError, ValueError, OSError) as e:
         print(f"kraken blob {args.blob_command}: {e}", file=sys.stderr)
         return 2
     return 0
@@ -129,11 +196,16 @@ async def _main(reactor: Any, args: argparse.Namespace) -> int:
 
 def _blob(args: argparse.Namespace) -> int:
     code = 0
+    try:
+        target = origin_target(args)
+    except BadOptions as e:
+        print(f"kraken blob {args.blob_command}: {e}", file=sys.stderr)
+        return 2
 
     def main(reactor: Any) -> Deferred[None]:
         async def run() -> None:
             nonlocal code
-            code = await _main(reactor, args)
+            code = await _main(reactor, args, target)
 
         return ensureDeferred(run())
 
@@ -155,7 +227,18 @@ def add_blob_parser(sub: Any) -> None:
         ("pull", "download DIGEST (to -o FILE, default stdout)"),
     ):
         p = blob_sub.add_parser(name, help=what)
-        p.add_argument("--origin", required=True, help="an origin, http://host:port")
+        p.add_argument(
+            "--origin", required=True, help="an origin, http://host:port (https:// with TLS)"
+        )
+        p.add_argument(
+            "--cacert",
+            metavar="PEM",
+            help="the cluster CA: talk HTTPS to the origin and verify it (docs/security.md)",
+        )
+        p.add_argument(
+            "--cert", metavar="PEM", help="client certificate (pushes to a TLS origin need one)"
+        )
+        p.add_argument("--key", metavar="PEM", help="the private key of --cert")
         p.add_argument("--namespace", required=True, help="namespace (e.g. the repository)")
         if name == "push":
             p.add_argument("file", metavar="FILE")
