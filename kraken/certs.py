@@ -271,6 +271,8 @@ def issue(
     """Write ``DIR/NAME.pem`` and ``DIR/NAME-key.pem`` signed by the CA in ``DIR``."""
     if not name or "/" in name or name.startswith(".") or name in ("ca",):
         raise ValueError(f"bad certificate name: {name!r}")
+    if validity <= datetime.timedelta(0):
+        raise ValueError(f"validity must be positive, not {validity}")
     ca = load_ca(directory)
     start = _now() - _BACKDATE
     issued = make_certificate(ca, name, sans, not_before=start, not_after=start + validity)

@@ -92,6 +92,17 @@ def _certs_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_days(text: str) -> int:
+    """``--days``: a whole number of days, at least 1 (0 would write an expired certificate)."""
+    try:
+        days = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number of days: {text!r}") from None
+    if days < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1 day, not {days}")
+    return days
+
+
 def _add_certs(sub: Any) -> None:
     certs = sub.add_parser(
         "certs", help="development CA and certificates for mutual TLS (docs/security.md)"
@@ -113,7 +124,9 @@ def _add_certs(sub: Any) -> None:
         metavar="NAME_OR_IP",
         help="subject alternative name (repeatable; default: localhost and 127.0.0.1)",
     )
-    issue.add_argument("--days", type=int, default=365, help="validity in days (default 365)")
+    issue.add_argument(
+        "--days", type=_positive_days, default=365, help="validity in days (default 365)"
+    )
     issue.set_defaults(func=_certs_issue)
     export = certs_sub.add_parser(
         "export",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import datetime
 import io
 import ipaddress
 import os
@@ -12,7 +13,7 @@ from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from twisted.trial.unittest import SynchronousTestCase
 
-from kraken.certs import ensure_certificates, load_ca
+from kraken.certs import ensure_certificates, issue, load_ca
 from kraken.cli import main
 from kraken.config.sections import TLSConfig
 from kraken.tls import ClusterTLS
@@ -108,6 +109,22 @@ class CertsCommandTests(SynchronousTestCase):
         rc, _, err = run_cli("certs", "issue", self.dir, "x", "--san", "a b")
         self.assertEqual(rc, 1)
         self.assertIn("not a DNS name or IP address", err)
+
+    def test_days_must_be_positive(self) -> None:
+        """``--days 0`` (or less) is refused before anything is written: it made an expired one."""
+        run_cli("certs", "init", self.dir)
+        for days in ("0", "-3", "soon"):
+            err = io.StringIO()
+            with contextlib.redirect_stderr(err), self.assertRaises(SystemExit) as exited:
+                main(["certs", "issue", self.dir, "agent", "--days", days])
+            self.assertEqual(exited.exception.code, 2)
+            self.assertIn("--days", err.getvalue())
+            self.assertFalse(os.path.exists(os.path.join(self.dir, "agent.pem")))
+        self.assertRaises(ValueError, issue, self.dir, "agent", validity=datetime.timedelta(0))
+        rc, _, _ = run_cli("certs", "issue", self.dir, "agent", "--days", "1")
+        self.assertEqual(rc, 0)
+        certificate = load(os.path.join(self.dir, "agent.pem"))
+        self.assertGreater(certificate.not_valid_after_utc, datetime.datetime.now(datetime.UTC))
 
     def test_export(self) -> None:
         """export copies the CA and NAME's pair as ca.crt, NAME.cert, NAME.key (key 0600).
