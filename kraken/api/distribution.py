@@ -112,7 +112,8 @@ class V2Path:
     """A parsed ``/v2/<name>/<kind>/<rest>`` path.
 
     ``kind`` is ``manifests``, ``blobs``, ``uploads`` (``blobs/uploads/...``,
-    ``rest`` being the upload id or empty) or ``tags`` (``tags/list``).
+    ``rest`` being the upload id or empty), ``tags`` (``tags/list``) or
+    ``referrers`` (``referrers/<digest>``).
     """
 
     name: str
@@ -126,6 +127,7 @@ _KINDS: Final = (
     ("/manifests/", "manifests"),
     ("/blobs/", "blobs"),
     ("/tags/list", "tags"),
+    ("/referrers/", "referrers"),
 )
 
 
@@ -144,7 +146,7 @@ def parse_v2_path(path: str) -> V2Path | None:
         rest = path[at + len(marker) :]
         if kind == "tags" and rest:
             continue
-        if kind in ("manifests", "blobs") and (not rest or "/" in rest):
+        if kind in ("manifests", "blobs", "referrers") and (not rest or "/" in rest):
             continue
         if kind == "uploads" and "/" in rest:
             continue

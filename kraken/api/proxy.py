@@ -53,7 +53,13 @@ from urllib.parse import urlencode
 from attrs import define, field
 from klein import Klein
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
-from twisted.internet.defer import Deferred, DeferredList, FirstError, gatherResults
+from twisted.internet.defer import (
+    Deferred,
+    DeferredList,
+    DeferredLock,
+    FirstError,
+    gatherResults,
+)
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -75,6 +81,15 @@ from kraken.api.distribution import (
     parse_manifest,
     parse_reference,
     parse_v2_path,
+)
+from kraken.api.referrers import (
+    FILTERS_APPLIED_HEADER,
+    SUBJECT_HEADER,
+    add_referrer,
+    filter_referrers,
+    referrer_descriptor,
+    referrers_tag,
+    subject_of,
 )
 from kraken.api.serving import serve_blob
 from kraken.backends.threads import BlockingRunner
@@ -141,6 +156,7 @@ __all__ = [
     "ReadinessCheck",
     "TagIndex",
     "UploadSession",
+    "page_args",
     "paginate",
     "parse_image_reference",
     "tag_repository",
@@ -355,7 +371,9 @@ def paginate(items: Iterable[str], n: int | None, last: str | None) -> tuple[lis
     return ordered[:n], len(ordered) > n
 
 
-def _page_args(request: IRequest) -> tuple[int | None, str | None]:
+def page_args(request: IRequest) -> tuple[int | None, str | None]:
+    """``n`` (clamped to :data:`MAX_PAGE`; ``PAGINATION_NUMBER_INVALID`` if not a number)
+    and ``last`` of a listing request."""
     raw = _arg(request, "n")
     n: int | None = None
     if raw is not None:
@@ -416,6 +434,7 @@ class ProxyAPI:
     metrics: ProxyMetrics = field(factory=ProxyMetrics)
     _uploads: dict[str, UploadSession] = field(factory=dict, init=False)
     _fetches: dict[Digest, list[Deferred[None]]] = field(factory=dict, init=False)
+    _referrer_locks: dict[tuple[str, Digest], DeferredLock] = field(factory=dict, init=False)
 
     def resource(self) -> IResource:
         """The ``twisted.web`` resource serving this API."""
@@ -496,6 +515,9 @@ class ProxyAPI:
         if path.kind == "tags":
             self._allow(method, ("GET",))
             return await self._tag_list(request, path.name)
+        if path.kind == "referrers":
+            self._allow(method, ("GET",))
+            return await self._referrers(request, path.name, path.rest)
         if path.kind == "uploads":
             return await self._upload_route(request, method, path.name, path.rest, plan)
         if path.kind == "blobs":
@@ -510,10 +532,12 @@ class ProxyAPI:
 
     @staticmethod
     def _allow(method: str, allowed: Sequence[str]) -> None:
-        if method == "HEAD" and "GET" in allowed:
-            return
+        """405 ``UNSUPPORTED`` with an ``Allow`` header unless ``method`` is allowed
+        (``HEAD`` goes with ``GET``, and is listed once)."""
+        if "GET" in allowed and "HEAD" not in allowed:
+            allowed = ["GET", "HEAD", *[m for m in allowed if m != "GET"]]
         if method not in allowed:
-            methods = ", ".join([*allowed, "HEAD"] if "GET" in allowed else allowed)
+            methods = ", ".join(allowed)
             raise RegistryError(
                 UNSUPPORTED, f"{method} is not supported here", headers={"Allow": methods}
             )
@@ -876,6 +900,13 @@ class ProxyAPI:
         raise AssertionError("unreachable")
 
     async def _get_manifest(self, request: IRequest, name: str, reference: str) -> None:
+        try:
+            parse_reference(reference)
+        except (RegistryError, InvalidDigest):
+            # The spec: a manifest that does not exist is 404, whatever the reference.
+            raise RegistryError(
+                MANIFEST_UNKNOWN, f"manifest unknown: {name}:{reference[:200]}"
+            ) from None
         digest = await self._resolve(name, reference)
         data = await self._manifest_bytes(name, digest)
         _set(request, "Content-Type", manifest_media_type(data))
@@ -937,8 +968,72 @@ class ProxyAPI:
                 raise RegistryError(
                     MANIFEST_BLOB_UNKNOWN, f"the build-index refused {name}:{ref}: {text}"
                 ) from None
+        subject = subject_of(data)
+        if subject is not None:
+            await self._add_referrer(name, subject, data, digest)
+            _set(request, SUBJECT_HEADER, str(subject))
         self.metrics.manifest_puts.labels("digest" if isinstance(ref, Digest) else "tag").inc()
         return self._created(request, f"/v2/{name}/manifests/{digest}", digest)
+
+    # -- referrers ------------------------------------------------------------------------
+
+    async def _referrers_index(self, name: str, subject: Digest) -> bytes | None:
+        """The referrers index of ``subject`` in ``name`` (None when it has none)."""
+        try:
+            digest = await self.tags.get_tag(f"{name}:{referrers_tag(subject)}")
+        except TagNotFound:
+            return None
+        try:
+            return await self._manifest_bytes(name, digest)
+        except RegistryError as e:
+            if e.code is not MANIFEST_UNKNOWN:
+                raise
+            self.log.warn(
+                "the referrers index {digest} of {name}@{subject} is gone",
+                digest=digest,
+                name=name,
+                subject=subject,
+            )
+            return None
+
+    async def _add_referrer(self, name: str, subject: Digest, data: bytes, digest: Digest) -> None:
+        """Add the manifest ``digest`` to ``subject``'s referrers index, one update at a time."""
+        key = (name, subject)
+        lock = self._referrer_locks.get(key)
+        if lock is None:
+            lock = self._referrer_locks[key] = DeferredLock()
+        await lock.acquire()
+        try:
+            current = await self._referrers_index(name, subject)
+            index = add_referrer(current, referrer_descriptor(data, digest))
+            if index == current:
+                return
+            index_digest = await self._store_manifest(name, index)
+            await self.tags.put_tag(
+                f"{name}:{referrers_tag(subject)}", index_digest, replicate=True
+            )
+        finally:
+            lock.release()
+            if not lock.locked and not lock.waiting:
+                self._referrer_locks.pop(key, None)
+
+    async def _store_manifest(self, name: str, data: bytes) -> Digest:
+        """Put manifest bytes made here into the cache and the origin ring; their digest."""
+        digest: Digest = await self.run(Digest.of_bytes, data)
+        with contextlib.suppress(BlobExists):
+            await self.run(self.store.put_bytes, data)
+        await self._to_origin(name, digest)
+        return digest
+
+    async def _referrers(self, request: IRequest, name: str, raw: str) -> bytes:
+        """The referrers of a digest as an image index (never 404: empty when none)."""
+        subject = _parse_digest(raw)
+        artifact_type = _arg(request, "artifactType")
+        index = await self._referrers_index(name, subject)
+        if artifact_type is not None:
+            _set(request, FILTERS_APPLIED_HEADER, "artifactType")
+        _set(request, "Content-Type", OCI_IMAGE_INDEX)
+        return filter_referrers(index, artifact_type)
 
     # -- listings -------------------------------------------------------------------------
 
@@ -947,22 +1042,22 @@ class ProxyAPI:
         _set(request, "Link", f'<{path}?{query}>; rel="next"')
 
     async def _tag_list(self, request: IRequest, name: str) -> bytes:
-        n, last = _page_args(request)
+        n, last = page_args(request)
         tags = [t for t in await self.tags.repository_tags(name) if is_tag(t)]
         if not tags:
             raise RegistryError(NAME_UNKNOWN, f"repository {name} has no tags")
         page, more = paginate(tags, n, last)
-        if more and n is not None:
+        if more and n:
             self._link(request, f"/v2/{name}/tags/list", n, page[-1])
         _set(request, "Content-Type", "application/json")
         return json.dumps({"name": name, "tags": page}).encode("utf-8")
 
     async def _catalog(self, request: IRequest) -> bytes:
-        n, last = _page_args(request)
+        n, last = page_args(request)
         entries = await self.tags.list_tags("")
         repositories = {r for r in map(tag_repository, entries) if r is not None}
         page, more = paginate(repositories, n, last)
-        if more and n is not None:
+        if more and n:
             self._link(request, "/v2/_catalog", n, page[-1])
         _set(request, "Content-Type", "application/json")
         return json.dumps({"repositories": page}).encode("utf-8")

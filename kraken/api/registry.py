@@ -10,9 +10,18 @@ The agent's read-only Docker registry v2 (DESIGN 8, reference 1.3), on 127.0.0.1
   ``Docker-Content-Digest`` and ``Content-Length``;
 - ``GET|HEAD /v2/<name>/blobs/<digest>``: downloaded over P2P on a miss,
   then served (``Range`` supported), as the agent API serves blobs;
+- ``GET /v2/<name>/tags/list`` and ``GET /v2/_catalog`` from the build-index,
+  sorted, with ``n``/``last`` pagination and ``Link: <...>; rel="next"``, as the
+  proxy answers them;
+- ``GET /v2/<name>/referrers/<digest>[?artifactType=]``: the referrers index the
+  proxy keeps under the tag ``sha256-<hex>`` (:mod:`kraken.api.referrers`),
+  resolved through the build-index and downloaded like any manifest; an empty
+  index when there is none;
 - everything else a read-write registry does (uploads, manifest PUT,
-  deletes, tag listing, catalog) answers the v2 error JSON: 405
-  ``UNSUPPORTED`` with an ``Allow`` header.
+  deletes) answers the v2 error JSON: 405 ``UNSUPPORTED`` with an ``Allow`` header.
+
+A manifest reference that is neither a tag nor a digest is a manifest that does
+not exist: 404 ``MANIFEST_UNKNOWN``, as the spec wants.
 
 Clients outside ``allowed_networks`` get 403 ``DENIED``.  Repository names
 are validated with the distribution spec's grammar (400 ``NAME_INVALID``).
@@ -21,8 +30,10 @@ are validated with the distribution spec's grammar (400 ``NAME_INVALID``).
 from __future__ import annotations
 
 import ipaddress
+import json
 from collections.abc import Sequence
 from typing import ClassVar, Final
+from urllib.parse import urlencode
 
 from attrs import define, field
 from klein import Klein
@@ -35,18 +46,24 @@ from twisted.web.resource import IResource
 from kraken.api.agent import AgentAPI, ManifestTooLarge, read_manifest
 from kraken.api.distribution import (
     API_VERSION_HEADER,
+    OCI_IMAGE_INDEX,
+    is_tag,
     manifest_media_type,
     parse_reference,
     parse_v2_path,
 )
-from kraken.core import Digest
+from kraken.api.proxy import page_args, paginate, tag_repository
+from kraken.api.referrers import FILTERS_APPLIED_HEADER, filter_referrers, referrers_tag
+from kraken.core import Digest, InvalidDigest
 from kraken.http.client import HTTPStatusError
 from kraken.http.errors import (
     BLOB_UNKNOWN,
     CORE_ERRORS,
     DENIED,
+    DIGEST_INVALID,
     MANIFEST_UNKNOWN,
     NAME_INVALID,
+    NAME_UNKNOWN,
     UNAVAILABLE,
     UNKNOWN,
     UNSUPPORTED,
@@ -89,6 +106,11 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 def parse_networks(cidrs: Sequence[str]) -> tuple[Network, ...]:
     """``ip_network`` of each CIDR (host bits allowed)."""
     return tuple(ipaddress.ip_network(c, strict=False) for c in cidrs)
+
+
+def _link(request: IRequest, path: str, n: int, last: str) -> None:
+    query = urlencode({"n": str(n), "last": last})
+    request.setHeader(b"Link", f'<{path}?{query}>; rel="next"'.encode())  # type: ignore[no-untyped-call]
 
 
 def _allowed(host: str, networks: Sequence[Network]) -> bool:
@@ -148,17 +170,24 @@ class RegistryAPI:
     async def v2(self, request: IRequest, rest: str) -> bytes:
         """Every repository route: dispatch on the path's kind and the method."""
         self._begin(request)
-        if rest == "_catalog":
-            raise RegistryError(UNSUPPORTED, "the agent registry does not list repositories")
+        read = request.method in (b"GET", b"HEAD")
+        if rest.rstrip("/") == "_catalog":
+            if not read:
+                raise RegistryError(UNSUPPORTED, "the catalog is read-only", headers=_READ)
+            return await self._catalog(request)
         path = parse_v2_path(rest)
         if path is None:
             raise APIError(404, f"no registry route for /v2/{rest[:200]}", code=UNSUPPORTED)
         if path.kind == "uploads":
-            raise RegistryError(UNSUPPORTED, "the agent registry is read-only: push to the proxy")
-        if path.kind == "tags":
-            raise RegistryError(UNSUPPORTED, "the agent registry does not list tags", headers={})
-        if request.method not in (b"GET", b"HEAD"):
+            raise RegistryError(
+                UNSUPPORTED, "the agent registry is read-only: push to the proxy", headers={}
+            )
+        if not read:
             raise RegistryError(UNSUPPORTED, "the agent registry is read-only", headers=_READ)
+        if path.kind == "tags":
+            return await self._tag_list(request, path.name)
+        if path.kind == "referrers":
+            return await self._referrers(request, path.name, path.rest)
         if path.kind == "manifests":
             await self._manifest(request, path.name, path.rest)
         else:
@@ -170,7 +199,23 @@ class RegistryAPI:
         return self._tags.get(key, lambda: self.server.tags.get_tag(key))
 
     async def _manifest(self, request: IRequest, name: str, reference: str) -> None:
-        ref = parse_reference(reference)
+        try:
+            ref = parse_reference(reference)
+        except (APIError, InvalidDigest):
+            raise RegistryError(
+                MANIFEST_UNKNOWN, f"manifest unknown: {name}:{reference[:200]}"
+            ) from None
+        data, digest = await self._manifest_bytes(name, ref)
+        media_type = manifest_media_type(data)
+        request.setHeader(b"Content-Type", media_type.encode("ascii"))  # type: ignore[no-untyped-call]
+        request.setHeader(b"Docker-Content-Digest", str(digest).encode("ascii"))  # type: ignore[no-untyped-call]
+        request.setHeader(b"ETag", f'"{digest}"'.encode("ascii"))  # type: ignore[no-untyped-call]
+        request.setHeader(b"Content-Length", b"%d" % len(data))  # type: ignore[no-untyped-call]
+        if request.method != b"HEAD":
+            request.write(data)  # type: ignore[no-untyped-call]
+
+    async def _manifest_bytes(self, name: str, ref: Digest | str) -> tuple[bytes, Digest]:
+        """A manifest's bytes and digest, its tag resolved, downloaded into the cache."""
         if isinstance(ref, Digest):
             digest = ref
         else:
@@ -191,13 +236,49 @@ class RegistryAPI:
             except BlobNotFound:
                 if attempt == 2:
                     raise
-        media_type = manifest_media_type(data)
-        request.setHeader(b"Content-Type", media_type.encode("ascii"))  # type: ignore[no-untyped-call]
-        request.setHeader(b"Docker-Content-Digest", str(digest).encode("ascii"))  # type: ignore[no-untyped-call]
-        request.setHeader(b"ETag", f'"{digest}"'.encode("ascii"))  # type: ignore[no-untyped-call]
-        request.setHeader(b"Content-Length", b"%d" % len(data))  # type: ignore[no-untyped-call]
-        if request.method != b"HEAD":
-            request.write(data)  # type: ignore[no-untyped-call]
+        return data, digest
+
+    # -- listings and referrers -------------------------------------------------------------
+
+    async def _tag_list(self, request: IRequest, name: str) -> bytes:
+        n, last = page_args(request)
+        tags = [t for t in await self.server.tags.repository_tags(name) if is_tag(t)]
+        if not tags:
+            raise RegistryError(NAME_UNKNOWN, f"repository {name} has no tags")
+        page, more = paginate(tags, n, last)
+        if more and n:
+            _link(request, f"/v2/{name}/tags/list", n, page[-1])
+        request.setHeader(b"Content-Type", b"application/json")  # type: ignore[no-untyped-call]
+        return json.dumps({"name": name, "tags": page}).encode("utf-8")
+
+    async def _catalog(self, request: IRequest) -> bytes:
+        n, last = page_args(request)
+        entries = await self.server.tags.list_tags("")
+        repositories = {r for r in map(tag_repository, entries) if r is not None}
+        page, more = paginate(repositories, n, last)
+        if more and n:
+            _link(request, "/v2/_catalog", n, page[-1])
+        request.setHeader(b"Content-Type", b"application/json")  # type: ignore[no-untyped-call]
+        return json.dumps({"repositories": page}).encode("utf-8")
+
+    async def _referrers(self, request: IRequest, name: str, raw: str) -> bytes:
+        try:
+            subject = Digest.parse(raw)
+        except InvalidDigest as e:
+            raise RegistryError(DIGEST_INVALID, str(e)) from None
+        index: bytes | None
+        try:
+            index, _ = await self._manifest_bytes(name, referrers_tag(subject))
+        except RegistryError as e:
+            if e.code is not MANIFEST_UNKNOWN:
+                raise
+            index = None
+        values = (request.args or {}).get(b"artifactType")
+        artifact_type = values[0].decode("utf-8", "replace") if values else None
+        if artifact_type is not None:
+            request.setHeader(FILTERS_APPLIED_HEADER.encode("ascii"), b"artifactType")  # type: ignore[no-untyped-call]
+        request.setHeader(b"Content-Type", OCI_IMAGE_INDEX.encode("ascii"))  # type: ignore[no-untyped-call]
+        return filter_referrers(index, artifact_type)
 
     async def _blob(self, request: IRequest, name: str, digest: Digest) -> None:
         self.server.metrics.blob_requests.labels("registry").inc()

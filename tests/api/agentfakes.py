@@ -10,6 +10,7 @@ the store.
 
 from __future__ import annotations
 
+import json
 from typing import Any, ClassVar
 
 from attrs import define, field
@@ -55,6 +56,19 @@ class FakeBuildIndex:
             request.setResponseCode(404)
             return b"tag not found"
         return self.tags[tag].encode()
+
+    @app.route("/list/", defaults={"prefix": ""})
+    @app.route("/list/<path:prefix>")
+    def list_tags(self, request: Any, prefix: str) -> bytes:
+        """One page of every ``repo:tag`` starting with ``prefix`` (the real API's shape)."""
+        result = sorted(t for t in self.tags if t.startswith(prefix))
+        return json.dumps({"Links": {}, "size": len(result), "result": result}).encode()
+
+    @app.route("/repositories/<path:repo>/tags")
+    def repository_tags(self, request: Any, repo: str) -> bytes:
+        """One page of the bare tags of ``repo``."""
+        result = sorted(t.rpartition(":")[2] for t in self.tags if t.rpartition(":")[0] == repo)
+        return json.dumps({"Links": {}, "size": len(result), "result": result}).encode()
 
     @app.route("/readiness")
     def readiness(self, request: Any) -> bytes:

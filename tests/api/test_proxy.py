@@ -479,6 +479,30 @@ class ManifestTests(ProxyTestCase):
             code, _, body = self.call("GET", f"/v2/{REPO}/manifests/{ref}")
             self.assertEqual((code, self.error(body)), (404, "MANIFEST_UNKNOWN"), ref)
 
+    def test_malformed_reference_is_unknown(self) -> None:
+        """GET and HEAD of a reference that is neither tag nor digest: 404 MANIFEST_UNKNOWN
+        (the spec's answer for a manifest that does not exist), not 400."""
+        for ref in ("-bad", "sha256:xyz", "md5:00", "x" * 200):
+            for method in ("GET", "HEAD"):
+                code, _, body = self.call(method, f"/v2/{REPO}/manifests/{ref}")
+                self.assertEqual(code, 404, (method, ref))
+                if method == "GET":
+                    self.assertEqual(self.error(body), "MANIFEST_UNKNOWN")
+
+    def test_allow_lists_each_method_once(self) -> None:
+        """A method a route lacks is 405 with an Allow header naming each method once."""
+        cases = {
+            f"/v2/{REPO}/manifests/latest": ("PATCH", "GET, HEAD, PUT"),
+            f"/v2/{REPO}/blobs/{Digest.of_bytes(b'x')}": ("PUT", "GET, HEAD"),
+            f"/v2/{REPO}/tags/list": ("POST", "GET, HEAD"),
+            "/v2/_catalog": ("PUT", "GET, HEAD"),
+            f"/v2/{REPO}/blobs/uploads/": ("GET", "POST"),
+        }
+        for path, (method, allow) in cases.items():
+            code, headers, body = self.call(method, path)
+            self.assertEqual((code, self.error(body)), (405, "UNSUPPORTED"), path)
+            self.assertEqual(self.header(headers, "Allow"), allow, path)
+
     def test_mutable_tag(self) -> None:
         """A second push of a tag is what the next GET serves."""
         self.push_image("latest", seed=1)
@@ -515,6 +539,14 @@ class ListingTests(ProxyTestCase):
         self.assertEqual(json.loads(body)["tags"], ["v3"])
         self.assertIsNone(self.header(headers, "Link"))
 
+    def test_zero_page(self) -> None:
+        """``n=0`` is an empty page without a Link (not a crash)."""
+        cases = (("/v2/a/one/tags/list?n=0", "tags"), ("/v2/_catalog?n=0", "repositories"))
+        for path, key in cases:
+            code, headers, body = self.call("GET", path)
+            self.assertEqual((code, json.loads(body)[key]), (200, []), path)
+            self.assertIsNone(self.header(headers, "Link"))
+
     def test_unknown_repository(self) -> None:
         """tags/list of a repository without tags is 404 NAME_UNKNOWN."""
         code, _, body = self.call("GET", "/v2/nobody/tags/list")
@@ -537,6 +569,127 @@ class ListingTests(ProxyTestCase):
         self.assertEqual(
             self.header(headers, "Link"), '</v2/_catalog?n=1&last=b%2Ftwo>; rel="next"'
         )
+
+
+class ReferrersTests(ProxyTestCase):
+    """OCI 1.1 referrers: ``OCI-Subject`` on PUT, ``GET /v2/<name>/referrers/<digest>``."""
+
+    def push_artifact(self, subject: Digest, artifact_type: str, seed: int) -> Digest:
+        """An OCI artifact manifest (empty config, one layer) with ``subject``; its digest."""
+        blob = layer(seed, 100)
+        empty = b"{}"
+        for data in (blob, empty):
+            self.push_blob(data)
+        doc = {
+            "schemaVersion": 2,
+            "mediaType": OCI_IMAGE_MANIFEST,
+            "artifactType": artifact_type,
+            "config": {
+                "mediaType": "application/vnd.oci.empty.v1+json",
+                "digest": str(Digest.of_bytes(empty)),
+                "size": 2,
+            },
+            "layers": [
+                {
+                    "mediaType": "application/octet-stream",
+                    "digest": str(Digest.of_bytes(blob)),
+                    "size": len(blob),
+                }
+            ],
+            "subject": {"mediaType": DOCKER_MANIFEST_V2, "digest": str(subject), "size": 1},
+            "annotations": {"seed": str(seed)},
+        }
+        data = json.dumps(doc).encode()
+        digest = Digest.of_bytes(data)
+        code, headers, body = self.call(
+            "PUT",
+            f"/v2/{REPO}/manifests/{digest}",
+            data=data,
+            headers={"Content-Type": OCI_IMAGE_MANIFEST},
+        )
+        self.assertEqual(code, 201, body)
+        self.assertEqual(self.header(headers, "OCI-Subject"), str(subject))
+        return digest
+
+    def referrers(self, subject: Digest, query: str = "") -> tuple[Any, list[dict[str, Any]]]:
+        """GET the referrers of ``subject``: headers and descriptors."""
+        code, headers, body = self.call("GET", f"/v2/{REPO}/referrers/{subject}{query}")
+        self.assertEqual(code, 200, body)
+        self.assertEqual(self.header(headers, "Content-Type"), OCI_IMAGE_INDEX)
+        doc = json.loads(body)
+        self.assertEqual((doc["schemaVersion"], doc["mediaType"]), (2, OCI_IMAGE_INDEX))
+        return headers, doc["manifests"]
+
+    def test_push_and_list(self) -> None:
+        """Each manifest pushed with a subject is listed with its artifactType, size and
+        annotations; pushing one again does not list it twice."""
+        image = self.push_image("v1")
+        self.assertEqual(self.referrers(image)[1], [])
+        sig = self.push_artifact(image, "application/vnd.example.sig", 1)
+        sbom = self.push_artifact(image, "application/vnd.example.sbom", 2)
+        self.push_artifact(image, "application/vnd.example.sig", 1)
+        headers, found = self.referrers(image)
+        self.assertIsNone(self.header(headers, "OCI-Filters-Applied"))
+        self.assertEqual([d["digest"] for d in found], [str(sig), str(sbom)])
+        self.assertEqual(found[0]["artifactType"], "application/vnd.example.sig")
+        self.assertEqual(found[0]["mediaType"], OCI_IMAGE_MANIFEST)
+        self.assertEqual(found[0]["annotations"], {"seed": "1"})
+        _, sig_body = self.call("GET", f"/v2/{REPO}/manifests/{sig}")[1:]
+        self.assertEqual(found[0]["size"], len(sig_body))
+
+    def test_filter(self) -> None:
+        """``artifactType`` keeps only matching descriptors and sets OCI-Filters-Applied."""
+        image = self.push_image("v1")
+        self.push_artifact(image, "application/vnd.example.sig", 1)
+        sbom = self.push_artifact(image, "application/vnd.example.sbom", 2)
+        headers, found = self.referrers(image, "?artifactType=application/vnd.example.sbom")
+        self.assertEqual(self.header(headers, "OCI-Filters-Applied"), "artifactType")
+        self.assertEqual([d["digest"] for d in found], [str(sbom)])
+
+    def test_fallback_tag_and_replication(self) -> None:
+        """The list is the index tagged ``sha256-<hex>`` (the fallback schema old clients read),
+        stored at the origin and tagged with replicate=true."""
+        image = self.push_image("v1")
+        sig = self.push_artifact(image, "application/vnd.example.sig", 1)
+        tag = f"{REPO}:sha256-{image.hex}"
+        index_digest = self.tags.tags[tag]
+        self.assertIn((tag, index_digest, True), self.tags.puts)
+        self.assertTrue(self.origin.store.has(index_digest))
+        code, headers, body = self.call("GET", f"/v2/{REPO}/manifests/sha256-{image.hex}")
+        self.assertEqual(code, 200)
+        self.assertEqual(self.header(headers, "Content-Type"), OCI_IMAGE_INDEX)
+        self.assertEqual([m["digest"] for m in json.loads(body)["manifests"]], [str(sig)])
+
+    def test_subject_may_come_first(self) -> None:
+        """A referrer may be pushed before its subject exists (the spec allows it)."""
+        ghost = Digest.of_bytes(b"not pushed yet")
+        sig = self.push_artifact(ghost, "application/vnd.example.sig", 1)
+        self.assertEqual([d["digest"] for d in self.referrers(ghost)[1]], [str(sig)])
+
+    def test_no_subject_no_header(self) -> None:
+        """A manifest without subject gets no OCI-Subject and no referrers tag."""
+        config = b"{}"
+        self.push_blob(config)
+        manifest = manifest_of(config, [], OCI_IMAGE_MANIFEST)
+        code, headers, _ = self.call("PUT", f"/v2/{REPO}/manifests/v1", data=manifest)
+        self.assertEqual(code, 201)
+        self.assertIsNone(self.header(headers, "OCI-Subject"))
+        self.assertEqual(list(self.tags.tags), [f"{REPO}:v1"])
+
+    def test_errors(self) -> None:
+        """A malformed digest is 400 DIGEST_INVALID; a write is 405 with Allow: GET, HEAD;
+        a malformed subject is 400 MANIFEST_INVALID."""
+        code, _, body = self.call("GET", f"/v2/{REPO}/referrers/sha256:zz")
+        self.assertEqual((code, self.error(body)), (400, "DIGEST_INVALID"))
+        code, headers, body = self.call("DELETE", f"/v2/{REPO}/referrers/{Digest.of_bytes(b'')}")
+        self.assertEqual((code, self.error(body)), (405, "UNSUPPORTED"))
+        self.assertEqual(self.header(headers, "Allow"), "GET, HEAD")
+        config = b"{}"
+        self.push_blob(config)
+        doc = json.loads(manifest_of(config, [], OCI_IMAGE_MANIFEST))
+        doc["subject"] = {"digest": "sha256:nothex"}
+        code, _, body = self.call("PUT", f"/v2/{REPO}/manifests/x", data=json.dumps(doc).encode())
+        self.assertEqual((code, self.error(body)), (400, "MANIFEST_INVALID"))
 
 
 class PrefetchTests(ProxyTestCase):

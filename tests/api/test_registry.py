@@ -20,6 +20,7 @@ from kraken.api.distribution import (
     manifest_references,
     parse_v2_path,
 )
+from kraken.api.referrers import referrers_tag
 from kraken.core import Digest
 from kraken.http.errors import RegistryError
 from tests.api.agentfakes import AgentApis, make_agent_apis
@@ -164,10 +165,16 @@ class ManifestTests(RegistryTestCase):
         response, body = self.call("GET", "/v2/Test/App/manifests/latest")
         self.assertEqual((response.code, self.error_code(body)), (400, "NAME_INVALID"))
 
-    def test_bad_digest(self) -> None:
-        """A malformed digest reference is 400 DIGEST_INVALID."""
-        response, body = self.call("GET", "/v2/test/app/manifests/sha256:xyz")
-        self.assertEqual((response.code, self.error_code(body)), (400, "DIGEST_INVALID"))
+    def test_malformed_reference_is_unknown(self) -> None:
+        """A reference that is neither a tag nor a digest names no manifest: 404
+        MANIFEST_UNKNOWN on GET and HEAD (the spec), never 400, and no download."""
+        for reference in ("sha256:xyz", "md5:abc", "-bad-tag", "x" * 200):
+            for method in ("GET", "HEAD"):
+                response, body = self.call(method, f"/v2/test/app/manifests/{reference}")
+                self.assertEqual(response.code, 404, (method, reference))
+                if method == "GET":
+                    self.assertEqual(self.error_code(body), "MANIFEST_UNKNOWN")
+        self.assertEqual(self.apis.downloader.calls, [])
 
     def test_put_unsupported(self) -> None:
         """Pushing a manifest is 405 UNSUPPORTED with Allow: GET, HEAD."""
@@ -230,6 +237,106 @@ class BlobTests(RegistryTestCase):
         self.assertEqual(self.apis.downloader.calls, [])
 
 
+class ListingTests(RegistryTestCase):
+    """``GET /v2/<name>/tags/list`` and ``GET /v2/_catalog`` from the build-index."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        d = str(Digest.of_bytes(b"m"))
+        for tag in ("a/b:v1", "a/b:v3", "a/b:v2", "c:latest", "a/b/c:x"):
+            self.apis.build_index.tags[tag] = d
+
+    def test_tags_list(self) -> None:
+        """Every tag of the repository, sorted, as ``{"name", "tags"}``, no Link."""
+        response, body = self.call("GET", "/v2/a/b/tags/list")
+        self.assertEqual(response.code, 200)
+        self.assertEqual(json.loads(body), {"name": "a/b", "tags": ["v1", "v2", "v3"]})
+        self.assertIsNone(self.header(response, "Link"))
+
+    def test_tags_pagination(self) -> None:
+        """``n`` pages with a Link to the next; ``last`` continues after it."""
+        response, body = self.call("GET", "/v2/a/b/tags/list?n=2")
+        self.assertEqual(json.loads(body)["tags"], ["v1", "v2"])
+        self.assertEqual(
+            self.header(response, "Link"), '</v2/a/b/tags/list?n=2&last=v2>; rel="next"'
+        )
+        response, body = self.call("GET", "/v2/a/b/tags/list?n=2&last=v2")
+        self.assertEqual(json.loads(body)["tags"], ["v3"])
+        self.assertIsNone(self.header(response, "Link"))
+        response, body = self.call("GET", "/v2/a/b/tags/list?n=0")
+        self.assertEqual(json.loads(body)["tags"], [])
+
+    def test_bad_n(self) -> None:
+        """A non-numeric ``n`` is 400 PAGINATION_NUMBER_INVALID."""
+        response, body = self.call("GET", "/v2/a/b/tags/list?n=x")
+        self.assertEqual((response.code, self.error_code(body)), (400, "PAGINATION_NUMBER_INVALID"))
+
+    def test_unknown_repository(self) -> None:
+        """A repository without tags is 404 NAME_UNKNOWN."""
+        response, body = self.call("GET", "/v2/nothing/here/tags/list")
+        self.assertEqual((response.code, self.error_code(body)), (404, "NAME_UNKNOWN"))
+
+    def test_catalog(self) -> None:
+        """The repositories of every tag, sorted, paginated like tags."""
+        response, body = self.call("GET", "/v2/_catalog")
+        self.assertEqual(json.loads(body), {"repositories": ["a/b", "a/b/c", "c"]})
+        response, body = self.call("GET", "/v2/_catalog?n=1&last=a/b")
+        self.assertEqual(json.loads(body), {"repositories": ["a/b/c"]})
+        self.assertEqual(
+            self.header(response, "Link"), '</v2/_catalog?n=1&last=a%2Fb%2Fc>; rel="next"'
+        )
+
+
+class ReferrersTests(RegistryTestCase):
+    """``GET /v2/<name>/referrers/<digest>``: the index the proxy keeps, through the build-index."""
+
+    def index(self, subject: Digest, *descriptors: dict[str, Any]) -> Digest:
+        """Make the referrers index of ``subject`` in ``test/app`` downloadable and tagged."""
+        data = json.dumps(
+            {"schemaVersion": 2, "mediaType": OCI_IMAGE_INDEX, "manifests": list(descriptors)}
+        ).encode()
+        digest = self.apis.downloader.add(data)
+        self.apis.build_index.tags[f"test/app:{referrers_tag(subject)}"] = str(digest)
+        return digest
+
+    def test_referrers(self) -> None:
+        """The tagged index's descriptors come back as an OCI index; artifactType filters and
+        says so in OCI-Filters-Applied."""
+        subject = Digest.of_bytes(b"image")
+        sig = {"mediaType": OCI_IMAGE_MANIFEST, "digest": str(Digest.of_bytes(b"s")), "size": 1}
+        sbom = {**sig, "digest": str(Digest.of_bytes(b"b")), "artifactType": "application/sbom"}
+        self.index(subject, {**sig, "artifactType": "application/sig"}, sbom)
+        response, body = self.call("GET", f"/v2/test/app/referrers/{subject}")
+        self.assertEqual(response.code, 200)
+        self.assertEqual(self.header(response, "Content-Type"), OCI_IMAGE_INDEX)
+        self.assertIsNone(self.header(response, "OCI-Filters-Applied"))
+        doc = json.loads(body)
+        self.assertEqual((doc["schemaVersion"], doc["mediaType"]), (2, OCI_IMAGE_INDEX))
+        self.assertEqual(len(doc["manifests"]), 2)
+        response, body = self.call(
+            "GET", f"/v2/test/app/referrers/{subject}?artifactType=application/sbom"
+        )
+        self.assertEqual(self.header(response, "OCI-Filters-Applied"), "artifactType")
+        self.assertEqual(json.loads(body)["manifests"], [sbom])
+
+    def test_none_is_an_empty_index(self) -> None:
+        """A digest without referrers is 200 with an empty index (the spec forbids 404)."""
+        response, body = self.call("GET", f"/v2/test/app/referrers/{Digest.of_bytes(b'?')}")
+        self.assertEqual(response.code, 200)
+        self.assertEqual(json.loads(body)["manifests"], [])
+
+    def test_bad_digest(self) -> None:
+        """A malformed digest is 400 DIGEST_INVALID."""
+        response, body = self.call("GET", "/v2/test/app/referrers/sha256:nothex")
+        self.assertEqual((response.code, self.error_code(body)), (400, "DIGEST_INVALID"))
+
+    def test_read_only(self) -> None:
+        """Writing to the referrers route is 405 with Allow: GET, HEAD."""
+        response, body = self.call("PUT", f"/v2/test/app/referrers/{Digest.of_bytes(b'?')}")
+        self.assertEqual((response.code, self.error_code(body)), (405, "UNSUPPORTED"))
+        self.assertEqual(self.header(response, "Allow"), "GET, HEAD")
+
+
 class UnsupportedTests(RegistryTestCase):
     """What a read-only mirror does not do."""
 
@@ -244,11 +351,18 @@ class UnsupportedTests(RegistryTestCase):
             response, body = self.call(method, path)
             self.assertEqual((response.code, self.error_code(body)), (405, "UNSUPPORTED"), path)
 
-    def test_listing(self) -> None:
-        """Tag listing and the catalog are 405 UNSUPPORTED."""
+    def test_listing_is_read_only(self) -> None:
+        """Writing to the tag list or the catalog is 405 UNSUPPORTED with Allow: GET, HEAD."""
         for path in ("/v2/r/tags/list", "/v2/_catalog"):
-            response, body = self.call("GET", path)
+            response, body = self.call("DELETE", path)
             self.assertEqual((response.code, self.error_code(body)), (405, "UNSUPPORTED"))
+            self.assertEqual(self.header(response, "Allow"), "GET, HEAD")
+
+    def test_manifest_delete(self) -> None:
+        """DELETE of a manifest is 405 UNSUPPORTED with Allow: GET, HEAD (HEAD listed once)."""
+        response, body = self.call("DELETE", "/v2/r/manifests/latest")
+        self.assertEqual((response.code, self.error_code(body)), (405, "UNSUPPORTED"))
+        self.assertEqual(self.header(response, "Allow"), "GET, HEAD")
 
     def test_unknown_route(self) -> None:
         """A path that is no v2 route is a 404 with a v2 error body."""
@@ -278,6 +392,10 @@ class DistributionTests(SynchronousTestCase):
         self.assertEqual(parse_v2_path("a/blobs/uploads/"), V2Path("a", "uploads", ""))
         self.assertEqual(parse_v2_path("a/blobs/uploads/u1"), V2Path("a", "uploads", "u1"))
         self.assertEqual(parse_v2_path("a/tags/list"), V2Path("a", "tags", ""))
+        self.assertEqual(
+            parse_v2_path("a/referrers/sha256:1"), V2Path("a", "referrers", "sha256:1")
+        )
+        self.assertIsNone(parse_v2_path("a/referrers/"))
         self.assertIsNone(parse_v2_path("a/manifests/"))
         self.assertIsNone(parse_v2_path("a"))
 
