@@ -40,7 +40,7 @@ from kraken.certs import CA_CERT_FILE, cert_paths, ensure_certificates, export_c
 from kraken.config import load_config
 from kraken.config.loader import parse_config
 from kraken.config.structure import ConfigError
-from kraken.services.parts import exit_on_listen_failure
+from kraken.services.parts import exit_on_listen_failure, lead_with_error
 from kraken.tls import check_tls_files
 
 __all__ = [
@@ -79,6 +79,13 @@ class Options(usage.Options):
 
     def postOptions(self) -> None:
         """Check the counts and the configuration now, so that twistd stops with a message."""
+        try:
+            self._check()
+        except usage.UsageError as e:
+            lead_with_error(self, e)
+            raise
+
+    def _check(self) -> None:
         if self["origins"] < 1 or self["agents"] < 0:
             raise usage.UsageError("--origins must be >= 1 and --agents >= 0")
         try:

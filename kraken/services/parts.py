@@ -91,6 +91,7 @@ __all__ = [
     "head_checks",
     "host_list_from_config",
     "http_site",
+    "lead_with_error",
     "owned_thread_pool",
     "running_reactor",
     "server_limits",
@@ -127,10 +128,29 @@ class DaemonOptions(usage.Options):
         """Load and check the configuration now, so that a bad one stops twistd with a message."""
         key = _options_key(self.daemon)
         try:
-            self[key] = load_config(self.daemon, self["config"])
-        except ConfigError as e:
-            raise usage.UsageError(str(e)) from None
-        check_tls_files(self[key].tls, serve=self.serve_tls)  # a bad file: one line naming it
+            try:
+                self[key] = load_config(self.daemon, self["config"])
+            except ConfigError as e:
+                raise usage.UsageError(str(e)) from None
+            check_tls_files(self[key].tls, serve=self.serve_tls)  # a bad file: one line naming it
+        except usage.UsageError as e:
+            lead_with_error(self, e)
+            raise
+
+
+def lead_with_error(options: usage.Options, error: usage.UsageError) -> None:
+    """Under twistd, print ``error`` alone on stderr and exit 1; otherwise return.
+
+    twistd answers a usage error with the option list first and the error last, where a
+    mistake in a configuration file is easy to miss.  ``options.parent`` is set only when
+    twistd parses the daemon as its subcommand; other callers (tests, embedding) get the
+    :class:`~twisted.python.usage.UsageError` their caller re-raises.
+    """
+    parent = getattr(options, "parent", None)
+    if parent is None:
+        return
+    print(f"twistd {parent.subCommand}: {error}", file=sys.stderr)
+    raise SystemExit(1)
 
 
 def daemon_config(options: usage.Options, daemon: str) -> Any:

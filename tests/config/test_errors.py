@@ -6,7 +6,7 @@ import os
 import sys
 from typing import Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -493,3 +493,33 @@ class TwistdTests(TestCase):
             sys.executable, argv, env=env, path=CHECKOUT
         )
         return d.addCallback(check)
+
+    def test_error_leads(self) -> Deferred[None]:
+        """A configuration error is all twistd prints, for a daemon and for the herd.
+
+        twistd's own answer to a usage error is the option list with the error under it,
+        where an operator reads past it; the daemons print only the error, naming the command.
+        """
+        path = os.path.abspath(self.mktemp())
+        with open(path, "w", encoding="utf-8") as f:
+            f.write("nope: 1\n")
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [CHECKOUT, env.get("PYTHONPATH")]))
+        results = []
+        for daemon, section in (("kraken-tracker", "tracker"), ("kraken-herd", "herd")):
+            argv = ["-c", TWISTD, "-n", daemon, "--config", path]
+            d: Deferred[tuple[bytes, bytes, int]] = getProcessOutputAndValue(
+                sys.executable, argv, env=env, path=CHECKOUT
+            )
+            results.append(d.addCallback(lambda r, d=daemon, s=section: (d, s, r)))
+
+        def check(outcomes: list[tuple[str, str, tuple[bytes, bytes, int]]]) -> None:
+            for daemon, section, (out, err, code) in outcomes:
+                self.assertEqual(code, 1)
+                self.assertEqual(out, b"")
+                self.assertEqual(
+                    err.decode().splitlines(),
+                    [f"twistd {daemon}: {path}: {section}.nope: unknown key"],
+                )
+
+        return gatherResults(results).addCallback(check)
