@@ -69,6 +69,7 @@ from kraken.services.parts import (
     filesystem_size,
     host_list_from_config,
     http_site,
+    named,
     running_reactor,
 )
 from kraken.store import BlobStore, StoreCleaner
@@ -322,7 +323,8 @@ def build_agent(
         serverFromString(reactor, peer_listen or config.peer.listen),  # type: ignore[no-untyped-call]
         reactor,
     )
-    services.append(StreamServerEndpointService(peer_endpoint, node.factory()))  # type: ignore[no-untyped-call]
+    peer_listener = StreamServerEndpointService(peer_endpoint, node.factory())  # type: ignore[no-untyped-call]
+    services.append(named("peer", peer_listener))
     services.append(SeedCachedService(downloader))
     fs_size = filesystem_size(data_dir)
     policy = cleanup_policy(config.cleanup, fs_size)
@@ -335,7 +337,8 @@ def build_agent(
         )
     # ClosingListeners: stopping closes kept-alive connections too, not only the ports.
     api_site = http_site(api.resource(), reactor, config.http)
-    services.append(closing_listener(reactor, server_listen or config.server.listen, api_site))
+    api_listener = closing_listener(reactor, server_listen or config.server.listen, api_site)
+    services.append(named("server", api_listener))
     # docker and skopeo try HTTPS first: the site turns the handshake away at once; writes
     # to the read-only registry get 405 before any of their body is read.
     registry_site = http_site(
@@ -346,7 +349,7 @@ def build_agent(
         renderer=render_registry_json,
     )
     registry_listen = registry_listen or config.registry.listen
-    services.append(closing_listener(reactor, registry_listen, registry_site))
+    services.append(named("registry", closing_listener(reactor, registry_listen, registry_site)))
     services.append(OnStop(http.close))
     services.append(OnStop(unreachable.stop))  # stops first: no report after the pool closes
     services.append(tls.expiry_monitor(reactor, metrics.registry))

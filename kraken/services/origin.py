@@ -60,6 +60,7 @@ from kraken.services.parts import (
     filesystem_size,
     head_checks,
     http_site,
+    named,
     owned_thread_pool,
     running_reactor,
     tls_listener,
@@ -235,7 +236,8 @@ def build_origin(
         serverFromString(reactor, config.peer.listen),  # type: ignore[no-untyped-call]
         reactor,
     )
-    services.append(StreamServerEndpointService(peer_endpoint, node.factory()))  # type: ignore[no-untyped-call]
+    peer_listener = StreamServerEndpointService(peer_endpoint, node.factory())  # type: ignore[no-untyped-call]
+    services.append(named("peer", peer_listener))
     expiry = TimerService(min(60.0, config.uploads.idle_timeout), api.expire_uploads)  # type: ignore[no-untyped-call]
     expiry.clock = reactor
     services.append(expiry)
@@ -249,7 +251,9 @@ def build_origin(
     )
     services.append(tls.expiry_monitor(reactor, metrics.registry))
     # A ClosingListener: stopping closes kept-alive connections too, not only the port.
-    services.append(tls_listener(reactor, tls, listen or config.server.listen, site))
+    services.append(
+        named("server", tls_listener(reactor, tls, listen or config.server.listen, site))
+    )
     services.append(OnStop(http.close))
     services.append(OnStop(backends.close))
 

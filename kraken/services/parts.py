@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable, Iterator
-from typing import Any, ClassVar, Final
+from typing import Any, ClassVar, Final, TypeVar
 
 from twisted.application.internet import StreamServerEndpointService, TimerService
 from twisted.application.service import MultiService, Service
@@ -92,11 +92,14 @@ __all__ = [
     "host_list_from_config",
     "http_site",
     "lead_with_error",
+    "named",
     "owned_thread_pool",
     "running_reactor",
     "server_limits",
     "tls_listener",
 ]
+
+_S = TypeVar("_S", bound=Service)
 
 #: The ``--listen`` option of the daemons that serve one HTTP API.
 LISTEN_OPTION = ["listen", None, None, "Override server.listen (a Twisted server endpoint string)."]
@@ -629,6 +632,16 @@ def tls_listener(reactor: Any, tls: ClusterTLS, description: str, factory: Any) 
     endpoint = serverFromString(reactor, description)  # type: ignore[no-untyped-call]
     endpoint = tls.server_endpoint(endpoint, reactor)
     return ClosingListener(endpoint, factory, _max_connections(factory))
+
+
+def named(name: str, service: _S) -> _S:
+    """``service``, named ``name`` in its tree: ``tree.getServiceNamed(name)`` finds it.
+
+    Every listener of a daemon is named (``server``, ``registry``, ``peer``): that is how
+    :mod:`kraken.embed` finds the listeners an embedding application takes over.
+    """
+    service.setName(name)  # type: ignore[no-untyped-call]
+    return service
 
 
 def head_checks(*checks: Callable[[Any], None] | None) -> list[Callable[[Any], None]]:

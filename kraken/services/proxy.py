@@ -47,6 +47,7 @@ from kraken.services.parts import (
     head_checks,
     host_list_from_config,
     http_site,
+    named,
     running_reactor,
     tls_listener,
 )
@@ -154,7 +155,9 @@ def build_proxy(
     )
     services.append(tls.expiry_monitor(reactor, api.metrics.registry))
     # A TLS hello on the plain port gets a 400 at once (kraken.http.server).
-    services.append(tls_listener(reactor, tls, listen or config.server.listen, site))
+    services.append(
+        named("server", tls_listener(reactor, tls, listen or config.server.listen, site))
+    )
     services.append(OnStop(http.close))
 
     tree = ProxyService(api, store, origin_members)

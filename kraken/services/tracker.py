@@ -34,6 +34,7 @@ from kraken.services.parts import (
     daemon_config,
     exit_on_listen_failure,
     head_checks,
+    named,
     running_reactor,
     server_limits,
     tls_listener,
@@ -150,7 +151,9 @@ def build_tracker(config: TrackerConfig, reactor: Any, listen: str | None = None
         gate=KleinRoutes(api.app, {}, checks=head_checks(tls.head_check())),
         limits=server_limits(config.http),
     )
-    services.append(tls_listener(reactor, tls, listen or config.server.listen, site))
+    services.append(
+        named("server", tls_listener(reactor, tls, listen or config.server.listen, site))
+    )
     services.append(OnStop(http.close))
     services.append(tls.expiry_monitor(reactor, api.metrics.registry))
 
