@@ -144,9 +144,25 @@ class FilesystemBackend:
         more = start + limit < len(names)
         return ListResult(tuple(page), page[-1] if more and page else None)
 
+    def delete(self, namespace: str, name: str) -> Deferred[None]:
+        """See :meth:`IBackend.delete`: the file is unlinked (in ``run``)."""
+        return ensureDeferred(self._delete(namespace, name))
+
+    async def _delete(self, namespace: str, name: str) -> None:
+        path = self._locate(namespace, name)
+        await self.run(_remove_file, namespace, name, path)
+        self.log.debug("deleted {name} ({namespace})", name=name, namespace=namespace)
+
     def close(self) -> Deferred[None]:
         """Nothing to release."""
         return succeed(None)
+
+
+def _remove_file(namespace: str, name: str, path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        raise BlobNotFound(namespace, name) from None
 
 
 def _stat_file(namespace: str, name: str, path: str) -> BlobInfo:

@@ -283,6 +283,14 @@ class HTTPBackend:
             return fail()
         return fail(OperationNotSupported(self.kind, "upload"))
 
+    def delete(self, namespace: str, name: str) -> Deferred[None]:
+        """Fail with :class:`OperationNotSupported` (or :class:`InvalidName`)."""
+        try:
+            self.url_of(namespace, name)
+        except InvalidName:
+            return fail()
+        return fail(OperationNotSupported(self.kind, "delete"))
+
     def list(
         self,
         prefix: str,

@@ -171,6 +171,14 @@ class IBackend(Interface):
         meaningful to the backend that issued them.
         """
 
+    def delete(namespace: str, name: str) -> Deferred[None]:
+        """
+        Remove the object; fire once it is gone for good, or fail with :class:`BlobNotFound`.
+
+        Only the build-index (a deleted tag) and the garbage collector (a blob no manifest
+        references) call it.  Read-only backends fail with :class:`OperationNotSupported`.
+        """
+
     def close() -> Deferred[None]:
         """
         Release connections and other resources; the backend is not used afterwards.

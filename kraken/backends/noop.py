@@ -60,6 +60,10 @@ class NoopBackend:
             return fail()
         return succeed(ListResult((), None))
 
+    def delete(self, namespace: str, name: str) -> Deferred[None]:
+        """Fail with :class:`BlobNotFound` (or :class:`InvalidName`): nothing is stored."""
+        return fail(_not_found(namespace, name))
+
     def close(self) -> Deferred[None]:
         """Nothing to release."""
         return succeed(None)

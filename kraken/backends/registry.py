@@ -316,6 +316,15 @@ class RegistryBackend:
             return fail()
         return fail(OperationNotSupported(self.kind, "upload"))
 
+    def delete(self, namespace: str, name: str) -> Deferred[None]:
+        """Fail with :class:`OperationNotSupported` (or :class:`InvalidName`)."""
+        try:
+            check_namespace(namespace)
+            parse_name(name)
+        except InvalidName:
+            return fail()
+        return fail(OperationNotSupported(self.kind, "delete"))
+
     def list(
         self,
         prefix: str,

@@ -211,6 +211,22 @@ class S3Backend:
         with open(source, "rb") as f:
             s3.upload_fileobj(f, self.bucket, key, Config=config)
 
+    def delete(self, namespace: str, name: str) -> Deferred[None]:
+        """See :meth:`IBackend.delete` (``HeadObject``, since S3 deletes a missing key
+        without complaint, then ``DeleteObject``)."""
+        return ensureDeferred(self._delete(namespace, name))
+
+    async def _delete(self, namespace: str, name: str) -> None:
+        key = self._locate(namespace, name)
+        await self.run(self._head, namespace, name, key)
+        await self.run(self._remove, key)
+        self.log.debug(
+            "deleted {name} ({namespace}) at {key}", name=name, namespace=namespace, key=key
+        )
+
+    def _remove(self, key: str) -> None:
+        self._s3().delete_object(Bucket=self.bucket, Key=key)
+
     def download(self, namespace: str, name: str, consumer: IConsumer) -> Deferred[int]:
         """See :meth:`IBackend.download` (a ``GetObject`` read chunk by chunk in ``run``)."""
         return ensureDeferred(self._download(namespace, name, consumer))

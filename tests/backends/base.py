@@ -183,6 +183,7 @@ class BackendTests:
                 backend.stat(NAMESPACE, name),
                 backend.download(NAMESPACE, name, BytesConsumer()),
                 backend.upload(NAMESPACE, name, b"data"),
+                backend.delete(NAMESPACE, name),
             ]
             for d in calls:
                 error = await self.assert_fails(d, InvalidName)
@@ -198,6 +199,7 @@ class BackendTests:
                 backend.stat(namespace, name),
                 backend.download(namespace, name, BytesConsumer()),
                 backend.upload(namespace, name, b"data"),
+                backend.delete(namespace, name),
             ]
             for d in calls:
                 await self.assert_fails(d, InvalidName)
@@ -261,6 +263,27 @@ class ReadWriteBackendTests(BackendTests):
         await backend.upload(NAMESPACE, name, data)
         self.assertEqual(await backend.stat(NAMESPACE, name), BlobInfo(len(data)))
         self.assertEqual(await self.read(backend, name), data)
+
+    @backend_test
+    async def test_delete(self) -> None:
+        """A deleted blob or tag is gone (stat, download, list); deleting it again, or
+        something never stored, fails with BlobNotFound; its neighbours stay."""
+        backend = self.make_backend()
+        gone, kept = blob_name("gone"), blob_name("kept")
+        tag = "library/gone:v1"
+        await self.seed(backend, gone, b"bye")
+        await self.seed(backend, kept, b"stay")
+        await self.seed(backend, tag, b"sha256:" + b"0" * 64)
+        for name in (gone, tag):
+            await backend.delete(NAMESPACE, name)
+            await self.assert_fails(backend.stat(NAMESPACE, name), BlobNotFound)
+            download = backend.download(NAMESPACE, name, BytesConsumer())
+            await self.assert_fails(download, BlobNotFound)
+            await self.assert_fails(backend.delete(NAMESPACE, name), BlobNotFound)
+        listed = (await backend.list("")).names
+        self.assertEqual((gone in listed, tag in listed, kept in listed), (False, False, True))
+        self.assertEqual(await self.read(backend, kept), b"stay")
+        await self.assert_fails(backend.delete(NAMESPACE, blob_name("never")), BlobNotFound)
 
     @backend_test
     async def test_round_trip_empty(self) -> None:

@@ -128,6 +128,14 @@ class HTTPBackendTests(HTTPServerMixin, RunAsynchronously, BackendTests, TestCas
         self.assertEqual(self.server.requests, [])
 
     @backend_test
+    async def test_delete_not_supported(self) -> None:
+        """delete of a valid name fails with OperationNotSupported and sends nothing."""
+        await self.assert_fails(
+            self.make_backend().delete(NAMESPACE, blob_name("x")), OperationNotSupported
+        )
+        self.assertEqual(self.server.requests, [])
+
+    @backend_test
     async def test_stat_and_download(self) -> None:
         """A served blob has its Content-Length as size and downloads byte for byte."""
         data = os.urandom(3_000_000)

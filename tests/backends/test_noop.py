@@ -23,3 +23,4 @@ class NoopBackendTests(RunSynchronously, BackendTests, SynchronousTestCase):
         self.assertIsNone(self.successResultOf(backend.upload(NAMESPACE, name, b"data")))
         self.failureResultOf(backend.stat(NAMESPACE, name), BlobNotFound)
         self.assertEqual(self.successResultOf(backend.list("")), ListResult((), None))
+        self.failureResultOf(backend.delete(NAMESPACE, name), BlobNotFound)

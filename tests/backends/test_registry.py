@@ -192,6 +192,13 @@ class RegistryBackendTests(RegistryMixin, RunAsynchronously, BackendTests, TestC
         )
 
     @backend_test
+    async def test_delete_not_supported(self) -> None:
+        """delete of a valid name fails with OperationNotSupported."""
+        await self.assert_fails(
+            self.make_backend().delete(REPOSITORY, blob_name("x")), OperationNotSupported
+        )
+
+    @backend_test
     async def test_layer(self) -> None:
         """A pushed layer has its size and downloads byte for byte (namespace = repository)."""
         backend = self.make_backend()

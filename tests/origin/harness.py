@@ -100,6 +100,14 @@ class MemoryBackend:
             return self.hold.addCallback(write)
         return succeed(write(None))
 
+    def delete(self, namespace: str, name: str) -> Deferred[None]:
+        """Remove ``name``."""
+        if self.down:
+            return fail(BackendDown("backend down"))
+        if self.blobs.pop(name, None) is None:
+            return fail(BlobNotFound(namespace, name))
+        return succeed(None)
+
     def list(
         self, prefix: str, limit: int = 250, continuation_token: str | None = None
     ) -> Deferred[ListResult]:
