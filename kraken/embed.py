@@ -27,7 +27,7 @@ from typing import Any, Final, Literal, Protocol, get_args
 
 from attrs import frozen
 from twisted.application.internet import StreamServerEndpointService
-from twisted.application.service import MultiService, Service
+from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import (
     IAddress,
@@ -53,6 +53,7 @@ __all__ = [
     "EmbeddedDaemon",
     "KrakenSite",
     "ListenFailed",
+    "Listener",
     "build",
     "keep_path",
     "load",
@@ -324,15 +325,40 @@ def build(
     )
 
 
-def serve_on(endpoint: IStreamServerEndpoint, factory: IProtocolFactory) -> Service:
+class Listener(ClosingListener):
     """
-    A service that serves ``factory`` on ``endpoint`` while it runs; stopping it closes the
-    port and then every connection it accepted (kept-alive ones too, which a bare
-    ``StreamServerEndpointService`` leaves open).  A :class:`KrakenSite`'s
-    ``max_connections`` caps the open connections.
+    The application's own listener: serves a factory on an endpoint while it runs.
+
+    Stopping it closes the port and then every connection it accepted (kept-alive ones
+    too, which a bare ``StreamServerEndpointService`` leaves open).  :meth:`ready` tells
+    whether the port could be opened, as :meth:`EmbeddedDaemon.ready` does for a daemon.
     """
-    limits = getattr(factory, "limits", None)
-    return ClosingListener(endpoint, factory, getattr(limits, "max_connections", None))
+
+    def __init__(self, endpoint: IStreamServerEndpoint, factory: IProtocolFactory) -> None:
+        limits = getattr(factory, "limits", None)
+        super().__init__(endpoint, factory, getattr(limits, "max_connections", None))
+        tree: Any = self  # a one-listener tree
+        self._outcome = _Outcome(ListenerWatch(tree, _ignore).ready())
+
+    def ready(self) -> Deferred[None]:
+        """Fires once listening; fails with :class:`ListenFailed` if the port cannot open."""
+        return self._outcome.wait()
+
+    def address(self) -> IAddress:
+        """The address listened on (after :meth:`ready`; a port 0's number)."""
+        if self.port is None:
+            raise RuntimeError("not listening")
+        return self.port.getHost()
+
+
+def serve_on(endpoint: IStreamServerEndpoint, factory: IProtocolFactory) -> Listener:
+    """
+    A :class:`Listener` serving ``factory`` on ``endpoint`` (a :class:`KrakenSite`'s
+    ``max_connections`` caps its open connections): the way to give a daemon's site
+    (:meth:`EmbeddedDaemon.factory`) a port of the application's choosing, or to serve the
+    application's own ``Site`` that mounts a daemon's resource.
+    """
+    return Listener(endpoint, factory)
 
 
 class _KeptPath(Resource):
