@@ -44,9 +44,9 @@ from twisted.web.resource import IResource
 
 from kraken.api.distribution import manifest_references
 from kraken.api.serving import serve_blob
-from kraken.api.tracker import InvalidNamespace, check_namespace
 from kraken.buildindex.tags import InvalidTag, parse_tag
 from kraken.core import Digest
+from kraken.core.names import InvalidNamespace, check_namespace
 from kraken.http.client import HTTPStatusError
 from kraken.http.errors import CORE_ERRORS, APIError, install_error_handler
 from kraken.protocols.buildindex_client import (

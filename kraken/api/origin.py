@@ -46,7 +46,6 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
 
 from kraken.api.serving import serve_blob
-from kraken.api.tracker import InvalidNamespace, check_namespace
 from kraken.backends.interface import BlobNotFound as BackendBlobNotFound
 from kraken.backends.interface import InvalidName, NamespaceNotFound
 from kraken.backends.router import BackendRouter
@@ -60,6 +59,7 @@ from kraken.core import (
     PeerInfo,
     PieceLengthTable,
 )
+from kraken.core.names import InvalidNamespace, check_namespace
 from kraken.http.errors import (
     BLOB_UNKNOWN,
     BLOB_UPLOAD_INVALID,

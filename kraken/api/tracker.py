@@ -48,6 +48,7 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET
 
 from kraken.core import Digest, InfoHash, PeerInfo
+from kraken.core.names import InvalidNamespace, check_namespace
 from kraken.http.errors import CORE_ERRORS, APIError, install_error_handler, render_error
 from kraken.http.request_body import json_response, read_json
 from kraken.peers.admission import AdmissionPolicy, AnnounceForbidden
@@ -70,24 +71,6 @@ ORIGIN_MEMO_TTL: Final = 1.0
 #: background (stale-while-revalidate), so announces never wait for an origin round trip of a
 #: blob they already know the origins of.
 ORIGIN_MEMO_STALE: Final = 30.0
-MAX_NAMESPACE_LENGTH: Final = 255
-
-
-class InvalidNamespace(ValueError):
-    """A namespace that is empty, too long, or could escape a path."""
-
-
-def check_namespace(namespace: str) -> str:
-    """Return ``namespace`` if it is safe to pass on (no traversal, no control characters)."""
-    if not namespace or len(namespace) > MAX_NAMESPACE_LENGTH:
-        raise InvalidNamespace(f"namespace: must be 1..{MAX_NAMESPACE_LENGTH} characters")
-    if any(ord(c) < 0x20 or c == "\x7f" for c in namespace):
-        raise InvalidNamespace(f"namespace: {namespace!r} contains control characters")
-    if any(part in ("", ".", "..") for part in namespace.split("/")):
-        raise InvalidNamespace(f"namespace: {namespace!r} has an empty, '.' or '..' component")
-    return namespace
-
-
 TRACKER_ERRORS: Final = CORE_ERRORS.extended(
     {InvalidAnnounce: 400, InvalidNamespace: 400, AnnounceForbidden: 403}, daemon="tracker"
 )

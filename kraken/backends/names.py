@@ -29,16 +29,16 @@ from kraken.backends.interface import (
     ListResult,
     OperationNotSupported,
 )
+from kraken.core.names import InvalidNamespace
+from kraken.core.names import check_namespace as core_check_namespace
 
 MAX_REPO_LENGTH: Final = 255
 MAX_TAG_LENGTH: Final = 128
-MAX_NAMESPACE_LENGTH: Final = 512
 
 _HEX = re.compile(r"[0-9a-f]{64}")
 _HEX_PREFIX = re.compile(r"[0-9a-f]{0,64}")
 _SEGMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
-_NAMESPACE = re.compile(r"[\x21-\x7e]+")  # printable ASCII, no space
 
 
 @frozen
@@ -110,17 +110,11 @@ def parse_name(name: object) -> BlobName | TagName:
 
 
 def check_namespace(namespace: object) -> str:
-    """Return ``namespace`` if it is printable ASCII without spaces, else :class:`InvalidName`."""
-    if (
-        not isinstance(namespace, str)
-        or len(namespace) > MAX_NAMESPACE_LENGTH
-        or _NAMESPACE.fullmatch(namespace) is None
-    ):
-        raise InvalidName(
-            f"invalid namespace {namespace!r}: expected 1 to {MAX_NAMESPACE_LENGTH} "
-            "printable ASCII characters without spaces"
-        )
-    return namespace
+    """``namespace`` if it follows the rule of :mod:`kraken.core.names`; else InvalidName."""
+    try:
+        return core_check_namespace(namespace)
+    except InvalidNamespace as e:
+        raise InvalidName(f"invalid {e}") from None
 
 
 def could_start_blob_name(prefix: str) -> bool:

@@ -528,7 +528,7 @@ class MetaInfoTests(TrackerAPITestCase):
     def test_check_namespace(self) -> None:
         """check_namespace accepts repository names and rejects traversal and control bytes."""
         self.assertEqual(check_namespace("library/ubuntu"), "library/ubuntu")
-        for bad in ("", "..", "a/../b", "/abs", "a//b", "a\nb", "x" * 256):
+        for bad in ("", "..", "a/../b", "/abs", "a//b", "a\nb", "a b", "caf\u00e9", "x" * 513):
             self.assertRaises(InvalidNamespace, check_namespace, bad)
 
 
