@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import random
 import time
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, Final
 
 from attrs import define, field
@@ -51,6 +52,7 @@ from kraken.core import Digest, InfoHash, PeerInfo
 from kraken.core.names import InvalidNamespace, check_namespace
 from kraken.http.errors import CORE_ERRORS, APIError, install_error_handler, render_error
 from kraken.http.request_body import json_response, read_json
+from kraken.http.server import BodyPlan, KleinRoutes, RequestHead
 from kraken.peers.admission import AdmissionPolicy, AnnounceForbidden
 from kraken.peers.announce import AnnounceRequest, InvalidAnnounce, ReportRequest
 from kraken.peers.cache import CollapsingCache
@@ -59,7 +61,7 @@ from kraken.peers.origins import IOriginCluster, MetaInfoAnswer, OriginUnavailab
 from kraken.peers.quarantine import DEFAULT_QUARANTINE, DEFAULT_QUARANTINE_REPORTERS, Quarantine
 from kraken.peers.store import IPeerStore, StoredPeer
 
-#: Largest announce body accepted (issue 4: 413 beyond).
+#: Largest announce (or report) body accepted: 413 beyond, decided on the request's head.
 MAX_ANNOUNCE_BODY: Final = 64 * 1024
 DEFAULT_ANNOUNCE_INTERVAL: Final = 3.0
 METAINFO_OK_TTL: Final = 300.0
@@ -181,6 +183,18 @@ class TrackerAPI:
     def resource(self) -> IResource:
         """The ``twisted.web`` resource serving this API (announces bypass Klein's routing)."""
         return _Root(self, self.app.resource())
+
+    def gate(self, checks: Sequence[Callable[[RequestHead], None]] = ()) -> KleinRoutes:
+        """What a :class:`~kraken.http.server.KrakenSite` asks on each head: an announce or
+        a report body is at most :data:`MAX_ANNOUNCE_BODY` (413 before it is read), any
+        other body 1 KiB; ``checks`` (the client-certificate check) run first."""
+
+        def control(head: RequestHead, args: Mapping[str, Any]) -> BodyPlan:
+            return BodyPlan(MAX_ANNOUNCE_BODY)
+
+        return KleinRoutes(
+            self.app, {"announce": control, "report": control}, default_limit=1024, checks=checks
+        )
 
     @app.route("/health", methods=["GET"])
     def health(self, request: IRequest) -> bytes:

@@ -21,7 +21,7 @@ from kraken.cluster import parse_host_port
 from kraken.config import TrackerConfig
 from kraken.core.address import parse_networks
 from kraken.http.client import NO_RETRY, HTTPClientFactory
-from kraken.http.server import KleinRoutes, KrakenSite
+from kraken.http.server import KrakenSite
 from kraken.peers.admission import AdmissionPolicy
 from kraken.peers.origins import HTTPOriginCluster
 from kraken.peers.redis import RedisPeerStore, RedisPool
@@ -148,7 +148,7 @@ def build_tracker(config: TrackerConfig, reactor: Any, listen: str | None = None
     site = TrackerSite(
         tls.guard(api.resource()),
         clock=reactor,
-        gate=KleinRoutes(api.app, {}, checks=head_checks(tls.head_check())),
+        gate=api.gate(head_checks(tls.head_check())),
         limits=server_limits(config.http),
     )
     services.append(

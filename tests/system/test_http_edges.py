@@ -214,7 +214,7 @@ class PlainEdgeTests(TestCase):
         self.assertLess(first, 2.0)
 
     async def test_oversized_control_body_refused(self) -> None:
-        """A 100 MiB announce is 413 on its head; a chunked one is cut off after its limit."""
+        """A 100 MiB announce is 413 on its head; a chunked one is cut off after its 64 KiB."""
         head = (
             f"POST /announce/{'a' * 64} HTTP/1.1\r\nHost: x\r\n"
             f"Content-Length: {100 * 1024**2}\r\n\r\n"
@@ -224,7 +224,7 @@ class PlainEdgeTests(TestCase):
         chunk = b"x" * 65536
         chunked = (
             f"POST /announce/{'a' * 64} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
-        ).encode() + (b"10000\r\n" + chunk + b"\r\n") * 20
+        ).encode() + (b"10000\r\n" + chunk + b"\r\n") * 2
         answer, _, _ = await _thread(exchange, self.herd.tracker, chunked)
         self.assertEqual(_status(answer), 413, answer)
 
