@@ -22,6 +22,12 @@ that is refused like any character outside the distribution grammar):
   (400 otherwise), so that no duplicate can pin a tag against later writes;
 - ``GET /tags/{tag}``: the digest string; ``HEAD`` the same without the body;
   404 unknown, 503 backend error (both methods: quirk 5 fixed);
+- ``DELETE /tags/{tag}[?replicate=true]``: remove the tag from the backend (404
+  unknown), tell the other members (a DELETE with the duplicate header, honoured
+  from members only, ignored when the member knows a later write), and with
+  ``replicate=true`` queue its deletion at every matching remote under the same
+  task key as a put, so the last of the two wins there too.  The proxy sends it for
+  registry deletes; blobs stay until the garbage collector proves them unreferenced;
 - ``GET /list/{prefix}`` and ``GET /repositories/{repo}/tags``: one page of
   ``{"Links": {"next", "self"}, "size", "result"}``, ``result`` holding
   ``repo:tag`` names (resp. bare tags), with ``limit`` (1..1000, default 1000)
@@ -63,6 +69,7 @@ from kraken.buildindex.dependencies import (
 from kraken.buildindex.replication import (
     REPLICATE_TAG_KIND,
     RemoteRules,
+    deletion_payload,
     replication_key,
     replication_payload,
 )
@@ -303,7 +310,8 @@ class BuildIndexAPI:
             f"duplicates.trusted_networks); this request came with {presented}",
         )
 
-    async def _put_duplicate(self, ref: TagRef, d: Digest, header: bytes) -> bytes:
+    def _duplicate_time(self, header: bytes) -> float:
+        """The write time a duplicate carries: finite, at most ``max_clock_skew`` ahead."""
         try:
             written_at = float(header.decode("ascii"))
         except (UnicodeDecodeError, ValueError):
@@ -317,13 +325,23 @@ class BuildIndexAPI:
                 f"invalid {DUPLICATE_HEADER} {header[:40]!r}: {ahead:.0f}s in the future "
                 f"(at most {self.max_clock_skew:g}s of clock skew is allowed)",
             )
+        return written_at
+
+    async def _put_duplicate(self, ref: TagRef, d: Digest, header: bytes) -> bytes:
+        written_at = self._duplicate_time(header)
         stored = await self.tags.put(ref, d, written_at=written_at)
         self.metrics.puts.labels("duplicate", "stored" if stored else "older").inc()
         return b""
 
     def _duplicate(self, ref: TagRef, d: Digest, written_at: float) -> None:
+        self._tell_members(
+            ref, lambda host: self.peers.duplicate_tag(host, str(ref), d, written_at)
+        )
+
+    def _tell_members(self, ref: TagRef, send: Callable[[str], Deferred[None]]) -> None:
+        """Send each other member its duplicate (best effort, in the background)."""
         for host in sorted(self.neighbours()):
-            sent = self.peers.duplicate_tag(host, str(ref), d, written_at)
+            sent = send(host)
 
             def done(result: object, host: str = host) -> None:
                 if isinstance(result, Failure):
@@ -373,6 +391,38 @@ class BuildIndexAPI:
         found = str(await self._lookup(tag)).encode("ascii")
         request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")  # type: ignore[no-untyped-call]
         return found
+
+    @app.route("/tags/<path:tag>", methods=["DELETE"])
+    async def delete_tag(self, request: Request, tag: str) -> bytes:
+        """Remove the tag, tell the members, maybe queue its deletion at the remotes."""
+        ref = parse_tag(tag)
+        duplicate = request.getHeader(DUPLICATE_HEADER.encode("ascii"))
+        if duplicate is not None:
+            self._check_member(request)
+            deleted_at = self._duplicate_time(duplicate)
+            stored = await self.tags.delete(ref, deleted_at=deleted_at)
+            self.metrics.puts.labels("duplicate-delete", "stored" if stored else "older").inc()
+            return b""
+        replicate = _replicate_flag(request)
+        deleted_at = self.clock.seconds()
+        try:
+            await self.tags.delete(ref)
+        except Exception:
+            self.metrics.puts.labels("delete", "error").inc()
+            raise
+        self.metrics.puts.labels("delete", "stored").inc()
+        self.log.info("tag {tag} deleted", tag=ref)
+        self._tell_members(
+            ref, lambda host: self.peers.duplicate_delete(host, str(ref), deleted_at)
+        )
+        if replicate:
+            for remote in self.remotes.remotes_for(ref):
+                await self.queue.add(
+                    REPLICATE_TAG_KIND,
+                    replication_key(remote, ref),
+                    deletion_payload(remote, ref),
+                )
+        return b""
 
     @app.route("/remotes/tags/<path:tag>", methods=["POST"])
     async def replicate(self, request: Request, tag: str) -> bytes:

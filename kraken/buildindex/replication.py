@@ -17,6 +17,11 @@ the payload, so a mutable tag replicates its latest digest.  One attempt:
 5. ``PUT /tags/{tag}/digest/{d}?replicate=true`` on the remote, which checks the blobs
    again and replicates onwards by its own rules; loops stop at step 2.
 
+A deleted tag queues a task under the same key with payload ``{"remote", "tag",
+"delete"}`` (:func:`deletion_payload`), so whichever of a put and a delete came last is
+what the remote ends with: one attempt is ``DELETE /tags/{tag}?replicate=true`` on the
+remote, done on 200 or 404 (the remote deletes onwards; a loop ends at the 404).
+
 Any other failure (remote down, origin busy) is retried by the queue with backoff, with
 no attempt cap, and survives restarts (the queue is SQLite).
 """
@@ -55,6 +60,7 @@ __all__ = [
     "REPLICATE_TAG_KIND",
     "RemoteRules",
     "TagReplicationExecutor",
+    "deletion_payload",
     "replication_key",
     "replication_payload",
 ]
@@ -71,6 +77,11 @@ def replication_key(remote: str, tag: TagRef) -> str:
 def replication_payload(remote: str, tag: TagRef, digest: Digest) -> dict[str, str]:
     """The task payload of replicating ``tag -> digest`` to ``remote``."""
     return {"remote": remote, "tag": str(tag), "digest": str(digest)}
+
+
+def deletion_payload(remote: str, tag: TagRef) -> dict[str, str]:
+    """The task payload of deleting ``tag`` at ``remote`` (same key as a put: the last wins)."""
+    return {"remote": remote, "tag": str(tag), "delete": "true"}
 
 
 @frozen
@@ -154,12 +165,20 @@ class TagReplicationExecutor:
         try:
             remote = str(payload["remote"])
             tag = parse_tag(str(payload["tag"]))
-            digest = Digest.parse(str(payload["digest"]))
+            digest = None if payload.get("delete") else Digest.parse(str(payload["digest"]))
         except (KeyError, ValueError) as e:
             raise PermanentTaskFailure(f"invalid replication task {task.key!r}: {e}") from e
         if not self.rules.matches(remote, tag):
             raise PermanentTaskFailure(f"the remotes rules no longer send {tag} to {remote}")
         client = BuildIndexClient.for_host(self.http, remote, self.clock, scheme=self.scheme)
+        if digest is None:
+            # A deletion: the remote deletes onwards by its own rules; loops end at a 404.
+            try:
+                await client.delete_tag(str(tag), replicate=True)
+            except TagNotFound:
+                return
+            self.log.info("deleted {tag} at {remote}", tag=tag, remote=remote)
+            return
         try:
             if await client.get_tag(str(tag)) == digest:
                 self.log.info(

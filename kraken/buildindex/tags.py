@@ -167,6 +167,42 @@ class TagStore:
             if not lock.locked and not lock.waiting:
                 self._locks.pop(name, None)
 
+    async def delete(self, tag: TagRef, *, deleted_at: float | None = None) -> bool:
+        """
+        Remove ``tag`` from the backend; True once it is gone.
+
+        Fails with :class:`UnknownTag` when the backend has no such tag.  ``deleted_at``
+        marks a duplicate from another member: ignored (False) if a later write of the tag
+        is known here, and quietly False when the tag is already gone.  The deletion's time
+        is recorded like a write, so an older duplicate of a put cannot bring the tag back.
+        """
+        name = str(tag)
+        when = self.clock.seconds() if deleted_at is None else deleted_at
+        lock = self._locks.get(name)
+        if lock is None:
+            lock = self._locks[name] = DeferredLock()
+        await lock.acquire()
+        try:
+            known = self._written.get(name)
+            if deleted_at is not None and known is not None and known > deleted_at:
+                return False
+            self._record(name, max(when, known or when))
+            try:
+                await self._backend(tag).delete(tag.repo, name)
+            except BlobNotFound:
+                if deleted_at is not None:
+                    return False
+                raise UnknownTag(f"tag {name} not found") from None
+            except InvalidName:
+                raise
+            except Exception as e:
+                raise TagStoreUnavailable(f"cannot delete tag {name}: {e}") from e
+            return True
+        finally:
+            lock.release()
+            if not lock.locked and not lock.waiting:
+                self._locks.pop(name, None)
+
     async def get(self, tag: TagRef) -> Digest:
         """The digest of ``tag``: :class:`UnknownTag`, or :class:`TagStoreUnavailable`."""
         name = str(tag)

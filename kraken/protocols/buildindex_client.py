@@ -245,6 +245,44 @@ class BuildIndexClient:
         """Tell the member ``host`` that ``tag`` was set to ``digest`` at ``written_at``."""
         return Deferred.fromCoroutine(self._duplicate_tag(host, tag, digest, written_at))
 
+    async def _delete_tag(self, tag: str, replicate: bool) -> None:
+        path = f"/tags/{quote_tag(tag)}"
+        params = {"replicate": "true"} if replicate else None
+
+        def send(host: str) -> Deferred[TreqResponse]:
+            return self.client.delete(
+                self._url(host, path),
+                params=params,
+                ok=(200, 404),
+                timeout=PUT_TIMEOUT,
+                retry=False,
+            )
+
+        _, response = await self._first_answer(f"delete of tag {tag!r}", send)
+        await read_body(response, MAX_TAG_RESPONSE)
+        if response.code == 404:
+            raise TagNotFound(f"tag {tag!r} not found")
+
+    def delete_tag(self, tag: str, *, replicate: bool = False) -> Deferred[None]:
+        """
+        Remove ``tag`` (``repo:tag``); with ``replicate``, also from the remote clusters whose
+        rules match.  Fails with :class:`TagNotFound` when the build-index has no such tag.
+        """
+        return Deferred.fromCoroutine(self._delete_tag(tag, replicate))
+
+    async def _duplicate_delete(self, host: str, tag: str, deleted_at: float) -> None:
+        response = await self.client.delete(
+            self._url(host, f"/tags/{quote_tag(tag)}"),
+            headers={DUPLICATE_HEADER: repr(float(deleted_at))},
+            timeout=self.timeout,
+            retry=False,
+        )
+        await read_body(response, MAX_TAG_RESPONSE)
+
+    def duplicate_delete(self, host: str, tag: str, deleted_at: float) -> Deferred[None]:
+        """Tell the member ``host`` that ``tag`` was deleted at ``deleted_at``."""
+        return Deferred.fromCoroutine(self._duplicate_delete(host, tag, deleted_at))
+
     async def _has_tag(self, tag: str) -> bool:
         path = f"/tags/{quote_tag(tag)}"
 

@@ -22,8 +22,13 @@ from kraken.api.build_index import BuildIndexAPI
 from kraken.backends.config import BackendContext, BackendsConfig
 from kraken.backends.threads import run_inline
 from kraken.buildindex.dependencies import DependencyResolver, TagTypeRules
-from kraken.buildindex.replication import REPLICATE_TAG_KIND, RemoteRules
-from kraken.buildindex.tags import TagStore
+from kraken.buildindex.replication import (
+    REPLICATE_TAG_KIND,
+    RemoteRules,
+    TagReplicationExecutor,
+    deletion_payload,
+)
+from kraken.buildindex.tags import TagStore, parse_tag
 from kraken.cluster import Membership, NoHealthFilter, StaticHostList
 from kraken.cluster.health import PassiveHealthFilter
 from kraken.core import Digest
@@ -123,6 +128,12 @@ class BuildIndexAPITests(SynchronousTestCase):
         def peer_put(request: Request, tag: str, d: str) -> bytes:
             header = request.getHeader(DUPLICATE_HEADER)
             self.duplicates.append((f"{tag}={d}", header))
+            return b""
+
+        @peer_app.route("/tags/<path:tag>", methods=["DELETE"])
+        def peer_delete(request: Request, tag: str) -> bytes:
+            header = request.getHeader(DUPLICATE_HEADER)
+            self.duplicates.append((f"{tag} deleted", header))
             return b""
 
         #: What ``/readiness`` checks besides the queue (a test may put the daemon's check here).
@@ -380,6 +391,78 @@ class BuildIndexAPITests(SynchronousTestCase):
         self.assertEqual(tasks[0].payload["digest"], str(second))
         self.put(f"{REPO}:v2", first)
         self.assertEqual(len(self.queue.tasks()), 1)
+
+    def test_delete(self) -> None:
+        """DELETE removes the tag (GET 404, not listed, a second DELETE 404), tells the
+        neighbour with the duplicate header and, with replicate=true, replaces the queued
+        put for the matching remote by a deletion (the last of the two wins)."""
+        d = self.image()
+        self.put(f"{REPO}:v1", d, "?replicate=true")
+        self.put(f"{REPO}:v2", d)
+        self.clock.advance(100)
+        self.assertEqual(self.request("DELETE", "/tags/test%2Fapp:v1?replicate=true"), (200, b""))
+        self.assertEqual(self.request("GET", "/tags/test%2Fapp:v1")[0], 404)
+        self.assertEqual(self.request("HEAD", "/tags/test%2Fapp:v1")[0], 404)
+        self.assertEqual(self.request("DELETE", "/tags/test%2Fapp:v1")[0], 404)
+        listed = json.loads(self.request("GET", "/repositories/test%2Fapp/tags")[1])["result"]
+        self.assertEqual(listed, ["v2"])
+        self.assertEqual(self.duplicates[-1], (f"{REPO}:v1 deleted", "100.0"))
+        tasks = self.queue.tasks()
+        self.assertEqual([t.key for t in tasks], [f"remote-b:15004 {REPO}:v1"])
+        self.assertEqual(
+            tasks[0].payload, deletion_payload("remote-b:15004", parse_tag(f"{REPO}:v1"))
+        )
+        self.assertEqual(self.request("DELETE", "/tags/..%2Fx:v1")[0], 400)
+
+    def test_duplicate_delete_respects_write_order(self) -> None:
+        """A duplicate delete older than the last put is ignored; an older duplicate put
+        cannot bring a deleted tag back; a stranger's duplicate delete is 403."""
+        d = self.image()
+        self.clock.advance(100)
+        self.put(f"{REPO}:v1", d)
+        old = {DUPLICATE_HEADER: "50.0"}
+        self.assertEqual(self.request("DELETE", "/tags/test%2Fapp:v1", old)[0], 200)
+        self.assertEqual(self.request("GET", "/tags/test%2Fapp:v1")[0], 200)
+        self.assertEqual(
+            self.request("DELETE", "/tags/test%2Fapp:v1", {DUPLICATE_HEADER: "110.0"})[0], 200
+        )
+        self.assertEqual(self.request("GET", "/tags/test%2Fapp:v1")[0], 404)
+        path = f"/tags/test%2Fapp:v1/digest/{d}"
+        self.assertEqual(self.request("PUT", path, {DUPLICATE_HEADER: "105.0"})[0], 200)
+        self.assertEqual(self.request("GET", "/tags/test%2Fapp:v1")[0], 404)
+        self.api.duplicate_networks = parse_networks(["10.0.0.0/8"])
+        self.put(f"{REPO}:v1", d)
+        self.assertEqual(
+            self.request("DELETE", "/tags/test%2Fapp:v1", {DUPLICATE_HEADER: "999.0"})[0], 403
+        )
+        self.assertEqual(self.request("GET", "/tags/test%2Fapp:v1")[0], 200)
+
+    def test_replicated_deletion(self) -> None:
+        """A deletion task sends DELETE ?replicate=true to the remote; a 404 there is done."""
+        remote = Klein()
+        deleted: list[tuple[str, bytes | None]] = []
+
+        @remote.route("/tags/<path:tag>", methods=["DELETE"])
+        def remote_delete(request: Request, tag: str) -> bytes:
+            deleted.append((tag, request.args.get(b"replicate", [None])[0]))
+            request.setResponseCode(200 if len(deleted) == 1 else 404)
+            return b""
+
+        factory, _ = memory_client_factory({"remote-b:15004": remote.resource()}, self.clock)
+        executor = TagReplicationExecutor(
+            RemoteRules.of({"remote-b:15004": ["^test/"]}),
+            self.resolver,
+            OriginClusterClient(OriginClient(factory.client(), self.clock), lambda: [ORIGIN]),
+            factory.client(),
+            self.clock,
+            run_inline,
+            self.mktemp(),
+        )
+        payload = deletion_payload("remote-b:15004", parse_tag(f"{REPO}:v1"))
+        task = Task(REPLICATE_TAG_KIND, "k", payload, 0.0, 0.0)
+        for _ in range(2):
+            self.successResultOf(executor.run(task))
+        self.assertEqual(deleted, [(f"{REPO}:v1", b"true")] * 2)
 
     def test_post_remotes(self) -> None:
         """POST /remotes/tags queues replication of a stored tag; 404 for an unknown one."""
