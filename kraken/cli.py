@@ -144,7 +144,15 @@ def _herd(args: argparse.Namespace) -> int:
     from twisted.scripts.twistd import run
 
     options = []
-    for name in ("config", "data", "agents", "origins", "base_port", "agent_base_port"):
+    for name in (
+        "config",
+        "data",
+        "agents",
+        "origins",
+        "base_port",
+        "agent_base_port",
+        "log_level",
+    ):
         value = getattr(args, name)
         if value is not None:
             options.append(f"--{name.replace('_', '-')}={value}")
@@ -168,6 +176,11 @@ def _add_herd(sub: Any) -> None:
     herd.add_argument("--origins", type=int, help="origins in the ring (default 1)")
     herd.add_argument("--base-port", type=int, help="proxy port; the others follow (15000)")
     herd.add_argument("--agent-base-port", type=int, help="first agent's registry port (16000)")
+    herd.add_argument(
+        "--log-level",
+        choices=["debug", "info", "warn", "error", "critical"],
+        help="lowest level logged (default info; factory start/stop lines are debug)",
+    )
     herd.add_argument(
         "--tls",
         action="store_true",

@@ -40,6 +40,7 @@ from kraken.certs import CA_CERT_FILE, cert_paths, ensure_certificates, export_c
 from kraken.config import load_config
 from kraken.config.loader import parse_config
 from kraken.config.structure import ConfigError
+from kraken.logs import LOG_LEVEL_HELP, apply_log_level
 from kraken.services.parts import exit_on_listen_failure, lead_with_error
 from kraken.tls import check_tls_files
 
@@ -72,6 +73,7 @@ class Options(usage.Options):
         ["origins", None, 1, "Origins in the ring (15001/15002, 15011/15012, ...).", int],
         ["base-port", None, BASE_PORT, "Proxy port; origins, tracker, build-index follow.", int],
         ["agent-base-port", None, AGENT_BASE_PORT, "First agent's registry port.", int],
+        ["log-level", None, None, LOG_LEVEL_HELP],
     ]
     optFlags = [
         ["tls", None, "Mutual TLS between the components; CA and certificates in <data>/tls."],
@@ -86,6 +88,7 @@ class Options(usage.Options):
             raise
 
     def _check(self) -> None:
+        apply_log_level(self, self["log-level"])
         if self["origins"] < 1 or self["agents"] < 0:
             raise usage.UsageError("--origins must be >= 1 and --agents >= 0")
         try:

@@ -62,6 +62,7 @@ from kraken.core import Digest
 from kraken.http.client import KrakenHTTPClient
 from kraken.http.errors import CORE_ERRORS, ErrorMap, ErrorRenderer, render_text
 from kraken.http.server import DEFAULT_LIMITS, KrakenSite, RequestGate, ServerLimits
+from kraken.logs import LOG_LEVEL_HELP, apply_log_level
 from kraken.protocols.peer import PeerNode
 from kraken.store import CleanupPolicy, StoreCleaner
 from kraken.store.layout import CACHE, DOWNLOAD
@@ -125,12 +126,14 @@ class DaemonOptions(usage.Options):
 
     optParameters = [
         ["config", "c", None, "YAML configuration file (default: single-host defaults)."],
+        ["log-level", None, None, LOG_LEVEL_HELP],
     ]
 
     def postOptions(self) -> None:
         """Load and check the configuration now, so that a bad one stops twistd with a message."""
         key = _options_key(self.daemon)
         try:
+            apply_log_level(self, self["log-level"])
             try:
                 self[key] = load_config(self.daemon, self["config"])
             except ConfigError as e:
@@ -152,7 +155,7 @@ def lead_with_error(options: usage.Options, error: usage.UsageError) -> None:
     parent = getattr(options, "parent", None)
     if parent is None:
         return
-    print(f"twistd {parent.subCommand}: {error}", file=sys.stderr)
+    print(f"{parent.subCommand}: {error}", file=sys.stderr)
     raise SystemExit(1)
 
 

@@ -519,7 +519,7 @@ class TwistdTests(TestCase):
                 self.assertEqual(out, b"")
                 self.assertEqual(
                     err.decode().splitlines(),
-                    [f"twistd {daemon}: {path}: {section}.nope: unknown key"],
+                    [f"{daemon}: {path}: {section}.nope: unknown key"],
                 )
 
         return gatherResults(results).addCallback(check)
