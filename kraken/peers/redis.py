@@ -1,5 +1,9 @@
 """
-A peer store in Redis, through txredisapi, so that several trackers share one view.
+A peer store in Redis, so that several trackers share one view.
+
+The daemons talk to Redis through :class:`RedisPool` (:mod:`kraken.peers.resp`, a small
+pipelined RESP client); :class:`RedisPeerStore` also takes a txredisapi connection made with
+``convertNumbers=False``, as the tests' helpers do.
 
 Per torrent two keys, with a hash tag so that Redis Cluster keeps them together:
 
@@ -135,33 +139,6 @@ _ANNOUNCE_SHA: Final = hashlib.sha1(_ANNOUNCE.encode(), usedforsecurity=False).h
 MAX_CACHED_RECORDS: Final = 200_000
 
 
-def connect_redis(
-    host: str,
-    port: int,
-    *,
-    dbid: int = 0,
-    poolsize: int = 10,
-    password: str | None = None,
-    connect_timeout: float = 5.0,
-) -> Any:
-    """
-    A lazy txredisapi connection pool configured as :class:`RedisPeerStore` needs.
-
-    ``convertNumbers`` must be off: a peer id made only of decimal digits
-    would otherwise come back as an integer without its leading zeros.
-    """
-    return txredisapi.lazyConnectionPool(
-        host=host,
-        port=port,
-        dbid=dbid,
-        poolsize=poolsize,
-        password=password,
-        convertNumbers=False,
-        connectTimeout=connect_timeout,
-        replyTimeout=30,
-    )
-
-
 class RedisPool(Service):
     """
     The tracker's Redis connections (:class:`kraken.peers.resp.RespPool`) as a service.
@@ -232,8 +209,8 @@ class RedisPeerStore:
     :class:`IPeerStore` in Redis (see the module docstring for the layout).
 
     ``redis`` is a :class:`RedisPool` (or :class:`kraken.peers.resp.RespPool`),
-    or a txredisapi connection or pool made with ``convertNumbers=False``
-    (:func:`connect_redis`).
+    or a txredisapi connection or pool made with ``convertNumbers=False`` (a peer id of
+    decimal digits would otherwise come back as an integer without its leading zeros).
     """
 
     log: ClassVar[Logger] = Logger()

@@ -20,8 +20,9 @@ a worker thread) reads a region into the cache without copying it to user
 space.  :func:`sendfile_socket` says whether a transport can be used at all;
 otherwise write the bytes the ordinary way.
 
-The agent's HTTP blob serving can use the same producer after writing the
-response headers.
+HTTP blob serving has a producer of its own on the same system call
+(:class:`kraken.api.serving.SendfileProducer`): it takes over a twisted.web
+response after its headers, so it drives the transport differently.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ The storage the P2P engine runs over: torrents' pieces on disk (or in memory).
 These interfaces are *blocking* and thread-safe: the engine never calls them,
 its driver does, from a thread pool (whole-piece reads, writes and hashing
 must not run on the reactor thread).  :class:`MemoryArchive` is the in-memory
-implementation used by tests and the simulator; :mod:`kraken.torrent.storeadapter`
+implementation used by tests and the simulator; :mod:`kraken.protocols.archives`
 adapts :mod:`kraken.store` for agents (read/write) and origins (read-only).
 """
 

@@ -2,9 +2,8 @@
 twistd plugins for the Kraken daemons.
 
 Only lazy ServiceMakers live here, so that ``twistd --help`` does not import
-the daemons.  Each daemon's issue adds its own line, e.g.::
-
-    kraken_agent = ServiceMaker("Kraken agent", "kraken.services.agent", "...", "kraken-agent")
+the daemons: one per daemon and one for the herd, each naming the module whose
+``Options`` and ``makeService`` twistd loads when that plugin is asked for.
 """
 
 from twisted.application.service import ServiceMaker
