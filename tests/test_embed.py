@@ -398,3 +398,64 @@ class TwoOfAKindTests(TestCase):
         response = await http.client().get(f"http://127.0.0.1:{ports[0]}/health")
         await read_body(response, 4096)
         self.assertEqual(response.code, 200)
+
+    async def test_two_agents(self) -> None:
+        """Two agents (six ports, two I/O pools, two engines) serve their registries side by
+        side; one stopped, the other still serves."""
+        root = self.mktemp()
+        first = embed.build("agent", daemon_config("agent", root + "/a"), reactor)
+        second = embed.build("agent", daemon_config("agent", root + "/b"), reactor)
+        await first.start()
+        await second.start()
+        self.addCleanup(first.stop)
+        http = HTTPClientFactory(reactor, timeout=5, retry=NO_RETRY)
+        self.addCleanup(http.close)
+        urls = [f"http://127.0.0.1:{d.address('registry').port}/v2/" for d in (first, second)]  # type: ignore[attr-defined]
+        for url in urls:
+            response = await http.client().get(url)
+            await read_body(response, 4096)
+            self.assertEqual(response.code, 200)
+        await second.stop()
+        response = await http.client().get(urls[0])
+        await read_body(response, 4096)
+        self.assertEqual(response.code, 200)
+
+
+class ServeOnTests(TestCase):
+    """serve_on gives the application a listener that reports whether its port opened."""
+
+    timeout = 30
+
+    async def test_address_and_taken_port(self) -> None:
+        """A listener on port 0 tells its port; one on a taken port fails ready() with
+        ListenFailed naming the port, and stops cleanly."""
+        site = Site(Data(b"x", "text/plain"))
+        listener = embed.serve_on(TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1"), site)
+        listener.startService()
+        self.addCleanup(listener.stopService)
+        await listener.ready()
+        port = listener.address().port  # type: ignore[attr-defined]
+        clash = embed.serve_on(TCP4ServerEndpoint(reactor, port, interface="127.0.0.1"), site)
+        clash.startService()
+        with self.assertRaises(embed.ListenFailed) as caught:
+            await clash.ready()
+        self.assertIn(f"tcp:{port}", str(caught.exception))
+        self.assertRaises(RuntimeError, clash.address)
+        await clash.stopService()
+
+
+class DocumentationTests(SynchronousTestCase):
+    """The public names are the documented ones, and the changelog has their version."""
+
+    def test_every_public_name_is_documented(self) -> None:
+        """Each name in ``kraken.embed.__all__`` exists and appears in docs/embedding.md;
+        CHANGELOG.md has a section for the current API_VERSION."""
+        checkout = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        with open(os.path.join(checkout, "docs", "embedding.md")) as f:
+            guide = f.read()
+        with open(os.path.join(checkout, "CHANGELOG.md")) as f:
+            changelog = f.read()
+        for name in embed.__all__:
+            self.assertTrue(hasattr(embed, name), name)
+            self.assertIn(f"`{name}", guide, name)
+        self.assertIn(f"## API version {embed.API_VERSION}\n", changelog)
