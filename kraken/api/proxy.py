@@ -89,6 +89,7 @@ from kraken.api.referrers import (
     filter_referrers,
     referrer_descriptor,
     referrers_tag,
+    remove_referrer,
     subject_of,
 )
 from kraken.api.serving import serve_blob
@@ -132,6 +133,7 @@ from kraken.http.server import (
     StreamingSink,
     body_sink,
 )
+from kraken.io.singleflight import SingleFlight
 from kraken.protocols.buildindex_client import (
     BuildIndexUnavailable,
     InvalidBuildIndexResponse,
@@ -219,6 +221,9 @@ class TagIndex(Protocol):
 
     def list_tags(self, prefix: str) -> Deferred[list[str]]:
         """Every ``repo:tag`` starting with ``prefix``."""
+
+    def delete_tag(self, tag: str, *, replicate: bool = False) -> Deferred[None]:
+        """Remove ``tag``; fails with :class:`TagNotFound` when unknown."""
 
 
 #: A named readiness check: fires when ready, fails with the reason otherwise.
@@ -432,8 +437,10 @@ class ProxyAPI:
     max_blob_size: int = DEFAULT_MAX_BLOB
     readiness_checks: Sequence[ReadinessCheck] = ()
     metrics: ProxyMetrics = field(factory=ProxyMetrics)
+    #: Whether ``DELETE`` of manifests, tags and blobs is served (else 405).
+    delete_enabled: bool = False
     _uploads: dict[str, UploadSession] = field(factory=dict, init=False)
-    _fetches: dict[Digest, list[Deferred[None]]] = field(factory=dict, init=False)
+    _fetches: SingleFlight[Digest, None] = field(factory=SingleFlight, init=False)
     _referrer_locks: dict[tuple[str, Digest], DeferredLock] = field(factory=dict, init=False)
 
     def resource(self) -> IResource:
@@ -520,13 +527,18 @@ class ProxyAPI:
             return await self._referrers(request, path.name, path.rest)
         if path.kind == "uploads":
             return await self._upload_route(request, method, path.name, path.rest, plan)
+        deletes = ("DELETE",) if self.delete_enabled else ()
         if path.kind == "blobs":
-            self._allow(method, ("GET", "HEAD"))
+            self._allow(method, ("GET", "HEAD", *deletes))
+            if method == "DELETE":
+                return await self._delete_blob(request, path.name, _parse_digest(path.rest))
             await self._blob(request, path.name, Digest.parse(path.rest))
             return b""
-        self._allow(method, ("GET", "HEAD", "PUT"))
+        self._allow(method, ("GET", "HEAD", "PUT", *deletes))
         if method == "PUT":
             return await self._put_manifest(request, path.name, path.rest)
+        if method == "DELETE":
+            return await self._delete_manifest(request, path.name, path.rest)
         await self._get_manifest(request, path.name, path.rest)
         return b""
 
@@ -591,25 +603,13 @@ class ProxyAPI:
         """Make sure ``digest`` is in the proxy's cache, downloading it from the ring once."""
         if await self.run(self.store.has, digest):
             return
-        waiter: Deferred[None] = Deferred()
-        waiters = self._fetches.get(digest)
-        if waiters is not None:
-            waiters.append(waiter)
-        else:
-            self._fetches[digest] = [waiter]
-            fetch = Deferred.fromCoroutine(self._fetch(name, digest))
-            fetch.addBoth(self._fetched, digest)
+        waiter = self._fetches.run(
+            digest, lambda: Deferred.fromCoroutine(self._fetch(name, digest))
+        )
         try:
             await waiter
         except BlobNotFoundAtOrigin:
             raise RegistryError(unknown, f"{unknown.message}: {digest}") from None
-
-    def _fetched(self, result: object, digest: Digest) -> None:
-        for waiter in self._fetches.pop(digest, []):
-            if isinstance(result, Failure):
-                waiter.errback(result)
-            else:
-                waiter.callback(None)
 
     async def _fetch(self, name: str, digest: Digest) -> None:
         ingest = await self.run(self.store.open_ingest)
@@ -1034,6 +1034,95 @@ class ProxyAPI:
             _set(request, FILTERS_APPLIED_HEADER, "artifactType")
         _set(request, "Content-Type", OCI_IMAGE_INDEX)
         return filter_referrers(index, artifact_type)
+
+    # -- deletes --------------------------------------------------------------------------
+
+    async def _delete_manifest(self, request: IRequest, name: str, reference: str) -> bytes:
+        """
+        A tag: remove it from the build-index and its remotes.  A digest: remove every tag
+        of ``name`` that points at it, and the manifest from its subject's referrers.  202
+        either way; 404 ``MANIFEST_UNKNOWN`` when there was nothing to delete.  The bytes
+        stay at the origins until the garbage collector proves nothing references them.
+        """
+        try:
+            ref = parse_reference(reference)
+        except (RegistryError, InvalidDigest):
+            raise RegistryError(
+                MANIFEST_UNKNOWN, f"manifest unknown: {name}:{reference[:200]}"
+            ) from None
+        if not isinstance(ref, Digest):
+            try:
+                await self.tags.delete_tag(f"{name}:{ref}", replicate=True)
+            except TagNotFound:
+                raise RegistryError(MANIFEST_UNKNOWN, f"manifest unknown: {name}:{ref}") from None
+            self.log.info("deleted tag {name}:{tag}", name=name, tag=ref)
+            _status(request, 202)
+            return b""
+        tags = [t for t in await self.tags.repository_tags(name) if is_tag(t)]
+        targets = await _gather([self._tag_target(name, t) for t in tags])
+        pointing = [t for t, d in zip(tags, targets, strict=True) if d == ref]
+        data: bytes | None = None
+        if await self._origin_size(name, ref) is not None:
+            data = await self._manifest_bytes(name, ref)
+        elif not pointing:
+            raise RegistryError(MANIFEST_UNKNOWN, f"manifest unknown: {name}@{ref}")
+        for tag in pointing:
+            with contextlib.suppress(TagNotFound):
+                await self.tags.delete_tag(f"{name}:{tag}", replicate=True)
+        subject = subject_of(data) if data is not None else None
+        if subject is not None:
+            await self._remove_referrer(name, subject, ref)
+        self.log.info(
+            "deleted manifest {name}@{digest} (tags: {tags})", name=name, digest=ref, tags=pointing
+        )
+        _status(request, 202)
+        return b""
+
+    async def _tag_target(self, name: str, tag: str) -> Digest | None:
+        try:
+            return await self.tags.get_tag(f"{name}:{tag}")
+        except TagNotFound:
+            return None
+
+    async def _remove_referrer(self, name: str, subject: Digest, digest: Digest) -> None:
+        """Drop ``digest`` from ``subject``'s referrers index (the tag goes when it empties)."""
+        key = (name, subject)
+        lock = self._referrer_locks.get(key)
+        if lock is None:
+            lock = self._referrer_locks[key] = DeferredLock()
+        await lock.acquire()
+        try:
+            current = await self._referrers_index(name, subject)
+            if current is None:
+                return
+            index, removed = remove_referrer(current, digest)
+            if not removed:
+                return
+            tag = f"{name}:{referrers_tag(subject)}"
+            if not parse_manifest(index).get("manifests"):
+                with contextlib.suppress(TagNotFound):
+                    await self.tags.delete_tag(tag, replicate=True)
+                return
+            await self.tags.put_tag(tag, await self._store_manifest(name, index), replicate=True)
+        finally:
+            lock.release()
+            if not lock.locked and not lock.waiting:
+                self._referrer_locks.pop(key, None)
+
+    async def _delete_blob(self, request: IRequest, name: str, digest: Digest) -> bytes:
+        """202 and the proxy's cached copy gone, for a blob the cluster has (404 otherwise).
+
+        Blobs are shared by every repository, so the copies at the origins and in the
+        backend are the garbage collector's to remove once nothing references them.
+        """
+        cached: bool = await self.run(self.store.has, digest)
+        if not cached and await self._origin_size(name, digest) is None:
+            raise RegistryError(BLOB_UNKNOWN, f"blob unknown: {digest}")
+        if cached:
+            with contextlib.suppress(BlobNotFound):
+                await self.run(self.store.delete, digest)
+        _status(request, 202)
+        return b""
 
     # -- listings -------------------------------------------------------------------------
 

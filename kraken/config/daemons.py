@@ -492,6 +492,12 @@ class ProxyConfig:
         hosts=default_host(f"{LOCALHOST}:{BUILD_INDEX_PORT}"),
     )
     prefetch: PrefetchConfig = section(PrefetchConfig, doc="Prefetch of the blobs of a tag.")
+    delete_enabled: bool = setting(
+        False,
+        doc="Serve `DELETE` of manifests, tags and blobs (`skopeo delete`): a deleted tag "
+        "leaves the build-index and its remotes; blob bytes stay at the origins. Off by "
+        "default, as in the Go registry (`405` then); on in the herd.",
+    )
     cleanup: CleanupConfig = section(CleanupConfig, doc="Eviction from the proxy's cache.")
     http: HTTPServerConfig = section(
         HTTPServerConfig, doc="Limits of the HTTP listeners against slow and idle clients."

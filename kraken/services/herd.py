@@ -268,6 +268,7 @@ def herd_plan(
             "server": {"listen": _listen(proxy_port)},
             "origin": {"hosts": _hosts(ring)},
             "build_index": {"hosts": _hosts([bi_addr])},
+            "delete_enabled": True,
         },
         (),
     )

@@ -130,6 +130,7 @@ def build_proxy(
         prefetch_max_size=config.prefetch.max_blob_size,
         upload_timeout=config.uploads.idle_timeout,
         max_uploads=config.uploads.max_open,
+        delete_enabled=config.delete_enabled,
         readiness_checks=(
             ("origin", lambda: _origin_readiness(origin_members)),
             ("build-index", tags.readiness),

@@ -49,6 +49,7 @@ class MemoryTags:
 
     tags: dict[str, Digest] = field(factory=dict)
     puts: list[tuple[str, Digest, bool]] = field(factory=list)
+    deletes: list[tuple[str, bool]] = field(factory=list)
 
     def get_tag(self, tag: str) -> Deferred[Digest]:
         """The digest, or TagNotFound."""
@@ -69,6 +70,13 @@ class MemoryTags:
     def list_tags(self, prefix: str) -> Deferred[list[str]]:
         """``repo:tag`` entries with ``prefix``."""
         return succeed([t for t in self.tags if t.startswith(prefix)])
+
+    def delete_tag(self, tag: str, *, replicate: bool = False) -> Deferred[None]:
+        """Remove and record (as a put of None), or TagNotFound."""
+        if self.tags.pop(tag, None) is None:
+            return fail(TagNotFound(tag))
+        self.deletes.append((tag, replicate))
+        return succeed(None)
 
 
 def layer(seed: int, size: int = 3000) -> bytes:
@@ -173,12 +181,15 @@ class BaseTests(ProxyTestCase):
         self.assertEqual((code, self.error(body)), (400, "NAME_INVALID"))
 
     def test_deletes_unsupported(self) -> None:
-        """DELETE of a manifest or a blob is 405 UNSUPPORTED with Allow."""
+        """Deletes off (the default): DELETE of a manifest or a blob is 405 UNSUPPORTED with
+        an Allow header that does not offer DELETE, and nothing is deleted."""
         d = Digest.of_bytes(b"x")
         for path in (f"/v2/{REPO}/manifests/latest", f"/v2/{REPO}/blobs/{d}"):
             code, headers, body = self.call("DELETE", path)
             self.assertEqual((code, self.error(body)), (405, "UNSUPPORTED"))
             self.assertIn("GET", self.header(headers, "Allow") or "")
+            self.assertNotIn("DELETE", self.header(headers, "Allow") or "")
+        self.assertEqual(self.tags.deletes, [])
 
     def test_unknown_route(self) -> None:
         """A path under /v2/ that is no route is 404."""
@@ -571,8 +582,8 @@ class ListingTests(ProxyTestCase):
         )
 
 
-class ReferrersTests(ProxyTestCase):
-    """OCI 1.1 referrers: ``OCI-Subject`` on PUT, ``GET /v2/<name>/referrers/<digest>``."""
+class ReferrerTestCase(ProxyTestCase):
+    """Pushing artifacts with a subject and reading referrers."""
 
     def push_artifact(self, subject: Digest, artifact_type: str, seed: int) -> Digest:
         """An OCI artifact manifest (empty config, one layer) with ``subject``; its digest."""
@@ -619,6 +630,10 @@ class ReferrersTests(ProxyTestCase):
         doc = json.loads(body)
         self.assertEqual((doc["schemaVersion"], doc["mediaType"]), (2, OCI_IMAGE_INDEX))
         return headers, doc["manifests"]
+
+
+class ReferrersTests(ReferrerTestCase):
+    """OCI 1.1 referrers: ``OCI-Subject`` on PUT, ``GET /v2/<name>/referrers/<digest>``."""
 
     def test_push_and_list(self) -> None:
         """Each manifest pushed with a subject is listed with its artifactType, size and
@@ -690,6 +705,78 @@ class ReferrersTests(ProxyTestCase):
         doc["subject"] = {"digest": "sha256:nothex"}
         code, _, body = self.call("PUT", f"/v2/{REPO}/manifests/x", data=json.dumps(doc).encode())
         self.assertEqual((code, self.error(body)), (400, "MANIFEST_INVALID"))
+
+
+class DeleteTests(ReferrerTestCase):
+    """``DELETE`` of tags, manifests and blobs with ``delete_enabled``."""
+
+    def setUp(self) -> None:
+        """A proxy that serves deletes."""
+        super().setUp()
+        self.api.delete_enabled = True
+
+    def test_delete_tag(self) -> None:
+        """DELETE by tag: 202, the tag gone from the build-index (with replication), the
+        other tags kept; again: 404 MANIFEST_UNKNOWN."""
+        self.push_image("v1")
+        self.push_image("v2", seed=2)
+        code, _, body = self.call("DELETE", f"/v2/{REPO}/manifests/v1")
+        self.assertEqual(code, 202, body)
+        self.assertEqual(self.tags.deletes, [(f"{REPO}:v1", True)])
+        code, _, body = self.call("GET", f"/v2/{REPO}/manifests/v1")
+        self.assertEqual((code, self.error(body)), (404, "MANIFEST_UNKNOWN"))
+        self.assertEqual(json.loads(self.call("GET", f"/v2/{REPO}/tags/list")[2])["tags"], ["v2"])
+        code, _, body = self.call("DELETE", f"/v2/{REPO}/manifests/v1")
+        self.assertEqual((code, self.error(body)), (404, "MANIFEST_UNKNOWN"))
+
+    def test_delete_by_digest(self) -> None:
+        """DELETE by digest removes every tag of the repository pointing at it, and only
+        those; an unknown digest or a malformed reference is 404 MANIFEST_UNKNOWN."""
+        d = self.push_image("a")
+        self.push_image("b")
+        other = self.push_image("c", seed=3)
+        self.push_image("x", repo="elsewhere/app")
+        code, _, body = self.call("DELETE", f"/v2/{REPO}/manifests/{d}")
+        self.assertEqual(code, 202, body)
+        self.assertEqual(sorted(self.tags.tags), ["elsewhere/app:x", f"{REPO}:c"])
+        self.assertEqual(self.tags.tags[f"{REPO}:c"], other)
+        for ref in (str(Digest.of_bytes(b"never")), "sha256:bad", "-bad"):
+            code, _, body = self.call("DELETE", f"/v2/{REPO}/manifests/{ref}")
+            self.assertEqual((code, self.error(body)), (404, "MANIFEST_UNKNOWN"), ref)
+
+    def test_delete_referrer(self) -> None:
+        """Deleting a referrer by digest drops it from its subject's referrers; the last one
+        takes the referrers tag with it."""
+        image = self.push_image("v1")
+        sig = self.push_artifact(image, "application/vnd.example.sig", 1)
+        sbom = self.push_artifact(image, "application/vnd.example.sbom", 2)
+        self.assertEqual(self.call("DELETE", f"/v2/{REPO}/manifests/{sig}")[0], 202)
+        self.assertEqual([d["digest"] for d in self.referrers(image)[1]], [str(sbom)])
+        self.assertEqual(self.call("DELETE", f"/v2/{REPO}/manifests/{sbom}")[0], 202)
+        self.assertEqual(self.referrers(image)[1], [])
+        self.assertNotIn(f"{REPO}:sha256-{image.hex}", self.tags.tags)
+
+    def test_delete_blob(self) -> None:
+        """DELETE of a blob the cluster has: 202 and the proxy's copy gone (the origin's
+        stays for the garbage collector); unknown: 404 BLOB_UNKNOWN; malformed: 400."""
+        data = layer(7)
+        d = self.push_blob(data)
+        self.assertTrue(self.store.has(d))
+        code, _, body = self.call("DELETE", f"/v2/{REPO}/blobs/{d}")
+        self.assertEqual(code, 202, body)
+        self.assertFalse(self.store.has(d))
+        self.assertTrue(self.origin.store.has(d))
+        code, _, body = self.call("DELETE", f"/v2/{REPO}/blobs/{Digest.of_bytes(b'?')}")
+        self.assertEqual((code, self.error(body)), (404, "BLOB_UNKNOWN"))
+        code, _, body = self.call("DELETE", f"/v2/{REPO}/blobs/sha256:zz")
+        self.assertEqual((code, self.error(body)), (400, "DIGEST_INVALID"))
+
+    def test_allow_names_delete(self) -> None:
+        """With deletes on, a 405's Allow lists DELETE on manifests and blobs."""
+        code, headers, _ = self.call("PATCH", f"/v2/{REPO}/manifests/latest")
+        self.assertEqual((code, self.header(headers, "Allow")), (405, "GET, HEAD, PUT, DELETE"))
+        code, headers, _ = self.call("PUT", f"/v2/{REPO}/blobs/{Digest.of_bytes(b'x')}")
+        self.assertEqual((code, self.header(headers, "Allow")), (405, "GET, HEAD, DELETE"))
 
 
 class PrefetchTests(ProxyTestCase):

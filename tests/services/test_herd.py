@@ -25,6 +25,7 @@ from twisted.internet.utils import getProcessOutputAndValue
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from kraken.config import parse_config
 from kraken.config.structure import ConfigError
 from kraken.services.herd import HerdService, Options, build_herd, herd_plan
 from tests.external import require_program
@@ -61,6 +62,15 @@ class PlanTests(SynchronousTestCase):
         self.assertEqual(agent.server.listen, "tcp:16002:interface=127.0.0.1")
         self.assertEqual(str(agent.data_dir), "./kraken-data/agent")
         self.assertEqual(str(origin.data_dir), "./kraken-data/origin")
+
+    def test_deletes_on_in_the_herd_only(self) -> None:
+        """The herd's proxy serves registry deletes; a proxy's own config leaves them off, and
+        a herd user may switch them off."""
+        (proxy,) = herd_plan().of("proxy")
+        self.assertTrue(proxy.delete_enabled)
+        self.assertFalse(parse_config("proxy", {}).delete_enabled)
+        (proxy,) = herd_plan(user={"proxy": {"delete_enabled": False}}).of("proxy")
+        self.assertFalse(proxy.delete_enabled)
 
     def test_more_origins_and_agents(self) -> None:
         """Extra origins form one ring that everyone calls; extra agents take the next ports."""

@@ -3,6 +3,8 @@ The OCI distribution spec surfaces of a real herd (``twistd -n kraken-herd``) wi
 
 - ``skopeo inspect`` (which lists the repository's tags) and ``skopeo list-tags`` through
   the proxy and through the agent;
+- ``skopeo delete`` through the proxy (deletes are on in the herd): the tag is gone from the
+  proxy and, once its tag cache expires, from the agent;
 - the ``oras`` Python SDK, an independent client, pushes an artifact whose ``subject`` is
   the pushed image; the proxy answers with ``OCI-Subject``, and the referrers of the image,
   asked of the proxy and of the agent, list the artifact (and filter by ``artifactType``);
@@ -19,12 +21,13 @@ from urllib.parse import urlencode
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThread
+from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import TestCase
 
 from kraken.http.client import NO_RETRY, HTTPClientFactory, KrakenHTTPClient
 from tests.external import missing, require_program
 from tests.oci import OCILayout, host_arch
-from tests.system.clusters import skopeo
+from tests.system.clusters import skopeo, until
 from tests.system.test_herd_clients import HerdProcess
 
 REPO, TAG = "test/spec", "v1"
@@ -85,6 +88,33 @@ class DistributionSpecTests(TestCase):
                 self, self.skopeo, "list-tags", "--tls-verify=false", f"docker://{registry}/{REPO}"
             )
             self.assertEqual(json.loads(out)["Tags"], [TAG], registry)
+
+    async def test_skopeo_delete(self) -> None:
+        """``skopeo delete`` through the proxy removes the tag everywhere it was listed."""
+        await self.push()
+        await skopeo(
+            self,
+            self.skopeo,
+            "delete",
+            "--tls-verify=false",
+            f"docker://{self.herd.proxy}/{REPO}:{TAG}",
+        )
+        for registry in (self.herd.proxy, self.herd.agent):
+            url = f"http://{registry}/v2/{REPO}/manifests/{TAG}"
+
+            async def gone(url: str = url) -> bool:
+                response = await self.http.get(url, ok=(200, 404))
+                await response.content()
+                return bool(response.code == 404)
+
+            await until(self, lambda: Deferred.fromCoroutine(gone()), f"{url} to be 404", limit=20)
+            out, err, code = await getProcessOutputAndValue(
+                self.skopeo,
+                ["inspect", "--tls-verify=false", f"docker://{registry}/{REPO}:{TAG}"],
+                env=dict(os.environ),
+            )
+            self.assertNotEqual(code, 0, out)
+            self.assertIn(b"manifest unknown", err.lower())
 
     async def test_oras_referrers(self) -> None:
         """An artifact oras pushes with a subject is listed by the referrers API of the proxy
