@@ -133,6 +133,7 @@ from kraken.http.server import (
     StreamingSink,
     body_sink,
 )
+from kraken.io.singleflight import SingleFlight
 from kraken.protocols.buildindex_client import (
     BuildIndexUnavailable,
     InvalidBuildIndexResponse,
@@ -439,7 +440,7 @@ class ProxyAPI:
     #: Whether ``DELETE`` of manifests, tags and blobs is served (else 405).
     delete_enabled: bool = False
     _uploads: dict[str, UploadSession] = field(factory=dict, init=False)
-    _fetches: dict[Digest, list[Deferred[None]]] = field(factory=dict, init=False)
+    _fetches: SingleFlight[Digest, None] = field(factory=SingleFlight, init=False)
     _referrer_locks: dict[tuple[str, Digest], DeferredLock] = field(factory=dict, init=False)
 
     def resource(self) -> IResource:
@@ -602,25 +603,13 @@ class ProxyAPI:
         """Make sure ``digest`` is in the proxy's cache, downloading it from the ring once."""
         if await self.run(self.store.has, digest):
             return
-        waiter: Deferred[None] = Deferred()
-        waiters = self._fetches.get(digest)
-        if waiters is not None:
-            waiters.append(waiter)
-        else:
-            self._fetches[digest] = [waiter]
-            fetch = Deferred.fromCoroutine(self._fetch(name, digest))
-            fetch.addBoth(self._fetched, digest)
+        waiter = self._fetches.run(
+            digest, lambda: Deferred.fromCoroutine(self._fetch(name, digest))
+        )
         try:
             await waiter
         except BlobNotFoundAtOrigin:
             raise RegistryError(unknown, f"{unknown.message}: {digest}") from None
-
-    def _fetched(self, result: object, digest: Digest) -> None:
-        for waiter in self._fetches.pop(digest, []):
-            if isinstance(result, Failure):
-                waiter.errback(result)
-            else:
-                waiter.callback(None)
 
     async def _fetch(self, name: str, digest: Digest) -> None:
         ingest = await self.run(self.store.open_ingest)

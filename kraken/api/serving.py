@@ -27,7 +27,7 @@ request as a push producer, pausing when twisted.web's buffer is full.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, Final
 
 from twisted.internet import tcp
@@ -41,6 +41,7 @@ from zope.interface import implementer
 
 from kraken.core import Digest
 from kraken.http.ranges import parse_range
+from kraken.io.runner import BlockingRunner
 from kraken.store import BlobReader, BlobStore
 
 __all__ = [
@@ -56,8 +57,6 @@ __all__ = [
 SENDFILE_STEP: Final = 8 * 1024 * 1024
 #: Bytes read per ``pread`` by :class:`ThreadedReadProducer`.
 READ_CHUNK: Final = 1024 * 1024
-
-BlockingRunner = Callable[..., Deferred[Any]]
 
 
 def sendfile_transport(request: Any) -> Any | None:

@@ -44,14 +44,13 @@ from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTCP
 from twisted.internet.main import CONNECTION_DONE, CONNECTION_LOST
 from twisted.internet.protocol import Factory
 from twisted.internet.task import LoopingCall
-from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.protocols.basic import Int32StringReceiver
 from twisted.python.failure import Failure
-from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from kraken.core import Digest, InfoHash, MetaInfo, PeerInfo
+from kraken.io.runner import BlockingRunner, run_inline, threadpool_runner
 from kraken.protocols.peer_metrics import PeerMetrics
 from kraken.protocols.sendfile import FileSender, sendfile_socket, warm
 from kraken.torrent.actions import (
@@ -88,7 +87,6 @@ from kraken.torrent.scheduler import HandshakeRejected, Scheduler
 T = TypeVar("T")
 
 #: Runs a blocking function off the reactor thread: ``run_blocking(f, *args) -> Deferred``.
-BlockingRunner = Callable[..., Deferred[Any]]
 
 #: Seconds each side waits for the other's handshake.
 HANDSHAKE_TIMEOUT: Final = 5.0
@@ -104,18 +102,8 @@ MAX_UNWRITTEN: Final = 64 * 1024 * 1024
 _HEADER = struct.Struct(">I")
 
 
-def threadpool_runner(reactor: Any, pool: ThreadPool) -> BlockingRunner:
-    """``run_blocking`` over a started ThreadPool (deferToThreadPool)."""
-
-    def run(f: Callable[..., T], *args: Any) -> Deferred[T]:
-        return deferToThreadPool(reactor, pool, f, *args)
-
-    return run
-
-
-def synchronous_runner(f: Callable[..., T], *args: Any) -> Deferred[T]:
-    """``run_blocking`` that runs in the calling thread (tests and in-memory swarms)."""
-    return defer.maybeDeferred(f, *args)
+#: ``run_blocking`` that runs in the calling thread (tests and in-memory swarms).
+synchronous_runner = run_inline
 
 
 #: Opens a TCP connection of ``protocol`` to ``peer``; fires when connected.

@@ -1,0 +1,18 @@
+"""
+The I/O building blocks every daemon shares (see docs/architecture.md, "The io room").
+
+* :mod:`kraken.io.runner`: :class:`BlockingRunner`, the one way blocking work (file I/O,
+  hashing, boto3) leaves the reactor thread: :func:`threadpool_runner` in daemons,
+  :func:`run_inline` in tests and in-memory swarms.
+* :mod:`kraken.io.singleflight`: :class:`SingleFlight`, concurrent requests for the same key
+  sharing one piece of work.
+
+Sending files (``os.sendfile`` and its threaded-read fallback) lives with its two users,
+:mod:`kraken.api.serving` (HTTP responses) and :mod:`kraken.protocols.sendfile` (peer
+pieces); ranges with :mod:`kraken.http.ranges`; names with :mod:`kraken.core.names`.
+"""
+
+from kraken.io.runner import BlockingRunner, run_inline, threadpool_runner
+from kraken.io.singleflight import SingleFlight
+
+__all__ = ["BlockingRunner", "SingleFlight", "run_inline", "threadpool_runner"]
