@@ -67,7 +67,7 @@ class StandaloneDocsTests(SynchronousTestCase):
     """What README.md and docs/*.md say about the project."""
 
     def test_no_outside_references(self) -> None:
-        """No page refers to DESIGN.md, shared/ or reference/: the repository's readers lack them."""
+        """No page refers to DESIGN.md, shared/ or reference/, which readers do not have."""
         found = [
             f"{os.path.relpath(path, CHECKOUT)}:{number}: {line.strip()[:80]}"
             for path in DOCS
