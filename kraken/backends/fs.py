@@ -49,12 +49,12 @@ from kraken.backends.names import (
     could_start_blob_name,
     could_start_tag_name,
     is_blob_name,
-    is_segment,
     is_tag,
     parse_name,
 )
 from kraken.backends.streams import DEFAULT_CHUNK_SIZE, FileSender
 from kraken.backends.threads import BlockingRunner
+from kraken.core.names import is_segment
 
 BLOBS_DIR = "blobs"
 TAGS_DIR = "tags"

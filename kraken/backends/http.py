@@ -20,7 +20,6 @@ neither the cluster's TLS client certificate nor its retry statuses' meaning of 
 
 from __future__ import annotations
 
-import re
 from typing import ClassVar, cast
 from urllib.parse import quote
 
@@ -47,7 +46,12 @@ from kraken.backends.interface import (
     UploadSource,
 )
 from kraken.backends.names import check_namespace, parse_name, unsupported_list
-from kraken.config.backends import DEFAULT_HTTP_DOWNLOAD_TIMEOUT, HTTPOptions
+from kraken.config.backends import (
+    DEFAULT_HTTP_DOWNLOAD_TIMEOUT,
+    URL_PLACEHOLDER,
+    HTTPOptions,
+    check_url_template,
+)
 from kraken.http.client import HTTPClientFactory, KrakenHTTPClient, RequestTimeout, TreqResponse
 
 #: Seconds to wait for a download's response headers (Go Kraken's ``download_timeout``).
@@ -55,8 +59,6 @@ DEFAULT_DOWNLOAD_TIMEOUT = DEFAULT_HTTP_DOWNLOAD_TIMEOUT
 
 #: Seconds a download body may stall before the download fails.
 DEFAULT_IDLE_TIMEOUT = 60.0
-
-_PLACEHOLDER = re.compile(r"\{name\}|%s")
 
 
 @implementer(IPushProducer)
@@ -207,15 +209,6 @@ class _NullConsumer:
         pass
 
 
-def check_url_template(template: str) -> str:
-    """Return ``template`` if it is an http(s) URL with one name placeholder, else ValueError."""
-    if not template.startswith(("http://", "https://")):
-        raise ValueError(f"download_url {template!r} must start with http:// or https://")
-    if len(_PLACEHOLDER.findall(template)) != 1:
-        raise ValueError(f"download_url {template!r} needs exactly one '{{name}}' or '%s'")
-    return template
-
-
 @implementer(IBackend)
 @frozen
 class HTTPBackend:
@@ -245,7 +238,7 @@ class HTTPBackend:
         """The URL of ``name`` (raises :class:`InvalidName` for a bad name or namespace)."""
         check_namespace(namespace)
         parse_name(name)
-        url = _PLACEHOLDER.sub(lambda _: quote(name, safe="/:"), self.download_url)
+        url = URL_PLACEHOLDER.sub(lambda _: quote(name, safe="/:"), self.download_url)
         return url.replace("{namespace}", quote(namespace, safe="/:"))
 
     def stat(self, namespace: str, name: str) -> Deferred[BlobInfo]:

@@ -29,7 +29,7 @@ from kraken.backends.interface import (
     ListResult,
     OperationNotSupported,
 )
-from kraken.core.names import InvalidNamespace
+from kraken.core.names import InvalidNamespace, is_segment
 from kraken.core.names import check_namespace as core_check_namespace
 
 MAX_REPO_LENGTH: Final = 255
@@ -37,7 +37,6 @@ MAX_TAG_LENGTH: Final = 128
 
 _HEX = re.compile(r"[0-9a-f]{64}")
 _HEX_PREFIX = re.compile(r"[0-9a-f]{0,64}")
-_SEGMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
 
 
@@ -70,11 +69,6 @@ class TagName:
 def is_blob_name(name: str) -> bool:
     """Whether ``name`` has the blob shape (64 lowercase hex)."""
     return _HEX.fullmatch(name) is not None
-
-
-def is_segment(value: str) -> bool:
-    """Whether ``value`` is one valid repository segment."""
-    return _SEGMENT.fullmatch(value) is not None
 
 
 def is_tag(value: str) -> bool:

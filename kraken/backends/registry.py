@@ -60,12 +60,12 @@ from kraken.backends.names import (
     BlobName,
     TagName,
     check_namespace,
-    is_segment,
     parse_name,
     unsupported_list,
 )
 from kraken.config.backends import DEFAULT_REGISTRY_TIMEOUT, RegistryOptions
 from kraken.core import parse_json
+from kraken.core.names import is_segment
 from kraken.http.client import HTTPClientFactory, KrakenHTTPClient, TreqResponse, read_body
 
 #: Media types a tag may resolve to, in the order we prefer them.

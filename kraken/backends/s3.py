@@ -54,7 +54,6 @@ from kraken.backends.interface import (
 from kraken.backends.names import (
     check_list_arguments,
     check_namespace,
-    is_segment,
     parse_name,
 )
 from kraken.backends.streams import DEFAULT_CHUNK_SIZE, FileSender
@@ -65,6 +64,7 @@ from kraken.config.backends import (
     MIN_S3_PART_SIZE,
     S3Options,
 )
+from kraken.core.names import is_segment
 
 #: Size of each part of a multipart upload, and the size above which uploads are multipart.
 DEFAULT_PART_SIZE = DEFAULT_S3_PART_SIZE

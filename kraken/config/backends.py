@@ -16,6 +16,7 @@ builds backends from these values.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Mapping
 from typing import Annotated, Any, ClassVar, Final
 
@@ -31,6 +32,7 @@ from kraken.config.values import (
     ValueKind,
     describe,
 )
+from kraken.core.names import is_segment
 
 __all__ = [
     "BACKEND_KINDS",
@@ -72,6 +74,19 @@ def _parse_text(value: object) -> str:
 
 #: A string that must not be empty (bucket names, addresses, credentials).
 Text = Annotated[str, ValueKind("string", _parse_text, str)]
+
+
+#: The name placeholder of an http backend's ``download_url``.
+URL_PLACEHOLDER: Final = re.compile(r"\{name\}|%s")
+
+
+def check_url_template(template: str) -> str:
+    """Return ``template`` if it is an http(s) URL with one name placeholder, else ValueError."""
+    if not template.startswith(("http://", "https://")):
+        raise ValueError(f"download_url {template!r} must start with http:// or https://")
+    if len(URL_PLACEHOLDER.findall(template)) != 1:
+        raise ValueError(f"download_url {template!r} needs exactly one '{{name}}' or '%s'")
+    return template
 
 
 @frozen(kw_only=True)
@@ -118,8 +133,6 @@ class S3Options:
 
     def config_problems(self) -> Problems:
         """Credentials come in pairs; a root of valid segments; S3's smallest part."""
-        from kraken.backends.names import is_segment
-
         if (self.access_key_id is None) != (self.secret_access_key is None):
             missing = "secret_access_key" if self.secret_access_key is None else "access_key_id"
             yield (missing, "access_key_id and secret_access_key go together")
@@ -175,8 +188,6 @@ class HTTPOptions:
 
     def config_problems(self) -> Problems:
         """A template the http backend can fill in; a timeout above 0."""
-        from kraken.backends.http import check_url_template
-
         try:
             check_url_template(self.download_url)
         except ValueError as e:

@@ -51,7 +51,6 @@ from twisted.web.http_headers import Headers
 from twisted.web.server import Request, Site
 from werkzeug.exceptions import HTTPException
 
-from kraken.backends.threads import BlockingRunner
 from kraken.http.errors import (
     CORE_ERRORS,
     UNSUPPORTED,
@@ -61,6 +60,7 @@ from kraken.http.errors import (
     RegistryError,
     render_text,
 )
+from kraken.io.runner import BlockingRunner
 
 __all__ = [
     "DEFAULT_LIMITS",
