@@ -15,7 +15,9 @@ Routes:
 - ``POST /preload/tags/{repo:tag}``: resolve the tag, then download the
   manifest and everything it references (child manifests of an index or
   list, config and layers) in the background; 202;
-- ``GET /health``, ``GET /readiness`` (503 with the reasons), ``GET /metrics``.
+- ``GET /health``, ``GET /readiness`` (the agent's own state, 503 with the reasons),
+  ``GET /dependencies`` (whether the build-index and the tracker answer, JSON),
+  ``GET /metrics``.
 
 Errors are plain text (status + message), as the Go agent server answers.
 Path parameters arrive percent-encoded (``test%2Falpine:latest``); the
@@ -48,6 +50,7 @@ from kraken.buildindex.tags import InvalidTag, parse_tag
 from kraken.core import Digest
 from kraken.core.names import InvalidNamespace, check_namespace
 from kraken.http.client import HTTPStatusError
+from kraken.http.dependencies import Dependencies
 from kraken.http.errors import CORE_ERRORS, APIError, install_error_handler
 from kraken.protocols.buildindex_client import (
     BuildIndexClient,
@@ -158,6 +161,7 @@ class AgentAPI:
     tags: BuildIndexClient
     run_blocking: BlockingRunner
     readiness_checks: Sequence[ReadinessCheck] = ()
+    dependencies: Dependencies | None = None
     metrics: AgentMetrics = field(factory=AgentMetrics)
     use_sendfile: bool = True
     #: Preloads running in the background (tests wait for them).
@@ -172,9 +176,21 @@ class AgentAPI:
         """The process (and so its reactor) answers."""
         return b"OK"
 
+    @app.route("/dependencies", methods=["GET"])
+    async def dependency_states(self, request: IRequest) -> bytes:
+        """Whether the build-index and the tracker answer, as JSON (not part of readiness)."""
+        request.setHeader(b"Content-Type", b"application/json")  # type: ignore[no-untyped-call]
+        if self.dependencies is None:
+            return b'{"dependencies": {}}\n'
+        return await self.dependencies.render()
+
     @app.route("/readiness", methods=["GET"])
     async def readiness(self, request: IRequest) -> bytes:
-        """200 when every check passes (build-index, tracker), else 503 with the reasons."""
+        """200 when every check of the agent's own state passes, else 503 with the reasons.
+
+        The build-index and the tracker are not among them (see ``/dependencies``): an agent
+        whose tracker is down still serves what it has cached.
+        """
         names = [name for name, _ in self.readiness_checks]
         results = await DeferredList(
             [check() for _, check in self.readiness_checks], consumeErrors=True

@@ -16,8 +16,10 @@ Routes:
   codes 1 s) with concurrent identical requests collapsed into one origin
   request, as nginx with ``proxy_cache_lock`` did in front of the Go tracker;
   503 when no origin answers;
-- ``GET /health`` (the process answers), ``GET /readiness`` (503 when no origin
-  answers), ``GET /metrics`` (Prometheus text).
+- ``GET /health`` (the process answers), ``GET /readiness`` (the tracker serves its own
+  requests: 200 even with every origin down, when announces still work), ``GET
+  /dependencies`` (whether an origin answers, JSON), ``GET /metrics`` (Prometheus text,
+  with ``kraken_dependency_up``).
 
 Bad input never reaches the store: a malformed infohash or digest is a 400,
 a bad announce body a 400 naming the field, a body over 64 KiB a 413.
@@ -50,6 +52,7 @@ from twisted.web.server import NOT_DONE_YET
 
 from kraken.core import Digest, InfoHash, PeerInfo
 from kraken.core.names import InvalidNamespace, check_namespace
+from kraken.http.dependencies import Dependencies
 from kraken.http.errors import CORE_ERRORS, APIError, install_error_handler, render_error
 from kraken.http.request_body import json_response, read_json
 from kraken.http.server import BodyPlan, KleinRoutes, RequestHead
@@ -154,6 +157,7 @@ class TrackerAPI:
     quarantine_seconds: float = DEFAULT_QUARANTINE
     quarantine_reporters: int = DEFAULT_QUARANTINE_REPORTERS
     quarantine: Quarantine = field(init=False)
+    dependencies: Dependencies = field(init=False)
     _metainfo: CollapsingCache[tuple[str, Digest], MetaInfoAnswer] = field(init=False)
     _origin_memo: dict[Digest, tuple[float, list[StoredPeer]]] = field(init=False, factory=dict)
     _refreshing: set[Digest] = field(init=False, factory=set)
@@ -169,6 +173,9 @@ class TrackerAPI:
         self._refused_announces = self.metrics.announces.labels("refused")
         self.quarantine = Quarantine(
             self.clock.seconds, self.quarantine_seconds, self.quarantine_reporters
+        )
+        self.dependencies = Dependencies(
+            (("origin", self._origin_answers),), self.metrics.registry, self.clock
         )
         self._metainfo = CollapsingCache(
             self.clock,
@@ -202,11 +209,22 @@ class TrackerAPI:
         return b"OK\n"
 
     @app.route("/readiness", methods=["GET"])
-    async def readiness(self, request: IRequest) -> bytes:
-        """Ready when at least one origin answers its health check."""
-        if not await self.origins.ready():
-            raise APIError(503, "no origin answers its health check")
+    def readiness(self, request: IRequest) -> bytes:
+        """Ready when serving: announces need no origin (``/dependencies`` tells of those)."""
         return b"OK\n"
+
+    @app.route("/dependencies", methods=["GET"])
+    async def dependency_states(self, request: IRequest) -> bytes:
+        """Whether an origin answers its health check, as JSON."""
+        request.setHeader(b"Content-Type", b"application/json")  # type: ignore[no-untyped-call]
+        return await self.dependencies.render()
+
+    async def _origin_answers_now(self) -> None:
+        if not await self.origins.ready():
+            raise RuntimeError("no origin answers its health check")
+
+    def _origin_answers(self) -> Deferred[None]:
+        return Deferred.fromCoroutine(self._origin_answers_now())
 
     @app.route("/metrics", methods=["GET"])
     def prometheus(self, request: IRequest) -> bytes:

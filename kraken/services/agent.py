@@ -43,6 +43,7 @@ from kraken.config import AgentConfig
 from kraken.config.sections import SchedulerConfig
 from kraken.core import Digest, PeerID, PeerInfo
 from kraken.http.client import NO_RETRY, HTTPClientFactory, KrakenHTTPClient, read_body
+from kraken.http.dependencies import Dependencies
 from kraken.http.errors import render_registry_json
 from kraken.http.server import KleinRoutes, read_only
 from kraken.protocols.archives import AgentArchive
@@ -297,15 +298,20 @@ def build_agent(
         observe_seconds=metrics.download_seconds.observe,
     )
     readiness_digest = Digest.of_bytes(os.urandom(16))
+    dependencies = Dependencies(
+        (
+            ("build-index", build_index.readiness),
+            ("tracker", lambda: _tracker_readiness(client, tracker, readiness_digest)),
+        ),
+        metrics.registry,
+        reactor,
+    )
     api = AgentAPI(
         store,
         downloader,
         build_index,
         run_blocking,
-        readiness_checks=(
-            ("build-index", build_index.readiness),
-            ("tracker", lambda: _tracker_readiness(client, tracker, readiness_digest)),
-        ),
+        dependencies=dependencies,
         metrics=metrics,
     )
     networks = config.registry.allowed_networks
@@ -326,6 +332,7 @@ def build_agent(
     peer_listener = StreamServerEndpointService(peer_endpoint, node.factory())  # type: ignore[no-untyped-call]
     services.append(named("peer", peer_listener))
     services.append(SeedCachedService(downloader))
+    services.append(dependencies.service())
     fs_size = filesystem_size(data_dir)
     policy = cleanup_policy(config.cleanup, fs_size)
     if policy is not None:

@@ -156,6 +156,7 @@ def build_tracker(config: TrackerConfig, reactor: Any, listen: str | None = None
     )
     services.append(OnStop(http.close))
     services.append(tls.expiry_monitor(reactor, api.metrics.registry))
+    services.append(api.dependencies.service())
 
     tree = TrackerService(api, store)
     for service in services:

@@ -19,10 +19,11 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 from zope.interface import implementer
 
-from kraken.api.agent import AgentAPI
+from kraken.api.agent import AgentAPI, AgentMetrics
 from kraken.api.registry import RegistryAPI, parse_networks
 from kraken.cluster import PassiveHealthFilter
 from kraken.core import Digest
+from kraken.http.dependencies import Dependencies
 from kraken.http.testing import HostRoutingAgent, memory_client_factory
 from kraken.protocols.buildindex_client import BuildIndexClient
 from kraken.protocols.downloader import BlobUnknown, DownloadError, IBlobDownloader
@@ -152,12 +153,10 @@ def make_agent_apis(root: str, *, allowed: tuple[str, ...] | None = ("127.0.0.0/
     client = BuildIndexClient(
         factory.client(), lambda: frozenset({"bi:15004"}), PassiveHealthFilter(clock)
     )
+    metrics = AgentMetrics()
+    dependencies = Dependencies((("build-index", client.readiness),), metrics.registry, clock)
     api = AgentAPI(
-        store,
-        downloader,
-        client,
-        synchronous_runner,
-        readiness_checks=(("build-index", client.readiness),),
+        store, downloader, client, synchronous_runner, dependencies=dependencies, metrics=metrics
     )
     registry = RegistryAPI(
         api, clock, allowed_networks=None if allowed is None else parse_networks(allowed)

@@ -339,13 +339,30 @@ class HealthTests(AgentAPITestCase):
         """``OK`` without a newline."""
         self.assertEqual(self.call("GET", "/health")[1], b"OK")
 
-    def test_readiness(self) -> None:
-        """Ready when the build-index is; 503 naming it otherwise."""
-        self.assertEqual(self.call("GET", "/readiness")[0].code, 200)
+    def test_readiness_without_the_build_index(self) -> None:
+        """A build-index that fails its check leaves the agent ready: it serves its cache.
+
+        ``/dependencies`` and the ``kraken_dependency_up`` gauge say the build-index is down,
+        and why (before this, one unhealthy build-index made every agent "not ready").
+        """
+        _, body = self.call("GET", "/metrics")
+        self.assertIn(b'kraken_dependency_up{dependency="build-index"} NaN', body)
+        response, body = self.call("GET", "/dependencies")
+        self.assertEqual(response.code, 200)
+        self.assertEqual(
+            json.loads(body), {"dependencies": {"build-index": {"up": True, "reason": None}}}
+        )
         self.apis.build_index.ready = False
-        response, body = self.call("GET", "/readiness")
-        self.assertEqual(response.code, 503)
-        self.assertIn(b"build-index", body)
+        response, _ = self.call("GET", "/readiness")
+        self.assertEqual(response.code, 200)
+        response, body = self.call("GET", "/dependencies")
+        self.assertEqual(response.code, 200)
+        self.assertEqual(response.headers.getRawHeaders(b"content-type"), [b"application/json"])
+        state = json.loads(body)["dependencies"]["build-index"]
+        self.assertFalse(state["up"])
+        self.assertIn("503", state["reason"])
+        _, body = self.call("GET", "/metrics")
+        self.assertIn(b'kraken_dependency_up{dependency="build-index"} 0.0', body)
 
     def test_metrics(self) -> None:
         """Served blobs show in the Prometheus text."""

@@ -540,11 +540,28 @@ class HealthTests(TrackerAPITestCase):
         self.origins.is_ready = False
         self.assertEqual(self.request("GET", "/health")[0], 200)
 
-    def test_readiness(self) -> None:
-        """/readiness is 200 when an origin answers, 503 when none does."""
+    def test_readiness_without_origins(self) -> None:
+        """With no origin answering the tracker stays ready (announces work); it says so apart.
+
+        ``/dependencies`` names the origin as down with the reason, and the
+        ``kraken_dependency_up`` gauge drops to 0: before this, one origin down made every
+        tracker "not ready" and Kubernetes would have taken them all out of service.
+        """
         self.assertEqual(self.request("GET", "/readiness")[0], 200)
+        status, body, _ = self.request("GET", "/dependencies")
+        self.assertEqual(json.loads(body)["dependencies"]["origin"], {"up": True, "reason": None})
         self.origins.is_ready = False
-        self.assertEqual(self.request("GET", "/readiness")[0], 503)
+        self.assertEqual(self.request("GET", "/readiness")[0], 200)
+        self.assertEqual(self.announce(announce_body(agent(1)))[0], 200)
+        status, body, headers = self.request("GET", "/dependencies")
+        self.assertEqual(status, 200)
+        self.assertEqual(headers.getRawHeaders(b"content-type"), [b"application/json"])
+        self.assertEqual(
+            json.loads(body)["dependencies"]["origin"],
+            {"up": False, "reason": "no origin answers its health check"},
+        )
+        _, metrics, _ = self.request("GET", "/metrics")
+        self.assertIn(b'kraken_dependency_up{dependency="origin"} 0.0', metrics)
 
     def test_unknown_route(self) -> None:
         """An unknown path is a 404."""

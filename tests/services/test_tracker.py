@@ -186,13 +186,18 @@ class RealSocketTests(TestCase):
         self.assertEqual(self.origin.namespaces, ["library/x"])
 
     async def test_health_readiness_metrics(self) -> None:
-        """/health and /readiness are 200 with a live origin; readiness is 503 once it is down."""
+        """/health and /readiness are 200 with a live origin, and still once it is down.
+
+        The origin's state is in /dependencies (and ``kraken_dependency_up``) instead.
+        """
         self.assertEqual(await self.get("/health"), (200, b"OK\n"))
         self.assertEqual((await self.get("/readiness"))[0], 200)
         _, body = await self.get("/metrics")
         self.assertIn(b"kraken_tracker_announces_total", body)
         self.origin.healthy = False
-        self.assertEqual((await self.get("/readiness", ok=(503,)))[0], 503)
+        self.assertEqual((await self.get("/readiness"))[0], 200)
+        _, body = await self.get("/dependencies")
+        self.assertIn(b'"up": false', body)
 
     async def test_bad_announce(self) -> None:
         """A malformed announce over a real socket is a 400 naming the field."""
