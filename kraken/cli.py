@@ -5,9 +5,11 @@ The ``kraken`` command line.
 pushes, stats and pulls blobs at an origin ring; ``kraken certs`` makes a
 development CA and certificates; ``kraken digest FILE`` prints a file's
 digest and, with ``--metainfo``, the metainfo an origin would generate;
-``kraken config check`` loads a daemon's configuration file as the daemon
-would; ``kraken mirror containerd|docker`` points the host's container
-runtime at its local agent.
+``kraken gc`` removes blobs no manifest references from the backend
+after a grace period (``--dry-run`` says what and why); ``kraken config
+check`` loads a daemon's configuration file as the daemon would;
+``kraken mirror containerd|docker`` points the host's container runtime
+at its local agent.
 """
 
 from __future__ import annotations
@@ -354,6 +356,9 @@ def build_parser() -> argparse.ArgumentParser:
     from kraken.origin.blobcli import add_blob_parser
 
     add_blob_parser(sub)
+    from kraken.origin.gc import add_gc_parser
+
+    add_gc_parser(sub)
     return parser
 
 
