@@ -35,7 +35,8 @@ that is refused like any character outside the distribution grammar):
 - ``POST /remotes/tags/{tag}``: queue replication of the stored tag to every
   matching remote (404 unknown);
 - ``GET /origin``: the origin cluster's address(es), comma-separated;
-- ``GET /health``, ``GET /readiness`` (backends and origin, 503 otherwise), ``GET /metrics``.
+- ``GET /health``, ``GET /readiness`` (queue and backends, 503 otherwise), ``GET
+  /dependencies`` (whether an origin answers, JSON), ``GET /metrics``.
 
 Errors are plain text, as the Go build-index answers.
 """
@@ -83,6 +84,7 @@ from kraken.buildindex.tags import (
 )
 from kraken.core import Digest
 from kraken.core.address import LOOPBACK_NETWORKS, IPNetwork, in_networks, parse_ip, parse_networks
+from kraken.http.dependencies import Dependencies
 from kraken.http.errors import CORE_ERRORS, APIError, install_error_handler, render_text
 from kraken.http.request_body import json_response
 from kraken.persistedretry import QueueStopped, RetryQueue
@@ -187,7 +189,8 @@ class BuildIndexAPI:
     The build-index's Klein application; mount :meth:`resource`.
 
     ``neighbours()`` lists the other members of this cluster (this host excluded);
-    ``peers`` sends them duplicates.  ``ready()`` checks the backends and the origin.
+    ``peers`` sends them duplicates.  ``ready()`` checks the build-index's own state (its
+    backends); ``dependencies`` (the origin) are served at ``/dependencies``, not in readiness.
     ``duplicate_networks``: client addresses whose duplicates are honoured over plain
     HTTP (over TLS only a verified client certificate counts).
     """
@@ -207,6 +210,7 @@ class BuildIndexAPI:
     clock: IReactorTime
     ready: Callable[[], Deferred[None]]
     metrics: BuildIndexMetrics = field(factory=BuildIndexMetrics)
+    dependencies: Dependencies | None = None
     duplicate_networks: tuple[IPNetwork, ...] = field(
         factory=lambda: parse_networks(LOOPBACK_NETWORKS)
     )
@@ -228,9 +232,9 @@ class BuildIndexAPI:
     @app.route("/readiness", methods=["GET"])
     async def readiness(self, request: Request) -> bytes:
         """
-        Ready when the replication queue runs and is loaded and the backends and the origin
-        answer.  A stopped queue is a 503 at once; a client that left gets no answer (and
-        no error is logged).
+        Ready when the replication queue runs and is loaded and the backends answer (the
+        origin is a dependency: ``/dependencies``).  A stopped queue is a 503 at once; a
+        client that left gets no answer (and no error is logged).
         """
         if not self.queue.running:
             raise APIError(503, "not ready: replication queue stopped")
@@ -242,6 +246,14 @@ class BuildIndexAPI:
         except Exception as e:
             raise APIError(503, f"not ready: {str(e) or type(e).__name__}") from e
         return b"OK\n"
+
+    @app.route("/dependencies", methods=["GET"])
+    async def dependency_states(self, request: Request) -> bytes:
+        """Whether an origin answers, as JSON (not part of readiness)."""
+        request.setHeader(b"Content-Type", b"application/json")  # type: ignore[no-untyped-call]
+        if self.dependencies is None:
+            return b'{"dependencies": {}}\n'
+        return await self.dependencies.render()
 
     @app.route("/metrics", methods=["GET"])
     def prometheus(self, request: Request) -> bytes:

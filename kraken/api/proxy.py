@@ -96,6 +96,7 @@ from kraken.api.serving import serve_blob
 from kraken.backends.threads import BlockingRunner
 from kraken.core import Digest, DigestMismatch, InvalidDigest
 from kraken.http.client import HTTPStatusError, RequestError
+from kraken.http.dependencies import Dependencies
 from kraken.http.errors import (
     BLOB_UNKNOWN,
     BLOB_UPLOAD_INVALID,
@@ -436,6 +437,8 @@ class ProxyAPI:
     max_uploads: int = DEFAULT_MAX_UPLOADS
     max_blob_size: int = DEFAULT_MAX_BLOB
     readiness_checks: Sequence[ReadinessCheck] = ()
+    #: The origin ring and the build-index, served at ``/dependencies``, not in readiness.
+    dependencies: Dependencies | None = None
     metrics: ProxyMetrics = field(factory=ProxyMetrics)
     #: Whether ``DELETE`` of manifests, tags and blobs is served (else 405).
     delete_enabled: bool = False
@@ -465,9 +468,21 @@ class ProxyAPI:
         """Liveness: ``OK``."""
         return b"OK\n"
 
+    @app.route("/dependencies", methods=["GET"])
+    async def dependency_states(self, request: IRequest) -> bytes:
+        """Whether the origin ring and the build-index answer, as JSON (not in readiness)."""
+        _set(request, "Content-Type", "application/json")
+        if self.dependencies is None:
+            return b'{"dependencies": {}}\n'
+        return await self.dependencies.render()
+
     @app.route("/readiness", methods=["GET"])
     async def readiness(self, request: IRequest) -> bytes:
-        """200 when every readiness check passes (origin ring, build-index), else 503 why."""
+        """200 when every check of the proxy's own state passes, else 503 why.
+
+        The origin ring and the build-index are dependencies (``/dependencies``): with them
+        down pushes fail, but the proxy still answers and lets the client know.
+        """
         names = [name for name, _ in self.readiness_checks]
         results = await DeferredList(
             [check() for _, check in self.readiness_checks], consumeErrors=True

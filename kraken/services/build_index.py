@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Callable
 from typing import Any
 
 from twisted.application.service import MultiService, Service
@@ -43,6 +44,7 @@ from kraken.config import BuildIndexConfig
 from kraken.config.sections import HostListConfig
 from kraken.core.address import parse_networks
 from kraken.http.client import NO_RETRY, HTTPClientFactory, KrakenHTTPClient, read_body
+from kraken.http.dependencies import Dependencies
 from kraken.http.server import KleinRoutes
 from kraken.persistedretry import Backoff, PrometheusQueueMetrics, RetryQueue, SQLiteTaskStore
 from kraken.protocols.buildindex_client import BuildIndexClient
@@ -108,11 +110,19 @@ def _origin_address(config: HostListConfig) -> str:
     return ",".join(config.static)
 
 
-def _origin_readiness(
-    client: KrakenHTTPClient, origins: Membership, backends: BackendRouter
-) -> Any:
+def _backends_readiness(backends: BackendRouter) -> Callable[[], Deferred[None]]:
+    """The build-index's own readiness: the backends its tags live in answer."""
+
     async def ready() -> None:
         await backends.check_readiness()
+
+    return lambda: Deferred.fromCoroutine(ready())
+
+
+def _origin_readiness(client: KrakenHTTPClient, origins: Membership) -> Any:
+    """A dependency check: one of the usable origins answers its ``/readiness``."""
+
+    async def ready() -> None:
         hosts = sorted(origins.usable())
         if not hosts:
             raise RuntimeError("no origin is known")
@@ -188,8 +198,13 @@ def build_build_index(
         lambda: cluster.members - {self_address},
         _origin_address(config.origin.hosts),
         reactor,
-        _origin_readiness(http.client(retry=NO_RETRY), origins, backends),
+        _backends_readiness(backends),
         metrics=metrics,
+        dependencies=Dependencies(
+            (("origin", _origin_readiness(http.client(retry=NO_RETRY), origins)),),
+            metrics.registry,
+            reactor,
+        ),
         duplicate_networks=parse_networks(config.duplicates.trusted_networks),
         max_clock_skew=config.duplicates.max_clock_skew,
     )
@@ -210,6 +225,8 @@ def build_build_index(
         OnStop(backends.close),
         tls.expiry_monitor(reactor, metrics.registry),
     ]
+    if api.dependencies is not None:
+        services.append(api.dependencies.service())
     for service in services:
         service.setServiceParent(tree)  # type: ignore[no-untyped-call]
     return tree

@@ -25,11 +25,12 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.python import usage
 from twisted.python.threadpool import ThreadPool
 
-from kraken.api.proxy import PROXY_ERRORS, ProxyAPI
+from kraken.api.proxy import PROXY_ERRORS, ProxyAPI, ProxyMetrics
 from kraken.backends.threads import threadpool_runner
 from kraken.cluster import Membership, NoHealthFilter, PassiveHealthFilter
 from kraken.config import ProxyConfig
 from kraken.http.client import NO_RETRY, HTTPClientFactory
+from kraken.http.dependencies import Dependencies
 from kraken.http.errors import render_registry_json
 from kraken.protocols.buildindex_client import BuildIndexClient
 from kraken.protocols.origin_client import OriginClient, OriginClusterClient
@@ -120,6 +121,15 @@ def build_proxy(
     tags = BuildIndexClient(
         http.client(retry=NO_RETRY), lambda: bi_members.members, PassiveHealthFilter(reactor)
     )
+    metrics = ProxyMetrics()
+    dependencies = Dependencies(
+        (
+            ("origin", lambda: _origin_readiness(origin_members)),
+            ("build-index", tags.readiness),
+        ),
+        metrics.registry,
+        reactor,
+    )
     api = ProxyAPI(
         store,
         run,
@@ -131,16 +141,15 @@ def build_proxy(
         upload_timeout=config.uploads.idle_timeout,
         max_uploads=config.uploads.max_open,
         delete_enabled=config.delete_enabled,
-        readiness_checks=(
-            ("origin", lambda: _origin_readiness(origin_members)),
-            ("build-index", tags.readiness),
-        ),
+        dependencies=dependencies,
+        metrics=metrics,
     )
 
     services: list[Service] = [ThreadPoolService(pool), origin_members, bi_members]
     expiry = TimerService(UPLOAD_EXPIRY_INTERVAL, api.expire_uploads)  # type: ignore[no-untyped-call]
     expiry.clock = reactor
     services.append(expiry)
+    services.append(dependencies.service())
     policy = cleanup_policy(config.cleanup, filesystem_size(data_dir))
     if policy is not None:
         # Uploads are expired by the API, which knows which ones are in use.

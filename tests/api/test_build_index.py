@@ -33,11 +33,12 @@ from kraken.cluster import Membership, NoHealthFilter, StaticHostList
 from kraken.cluster.health import PassiveHealthFilter
 from kraken.core import Digest
 from kraken.core.address import parse_networks
+from kraken.http.dependencies import Dependencies
 from kraken.http.testing import memory_client_factory
 from kraken.persistedretry import MemoryTaskStore, RetryQueue, Task
 from kraken.protocols.buildindex_client import DUPLICATE_HEADER, BuildIndexClient
 from kraken.protocols.origin_client import OriginClient, OriginClusterClient
-from kraken.services.build_index import _origin_readiness
+from kraken.services.build_index import _backends_readiness, _origin_readiness
 from kraken.tls import ClientCertificate
 
 ORIGIN = "origin:15002"
@@ -511,17 +512,33 @@ class BuildIndexAPITests(SynchronousTestCase):
         self.put(f"{REPO}:v1", self.image())
         self.assertIn(b"kraken_build_index_tag_puts", self.request("GET", "/metrics")[1])
 
-    def test_readiness_503_when_origin_unreachable(self) -> None:
-        """With the daemon's origin check, /readiness is 200, then 503 naming the refusal."""
+    def test_origin_unreachable_is_a_dependency(self) -> None:
+        """An unreachable origin leaves /readiness 200; /dependencies names it, and the gauge.
+
+        Before, one origin down made every build-index "not ready"; tags are still served
+        from the backends, so the build-index is ready and says what it lacks apart.
+        """
         origins = Membership(StaticHostList([ORIGIN]), NoHealthFilter(), self.clock)
         origins.refresh()
-        self.ready = _origin_readiness(self.client, origins, self.backends)
+        self.ready = _backends_readiness(self.backends)
+        self.api.dependencies = Dependencies(
+            (("origin", _origin_readiness(self.client, origins)),),
+            self.api.metrics.registry,
+            self.clock,
+        )
         self.assertEqual(self.request("GET", "/readiness"), (200, b"OK\n"))
+        code, body = self.request("GET", "/dependencies")
+        self.assertEqual(json.loads(body)["dependencies"]["origin"]["up"], True)
         self.agent.remove(ORIGIN)
-        code, body = self.request("GET", "/readiness")
-        self.assertEqual(code, 503)
-        self.assertTrue(body.startswith(b"not ready: "), body)
-        self.assertIn(ORIGIN.encode(), body)  # the reason names the origin asked
+        self.assertEqual(self.request("GET", "/readiness"), (200, b"OK\n"))
+        code, body = self.request("GET", "/dependencies")
+        self.assertEqual(code, 200)
+        state = json.loads(body)["dependencies"]["origin"]
+        self.assertFalse(state["up"])
+        self.assertIn(ORIGIN, state["reason"])  # the reason names the origin asked
+        self.assertIn(
+            b'kraken_dependency_up{dependency="origin"} 0.0', self.request("GET", "/metrics")[1]
+        )
 
     def test_readiness_503_when_queue_stopped(self) -> None:
         """A stopped replication queue (a stopped build-index) is a 503 saying so, at once."""

@@ -30,6 +30,7 @@ from kraken.api.proxy import (
 from kraken.backends.threads import run_inline
 from kraken.core import Digest
 from kraken.http.client import HTTPClientFactory
+from kraken.http.dependencies import Dependencies
 from kraken.http.errors import RegistryError
 from kraken.http.testing import HostRoutingAgent
 from kraken.protocols.buildindex_client import TagNotFound
@@ -857,6 +858,38 @@ class ReadinessTests(ProxyTestCase):
         message = json.loads(body)["errors"][0]["message"]
         self.assertIn("build-index: connection refused", message)
         self.assertNotIn("origin", message)
+
+
+class DependenciesTests(ProxyTestCase):
+    """``GET /dependencies``: the origin ring and the build-index, apart from readiness."""
+
+    def test_dependency_down_keeps_the_proxy_ready(self) -> None:
+        """A failing build-index shows in /dependencies and the gauge; /readiness stays 200."""
+        self.api.dependencies = Dependencies(
+            (
+                ("origin", lambda: succeed(None)),
+                ("build-index", lambda: fail(RuntimeError("connection refused"))),
+            ),
+            self.api.metrics.registry,
+            self.clock,
+        )
+        self.assertEqual(self.call("GET", "/readiness")[0], 200)
+        code, headers, body = self.call("GET", "/dependencies")
+        self.assertEqual(code, 200)
+        self.assertEqual(headers.getRawHeaders(b"content-type"), [b"application/json"])
+        self.assertEqual(
+            json.loads(body),
+            {
+                "dependencies": {
+                    "build-index": {"up": False, "reason": "connection refused"},
+                    "origin": {"up": True, "reason": None},
+                }
+            },
+        )
+        self.assertEqual(
+            metric(self.api.metrics, "kraken_dependency_up", dependency="build-index"), 0.0
+        )
+        self.assertEqual(metric(self.api.metrics, "kraken_dependency_up", dependency="origin"), 1.0)
 
 
 class MetricsTests(ProxyTestCase):

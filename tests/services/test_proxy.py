@@ -56,6 +56,21 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual([p for p, *_ in fake.tcpServers], [15999])
 
 
+class DependencyTests(SynchronousTestCase):
+    """The proxy's tree keeps the origin ring and the build-index out of its readiness."""
+
+    def test_dependencies_not_readiness(self) -> None:
+        """/readiness has no checks of other components; /dependencies and a timer have them."""
+        config = parse_config("proxy", {"data_dir": self.mktemp(), "cleanup": {"enabled": False}})
+        service = build_proxy(config, MemoryReactorClock())
+        self.assertEqual(service.api.readiness_checks, ())
+        assert service.api.dependencies is not None
+        names = [name for name, _ in service.api.dependencies.checks]
+        self.assertEqual(names, ["origin", "build-index"])
+        timers = [s for s in service if isinstance(s, TimerService)]
+        self.assertIn(service.api.dependencies.interval, [t.step for t in timers])
+
+
 class RefuseTLSTests(SynchronousTestCase):
     """The proxy's registry port turns a TLS ClientHello away at once (kraken.http.plain)."""
 
