@@ -76,6 +76,7 @@ from kraken.http.errors import (
     install_error_handler,
     render_registry_json,
 )
+from kraken.http.headers import header, set_header, set_status
 from kraken.http.request_body import json_response, read_json
 from kraken.http.server import BodyPlan, KleinRoutes, RequestHead, StreamingSink, body_sink
 from kraken.origin.refresh import BackendFetcher, BlobTooLarge, FetchersBusy, FetchFailed
@@ -330,7 +331,7 @@ class OriginAPI:
     @app.route("/metrics", methods=["GET"])
     def prometheus(self, request: IRequest) -> bytes:
         """Prometheus text exposition."""
-        request.setHeader(b"Content-Type", CONTENT_TYPE_LATEST.encode("ascii"))  # type: ignore[no-untyped-call]
+        set_header(request, b"Content-Type", CONTENT_TYPE_LATEST.encode("ascii"))
         return generate_latest(self.metrics.registry)
 
     # -- ring --------------------------------------------------------------------------
@@ -342,13 +343,13 @@ class OriginAPI:
         found = self.ring.locations(d)
         if not found:
             raise EmptyRing(f"the origin ring has no members for {d}")
-        request.setHeader(b"Origin-Locations", ",".join(found).encode("ascii"))  # type: ignore[no-untyped-call]
+        set_header(request, b"Origin-Locations", ",".join(found).encode("ascii"))
         return b""
 
     @app.route("/internal/peercontext", methods=["GET"])
     def peercontext(self, request: IRequest) -> bytes:
         """The peer this origin seeds as: ``{peer_id, ip, port, origin: true}``."""
-        return json_response(request, self.peer.to_dict())  # type: ignore[arg-type]
+        return json_response(request, self.peer.to_dict())
 
     # -- uploads -----------------------------------------------------------------------
 
@@ -369,7 +370,7 @@ class OriginAPI:
         if size is not None:
             builder = MetaInfoBuilder(self.piece_lengths.for_size(size))
         self._uploads[uid] = _Upload(d, self._now(), size, builder)
-        request.setHeader(b"Location", uid.encode("ascii"))  # type: ignore[no-untyped-call]
+        set_header(request, b"Location", uid.encode("ascii"))
         return b""
 
     def _upload(self, uid: str, d: Digest) -> _Upload:
@@ -420,7 +421,7 @@ class OriginAPI:
         uid, d = args["uid"], _digest(args["digest"])
         sink = body_sink(request, lambda head: self._plan_chunk(head, args))
         upload = self._upload(uid, d)
-        start, end = parse_content_range(request.getHeader(b"content-range"))  # type: ignore[no-untyped-call]
+        start, end = parse_content_range(header(request, b"content-range"))
         try:
             written = await sink.done()
         except UploadNotFound:
@@ -437,7 +438,7 @@ class OriginAPI:
         if await self.run(self.store.has, d):
             await self._discard(uid)
             raise APIError(409, f"blob {d} already exists")
-        request.setResponseCode(204)  # type: ignore[no-untyped-call]
+        set_status(request, 204)
         return b""
 
     async def _discard(self, uid: str) -> None:
@@ -576,14 +577,14 @@ class OriginAPI:
     ) -> Deferred[bytes]:
         """Commit a duplicate; its write-back waits ``delay_seconds`` (JSON body)."""
         ns, d = _namespace(namespace), _digest(digest)
-        delay = _duplicate_delay(read_json(request, 4096) if _has_body(request) else {})  # type: ignore[arg-type]
+        delay = _duplicate_delay(read_json(request, 4096) if _has_body(request) else {})
         return Deferred.fromCoroutine(self._commit(request, uid, d, ns, delay))
 
     # -- downloads ---------------------------------------------------------------------
 
     async def _fetch_or_raise(self, namespace: str, d: Digest, request: IRequest) -> bytes:
         await self.fetcher.request(namespace, d)
-        request.setResponseCode(202)  # type: ignore[no-untyped-call]
+        set_status(request, 202)
         return b""
 
     @app.route("/namespace/<path:namespace>/blobs/<digest>", methods=["GET"])
@@ -616,7 +617,7 @@ class OriginAPI:
             if request.args.get(b"local", [b""])[0] == b"true":
                 raise
             size = (await self.backends.backend_for(ns).stat(ns, d.hex)).size
-        request.setHeader(b"Content-Length", str(size).encode())  # type: ignore[no-untyped-call]
+        set_header(request, b"Content-Length", str(size).encode())
         return b""
 
     @app.route("/internal/namespace/<path:namespace>/blobs/<digest>/metainfo", methods=["GET"])
@@ -629,7 +630,7 @@ class OriginAPI:
             except StoreBlobNotFound:
                 pass
             else:
-                request.setHeader(b"Content-Type", b"application/json")  # type: ignore[no-untyped-call]
+                set_header(request, b"Content-Type", b"application/json")
                 return meta.to_json()
         return await self._fetch_or_raise(ns, d, request)
 
@@ -638,7 +639,7 @@ class OriginAPI:
         """Delete the cache file (not the backend's copy); 202, 404, 409 if persisted or open."""
         d = _digest(digest)
         await self.run(self.store.delete, d)
-        request.setResponseCode(202)  # type: ignore[no-untyped-call]
+        set_status(request, 202)
         return b""
 
 

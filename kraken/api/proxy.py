@@ -934,7 +934,7 @@ class ProxyAPI:
     async def _put_manifest(self, request: IRequest, name: str, reference: str) -> bytes:
         ref = parse_reference(reference)
         try:
-            data = read_request_body(request, MAX_MANIFEST_SIZE)  # type: ignore[arg-type]
+            data = read_request_body(request, MAX_MANIFEST_SIZE)
         except PayloadTooLarge:
             raise APIError(
                 413, f"manifest exceeds {MAX_MANIFEST_SIZE} bytes", code=MANIFEST_INVALID
@@ -1183,7 +1183,7 @@ class ProxyAPI:
         trace_id: object = None
         tag = ""
         try:
-            body = read_json(request)  # type: ignore[arg-type]
+            body = read_json(request)
             if not isinstance(body, dict) or not isinstance(body.get("tag"), str):
                 raise APIError(400, 'expected a JSON object with a string "tag"')
             trace_id = body.get("trace_id")

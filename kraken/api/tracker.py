@@ -244,7 +244,7 @@ class TrackerAPI:
         started = time.perf_counter()
         try:
             ih = InfoHash.parse(infohash)
-            body = read_json(request, MAX_ANNOUNCE_BODY)  # type: ignore[arg-type]
+            body = read_json(request, MAX_ANNOUNCE_BODY)
             req = AnnounceRequest.from_dict(body, ih)
             peer = self._admit(req.peer, request)
         except AnnounceForbidden:
@@ -370,7 +370,7 @@ class TrackerAPI:
         torrent in the URL.
         """
         ih = InfoHash.parse(infohash)
-        body = read_json(request, MAX_ANNOUNCE_BODY)  # type: ignore[arg-type]
+        body = read_json(request, MAX_ANNOUNCE_BODY)
         req = ReportRequest.from_dict(body, ih)
         reporter = self._admit(req.peer, request)
         failed = [p.hex for p in req.failed if p != reporter.peer_id]
@@ -387,7 +387,7 @@ class TrackerAPI:
                 reporters=self.quarantine.reporters,
                 reporter=reporter.address,
             )
-        return json_response(request, {"quarantined": held})  # type: ignore[arg-type]
+        return json_response(request, {"quarantined": held})
 
     @app.route("/namespace/<path:namespace>/blobs/<digest>/metainfo", methods=["GET"])
     async def metainfo(self, request: IRequest, namespace: str, digest: str) -> bytes:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any, Final
 
+from twisted.web.iweb import IRequest
 from twisted.web.server import Request
 
 from kraken.core import InvalidJSON, parse_json
@@ -36,7 +37,7 @@ class PayloadTooLarge(APIError):
         self.limit = limit
 
 
-def read_request_body(request: Request, max_bytes: int = DEFAULT_MAX_BODY) -> bytes:
+def read_request_body(request: Request | IRequest, max_bytes: int = DEFAULT_MAX_BODY) -> bytes:
     """The request body, or :class:`PayloadTooLarge` when it exceeds ``max_bytes``.
 
     Reads at most ``max_bytes + 1`` bytes of the buffered body.
@@ -54,7 +55,7 @@ def read_request_body(request: Request, max_bytes: int = DEFAULT_MAX_BODY) -> by
     return bytes(data)
 
 
-def read_json(request: Request, max_bytes: int = DEFAULT_MAX_BODY) -> Any:
+def read_json(request: Request | IRequest, max_bytes: int = DEFAULT_MAX_BODY) -> Any:
     """The request body decoded as UTF-8 JSON; 400 naming the problem if it is not (any depth)."""
     data = read_request_body(request, max_bytes)
     try:
@@ -63,7 +64,7 @@ def read_json(request: Request, max_bytes: int = DEFAULT_MAX_BODY) -> Any:
         raise APIError(400, str(e)) from None
 
 
-def json_response(request: Request, value: object) -> bytes:
+def json_response(request: Request | IRequest, value: object) -> bytes:
     """Set ``Content-Type: application/json`` on ``request`` and return ``value`` encoded."""
     request.setHeader(b"Content-Type", b"application/json")  # type: ignore[no-untyped-call]
     return json.dumps(value, separators=(",", ":")).encode("utf-8")
