@@ -240,6 +240,7 @@ class ProxyMetrics:
     blob_bytes: Counter = field(init=False)
     manifest_puts: Counter = field(init=False)
     errors: Counter = field(init=False)
+    preheats: Counter = field(init=False)
 
     def __attrs_post_init__(self) -> None:
         r = self.registry
@@ -258,6 +259,11 @@ class ProxyMetrics:
             "kraken_proxy_manifest_puts",
             "Manifests stored, by reference kind (tag, digest)",
             ["reference"],
+            registry=r,
+        )
+        self.preheats = Counter(
+            "kraken_proxy_preheats",
+            "Pushed manifests whose blobs a registry notification made the origins fetch",
             registry=r,
         )
         self.errors = Counter(
@@ -1223,6 +1229,52 @@ class ProxyAPI:
                 "trace_id": trace_id,
             }
         ).encode("utf-8")
+
+    # -- preheat on push -----------------------------------------------------------------
+
+    @app.route("/registry/notifications", methods=["POST"])
+    def notifications(self, request: IRequest) -> bytes:
+        """
+        A registry's notification envelope (``application/vnd.docker.distribution.events
+        .v1+json``, as docker distribution sends it): every ``push`` event of a manifest
+        makes the origins fetch that image's blobs from their backend in the background,
+        as Go Kraken's preheat does.  Other events (blob pushes, pulls) are ignored.  200
+        with ``{"preheating": n}``; 400 for a body that is not an envelope.
+        """
+        body = read_json(request)
+        events = body.get("events") if isinstance(body, dict) else None
+        if not isinstance(events, list):
+            raise APIError(400, 'expected a notification envelope: {"events": [...]}')
+        started = 0
+        for event in events:
+            target = event.get("target") if isinstance(event, dict) else None
+            if not isinstance(target, dict) or event.get("action") != "push":
+                continue
+            if target.get("mediaType") not in MANIFEST_MEDIA_TYPES:
+                continue
+            try:
+                name = check_repository_name(str(target.get("repository")))
+                digest = Digest.parse(str(target.get("digest")))
+            except (APIError, InvalidDigest) as e:
+                self.log.warn("ignoring a push notification: {error}", error=e)
+                continue
+            started += 1
+            self.metrics.preheats.inc()
+            Deferred.fromCoroutine(self._preheat(name, digest))
+        _set(request, "Content-Type", "application/json")
+        return json.dumps({"preheating": started}).encode("utf-8")
+
+    async def _preheat(self, name: str, digest: Digest) -> None:
+        """Warm every blob of ``name@digest`` at the origins; failures are logged."""
+        try:
+            blobs = await self._image_blobs(name, digest)
+            await self._warm(name, blobs)
+        except Exception:
+            self.log.failure("preheat of {name}@{digest} failed", name=name, digest=digest)
+            return
+        self.log.info(
+            "preheated {name}@{digest}: {count} blobs", name=name, digest=digest, count=len(blobs)
+        )
 
     async def _image_blobs(self, name: str, ref: str | Digest) -> list[Digest]:
         """The config and layers (within the size limits) of an image and its children."""

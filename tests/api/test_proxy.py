@@ -801,6 +801,44 @@ class PrefetchTests(ProxyTestCase):
         self.assertTrue(all(self.origin.store.has(b) for b in layers))
         self.assertTrue(self.origin.store.has(d))
 
+    def notify(self, *events: dict[str, Any]) -> tuple[int, bytes]:
+        """POST a notification envelope of ``events``; status and body."""
+        code, _, body = self.call(
+            "POST",
+            "/registry/notifications",
+            data=json.dumps({"events": list(events)}).encode(),
+            headers={"Content-Type": "application/vnd.docker.distribution.events.v1+json"},
+        )
+        return code, body
+
+    def test_push_notification_preheats(self) -> None:
+        """A manifest push event makes the origin fetch the image's blobs again from its
+        backend; blob pushes and pulls are ignored; a bad envelope is 400."""
+        d = self.push_image("warm")
+        manifest = json.loads(self.call("GET", f"/v2/{REPO}/manifests/warm")[2])
+        layers = [Digest.parse(entry["digest"]) for entry in manifest["layers"]]
+        for blob in layers:
+            self.origin.store.delete(blob)
+        target = {"mediaType": DOCKER_MANIFEST_V2, "repository": REPO, "digest": str(d)}
+        ignored = [
+            {"action": "pull", "target": target},
+            {"action": "push", "target": {**target, "mediaType": "application/octet-stream"}},
+            {"action": "push", "target": {**target, "repository": "Bad/Name"}},
+            "not an event",
+        ]
+        code, body = self.notify(*ignored)
+        self.assertEqual((code, json.loads(body)), (200, {"preheating": 0}))
+        self.assertFalse(any(self.origin.store.has(b) for b in layers))
+        code, body = self.notify({"action": "push", "target": target})
+        self.assertEqual((code, json.loads(body)), (200, {"preheating": 1}))
+        for _ in range(20):
+            self.agent.flush()
+            self.clock.advance(1)
+        self.assertTrue(all(self.origin.store.has(b) for b in layers))
+        for bad in (b"[]", b"{}", b"not json"):
+            code, _, _ = self.call("POST", "/registry/notifications", data=bad)
+            self.assertEqual(code, 400, bad)
+
     def test_v1_answers_first(self) -> None:
         """v1 answers 200 once the manifests are resolved."""
         self.push_image("warm")

@@ -8,7 +8,10 @@ The OCI distribution spec surfaces of a real herd (``twistd -n kraken-herd``) wi
 - the ``oras`` Python SDK, an independent client, pushes an artifact whose ``subject`` is
   the pushed image; the proxy answers with ``OCI-Subject``, and the referrers of the image,
   asked of the proxy and of the agent, list the artifact (and filter by ``artifactType``);
-  the fallback schema's tag ``sha256-<hex>`` serves the same index.
+  the fallback schema's tag ``sha256-<hex>`` serves the same index;
+- the Debian ``docker-registry`` (distribution), configured to notify the proxy, takes a
+  ``skopeo copy``; its real notification makes the herd's origin (whose backend is that
+  registry) fetch the image's layers into its cache before anyone pulls them.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import TestCase
 
 from kraken.http.client import NO_RETRY, HTTPClientFactory, KrakenHTTPClient
+from tests.backends.servers import DockerRegistry
 from tests.external import missing, require_program
 from tests.oci import OCILayout, host_arch
 from tests.system.clusters import skopeo, until
@@ -162,3 +166,55 @@ class DistributionSpecTests(TestCase):
             fallback = f"sha256-{self.image['digest'].split(':')[1]}"
             _, index = await self.get_json(f"http://{registry}/v2/{REPO}/manifests/{fallback}")
             self.assertEqual([m["digest"] for m in index["manifests"]], [pushed_digest])
+
+
+class PreheatTests(TestCase):
+    """A real registry's push notifications preheat the herd's origin."""
+
+    timeout = 180
+
+    def setUp(self) -> Deferred[None]:  # type: ignore[override]  # trial waits for it
+        """A docker-registry notifying the herd's proxy; the herd's origin reads from it."""
+        self.skopeo = require_program("skopeo")
+        self.herd = HerdProcess(self)
+        self.registry = DockerRegistry(
+            auth="notifications:\n"
+            "  endpoints:\n"
+            "    - name: kraken\n"
+            f"      url: http://{self.herd.proxy}/registry/notifications\n"
+            "      timeout: 2s\n"
+            "      threshold: 10\n"
+            "      backoff: 1s\n"
+        )
+        self.addCleanup(self.registry.process.stop)
+        config = os.path.join(self.herd.root, "herd.yaml")
+        backend = {"registry": {"address": self.registry.url}}
+        with open(config, "w") as f:
+            json.dump({"origin": {"backends": [{"namespace": ".*", "backend": backend}]}}, f)
+        self.herd.args = ["--config", config]
+        self.layout = OCILayout(os.path.abspath(self.mktemp()))
+        self.image = self.layout.image(13, arch=host_arch(), layer_sizes=(30_000, 10_000))
+        self.layout.tag(self.image, TAG)
+        return Deferred.fromCoroutine(self.herd.start())
+
+    def cached(self, digest: str) -> bool:
+        """Whether the herd's origin has ``digest`` in its cache."""
+        hex_ = digest.split(":")[1]
+        for parent, dirs, _ in os.walk(os.path.join(self.herd.data, "origin")):
+            if parent.endswith(os.path.join("cache", hex_[:2], hex_[2:4])) and hex_ in dirs:
+                return True
+        return False
+
+    async def test_registry_notification_preheats_the_origin(self) -> None:
+        """docker-registry notifies the proxy of a push; the origin caches every layer."""
+        layers = [m["digest"] for m in json.loads(self.layout.read(self.image))["layers"]]
+        self.assertFalse(any(self.cached(d) for d in layers))
+        await skopeo(
+            self,
+            self.skopeo,
+            "copy",
+            "--dest-tls-verify=false",
+            f"oci:{self.layout.root}:{TAG}",
+            f"docker://{self.registry.address}/{REPO}:{TAG}",
+        )
+        await until(self, lambda: all(self.cached(d) for d in layers), "preheated layers", limit=60)

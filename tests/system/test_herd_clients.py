@@ -55,6 +55,8 @@ class HerdProcess:
         self.agent_base = free_block(3)
         self.protocol = ProcessExit(keep=True)
         self.process: Any = None
+        #: More ``twistd kraken-herd`` options (e.g. ``--config FILE``).
+        self.args: list[str] = []
 
     @property
     def proxy(self) -> str:
@@ -87,6 +89,7 @@ class HerdProcess:
             str(self.base),
             "--agent-base-port",
             str(self.agent_base),
+            *self.args,
         ]
         self.process = reactor.spawnProcess(
             self.protocol, sys.executable, argv, env=env, path=self.root
