@@ -10,6 +10,7 @@ import os
 import re
 
 from prometheus_client import CollectorRegistry
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 import kraken
@@ -18,6 +19,7 @@ from kraken.api.build_index import BuildIndexMetrics
 from kraken.api.origin import OriginMetrics
 from kraken.api.proxy import ProxyMetrics
 from kraken.api.tracker import TrackerMetrics
+from kraken.http.dependencies import Dependencies
 from kraken.persistedretry.metrics import PrometheusQueueMetrics
 from kraken.protocols.peer_metrics import PeerMetrics
 
@@ -56,6 +58,9 @@ def exposed_names() -> set[str]:
         registry = CollectorRegistry()
         PrometheusQueueMetrics(queue, registry)
         registries.append(registry)
+    registry = CollectorRegistry()
+    Dependencies((), registry, Clock())
+    registries.append(registry)
     names = set()
     for registry in registries:
         for family in registry.collect():
