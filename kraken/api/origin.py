@@ -513,72 +513,69 @@ class OriginAPI:
         await self.writeback.schedule(namespace, d)
 
     @app.route("/namespace/<path:namespace>/blobs/<digest>/uploads", methods=["POST"])
-    def start_upload(self, request: IRequest, namespace: str, digest: str) -> Deferred[bytes]:
+    async def start_upload(self, request: IRequest, namespace: str, digest: str) -> bytes:
         """Start a chunked upload; ``Location: <uid>``."""
         ns, d = _namespace(namespace), _digest(digest)
-        return Deferred.fromCoroutine(self._start(request, d, ns))
+        return await self._start(request, d, ns)
 
     @app.route("/namespace/<path:namespace>/blobs/<digest>/uploads/<uid>", methods=["PATCH"])
-    def patch_upload(
-        self, request: IRequest, namespace: str, digest: str, uid: str
-    ) -> Deferred[bytes]:
+    async def patch_upload(self, request: IRequest, namespace: str, digest: str, uid: str) -> bytes:
         """Write one chunk."""
-        args = {"namespace": namespace, "digest": digest, "uid": uid}
-        return Deferred.fromCoroutine(self._patch(request, args))
+        return await self._patch(request, {"namespace": namespace, "digest": digest, "uid": uid})
 
     @app.route("/namespace/<path:namespace>/blobs/<digest>/uploads/<uid>", methods=["PUT"])
-    def commit_upload(
+    async def commit_upload(
         self, request: IRequest, namespace: str, digest: str, uid: str
-    ) -> Deferred[bytes]:
+    ) -> bytes:
         """Verify and commit; acknowledged once the write-back is queued durably."""
         ns, d = _namespace(namespace), _digest(digest)
-        return Deferred.fromCoroutine(self._commit(request, uid, d, ns, None))
+        return await self._commit(request, uid, d, ns, None)
 
     @app.route("/internal/blobs/<digest>/uploads", methods=["POST"])
-    def start_internal(self, request: IRequest, digest: str) -> Deferred[bytes]:
+    async def start_internal(self, request: IRequest, digest: str) -> bytes:
         """Start a copy from another replica."""
-        return Deferred.fromCoroutine(self._start(request, _digest(digest), None))
+        return await self._start(request, _digest(digest), None)
 
     @app.route("/internal/blobs/<digest>/uploads/<uid>", methods=["PATCH"])
-    def patch_internal(self, request: IRequest, digest: str, uid: str) -> Deferred[bytes]:
+    async def patch_internal(self, request: IRequest, digest: str, uid: str) -> bytes:
         """One chunk of a copy from another replica."""
-        return Deferred.fromCoroutine(self._patch(request, {"digest": digest, "uid": uid}))
+        return await self._patch(request, {"digest": digest, "uid": uid})
 
     @app.route("/internal/blobs/<digest>/uploads/<uid>", methods=["PUT"])
-    def commit_internal(self, request: IRequest, digest: str, uid: str) -> Deferred[bytes]:
+    async def commit_internal(self, request: IRequest, digest: str, uid: str) -> bytes:
         """Commit a copy from another replica (no write-back: the backend has it)."""
-        return Deferred.fromCoroutine(self._commit(request, uid, _digest(digest), None, None))
+        return await self._commit(request, uid, _digest(digest), None, None)
 
     @app.route(
         "/internal/duplicate/namespace/<path:namespace>/blobs/<digest>/uploads", methods=["POST"]
     )
-    def start_duplicate(self, request: IRequest, namespace: str, digest: str) -> Deferred[bytes]:
+    async def start_duplicate(self, request: IRequest, namespace: str, digest: str) -> bytes:
         """Start a duplicate of a client upload from the owner."""
         ns, d = _namespace(namespace), _digest(digest)
-        return Deferred.fromCoroutine(self._start(request, d, ns))
+        return await self._start(request, d, ns)
 
     @app.route(
         "/internal/duplicate/namespace/<path:namespace>/blobs/<digest>/uploads/<uid>",
         methods=["PATCH"],
     )
-    def patch_duplicate(
+    async def patch_duplicate(
         self, request: IRequest, namespace: str, digest: str, uid: str
-    ) -> Deferred[bytes]:
+    ) -> bytes:
         """One chunk of a duplicate."""
         args = {"namespace": namespace, "digest": digest, "uid": uid}
-        return Deferred.fromCoroutine(self._patch(request, args))
+        return await self._patch(request, args)
 
     @app.route(
         "/internal/duplicate/namespace/<path:namespace>/blobs/<digest>/uploads/<uid>",
         methods=["PUT"],
     )
-    def commit_duplicate(
+    async def commit_duplicate(
         self, request: IRequest, namespace: str, digest: str, uid: str
-    ) -> Deferred[bytes]:
+    ) -> bytes:
         """Commit a duplicate; its write-back waits ``delay_seconds`` (JSON body)."""
         ns, d = _namespace(namespace), _digest(digest)
         delay = _duplicate_delay(read_json(request, 4096) if _has_body(request) else {})
-        return Deferred.fromCoroutine(self._commit(request, uid, d, ns, delay))
+        return await self._commit(request, uid, d, ns, delay)
 
     # -- downloads ---------------------------------------------------------------------
 
