@@ -461,20 +461,20 @@ class BuildIndexAPI:
         return json_response(request, body)
 
     @app.route("/list/", methods=["GET"])
-    def list_all(self, request: Request) -> Deferred[bytes]:
+    async def list_all(self, request: Request) -> bytes:
         """One page of every tag."""
-        return Deferred.fromCoroutine(self._page(request, ""))
+        return await self._page(request, "")
 
     @app.route("/list/<path:prefix>", methods=["GET"])
-    def list_prefix(self, request: Request, prefix: str) -> Deferred[bytes]:
+    async def list_prefix(self, request: Request, prefix: str) -> bytes:
         """One page of the tags whose ``repo:tag`` starts with ``prefix``."""
-        return Deferred.fromCoroutine(self._page(request, prefix))
+        return await self._page(request, prefix)
 
     @app.route("/repositories/<path:repo>/tags", methods=["GET"])
-    def repository_tags(self, request: Request, repo: str) -> Deferred[bytes]:
+    async def repository_tags(self, request: Request, repo: str) -> bytes:
         """One page of the bare tags of ``repo``."""
         ref = parse_tag(f"{repo}:latest")  # validates the repository
-        return Deferred.fromCoroutine(self._page(request, f"{ref.repo}:", strip=f"{ref.repo}:"))
+        return await self._page(request, f"{ref.repo}:", strip=f"{ref.repo}:")
 
 
 def quote_path_tag(tag: str) -> str:
