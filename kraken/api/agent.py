@@ -7,6 +7,9 @@ Routes:
   blocks until the blob is in the cache (downloading it over P2P), then
   streams it, with ``Range`` support; 404 when the cluster does not have it,
   500 with a message on any other failure, 400 for a bad digest;
+- ``GET /blobs/{digest}/status``: how far its download is (JSON: state, pieces and bytes
+  done and total, seconds, bytes per second, connected peers and origins); ``cached`` when
+  it is in the cache, 404 when neither;
 - ``DELETE /blobs/{digest}``: stop seeding and remove it (404 absent, 409
   while it is being served);
 - ``GET /tags/{repo:tag}``: the build-index's digest string (400 for a tag outside
@@ -26,6 +29,7 @@ router decodes them once.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, Final
 
@@ -60,6 +64,7 @@ from kraken.protocols.buildindex_client import (
     TagRejected,
 )
 from kraken.protocols.downloader import BlobUnknown, DownloadError, IBlobDownloader
+from kraken.protocols.progress import DownloadProgress
 from kraken.store import BlobInUse, BlobNotFound, BlobStore
 
 __all__ = [
@@ -162,6 +167,8 @@ class AgentAPI:
     run_blocking: BlockingRunner
     readiness_checks: Sequence[ReadinessCheck] = ()
     dependencies: Dependencies | None = None
+    #: The progress of a running download (the downloader's), None when none runs.
+    progress: Callable[[Digest], DownloadProgress | None] = lambda digest: None
     metrics: AgentMetrics = field(factory=AgentMetrics)
     use_sendfile: bool = True
     #: Preloads running in the background (tests wait for them).
@@ -250,6 +257,18 @@ class AgentAPI:
             self.metrics.bytes_served.labels(api).inc(sent)
             return sent
         raise AssertionError("unreachable")
+
+    @app.route("/blobs/<digest>/status", methods=["GET"])
+    async def blob_status(self, request: IRequest, digest: str) -> bytes:
+        """How far the download of ``digest`` is (JSON); ``cached`` when in the cache; else 404."""
+        d = Digest.parse_lenient(digest)
+        progress = self.progress(d)
+        if progress is None:
+            info = await self.run_blocking(self.store.stat, d)  # BlobNotFound: 404
+            progress = DownloadProgress(d, "cached", bytes_done=info.size, bytes_total=info.size)
+        request.setHeader(b"Content-Type", b"application/json")  # type: ignore[no-untyped-call]
+        request.setHeader(b"Cache-Control", b"no-store")  # type: ignore[no-untyped-call]
+        return json.dumps(progress.to_json()).encode() + b"\n"
 
     @app.route("/blobs/<digest>", methods=["DELETE"])
     async def delete_blob(self, request: IRequest, digest: str) -> bytes:

@@ -22,18 +22,20 @@ drops the blobs that cleanup removed from the engine.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Final
 
-from attrs import define, field, frozen
+from attrs import define, evolve, field, frozen
 from twisted.internet.defer import Deferred
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
-from kraken.core import Bitfield, Digest, InfoHash, PeerID, PeerInfo
+from kraken.core import Bitfield, Digest, InfoHash, MetaInfo, PeerID, PeerInfo
 from kraken.http.client import RequestError
 from kraken.peers.announce import AnnounceRequest, AnnounceResponse
 from kraken.protocols.peer import PeerNode
+from kraken.protocols.progress import DownloadProgress, RateWindow, torrent_progress
 from kraken.protocols.tracker_client import (
     InvalidTrackerResponse,
     MetaInfoNotFound,
@@ -142,6 +144,21 @@ def list_cached_torrents(store: BlobStore, archive: IArchive) -> list[CachedTorr
     return found
 
 
+PROGRESS_INTERVAL: Final = 5.0
+"""Seconds between two progress log lines of a download (short downloads log none)."""
+
+
+@define
+class _Running:
+    """A download in progress: what :meth:`P2PBlobDownloader.progress` reads."""
+
+    namespace: str
+    started: float
+    metainfo: MetaInfo | None = None
+    rate: RateWindow = field(factory=lambda: RateWindow(0.0))
+    ticker: LoopingCall | None = None
+
+
 @implementer(IBlobDownloader)
 @define
 class P2PBlobDownloader:
@@ -157,7 +174,10 @@ class P2PBlobDownloader:
     observe: Callable[[str], object] = lambda kind: None
     #: Seconds each finished P2P download took, from metainfo to cached (metrics).
     observe_seconds: Callable[[float], object] = lambda seconds: None
+    #: Seconds between two progress log lines of a running download.
+    progress_interval: float = PROGRESS_INTERVAL
     _waiting: dict[Digest, list[Deferred[None]]] = field(factory=dict, init=False)
+    _running: dict[Digest, _Running] = field(factory=dict, init=False)
     #: Torrents of blobs this agent has in its cache (seeded at start or downloaded), so
     #: that a blob cleanup removed can be forgotten once its metainfo is gone.
     _infohashes: dict[Digest, InfoHash] = field(factory=dict, init=False)
@@ -224,6 +244,32 @@ class P2PBlobDownloader:
         """Digests being downloaded now."""
         return frozenset(self._waiting)
 
+    def progress(self, digest: Digest) -> DownloadProgress | None:
+        """How far the download of ``digest`` is, or None when none runs."""
+        running = self._running.get(digest)
+        if running is None:
+            return None
+        now = self.node.reactor.seconds()
+        if running.metainfo is None:
+            return DownloadProgress(
+                digest, "metainfo", namespace=running.namespace, seconds=now - running.started
+            )
+        return evolve(
+            torrent_progress(
+                self.node.scheduler,
+                running.metainfo,
+                now=now,
+                started=running.started,
+                rate=running.rate,
+            ),
+            namespace=running.namespace,
+        )
+
+    def _log_progress(self, digest: Digest) -> None:
+        progress = self.progress(digest)
+        if progress is not None and progress.state == "downloading":
+            self.log.info("{digest}: {progress}", digest=digest, progress=progress.line())
+
     def _done(self, result: object, digest: Digest) -> None:
         waiters = self._waiting.pop(digest, [])
         for waiter in waiters:
@@ -233,6 +279,16 @@ class P2PBlobDownloader:
                 waiter.callback(None)
 
     async def _download(self, namespace: str, digest: Digest) -> None:
+        running = _Running(namespace, self.node.reactor.seconds())
+        self._running[digest] = running
+        try:
+            await self._fetch(namespace, digest, running)
+        finally:
+            del self._running[digest]
+            if running.ticker is not None and running.ticker.running:
+                running.ticker.stop()
+
+    async def _fetch(self, namespace: str, digest: Digest, running: _Running) -> None:
         if await self.run_blocking(self.store.has, digest):
             self.observe("cached")
             return
@@ -257,6 +313,12 @@ class P2PBlobDownloader:
             namespace=namespace,
         )
         began = self.node.reactor.seconds()
+        running.metainfo = metainfo
+        running.started = began
+        running.rate = RateWindow(began)
+        ticker = running.ticker = LoopingCall(self._log_progress, digest)
+        ticker.clock = self.node.reactor
+        ticker.start(self.progress_interval, now=False)
         try:
             await self.node.download(namespace, metainfo)
         except LocalStorageError:

@@ -312,6 +312,7 @@ def build_agent(
         build_index,
         run_blocking,
         dependencies=dependencies,
+        progress=downloader.progress,
         metrics=metrics,
     )
     networks = config.registry.allowed_networks

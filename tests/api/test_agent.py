@@ -14,6 +14,7 @@ from kraken.api.agent import read_manifest
 from kraken.api.distribution import DOCKER_MANIFEST_V2, OCI_IMAGE_INDEX
 from kraken.api.serving import ThreadedReadProducer
 from kraken.core import Digest
+from kraken.protocols.progress import DownloadProgress
 from kraken.store import BlobInUse
 from tests.api.agentfakes import AgentApis, make_agent_apis
 
@@ -329,6 +330,59 @@ class PreloadTests(AgentAPITestCase):
     def test_preload_bad_tag(self) -> None:
         """A tag without ``repo:`` is a 400."""
         response, _ = self.call("POST", "/preload/tags/justaname")
+        self.assertEqual(response.code, 400)
+
+
+class StatusTests(AgentAPITestCase):
+    """``GET /blobs/{digest}/status``: how far a download is."""
+
+    def test_running_download(self) -> None:
+        """A running download's progress is served as JSON, uncached."""
+        d = Digest.of_bytes(b"in flight")
+        running = DownloadProgress(
+            d,
+            "downloading",
+            namespace="library/x",
+            pieces_done=3,
+            pieces_total=8,
+            bytes_done=3 * 1024,
+            bytes_total=8 * 1024,
+            seconds=2.5,
+            bytes_per_second=1228.8,
+            peers=2,
+            origins=1,
+        )
+        self.apis.api.progress = {d: running}.get
+        response, body = self.call("GET", f"/blobs/{d.hex}/status")
+        self.assertEqual(response.code, 200)
+        self.assertEqual(response.headers.getRawHeaders(b"cache-control"), [b"no-store"])
+        self.assertEqual(
+            json.loads(body),
+            {
+                "digest": str(d),
+                "state": "downloading",
+                "namespace": "library/x",
+                "pieces": {"done": 3, "total": 8},
+                "bytes": {"done": 3072, "total": 8192},
+                "seconds": 2.5,
+                "bytes_per_second": 1229,
+                "peers": 2,
+                "origins": 1,
+            },
+        )
+
+    def test_cached_and_unknown(self) -> None:
+        """A cached blob is ``cached`` with its size; one neither cached nor running is 404."""
+        d = self.apis.downloader.add(BLOB)
+        self.call("GET", f"/namespace/ns/blobs/{d}")
+        response, body = self.call("GET", f"/blobs/{d}/status")
+        self.assertEqual(response.code, 200)
+        status = json.loads(body)
+        self.assertEqual(status["state"], "cached")
+        self.assertEqual(status["bytes"], {"done": len(BLOB), "total": len(BLOB)})
+        response, _ = self.call("GET", f"/blobs/{Digest.of_bytes(b'nobody')}/status")
+        self.assertEqual(response.code, 404)
+        response, _ = self.call("GET", "/blobs/sha256:nothex/status")
         self.assertEqual(response.code, 400)
 
 

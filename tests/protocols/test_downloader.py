@@ -14,6 +14,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
+from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from kraken.core import Digest, MetaInfo, PeerID, PeerInfo
@@ -199,3 +200,56 @@ class FullDiskTests(SynchronousTestCase):
         with store.open_reader(meta.digest) as reader:
             self.assertEqual(reader.pread(len(data), 0), data)
         self.assertEqual(space[0], 6)  # only the 10 missing pieces were written
+
+
+class ProgressTests(SynchronousTestCase):
+    """How far a download is, as the agent's status endpoint and progress log line tell it."""
+
+    def test_progress_mid_download_and_log_line(self) -> None:
+        """
+        Mid-download, progress() counts pieces and bytes done of the total, the origin it
+        comes from and a rate; every 5 s a log line says the same; once done there is none.
+        """
+        data = random.Random(4).randbytes(2 * 1024 * 1024)
+        meta = MetaInfo.of_bytes(data, 128 * 1024)
+        swarm = Swarm()
+        origin = swarm.add(origin=True)
+        origin.archive.seed(meta, data)
+        store = BlobStore(self.mktemp(), swarm.clock)
+        agent = swarm.add(archive=AgentArchive(store))
+        swarm.register(agent, meta)
+        downloader = P2PBlobDownloader(store, agent.node, _Tracker(meta), synchronous_runner)  # type: ignore[arg-type]
+        self.assertIsNone(downloader.progress(meta.digest))
+        results: list[Any] = []
+        swarm.clock.advance(1.0)  # so that a rate is time over bytes
+        downloader.download(NAMESPACE, meta.digest).addBoth(results.append)
+
+        def some_pieces() -> bool:
+            progress = downloader.progress(meta.digest)
+            return progress is not None and progress.pieces_done >= 4
+
+        swarm.run(some_pieces, step=0.1)
+        swarm.clock.advance(0.5)
+        progress = downloader.progress(meta.digest)
+        assert progress is not None
+        self.assertEqual(progress.state, "downloading")
+        self.assertEqual(progress.namespace, NAMESPACE)
+        self.assertEqual(progress.pieces_total, 16)
+        self.assertTrue(4 <= progress.pieces_done < 16, progress)
+        self.assertEqual(progress.bytes_total, len(data))
+        self.assertEqual(progress.bytes_done, progress.pieces_done * 128 * 1024)
+        self.assertEqual((progress.origins, progress.peers), (1, 0))
+        self.assertGreater(progress.bytes_per_second, 0)
+        self.assertEqual(progress.to_json()["pieces"], {"done": progress.pieces_done, "total": 16})
+        with capturedLogs() as events:
+            swarm.clock.advance(5.0)
+        lines = [formatEvent(e) for e in events if "pieces" in formatEvent(e)]
+        self.assertEqual(len(lines), 1, lines)
+        self.assertIn(f"{meta.digest}: {progress.pieces_done}/16 pieces (", lines[0])
+        self.assertIn("1 origins", lines[0])
+        swarm.run(lambda: bool(results), step=0.1)
+        self.assertEqual(results, [None])
+        self.assertIsNone(downloader.progress(meta.digest))
+        with capturedLogs() as events:
+            swarm.clock.advance(10.0)
+        self.assertEqual([e for e in events if "pieces" in formatEvent(e)], [])
