@@ -178,6 +178,7 @@ class Cluster:
                 "healthcheck": {"interval": INTERVAL},
             },
             "build_index": {"hosts": {"static": [self.address]}},
+            "delete_enabled": True,
         }
         self.proxy = self._start(build_proxy(parse_config("proxy", config), reactor))
         return self.proxy

@@ -119,6 +119,29 @@ class ReplicationTests(TestCase):
 
         return ensureDeferred(run())
 
+    def test_deleted_tag_leaves_the_remote(self) -> Deferred[None]:
+        """``skopeo delete`` through A's proxy removes the tag from A and then from B."""
+
+        async def run() -> None:
+            await self.ready()
+            _, digest = await self.push(3, "v3")
+            await self.arrives_in_b("v3", digest)
+            await skopeo(
+                self,
+                self.skopeo,
+                "delete",
+                "--tls-verify=false",
+                f"docker://127.0.0.1:{self.a.proxy_port}/{REPO}:v3",
+            )
+            self.assertIsNone(await self.tag_in(self.a, "v3"))
+
+            async def gone() -> bool:
+                return await self.tag_in(self.b, "v3") is None
+
+            await until(self, lambda: ensureDeferred(gone()), "the tag to leave B")
+
+        return ensureDeferred(run())
+
     def test_b_build_index_down_during_the_push(self) -> Deferred[None]:
         """B's build-index down during the push: A retries; once B's is back the image arrives."""
 
