@@ -11,24 +11,30 @@ Two whole clusters run in this reactor on 127.0.0.1 (free ports), built by
 answers the tag (polled, bounded), ``skopeo copy`` out of B's agent gives the same manifest
 digest and the same blob bytes.  With B's build-index stopped during the push, A's replication
 task retries until a new build-index is started on the same port and data directory; then the
-image arrives and B's agent serves it.
+image arrives and B's agent serves it.  A tag ``skopeo delete`` removes through A's proxy leaves
+B too, and an artifact the ``oras`` SDK pushes to A with a subject is listed by the referrers
+API of B's agent.
 """
 
 from __future__ import annotations
 
+import json
+import os
 from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
+from kraken.api.distribution import OCI_IMAGE_MANIFEST
 from kraken.http.client import collect_body
 from kraken.protocols.buildindex_client import (
     BuildIndexClient,
     BuildIndexUnavailable,
     TagNotFound,
 )
-from tests.external import require_program
+from tests.external import missing, require_program
 from tests.oci import OCILayout
 from tests.system.clusters import (
     Cluster,
@@ -139,6 +145,56 @@ class ReplicationTests(TestCase):
                 return await self.tag_in(self.b, "v3") is None
 
             await until(self, lambda: ensureDeferred(gone()), "the tag to leave B")
+
+        return ensureDeferred(run())
+
+    def artifact_file(self) -> str:
+        """A small file for oras to push; its path."""
+        root = os.path.abspath(self.mktemp())
+        os.makedirs(root)
+        path = os.path.join(root, "sbom.json")
+        with open(path, "w") as f:
+            f.write('{"sbom": true}\n')
+        return path
+
+    def test_referrers_reach_the_remote(self) -> Deferred[None]:
+        """An artifact oras pushes to A with a subject is listed by B's agent's referrers API."""
+        try:
+            import oras.oci
+            import oras.provider
+        except ImportError:
+            missing("the oras package (pip install oras)")
+        path = self.artifact_file()
+
+        async def run() -> None:
+            await self.ready()
+            layout, digest = await self.push(4, "v4")
+            await self.arrives_in_b("v4", digest)
+            size = len(layout.read({"digest": digest}))
+            proxy = f"127.0.0.1:{self.a.proxy_port}"
+
+            def push_artifact() -> Any:
+                client = oras.provider.Registry(hostname=proxy, insecure=True)
+                subject = oras.oci.Subject(OCI_IMAGE_MANIFEST, digest, size)
+                return client.push(
+                    target=f"{proxy}/{REPO}:sbom",
+                    files=[f"{path}:application/json"],
+                    disable_path_validation=True,
+                    subject=subject,
+                    quiet=True,
+                )
+
+            response = await deferToThread(push_artifact)
+            self.assertEqual(response.status_code, 201, response.text)
+            artifact = response.headers["Docker-Content-Digest"]
+            url = f"http://127.0.0.1:{self.b.registry_port}/v2/{REPO}/referrers/{digest}"
+
+            async def listed() -> bool:
+                code, body = await self.get(url)
+                found = [m["digest"] for m in json.loads(body)["manifests"]] if code == 200 else []
+                return found == [artifact]
+
+            await until(self, lambda: ensureDeferred(listed()), "the referrer in B", limit=60)
 
         return ensureDeferred(run())
 
