@@ -42,7 +42,7 @@ from twisted.logger import Logger
 
 from kraken.api.agent import MAX_MANIFEST_SIZE
 from kraken.api.distribution import manifest_references
-from kraken.backends import IBackend
+from kraken.backends import IBackend, OperationNotSupported
 from kraken.backends.names import BlobName, TagName, parse_name
 from kraken.backends.router import BackendRouter
 from kraken.backends.streams import download_bytes
@@ -130,10 +130,14 @@ class GarbageCollector:
     grace: float = DEFAULT_GRACE
 
     async def _names(self, backend: IBackend) -> list[str]:
+        """Every name in ``backend`` (none for a read-only one: Kraken wrote nothing there)."""
         names: list[str] = []
         token: str | None = None
         while True:
-            page = await backend.list("", _PAGE, token)
+            try:
+                page = await backend.list("", _PAGE, token)
+            except OperationNotSupported:
+                return []
             names.extend(page.names)
             token = page.continuation_token
             if token is None:

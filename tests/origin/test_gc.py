@@ -15,8 +15,11 @@ from twisted.trial.unittest import SynchronousTestCase
 from kraken.api.distribution import OCI_IMAGE_INDEX, OCI_IMAGE_MANIFEST
 from kraken.api.referrers import add_referrer, referrer_descriptor, referrers_tag
 from kraken.backends.config import BackendContext, BackendsConfig
+from kraken.backends.http import HTTPBackend
+from kraken.backends.router import BackendRouter
 from kraken.backends.threads import run_inline
 from kraken.core import Digest
+from kraken.http.client import HTTPClientFactory
 from kraken.origin.gc import GarbageCollector, GCAborted, GCState
 from tests.oci import manifest_of
 
@@ -146,6 +149,26 @@ class GarbageCollectorTests(SynchronousTestCase):
         )
         self.assertIn("tag test/app:broken", str(failure.value))
         self.assertTrue(self.has(orphan))
+
+
+class ReadOnlyBackendTests(SynchronousTestCase):
+    """A read-only backend (an upstream registry, HTTP) routed beside a writable one."""
+
+    def test_read_only_backend_is_skipped(self) -> None:
+        """Its names cannot be listed, so it holds nothing to collect: the run goes on with
+        the other backends instead of failing."""
+        clock = Clock()
+        fs = BackendsConfig.from_list(
+            [{"namespace": ".*", "backend": {"fs": {"root": self.mktemp()}}}]
+        ).build(BackendContext(clock, run_inline))
+        upstream = HTTPBackend(
+            "http://upstream.invalid/{namespace}/{name}", HTTPClientFactory(clock).client()
+        )
+        router = BackendRouter([("^mirror/", upstream), (".*", fs.backend_for("x"))])
+        orphan = Digest.of_bytes(b"orphan")
+        self.successResultOf(fs.backend_for("x").upload("x", orphan.hex, b"orphan"))
+        run = Deferred.fromCoroutine(GarbageCollector(router, clock).collect(GCState()))
+        self.assertEqual([str(d.digest) for d in self.successResultOf(run)], [str(orphan)])
 
 
 class CommandTests(SynchronousTestCase):
