@@ -5,30 +5,40 @@
 owner (asking ``--origin`` for the locations), with a tqdm progress bar on stderr, and
 prints the digest (saying so when the origin already had the blob).  ``stat`` prints
 the size the ring (or its backend) knows; ``pull`` downloads a blob to a file (or
-stdout) and checks its digest.  ``--cacert``, ``--cert`` and ``--key`` talk to an
-origin that serves TLS (``https://``), presenting a client certificate for writes.
+stdout) and checks its digest, from an origin or, with ``--agent``, through an agent's
+P2P download, with a progress bar fed by the agent's ``/blobs/{digest}/status``.
+``--cacert``, ``--cert`` and ``--key`` talk to an origin that serves TLS (``https://``),
+presenting a client certificate for writes.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
 import sys
 from collections.abc import Callable
-from typing import IO, Any, ParamSpec, TypeVar
-from urllib.parse import urlsplit
+from typing import IO, Any, Final, ParamSpec, TypeVar
+from urllib.parse import quote, urlsplit
 
 from attrs import frozen
 from twisted.internet.defer import Deferred, ensureDeferred
-from twisted.internet.task import react
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall, react
 from twisted.internet.threads import deferToThread
 from twisted.web.iweb import IPolicyForHTTPS
 
 from kraken.backends.threads import BlockingRunner
 from kraken.config.sections import TLSConfig
 from kraken.core import Digest
-from kraken.http.client import HTTPClientFactory, RequestError
+from kraken.http.client import (
+    HTTPClientFactory,
+    KrakenHTTPClient,
+    RequestError,
+    collect_body,
+    read_body,
+)
 from kraken.protocols.origin_client import (
     DEFAULT_CHUNK_SIZE,
     BlobNotFoundAtOrigin,
@@ -113,16 +123,17 @@ def origin_target(args: argparse.Namespace) -> OriginTarget:
     ``--cacert`` makes every call HTTPS verified against that CA (``http://`` in ``--origin``
     is upgraded, as between components); ``--cert``/``--key`` add a client certificate.
     """
-    origin = args.origin
+    option = "--agent" if getattr(args, "agent", None) else "--origin"
+    origin = args.agent if option == "--agent" else args.origin
     parts = urlsplit(origin if "://" in origin else f"http://{origin}")
     if parts.scheme not in ("http", "https"):
-        raise BadOptions(f"bad --origin {origin!r}: the scheme must be http or https")
+        raise BadOptions(f"bad {option} {origin!r}: the scheme must be http or https")
     try:
         port = parts.port
     except ValueError:
         port = None
     if not parts.hostname or port is None or parts.path not in ("", "/"):
-        raise BadOptions(f"bad --origin {origin!r}: expected http://host:port or https://host:port")
+        raise BadOptions(f"bad {option} {origin!r}: expected http://host:port or https://host:port")
     if (args.cert is None) != (args.key is None):
         raise BadOptions("--cert and --key go together (the client certificate and its key)")
     if args.cert is not None and args.cacert is None:
@@ -138,6 +149,65 @@ def origin_target(args: argparse.Namespace) -> OriginTarget:
             raise BadOptions(str(e)) from e
     scheme = "https" if tls is not None else parts.scheme
     return OriginTarget(parts.netloc, scheme, tls)
+
+
+AGENT_PULL_TIMEOUT: Final = 3600.0
+"""Seconds the agent may take to download a blob before it starts answering."""
+
+STATUS_POLL: Final = 0.5
+"""Seconds between two looks at the agent's download status."""
+
+
+async def pull_through_agent(  # noqa: PLR0917 - the parts of one pull
+    http: KrakenHTTPClient,
+    clock: IReactorTime,
+    agent: str,
+    namespace: str,
+    digest: Digest,
+    out: IO[bytes],
+    on_status: Callable[[dict[str, Any]], object] = lambda status: None,
+) -> int:
+    """Download ``digest`` through the agent at ``agent`` (``http://host:port``) into ``out``.
+
+    While the agent downloads (its blob GET answers only then), its status is polled every
+    :data:`STATUS_POLL` seconds and handed to ``on_status``; the body is checked against the
+    digest (ValueError otherwise).  Returns the size.
+    """
+    ns = quote(namespace, safe="")
+    blob = http.get(
+        f"{agent}/namespace/{ns}/blobs/{digest}", timeout=AGENT_PULL_TIMEOUT, retry=False
+    )
+
+    async def look() -> None:
+        try:
+            response = await http.get(
+                f"{agent}/blobs/{digest}/status", timeout=5.0, retry=False, ok=(200, 404)
+            )
+            body = await read_body(response, 64 * 1024)
+        except RequestError:
+            return  # the progress bar waits; the download itself reports failures
+        if response.code == 200:
+            on_status(json.loads(body))
+
+    poller = LoopingCall(lambda: Deferred.fromCoroutine(look()))
+    poller.clock = clock
+    polling = poller.start(STATUS_POLL, now=True)
+    try:
+        response = await blob
+    finally:
+        poller.stop()
+        await polling
+    h = hashlib.sha256()
+
+    def collect(data: bytes) -> None:
+        h.update(data)
+        out.write(data)
+
+    size = await collect_body(response, collect)
+    if h.hexdigest() != digest.hex:
+        raise ValueError(f"downloaded content has digest sha256:{h.hexdigest()}, not {digest}")
+    on_status({"state": "cached", "bytes": {"done": size, "total": size}})
+    return size
 
 
 def _cluster(reactor: Any, target: OriginTarget) -> OriginClusterClient:
@@ -181,10 +251,10 @@ async def _main(reactor: Any, args: argparse.Namespace, target: OriginTarget) ->
         else:
             digest = Digest.parse(args.digest)
             if args.output in (None, "-"):
-                await pull_file(cluster, args.namespace, digest, sys.stdout.buffer)
+                await _pull(reactor, args, target, cluster, digest, sys.stdout.buffer)
             else:
                 with open(args.output, "wb") as f:  # noqa: ASYNC230 - a CLI writing its output
-                    await pull_file(cluster, args.namespace, digest, f)
+                    await _pull(reactor, args, target, cluster, digest, f)
     except BlobNotFoundAtOrigin as e:
         print(f"kraken blob {args.blob_command}: {e}", file=sys.stderr)
         return 1
@@ -192,6 +262,38 @@ async def _main(reactor: Any, args: argparse.Namespace, target: OriginTarget) ->
         print(f"kraken blob {args.blob_command}: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+async def _pull(  # noqa: PLR0917 - one pull's parts
+    reactor: Any,
+    args: argparse.Namespace,
+    target: OriginTarget,
+    cluster: OriginClusterClient,
+    digest: Digest,
+    out: IO[bytes],
+) -> None:
+    if not args.agent:
+        await pull_file(cluster, args.namespace, digest, out)
+        return
+    from tqdm import tqdm
+
+    http = HTTPClientFactory(reactor, tls=target.tls)
+    base = f"{target.scheme}://{target.netloc}"
+    with tqdm(unit="B", unit_scale=True, file=sys.stderr, disable=args.quiet) as bar:
+
+        def on_status(status: dict[str, Any]) -> None:
+            sizes = status.get("bytes") or {}
+            if isinstance(sizes.get("total"), int) and bar.total != sizes["total"]:
+                bar.reset(total=sizes["total"])
+            if isinstance(sizes.get("done"), int):
+                bar.update(sizes["done"] - bar.n)
+            peers, origins = status.get("peers"), status.get("origins")
+            if isinstance(peers, int) and isinstance(origins, int):
+                bar.set_postfix(peers=peers, origins=origins, refresh=False)
+
+        await pull_through_agent(
+            http.client(), reactor, base, args.namespace, digest, out, on_status
+        )
 
 
 def _blob(args: argparse.Namespace) -> int:
@@ -227,9 +329,14 @@ def add_blob_parser(sub: Any) -> None:
         ("pull", "download DIGEST (to -o FILE, default stdout)"),
     ):
         p = blob_sub.add_parser(name, help=what)
-        p.add_argument(
-            "--origin", required=True, help="an origin, http://host:port (https:// with TLS)"
-        )
+        where = p.add_mutually_exclusive_group(required=True)
+        where.add_argument("--origin", help="an origin, http://host:port (https:// with TLS)")
+        if name == "pull":
+            where.add_argument(
+                "--agent",
+                help="pull through this agent's server API, http://host:port (16002): a P2P "
+                "download, with a progress bar from its /blobs/<digest>/status",
+            )
         p.add_argument(
             "--cacert",
             metavar="PEM",
@@ -247,4 +354,5 @@ def add_blob_parser(sub: Any) -> None:
             p.add_argument("digest", metavar="DIGEST", help="sha256:<hex>")
         if name == "pull":
             p.add_argument("-o", "--output", default=None, help="file to write (default stdout)")
+            p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
         p.set_defaults(func=_blob)

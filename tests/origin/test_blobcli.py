@@ -8,16 +8,24 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import json
 import os
 import sys
+from typing import Any
 
+from klein import Klein
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 import kraken
 from kraken.cli import main
 from kraken.config.loader import parse_config
+from kraken.core import Digest
+from kraken.http.testing import memory_client_factory
+from kraken.origin.blobcli import pull_through_agent
 from kraken.services.origin import build_origin
 from tests.peers.redisserver import free_port
 from tests.tls.pki import TestPKI
@@ -115,6 +123,87 @@ class OptionMistakeTests(SynchronousTestCase):
             ],
             f"{missing}: No such file or directory",
         )
+
+
+class FakeAgent:
+    """An agent's server API: a blob that downloads while ``/status`` reports progress."""
+
+    app = Klein()
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.digest = Digest.of_bytes(data)
+        self.done = 0
+        self.finished: Deferred[None] = Deferred()
+
+    @app.route("/blobs/<digest>/status")
+    def status(self, request: Any, digest: str) -> bytes:
+        """Progress as the real agent reports it (404 before the download starts)."""
+        if self.done == 0:
+            request.setResponseCode(404)
+            return b"not downloading"
+        total = len(self.data)
+        return json.dumps(
+            {"state": "downloading", "bytes": {"done": self.done, "total": total},
+             "peers": 2, "origins": 1}
+        ).encode()  # fmt: skip
+
+    @app.route("/namespace/<path:ns>/blobs/<digest>")
+    async def blob(self, request: Any, ns: str, digest: str) -> bytes:
+        """Answers once the download is over, as the agent does."""
+        await self.finished
+        return self.data
+
+
+class AgentPullTests(SynchronousTestCase):
+    """``kraken blob pull --agent``: the blob through an agent, with its status as progress."""
+
+    def test_progress_then_blob(self) -> None:
+        """Statuses reach the progress callback while the agent downloads; the body is checked."""
+        clock = Clock()
+        data = os.urandom(10_000)
+        agent = FakeAgent(data)
+        factory, memory = memory_client_factory({"agent:16002": agent.app.resource()}, clock)
+        statuses: list[dict[str, Any]] = []
+        out = io.BytesIO()
+        d = Deferred.fromCoroutine(
+            pull_through_agent(
+                factory.client(), clock, "http://agent:16002", "library/x", agent.digest, out,
+                statuses.append,
+            )
+        )  # fmt: skip
+        memory.flush()
+        self.assertEqual(statuses, [])  # 404: not started yet
+        for done in (2_000, 7_000):
+            agent.done = done
+            clock.advance(0.5)
+            memory.flush()
+        self.assertEqual([s["bytes"]["done"] for s in statuses], [2_000, 7_000])
+        self.assertEqual(statuses[-1]["peers"], 2)
+        agent.finished.callback(None)
+        memory.flush()
+        self.assertEqual(self.successResultOf(d), len(data))
+        self.assertEqual(out.getvalue(), data)
+        self.assertEqual(
+            statuses[-1], {"state": "cached", "bytes": {"done": 10_000, "total": 10_000}}
+        )
+        clock.advance(5)
+        self.assertEqual(len(statuses), 3, "polling stopped")
+
+    def test_wrong_content(self) -> None:
+        """A body that is not the digest fails with ValueError naming both."""
+        clock = Clock()
+        agent = FakeAgent(b"real")
+        agent.digest = Digest.of_bytes(b"expected")
+        agent.finished.callback(None)
+        factory, memory = memory_client_factory({"agent:16002": agent.app.resource()}, clock)
+        d = Deferred.fromCoroutine(
+            pull_through_agent(
+                factory.client(), clock, "http://agent:16002", "ns", agent.digest, io.BytesIO()
+            )
+        )
+        memory.flush()
+        self.assertIn("not sha256:", str(self.failureResultOf(d, ValueError).value))
 
 
 class TLSOriginTests(TestCase):
