@@ -356,7 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
     from kraken.origin.blobcli import add_blob_parser
 
     add_blob_parser(sub)
-    from kraken.origin.gc import add_gc_parser
+    from kraken.gc import add_gc_parser
 
     add_gc_parser(sub)
     return parser

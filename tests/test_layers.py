@@ -21,14 +21,14 @@ import kraken
 #: Layers, bottom first; a room imports only rooms of lower layers.
 LAYERS: list[set[str]] = [
     {"core", "kraken"},
-    {"torrent", "io", "config", "store", "persistedretry", "logs"},
+    {"torrent", "io", "config", "store", "persistedretry", "logs", "metrics"},
     {"http", "mirror", "certs"},
     {"tls", "cluster", "backends"},
     {"peers"},
     {"protocols"},
     {"origin", "buildindex"},
     {"api"},
-    {"services"},
+    {"services", "gc"},
     {"embed", "cli"},
 ]
 #: Imports that go up a layer on purpose (see docs/architecture.md, "Departures").

@@ -20,7 +20,7 @@ from kraken.backends.router import BackendRouter
 from kraken.backends.threads import run_inline
 from kraken.core import Digest
 from kraken.http.client import HTTPClientFactory
-from kraken.origin.gc import GarbageCollector, GCAborted, GCState
+from kraken.gc import GarbageCollector, GCAborted, GCState
 from tests.oci import manifest_of
 
 REPO = "test/app"
