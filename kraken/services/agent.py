@@ -46,6 +46,7 @@ from kraken.http.client import NO_RETRY, HTTPClientFactory, KrakenHTTPClient, re
 from kraken.http.dependencies import Dependencies
 from kraken.http.errors import render_registry_json
 from kraken.http.server import KleinRoutes, read_only
+from kraken.metrics import runtime_metrics
 from kraken.protocols.archives import AgentArchive
 from kraken.protocols.buildindex_client import BuildIndexClient
 from kraken.protocols.downloader import AnnouncerAdapter, P2PBlobDownloader
@@ -361,6 +362,7 @@ def build_agent(
     services.append(OnStop(http.close))
     services.append(OnStop(unreachable.stop))  # stops first: no report after the pool closes
     services.append(tls.expiry_monitor(reactor, metrics.registry))
+    services.append(runtime_metrics(reactor, metrics.registry))
 
     tree = AgentService(api, registry, store, node, downloader, cleaner)
     for service in services:

@@ -46,6 +46,7 @@ from kraken.core.address import parse_networks
 from kraken.http.client import NO_RETRY, HTTPClientFactory, KrakenHTTPClient, read_body
 from kraken.http.dependencies import Dependencies
 from kraken.http.server import KleinRoutes
+from kraken.metrics import runtime_metrics
 from kraken.persistedretry import Backoff, PrometheusQueueMetrics, RetryQueue, SQLiteTaskStore
 from kraken.protocols.buildindex_client import BuildIndexClient
 from kraken.protocols.origin_client import OriginClient, OriginClusterClient
@@ -224,6 +225,7 @@ def build_build_index(
         OnStop(http.close),
         OnStop(backends.close),
         tls.expiry_monitor(reactor, metrics.registry),
+        runtime_metrics(reactor, metrics.registry),
     ]
     if api.dependencies is not None:
         services.append(api.dependencies.service())

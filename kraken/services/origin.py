@@ -38,6 +38,7 @@ from kraken.config import OriginConfig
 from kraken.core import PeerID, PeerInfo
 from kraken.http.client import NO_RETRY, HTTPClientFactory
 from kraken.http.errors import render_registry_json
+from kraken.metrics import runtime_metrics
 from kraken.origin.refresh import BackendFetcher
 from kraken.origin.replication import Replicator
 from kraken.origin.writeback import WRITEBACK_KIND, Writeback, WritebackExecutor
@@ -250,6 +251,7 @@ def build_origin(
         renderer=render_registry_json,
     )
     services.append(tls.expiry_monitor(reactor, metrics.registry))
+    services.append(runtime_metrics(reactor, metrics.registry))
     # A ClosingListener: stopping closes kept-alive connections too, not only the port.
     services.append(
         named("server", tls_listener(reactor, tls, listen or config.server.listen, site))

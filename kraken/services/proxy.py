@@ -32,6 +32,7 @@ from kraken.config import ProxyConfig
 from kraken.http.client import NO_RETRY, HTTPClientFactory
 from kraken.http.dependencies import Dependencies
 from kraken.http.errors import render_registry_json
+from kraken.metrics import runtime_metrics
 from kraken.protocols.buildindex_client import BuildIndexClient
 from kraken.protocols.origin_client import OriginClient, OriginClusterClient
 from kraken.services.parts import (
@@ -164,6 +165,7 @@ def build_proxy(
         renderer=render_registry_json,
     )
     services.append(tls.expiry_monitor(reactor, api.metrics.registry))
+    services.append(runtime_metrics(reactor, api.metrics.registry))
     # A TLS hello on the plain port gets a 400 at once (kraken.http.server).
     services.append(
         named("server", tls_listener(reactor, tls, listen or config.server.listen, site))

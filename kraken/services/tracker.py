@@ -22,6 +22,7 @@ from kraken.config import TrackerConfig
 from kraken.core.address import parse_networks
 from kraken.http.client import NO_RETRY, HTTPClientFactory
 from kraken.http.server import KrakenSite
+from kraken.metrics import runtime_metrics
 from kraken.peers.admission import AdmissionPolicy
 from kraken.peers.origins import HTTPOriginCluster
 from kraken.peers.redis import RedisPeerStore, RedisPool
@@ -156,6 +157,7 @@ def build_tracker(config: TrackerConfig, reactor: Any, listen: str | None = None
     )
     services.append(OnStop(http.close))
     services.append(tls.expiry_monitor(reactor, api.metrics.registry))
+    services.append(runtime_metrics(reactor, api.metrics.registry))
     services.append(api.dependencies.service())
 
     tree = TrackerService(api, store)
