@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 from collections.abc import Callable
 
 from prometheus_client import generate_latest
@@ -142,11 +143,22 @@ class RingTests(TestCase):
         self.fail(f"timed out waiting for {what}")
 
     def backend_down(self) -> None:
-        """Make the fs backend fail: its directory moves away and a file takes its place."""
+        """Make the fs backend fail: its directory moves away and a file takes its place.
+
+        A write-back running in a pool thread between the two steps may create the
+        directory again: what it wrote is folded into the moved one and the file retried.
+        """
         os.makedirs(self.backend_root, exist_ok=True)
         os.rename(self.backend_root, self.backend_root + ".away")
-        with open(self.backend_root, "w") as f:
-            f.write("down")
+        for _ in range(10):
+            try:
+                with open(self.backend_root, "x") as f:
+                    f.write("down")
+                return
+            except (IsADirectoryError, FileExistsError):
+                shutil.copytree(self.backend_root, self.backend_root + ".away", dirs_exist_ok=True)
+                shutil.rmtree(self.backend_root)
+        self.fail("the backend directory kept coming back")
 
     def backend_up(self) -> None:
         """Undo :meth:`backend_down`."""
