@@ -20,6 +20,7 @@ from kraken.api.origin import OriginMetrics
 from kraken.api.proxy import ProxyMetrics
 from kraken.api.tracker import TrackerMetrics
 from kraken.http.dependencies import Dependencies
+from kraken.metrics import runtime_metrics
 from kraken.persistedretry.metrics import PrometheusQueueMetrics
 from kraken.protocols.peer_metrics import PeerMetrics
 
@@ -60,6 +61,7 @@ def exposed_names() -> set[str]:
         registries.append(registry)
     registry = CollectorRegistry()
     Dependencies((), registry, Clock())
+    runtime_metrics(Clock(), registry)
     registries.append(registry)
     names = set()
     for registry in registries:
