@@ -20,6 +20,10 @@ and ``--agents`` agents (default 3).  Then, once a round per ``--interval``:
 A round fails at its first wrong answer (status, error code and body are kept); the loop
 goes on.  The resident set size (``VmRSS``) and open file descriptors of every daemon are
 read from ``/proc`` when the loop starts, every ``--sample-every`` seconds, and at the end.
+``--agent-tti`` shortens the agents' cache TTI (their cleanup then runs every quarter of it,
+at most every minute), to see their memory level off once blobs leave the cache.  Below the
+store's 5-minute access-update interval a blob read all the time still looks idle and is
+evicted, so rounds then also exercise evictions of blobs in use.
 
 ``--tracemalloc agent`` starts the agents under ``tracemalloc`` (25 frames) with a
 ``SIGUSR2`` handler that dumps a snapshot; the loop takes one after ``--warmup`` rounds and
@@ -165,6 +169,8 @@ class LoopCluster:
     replicas: int = 2
     trackers: int = 2
     agents: int = 3
+    #: The agents' ``cleanup`` section (None: the defaults).
+    agent_cleanup: dict[str, Any] | None = None
     daemons: list[Daemon] = attrs.field(factory=list)
     proxy: str = ""
     agent_registries: list[str] = attrs.field(factory=list)
@@ -253,6 +259,8 @@ class LoopCluster:
                 "build_index": {"hosts": {"static": [bi_host]}},
                 "metainfo_poll": {"initial": 0.1, "maximum": 0.5},
             }
+            if self.agent_cleanup is not None:
+                config["cleanup"] = self.agent_cleanup
             self._add(f"agent{i}", "agent", config, f"http://127.0.0.1:{server}/readiness")
 
     def _add(self, name: str, kind: str, config: dict[str, Any], ready_url: str) -> None:
@@ -418,6 +426,11 @@ def running(args: argparse.Namespace) -> Iterator[LoopCluster]:
         replicas=args.replicas,
         trackers=args.trackers,
         agents=args.agents,
+        agent_cleanup=(
+            {"tti": args.agent_tti, "interval": min(60.0, args.agent_tti / 4)}
+            if args.agent_tti
+            else None
+        ),
     )
     try:
         cluster.build()
@@ -539,6 +552,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--trackers", type=int, default=2)
     p.add_argument("--agents", type=int, default=3)
     p.add_argument("--pull-agents", type=int, default=2)
+    p.add_argument(
+        "--agent-tti",
+        type=parse_seconds,
+        default=0.0,
+        help="agents evict blobs not read for this long (default: the agent's 6 h)",
+    )
     p.add_argument("--sample-every", type=parse_seconds, default=60.0)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--tracemalloc", choices=["agent", "origin", "tracker", "proxy"])
@@ -555,6 +574,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Run the loop; 1 if a round failed."""
     args = parse_args(argv)
+    # SIGTERM (``timeout``, a CI runner) unwinds like Ctrl-C, so the daemons are stopped.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     result = run(args)
     print(summary(result), flush=True)
     if args.json:
