@@ -982,6 +982,12 @@ class ProxyAPI:
             try:
                 await self.tags.put_tag(f"{name}:{ref}", digest, replicate=True)
             except HTTPStatusError as e:
+                if e.status == 503:
+                    # The build-index could not tell (origins unreachable): try again later.
+                    text = e.body.decode("utf-8", "replace")[:500]
+                    raise RegistryError(
+                        UNAVAILABLE, f"the build-index could not store {name}:{ref}: {text}"
+                    ) from None
                 if e.status not in (400, 404):
                     raise
                 # The build-index found a dependency missing at the origin after our check.

@@ -29,7 +29,7 @@ from kraken.api.proxy import (
 )
 from kraken.backends.threads import run_inline
 from kraken.core import Digest
-from kraken.http.client import HTTPClientFactory
+from kraken.http.client import HTTPClientFactory, HTTPStatusError
 from kraken.http.dependencies import Dependencies
 from kraken.http.errors import RegistryError
 from kraken.http.testing import HostRoutingAgent
@@ -51,6 +51,8 @@ class MemoryTags:
     tags: dict[str, Digest] = field(factory=dict)
     puts: list[tuple[str, Digest, bool]] = field(factory=list)
     deletes: list[tuple[str, bool]] = field(factory=list)
+    put_error: Exception | None = None
+    """When set, every put fails with it (a build-index that refuses)."""
 
     def get_tag(self, tag: str) -> Deferred[Digest]:
         """The digest, or TagNotFound."""
@@ -59,7 +61,9 @@ class MemoryTags:
         return succeed(self.tags[tag])
 
     def put_tag(self, tag: str, digest: Digest, *, replicate: bool = False) -> Deferred[None]:
-        """Store and record."""
+        """Store and record (or fail with ``put_error``)."""
+        if self.put_error is not None:
+            return fail(self.put_error)
         self.tags[tag] = digest
         self.puts.append((tag, digest, replicate))
         return succeed(None)
@@ -391,6 +395,23 @@ class BlobReadTests(ProxyTestCase):
 
 class ManifestTests(ProxyTestCase):
     """PUT, GET and HEAD of manifests."""
+
+    def test_build_index_unavailable_is_503(self) -> None:
+        """A build-index that answers 503 (it could not reach the origins) makes the manifest
+        PUT a 503 UNAVAILABLE the client retries, not a 500."""
+        layers = [layer(7), layer(107)]
+        config = json.dumps({"seed": 7, "rootfs": {"type": "layers"}}).encode()
+        for blob in [*layers, config]:
+            self.push_blob(blob)
+        error = HTTPStatusError(503, b"origins unreachable", "http://bi/tags/x", "PUT")
+        self.tags.put_error = error
+        code, _, body = self.call(
+            "PUT",
+            f"/v2/{REPO}/manifests/v503",
+            data=manifest_of(config, layers),
+            headers={"Content-Type": DOCKER_MANIFEST_V2},
+        )
+        self.assertEqual((code, self.error(body)), (503, "UNAVAILABLE"))
 
     def test_push_and_pull_by_tag_and_digest(self) -> None:
         """A tag PUT stores the manifest at the origin and tags it with replicate=true."""
