@@ -20,6 +20,8 @@ from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
+from kraken.io.singleflight import SingleFlight
+
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
 
@@ -56,7 +58,7 @@ class CollapsingCache(Generic[K, V]):
     max_entries: int = 4096
     observe: Callable[[str], object] = lambda kind: None
     _entries: OrderedDict[K, _Entry[V]] = field(init=False, factory=OrderedDict)
-    _pending: dict[K, list[Deferred[V]]] = field(init=False, factory=dict)
+    _flight: SingleFlight[K, V] = field(init=False, factory=SingleFlight)
 
     def get(self, key: K, fetch: Callable[[], Deferred[V]]) -> Deferred[V]:
         """The fresh cached value of ``key``, or the result of one shared ``fetch()``."""
@@ -68,19 +70,11 @@ class CollapsingCache(Generic[K, V]):
                     return fail(entry.failure)
                 return succeed(entry.value)  # type: ignore[arg-type]
             del self._entries[key]
-        waiter: Deferred[V] = Deferred()
-        waiting = self._pending.get(key)
-        if waiting is not None:
-            self.observe(JOINED)
-            waiting.append(waiter)
-            return waiter
-        self.observe(MISS)
-        self._pending[key] = [waiter]
-        maybeDeferred(fetch).addBoth(self._done, key)
-        return waiter
+        self.observe(JOINED if key in self._flight else MISS)
+        return self._flight.run(key, lambda: maybeDeferred(fetch).addBoth(self._keep, key))
 
-    def _done(self, result: V | Failure, key: K) -> None:
-        waiters = self._pending.pop(key, [])
+    def _keep(self, result: V | Failure, key: K) -> V | Failure:
+        """Store the fetch's outcome for as long as its TTL says; pass it on."""
         now = self.clock.seconds()
         if isinstance(result, Failure):
             if self.error_ttl > 0:
@@ -89,11 +83,7 @@ class CollapsingCache(Generic[K, V]):
             ttl = self.ttl(result)
             if ttl > 0:
                 self._store(key, _Entry(now + ttl, value=result))
-        for waiter in waiters:
-            if isinstance(result, Failure):
-                waiter.errback(result)
-            else:
-                waiter.callback(result)
+        return result
 
     def _store(self, key: K, entry: _Entry[V]) -> None:
         self._entries[key] = entry
