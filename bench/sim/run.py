@@ -267,6 +267,7 @@ def simulate(options: SimOptions) -> SimResult:
         at = rng.uniform(0, options.start_jitter) if options.start_jitter > 0 else 0.0
         sim.call_at(at, start_agent, node)
     sim.run(until=options.max_time, stop=lambda: not remaining[0])
+    net.settle()
     times = [None if a.done is None or a.started is None else a.done - a.started for a in agents]
     bound = kumar_ross_bound(
         options.size, options.agents, options.origins * origin_rate, options.rate, options.rate

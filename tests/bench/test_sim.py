@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import random
 import subprocess
 import sys
 from contextlib import redirect_stdout
@@ -40,6 +41,34 @@ class WaterFillTests(SynchronousTestCase):
         capacity = [8.0, 8.0, 8.0, 8.0, 8.0, 6.0]
         rates = water_fill([(0, 5), (2, 5), (4, 5)], capacity)
         self.assertEqual(rates, [2.0, 2.0, 2.0])
+
+    def test_max_min_fair_on_a_random_swarm(self) -> None:
+        """
+        On many random flows between hosts of unequal links, no link carries more than its
+        capacity and every flow has a bottleneck: a full link on which no flow gets more.
+        """
+        rng = random.Random(7)
+        hosts = 60
+        capacity = [rng.choice([1.0, 2.0, 4.0, 8.0]) for _ in range(2 * hosts)]
+        flows = [(2 * rng.randrange(hosts), 2 * rng.randrange(hosts) + 1) for _ in range(600)]
+        rates = water_fill(flows, capacity)
+        load = [0.0] * len(capacity)
+        on_link: list[list[float]] = [[] for _ in capacity]
+        for (a, b), r in zip(flows, rates, strict=True):
+            self.assertGreater(r, 0.0)
+            for link in (a, b):
+                load[link] += r
+                on_link[link].append(r)
+        for link, cap in enumerate(capacity):
+            self.assertLessEqual(load[link], cap * (1 + 1e-9))
+        for (a, b), r in zip(flows, rates, strict=True):
+            self.assertTrue(
+                any(
+                    load[link] >= capacity[link] * (1 - 1e-9) and r >= max(on_link[link]) - 1e-9
+                    for link in (a, b)
+                ),
+                f"flow {a}->{b} at {r} has no bottleneck",
+            )
 
 
 def _one_host_to_two(sim: Simulation, length: int, ends: list[float]) -> None:
