@@ -50,6 +50,7 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET
 
+from kraken.api.swarm_page import SwarmPage
 from kraken.core import Digest, InfoHash, PeerInfo
 from kraken.core.names import InvalidNamespace, check_namespace
 from kraken.http.dependencies import Dependencies
@@ -63,6 +64,7 @@ from kraken.peers.handout import DEFAULT_HANDOUT_LIMIT, hand_out_stored
 from kraken.peers.origins import IOriginCluster, MetaInfoAnswer, OriginUnavailable
 from kraken.peers.quarantine import DEFAULT_QUARANTINE, DEFAULT_QUARANTINE_REPORTERS, Quarantine
 from kraken.peers.store import IPeerStore, StoredPeer
+from kraken.peers.swarm import SwarmView
 
 #: Largest announce (or report) body accepted: 413 beyond, decided on the request's head.
 MAX_ANNOUNCE_BODY: Final = 64 * 1024
@@ -158,6 +160,9 @@ class TrackerAPI:
     quarantine_reporters: int = DEFAULT_QUARANTINE_REPORTERS
     quarantine: Quarantine = field(init=False)
     dependencies: Dependencies = field(init=False)
+    #: What the swarm page shows (fed by announces, read by ``/ui/``).
+    swarm: SwarmView = field(factory=SwarmView, init=False)
+    _page: SwarmPage = field(factory=SwarmPage.load, init=False)
     _metainfo: CollapsingCache[tuple[str, Digest], MetaInfoAnswer] = field(init=False)
     _origin_memo: dict[Digest, tuple[float, list[StoredPeer]]] = field(init=False, factory=dict)
     _refreshing: set[Digest] = field(init=False, factory=set)
@@ -232,6 +237,35 @@ class TrackerAPI:
         request.setHeader(b"Content-Type", CONTENT_TYPE_LATEST.encode("ascii"))  # type: ignore[no-untyped-call]
         return generate_latest(self.metrics.registry)
 
+    @app.route("/ui", methods=["GET"])
+    def swarm_page_root(self, request: IRequest) -> bytes:
+        """Redirect to ``/ui/`` (the page's relative links need the slash)."""
+        request.redirect(b"/ui/")  # type: ignore[no-untyped-call]
+        return b""
+
+    @app.route("/ui/", methods=["GET"])
+    @app.route("/ui/<name>", methods=["GET"])
+    def swarm_page(self, request: IRequest, name: str = "index.html") -> bytes:
+        """The live swarm page and its assets (package data: no CDN)."""
+        if name == "torrents.json":
+            return _json(request, self.swarm.torrents(self.clock.seconds()))
+        return self._page.serve(request, name)
+
+    @app.route("/ui/swarm/<name>", methods=["GET"])
+    def swarm_state(self, request: IRequest, name: str) -> bytes:
+        """``/ui/swarm/<infohash>.json``: one torrent's peers, pieces and rate."""
+        if not name.endswith(".json"):
+            raise APIError(404, "not found")
+        h = InfoHash.parse(name[: -len(".json")])
+        digest = self.swarm.digest_of(h)
+        if digest is None:
+            raise APIError(404, f"no recent announce of torrent {h}")
+        memo = self._origin_memo.get(digest)
+        origins = [PeerInfo.from_dict(json.loads(o.json)) for o in memo[1]] if memo else []
+        view = self.swarm.snapshot(h, origins, self.clock.seconds())
+        assert view is not None, "digest_of found it"
+        return _json(request, view)
+
     @app.route("/announce/<infohash>", methods=["POST"])
     def announce(self, request: IRequest, infohash: str) -> bytes | Deferred[bytes]:
         """
@@ -254,7 +288,8 @@ class TrackerAPI:
             self._invalid_announces.inc()
             raise
         if peer is not req.peer:
-            req = AnnounceRequest(req.digest, req.infohash, peer)
+            req = AnnounceRequest(req.digest, req.infohash, peer, req.progress)
+        self.swarm.record(req, self.clock.seconds())
         # One more than the limit, so that dropping an origin duplicate still leaves the limit.
         try:
             stored = self.peers.announce(ih, req.peer, self.handout_limit + 1)
@@ -415,6 +450,12 @@ class TrackerAPI:
             return MetaInfoAnswer(503, f"no origin answered for {d}".encode())
 
         return self.origins.metainfo(ns, d).addErrback(unavailable)
+
+
+def _json(request: IRequest, value: object) -> bytes:
+    request.setHeader(b"Content-Type", b"application/json")  # type: ignore[no-untyped-call]
+    request.setHeader(b"Cache-Control", b"no-store")  # type: ignore[no-untyped-call]
+    return json.dumps(value).encode()
 
 
 class _Root(Resource):

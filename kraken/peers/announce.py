@@ -9,6 +9,11 @@ Request, ``POST /announce/{infohash}``::
 
 Response: ``{"peers": [<peer>, ...], "interval_seconds": 3}``.
 
+A downloading agent may add ``"progress": {"pieces": N, "length": <bytes>, "have":
+"<base64 bitfield>"}`` (the bitfield encoded as on the peer wire, docs/protocol.md): the
+pieces it holds, which the tracker's swarm page shows (:mod:`kraken.peers.swarm`).  It
+changes nothing in the answer.
+
 Report, ``POST /report/{infohash}``: the announce fields (``peer`` is the
 reporter) and ``"failed": ["<40 hex>", ...]``, the peers it could not reach
 (:mod:`kraken.peers.quarantine`).
@@ -21,6 +26,8 @@ with the offending field.
 
 from __future__ import annotations
 
+import base64
+import binascii
 from typing import Any, Final
 
 from attrs import frozen
@@ -32,6 +39,57 @@ class InvalidAnnounce(ValueError):
     """An announce request or response that is malformed; the message names the field."""
 
 
+#: Most pieces a progress report may describe (a 100 TB blob in 32 MiB pieces).
+MAX_PROGRESS_PIECES: Final = 1 << 22
+
+
+@frozen
+class AnnounceProgress:
+    """The pieces a downloading agent holds: ``have`` is the bitfield's bytes."""
+
+    pieces: int
+    length: int
+    have: bytes
+
+    @property
+    def count(self) -> int:
+        """How many pieces are held."""
+        return int.from_bytes(self.have, "big").bit_count()
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object."""
+        return {
+            "pieces": self.pieces,
+            "length": self.length,
+            "have": base64.b64encode(self.have).decode("ascii"),
+        }
+
+    @classmethod
+    def from_dict(cls, obj: object) -> AnnounceProgress:
+        """Validate ``progress``: counts in range, a bitfield of exactly ``pieces`` bits."""
+        if not isinstance(obj, dict):
+            raise InvalidAnnounce("progress: expected a JSON object")
+        pieces, length, have = obj.get("pieces"), obj.get("length"), obj.get("have")
+        if not isinstance(pieces, int) or isinstance(pieces, bool):
+            raise InvalidAnnounce(f"progress.pieces: expected an integer, got {pieces!r}")
+        if not 1 <= pieces <= MAX_PROGRESS_PIECES:
+            raise InvalidAnnounce(f"progress.pieces: {pieces} not in 1..{MAX_PROGRESS_PIECES}")
+        if not isinstance(length, int) or isinstance(length, bool) or length < 0:
+            raise InvalidAnnounce(f"progress.length: expected a size in bytes, got {length!r}")
+        size = (pieces + 7) // 8
+        if not isinstance(have, str) or len(have) > 4 * ((size + 2) // 3):
+            raise InvalidAnnounce(f"progress.have: expected the base64 of {size} bytes")
+        try:
+            raw = base64.b64decode(have, validate=True)
+        except binascii.Error:
+            raise InvalidAnnounce("progress.have: not base64") from None
+        if len(raw) != size:
+            raise InvalidAnnounce(f"progress.have: {len(raw)} bytes for {pieces} pieces")
+        if pieces % 8 and raw[-1] & (0xFF >> (pieces % 8)):
+            raise InvalidAnnounce("progress.have: bits set past the last piece")
+        return cls(pieces, length, raw)
+
+
 @frozen
 class AnnounceRequest:
     """An agent's announce of one torrent."""
@@ -39,15 +97,19 @@ class AnnounceRequest:
     digest: Digest
     infohash: InfoHash
     peer: PeerInfo
+    progress: AnnounceProgress | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON body."""
-        return {
+        body = {
             "name": self.digest.hex,
             "digest": str(self.digest),
             "infohash": self.infohash.hex,
             "peer": self.peer.to_dict(),
         }
+        if self.progress is not None:
+            body["progress"] = self.progress.to_dict()
+        return body
 
     @classmethod
     def from_dict(cls, obj: object, infohash: InfoHash | None = None) -> AnnounceRequest:
@@ -82,7 +144,9 @@ class AnnounceRequest:
             peer = PeerInfo.from_dict(obj["peer"])
         except InvalidPeerInfo as e:
             raise InvalidAnnounce(f"peer.{e}") from None
-        return cls(digest, ih, peer)
+        raw_progress = obj.get("progress")
+        progress = None if raw_progress is None else AnnounceProgress.from_dict(raw_progress)
+        return cls(digest, ih, peer, progress)
 
 
 #: Most peers one report may name (an announce answer holds about 50 agents).

@@ -33,7 +33,7 @@ from zope.interface import Interface, implementer
 
 from kraken.core import Bitfield, Digest, InfoHash, MetaInfo, PeerID, PeerInfo
 from kraken.http.client import RequestError
-from kraken.peers.announce import AnnounceRequest, AnnounceResponse
+from kraken.peers.announce import AnnounceProgress, AnnounceRequest, AnnounceResponse
 from kraken.protocols.peer import PeerNode
 from kraken.protocols.progress import DownloadProgress, RateWindow, torrent_progress
 from kraken.protocols.tracker_client import (
@@ -99,11 +99,14 @@ class AnnouncerAdapter:
     peer_id: PeerID
     ip: str
     port: int
+    #: The pieces held of a torrent being downloaded, for the tracker's swarm page.
+    progress: Callable[[InfoHash], AnnounceProgress | None] = lambda infohash: None
 
     def __call__(self, action: Announce) -> Deferred[tuple[Sequence[PeerInfo], float]]:
         """Announce one torrent; fire with (peers, interval)."""
         me = PeerInfo(self.peer_id, self.ip, self.port, origin=False, complete=action.complete)
-        request = AnnounceRequest(action.digest, action.infohash, me)
+        progress = None if action.complete else self.progress(action.infohash)
+        request = AnnounceRequest(action.digest, action.infohash, me, progress)
 
         def unpack(response: AnnounceResponse) -> tuple[Sequence[PeerInfo], float]:
             return response.peers, response.interval_seconds

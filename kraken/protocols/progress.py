@@ -14,10 +14,11 @@ from typing import Any
 
 from attrs import frozen
 
-from kraken.core import Digest, MetaInfo
+from kraken.core import Digest, InfoHash, MetaInfo
+from kraken.peers.announce import AnnounceProgress
 from kraken.torrent.scheduler import Scheduler
 
-__all__ = ["DownloadProgress", "RateWindow", "torrent_progress"]
+__all__ = ["DownloadProgress", "RateWindow", "announce_progress", "torrent_progress"]
 
 
 @frozen
@@ -117,3 +118,13 @@ def torrent_progress(
         peers=peers,
         origins=origins,
     )
+
+
+def announce_progress(scheduler: Scheduler, h: InfoHash) -> AnnounceProgress | None:
+    """What an announce of torrent ``h`` tells the tracker of our pieces (None once complete)."""
+    control = scheduler.torrents.get(h)
+    if control is None or control.complete:
+        return None
+    dispatcher = control.dispatcher
+    metainfo = dispatcher.metainfo
+    return AnnounceProgress(metainfo.num_pieces, metainfo.length, dispatcher.have.to_bytes())

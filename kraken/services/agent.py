@@ -52,6 +52,7 @@ from kraken.protocols.buildindex_client import BuildIndexClient
 from kraken.protocols.downloader import AnnouncerAdapter, P2PBlobDownloader
 from kraken.protocols.peer import PeerNode, threadpool_runner
 from kraken.protocols.peer_metrics import PeerMetrics
+from kraken.protocols.progress import announce_progress
 from kraken.protocols.tracker_client import (
     PollPolicy,
     TrackerClient,
@@ -283,7 +284,9 @@ def build_agent(
         scheduler,
         AgentArchive(store),
         run_blocking,
-        announcer=AnnouncerAdapter(tracker, peer_id, ip, port),
+        announcer=AnnouncerAdapter(
+            tracker, peer_id, ip, port, progress=lambda h: announce_progress(node.scheduler, h)
+        ),
         unreachable=unreachable,
         bandwidth=bandwidth,
         tls=tls.peer_options(),

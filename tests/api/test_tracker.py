@@ -22,9 +22,10 @@ from twisted.web.test.requesthelper import DummyRequest
 from zope.interface import implementer
 
 from kraken.api.tracker import MAX_ANNOUNCE_BODY, InvalidNamespace, TrackerAPI, check_namespace
-from kraken.core import Digest, InfoHash, MetaInfo, PeerID, PeerInfo
+from kraken.core import Bitfield, Digest, InfoHash, MetaInfo, PeerID, PeerInfo
 from kraken.core.address import parse_networks
 from kraken.peers.admission import AdmissionPolicy
+from kraken.peers.announce import AnnounceProgress
 from kraken.peers.origins import IOriginCluster, MetaInfoAnswer, OriginUnavailable
 from kraken.peers.store import MemoryPeerStore, StoredPeer
 
@@ -571,6 +572,60 @@ class HealthTests(TrackerAPITestCase):
         """Two apps in one process keep separate metrics (no global registry clash)."""
         other = TrackerAPI(self.store, self.origins, self.clock)
         self.assertIsNot(other.metrics.registry, self.api.metrics.registry)
+
+
+class SwarmPageTests(TrackerAPITestCase):
+    """``/ui/``: the live swarm page and the JSON it polls."""
+
+    def test_page_assets(self) -> None:
+        """The page and its script and style come from the package, with their types."""
+        for path, kind, text in (
+            ("/ui/", b"text/html; charset=utf-8", b"<title>Kraken swarm</title>"),
+            ("/ui/swarm.js", b"text/javascript; charset=utf-8", b"swarm/${state.selected}.json"),
+            ("/ui/swarm.css", b"text/css; charset=utf-8", b".peer.origin"),
+        ):
+            status, body, headers = self.request("GET", path)
+            self.assertEqual(status, 200, path)
+            self.assertEqual(headers.getRawHeaders(b"content-type"), [kind])
+            self.assertIn(text, body)
+            self.assertNotIn(b"https://", body, "no CDN: every asset is served here")
+        self.assertEqual(self.request("GET", "/ui/other.js")[0], 404)
+        self.assertEqual(self.request("GET", "/ui", allow_redirects=False)[0], 302)
+
+    def test_announces_feed_the_page(self) -> None:
+        """An announce's progress shows in the torrent list and the swarm JSON, with origins."""
+        self.assertEqual(json.loads(self.request("GET", "/ui/torrents.json")[1]), [])
+        body = announce_body(agent(1))
+        held = Bitfield.of(INFO.num_pieces, [0, 1]).to_bytes()
+        body["progress"] = AnnounceProgress(INFO.num_pieces, INFO.length, held).to_dict()
+        self.assertEqual(self.announce(body)[0], 200)
+        self.assertEqual(self.announce(announce_body(agent(2, complete=True)))[0], 200)
+        (listed,) = json.loads(self.request("GET", "/ui/torrents.json")[1])
+        self.assertEqual((listed["infohash"], listed["agents"], listed["complete"]), (IH.hex, 2, 1))
+        status, raw, _ = self.request("GET", f"/ui/swarm/{IH.hex}.json")
+        self.assertEqual(status, 200)
+        swarm = json.loads(raw)
+        self.assertEqual(swarm["pieces"], INFO.num_pieces)
+        by_address = {p["address"]: p for p in swarm["peers"]}
+        self.assertTrue(by_address["10.1.0.1:15001"]["origin"])
+        self.assertEqual(by_address["10.0.0.1:16002"]["done"], 2)
+        self.assertEqual(by_address["10.0.0.1:16003"]["done"], INFO.num_pieces)
+        self.assertEqual(swarm["heat"][:2], [3.0, 3.0])
+        self.assertEqual(swarm["heat"][2], 2.0)
+
+    def test_bad_torrent(self) -> None:
+        """A malformed infohash is a 400; one nobody announced lately a 404."""
+        self.assertEqual(self.request("GET", "/ui/swarm/nothex.json")[0], 400)
+        self.assertEqual(self.request("GET", f"/ui/swarm/{IH.hex}.json")[0], 404)
+        self.assertEqual(self.request("GET", f"/ui/swarm/{IH.hex}.txt")[0], 404)
+
+    def test_bad_progress_is_refused(self) -> None:
+        """An announce whose progress is malformed is a 400 naming the field."""
+        body = announce_body(agent(1))
+        body["progress"] = {"pieces": 3, "length": 10, "have": "!!"}
+        status, text = self.announce(body)
+        self.assertEqual(status, 400)
+        self.assertIn(b"progress.have", text)
 
 
 class FromAddress(Resource):

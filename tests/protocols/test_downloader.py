@@ -17,10 +17,16 @@ from twisted.internet.task import Clock
 from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
-from kraken.core import Digest, MetaInfo, PeerID, PeerInfo
+from kraken.core import Bitfield, Digest, InfoHash, MetaInfo, PeerID, PeerInfo
+from kraken.peers.announce import AnnounceRequest, AnnounceResponse
 from kraken.protocols.archives import AgentArchive
-from kraken.protocols.downloader import P2PBlobDownloader, list_cached_torrents
+from kraken.protocols.downloader import (
+    AnnouncerAdapter,
+    P2PBlobDownloader,
+    list_cached_torrents,
+)
 from kraken.protocols.peer import PeerNode, synchronous_runner
+from kraken.protocols.progress import announce_progress
 from kraken.store import BlobStore
 from kraken.torrent.actions import Announce
 from kraken.torrent.scheduler import LocalStorageError, Scheduler
@@ -253,3 +259,45 @@ class ProgressTests(SynchronousTestCase):
         with capturedLogs() as events:
             swarm.clock.advance(10.0)
         self.assertEqual([e for e in events if "pieces" in formatEvent(e)], [])
+
+
+class _RecordingTracker:
+    """A tracker client that records announces and answers no peers."""
+
+    def __init__(self) -> None:
+        self.requests: list[AnnounceRequest] = []
+
+    def announce(self, request: AnnounceRequest) -> Deferred[AnnounceResponse]:
+        """Record ``request``."""
+        self.requests.append(request)
+        return succeed(AnnounceResponse((), 3.0))
+
+
+class AnnounceProgressTests(SynchronousTestCase):
+    """A downloading agent's announces carry the pieces it holds (for the swarm page)."""
+
+    def test_downloading_then_complete(self) -> None:
+        """While downloading: the bitfield of what is held; once complete: no progress."""
+        clock = Clock()
+        scheduler = Scheduler(
+            PeerID.from_address("10.0.0.2", 16001), clock.seconds, random.Random(1)
+        )
+        meta = MetaInfo.of_bytes(random.Random(5).randbytes(10_000), 1000)
+        scheduler.add_torrent(meta, NAMESPACE, Bitfield.of(meta.num_pieces, [0, 3]))
+        tracker = _RecordingTracker()
+        adapter = AnnouncerAdapter(
+            tracker,  # type: ignore[arg-type]
+            PeerID.from_address("10.0.0.2", 16001),
+            "10.0.0.2",
+            16001,
+            progress=lambda h: announce_progress(scheduler, h),
+        )
+        adapter(Announce(meta.infohash, meta.digest, NAMESPACE, False))
+        (sent,) = tracker.requests
+        assert sent.progress is not None
+        self.assertEqual((sent.progress.pieces, sent.progress.length), (10, 10_000))
+        self.assertEqual(sent.progress.count, 2)
+        self.assertEqual(Bitfield.from_bytes(sent.progress.have, 10), Bitfield.of(10, [0, 3]))
+        adapter(Announce(meta.infohash, meta.digest, NAMESPACE, True))
+        self.assertIsNone(tracker.requests[-1].progress)
+        self.assertIsNone(announce_progress(scheduler, InfoHash(Digest.of_bytes(b"x").hex)))
