@@ -18,9 +18,11 @@ import threading
 from typing import Any
 
 from twisted.internet import reactor
-from twisted.internet.endpoints import TCP4ServerEndpoint
-from twisted.internet.protocol import Factory
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, connectProtocol
+from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.internet.task import deferLater
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import Site
@@ -225,6 +227,31 @@ class Snapshot:
         return {k: v for k, v in left.items() if v}
 
 
+class KeptAlive(Protocol):
+    """An HTTP/1.1 client that sends one GET, reads the answer and keeps its connection."""
+
+    def __init__(self, path: bytes) -> None:
+        self.path = path
+        self.response = b""
+        self.answered: Deferred[None] = Deferred()
+        self.lost = False
+
+    def connectionMade(self) -> None:
+        """Ask, keeping the connection alive (HTTP/1.1's default)."""
+        assert self.transport is not None
+        self.transport.write(b"GET " + self.path + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+
+    def dataReceived(self, data: bytes) -> None:
+        """Keep the answer; the head is enough."""
+        self.response += data
+        if b"\r\n\r\n" in self.response and not self.answered.called:
+            self.answered.callback(None)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        """The server closed it."""
+        self.lost = True
+
+
 class LifecycleTests(TestCase):
     """stopService releases every port, thread, file, timer and connection a daemon took."""
 
@@ -243,21 +270,24 @@ class LifecycleTests(TestCase):
         before = Snapshot()
         daemon = embed.build(kind, daemon_config(kind, self.mktemp()), reactor)  # type: ignore[arg-type]
         await daemon.start()
-        http = HTTPClientFactory(reactor, timeout=5, retry=NO_RETRY)
         addresses = [daemon.address(name) for name in embed.LISTENERS[kind]]  # type: ignore[index]
+        clients = []
         for name in embed.LISTENERS[kind]:  # type: ignore[index]
             if name == "peer":
                 continue
             port = daemon.address(name).port  # type: ignore[attr-defined]
-            path = "/v2/" if name == "registry" else "/health"
-            response = await http.client().get(f"http://127.0.0.1:{port}{path}")
-            await read_body(response, 4096)
-            self.assertEqual(response.code, 200, f"{kind} {name}")
+            path = b"/v2/" if name == "registry" else b"/health"
+            client = KeptAlive(path)
+            await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), client)
+            await client.answered
+            self.assertTrue(client.response.startswith(b"HTTP/1.1 200 "), f"{kind} {name}")
+            clients.append(client)
         during = Snapshot()
         self.assertNotEqual(during.left_since(before), {}, "the daemon took nothing?")
-        await daemon.stop()  # the client's kept-alive connection is still open
-        await http.close()
+        # The clients keep their connections open: the daemon must close them itself.
+        await daemon.stop()
         await self.settle()
+        self.assertEqual([c.lost for c in clients], [True] * len(clients), "connections kept")
         self.assertEqual(Snapshot().left_since(before), {}, f"left behind by a stopped {kind}")
         for address in addresses:
             with socket.socket() as s:
