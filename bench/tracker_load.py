@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import collections
 import json
 import os
@@ -128,6 +129,11 @@ def announce_requests(port: int) -> list[bytes]:
     from kraken.core import Digest, InfoHash, PeerID, PeerInfo
     from kraken.peers.announce import AnnounceRequest
 
+    # BENCH_PROGRESS_PIECES=N: every announce carries the ``progress`` of a downloading agent
+    # holding a random half of N pieces, as agents send while they download (the swarm page).
+    pieces = int(os.environ.get("BENCH_PROGRESS_PIECES", "0"))
+    rng = random.Random(1)
+
     torrents = [
         (Digest.of_bytes(b"blob %d" % i), InfoHash(Digest.of_bytes(b"ih %d" % i).hex))
         for i in range(TORRENTS)
@@ -136,7 +142,17 @@ def announce_requests(port: int) -> list[bytes]:
     for i in range(PEERS):
         digest, ih = torrents[i % TORRENTS]
         peer = PeerInfo(PeerID(f"{i:040x}"), f"10.{i // 65536}.{i // 256 % 256}.{i % 256}", 16001)
-        body = json.dumps(AnnounceRequest(digest, ih, peer).to_dict()).encode()
+        obj = AnnounceRequest(digest, ih, peer).to_dict()
+        if pieces:
+            have = bytearray(rng.randbytes((pieces + 7) // 8))
+            if pieces % 8:
+                have[-1] &= 0xFF ^ (0xFF >> (pieces % 8))
+            obj["progress"] = {
+                "pieces": pieces,
+                "length": pieces * 256 * 1024,
+                "have": base64.b64encode(bytes(have)).decode("ascii"),
+            }
+        body = json.dumps(obj).encode()
         requests.append(
             b"POST /announce/%s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nX-Forwarded-For: %s\r\n"
             b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
