@@ -489,3 +489,49 @@ class DocumentationTests(SynchronousTestCase):
             self.assertTrue(hasattr(embed, name), name)
             self.assertIn(f"`{name}", guide, name)
         self.assertIn(f"## API version {embed.API_VERSION}\n", changelog)
+
+
+class HerdTests(TestCase):
+    """The herd is an application of the embedding API: its members are embedded daemons."""
+
+    timeout = 60
+
+    def plan(self) -> Any:
+        """Two origins and two agents on free ports (the herd's --origins 2 --agents 1)."""
+        from kraken.services.herd import herd_plan
+        from tests.system.clusters import free_block
+
+        return herd_plan(
+            data=os.path.abspath(self.mktemp()),
+            origins=2,
+            agents=2,
+            base_port=free_block(15),
+            agent_base_port=free_block(1003),
+        )
+
+    async def test_herd_of_two_agents(self) -> None:
+        """A herd with two agents and two origins starts through ``kraken.embed``; its
+        ready() fires once all seven daemons listen, each agent on its own ports; stopped,
+        it leaves nothing behind."""
+        from kraken.services.herd import build_herd
+
+        host_resources()
+        for _ in range(5):
+            await deferLater(reactor, 0.02)
+        before = Snapshot()
+        herd = build_herd(self.plan(), reactor)
+        kinds = sorted(daemon.kind for daemon in herd.daemons.values())
+        self.assertEqual(
+            kinds, ["agent", "agent", "build-index", "origin", "origin", "proxy", "tracker"]
+        )
+        herd.startService()
+        try:
+            await herd.ready()
+            agents = [d for d in herd.daemons.values() if d.kind == "agent"]
+            ports = {d.address(n).port for d in agents for n in embed.LISTENERS["agent"]}  # type: ignore[attr-defined]
+            self.assertEqual(len(ports), 6)
+        finally:
+            await herd.stopService()
+        for _ in range(5):
+            await deferLater(reactor, 0.02)
+        self.assertEqual(Snapshot().left_since(before), {})

@@ -28,11 +28,11 @@ present a client certificate (docs/security.md).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import yaml
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.logger import Logger
 from twisted.python import usage
 
@@ -41,8 +41,11 @@ from kraken.config import load_config
 from kraken.config.loader import parse_config
 from kraken.config.structure import ConfigError
 from kraken.logs import LOG_LEVEL_HELP, apply_log_level
-from kraken.services.parts import exit_on_listen_failure, lead_with_error
+from kraken.services.parts import lead_with_error, stop_and_exit
 from kraken.tls import check_tls_files
+
+if TYPE_CHECKING:
+    from kraken.embed import DaemonKind, EmbeddedDaemon
 
 __all__ = [
     "HERD_CERTIFICATES",
@@ -340,37 +343,43 @@ class HerdService(MultiService):
         super().__init__()  # type: ignore[no-untyped-call]
         self.plan = plan
         self.members: dict[str, MultiService] = {}
+        #: Each member as :func:`kraken.embed.build` made it.
+        self.daemons: dict[str, EmbeddedDaemon] = {}
         #: The lines logged once every member has started (where to push and pull).
         self.banner: list[str] = []
         self.banner_service: _Banner | None = None
 
+    def ready(self) -> Deferred[None]:
+        """Fires once every member listens; fails with the first
+        :class:`~kraken.services.parts.ListenFailed`."""
+        d: Deferred[Any] = gatherResults(
+            [daemon.ready() for daemon in self.daemons.values()], consumeErrors=True
+        )
+        return d.addCallbacks(lambda _: None, lambda f: f.value.subFailure)
+
 
 def build_herd(plan: HerdPlan, reactor: Any) -> HerdService:
-    """Build every member's own service tree (as its plugin would) under one parent."""
-    from kraken.services.agent import build_agent
-    from kraken.services.build_index import build_build_index
-    from kraken.services.origin import build_origin
-    from kraken.services.proxy import build_proxy
-    from kraken.services.tracker import build_tracker
+    """
+    Build every member's own service tree (as its plugin would) under one parent.
 
-    builders: dict[str, Any] = {
-        "tracker": build_tracker,
-        "origin": build_origin,
-        "build-index": build_build_index,
-        "proxy": build_proxy,
-        "agent": build_agent,
-    }
+    Members are built by :func:`kraken.embed.build`, the API any application embedding
+    several daemons in one reactor uses: the herd is one such application.
+    """
+    from kraken import embed
+
     herd = HerdService(plan)
     # Origins first, so that the tracker's and proxy's first health checks find them up.
-    order = ["origin", "tracker", "build-index", "proxy", "agent"]
+    order: tuple[DaemonKind, ...] = ("origin", "tracker", "build-index", "proxy", "agent")
     for kind in order:
         for k, name, config in plan.members:
             if k != kind:
                 continue
-            tree = builders[kind](config, reactor)
-            tree.setName(name)
-            tree.setServiceParent(herd)
+            daemon = embed.build(kind, config, reactor)
+            tree = daemon.service
+            tree.setName(name)  # type: ignore[no-untyped-call]
+            tree.setServiceParent(herd)  # type: ignore[no-untyped-call]
             herd.members[name] = tree
+            herd.daemons[name] = daemon
     proxy = plan.of("proxy")[0]
     agents = plan.of("agent")
     lines = [
@@ -405,7 +414,8 @@ def makeService(options: usage.Options, reactor: Any = None) -> MultiService:
         reactor = global_reactor
     plan = options.get("herd_plan") or herd_plan()
     herd = build_herd(plan, reactor)
-    watch = exit_on_listen_failure(herd, reactor)
+    # A port that cannot open has been logged (one line) by its member; end the process.
+    herd.ready().addErrback(lambda _: stop_and_exit(reactor))
     if herd.banner_service is not None:
-        herd.banner_service.ready = watch.ready()
+        herd.banner_service.ready = herd.ready()
     return herd

@@ -97,6 +97,7 @@ __all__ = [
     "owned_thread_pool",
     "running_reactor",
     "server_limits",
+    "stop_and_exit",
     "tls_listener",
 ]
 
@@ -571,20 +572,22 @@ def _walk(service: Any) -> Iterator[Any]:
         yield from _walk(child)
 
 
+def stop_and_exit(reactor: Any) -> None:
+    """Stop ``reactor`` (the services stop as usual), then end the process with status 1."""
+
+    def exit_now() -> None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(1)
+
+    reactor.addSystemEventTrigger("after", "shutdown", exit_now)
+    reactor.callWhenRunning(reactor.stop)
+
+
 def exit_on_listen_failure(tree: MultiService, reactor: Any) -> ListenerWatch:
     """A :class:`ListenerWatch` of ``tree`` that stops ``reactor`` and exits with status 1
     when a listener cannot start (twistd has no exit status of its own for that)."""
-
-    def stop(error: ListenFailed) -> None:
-        def exit_now() -> None:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(1)
-
-        reactor.addSystemEventTrigger("after", "shutdown", exit_now)
-        reactor.callWhenRunning(reactor.stop)
-
-    return ListenerWatch(tree, stop)
+    return ListenerWatch(tree, lambda error: stop_and_exit(reactor))
 
 
 class ClosingListener(StreamServerEndpointService):
