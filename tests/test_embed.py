@@ -30,8 +30,10 @@ from twisted.web.static import Data
 
 from kraken import embed
 from kraken.config import TRACKER_PORT, AgentConfig, TrackerConfig, dump_config
+from kraken.core import Digest
 from kraken.http.client import NO_RETRY, HTTPClientFactory, read_body
 from kraken.http.server import KrakenSite
+from kraken.protocols.origin_client import OriginClient, bytes_chunks
 from kraken.protocols.sendfile import _devnull
 from tests.peers.redisserver import free_port
 
@@ -385,6 +387,34 @@ class MountTests(TestCase):
         self.assertIn(b"tracker_", answers["/tracker/metrics"][1])
         with socket.socket() as s:
             self.assertNotEqual(s.connect_ex(("127.0.0.1", own_port)), 0)
+
+    async def test_origin_upload_under_plain_site(self) -> None:
+        """An origin's upload routes (which stream bodies under a KrakenSite) work under a
+        plain twisted.web Site: a blob uploaded in chunks through the application's port
+        comes back byte for byte."""
+        config = daemon_config("origin", self.mktemp())
+        origin = embed.build("origin", config, reactor, mount=["server"])
+        host = embed.serve_on(
+            TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1"),
+            Site(origin.resource("server")),
+        )
+        await origin.start()
+        host.startService()
+        self.addCleanup(origin.stop)
+        self.addCleanup(host.stopService)
+        await host.ready()
+        address = f"127.0.0.1:{host.address().port}"  # type: ignore[attr-defined]
+        http = HTTPClientFactory(reactor, timeout=10, retry=NO_RETRY)
+        self.addCleanup(http.close)
+        client = OriginClient(http.client(), reactor, chunk_size=1024 * 1024)
+        data = os.urandom(3 * 1024 * 1024 + 17)
+        digest = Digest.of_bytes(data)
+        self.assertTrue(
+            await client.upload(address, "embedded", digest, len(data), bytes_chunks(data))
+        )
+        chunks: list[bytes] = []
+        await client.download(address, "embedded", digest, chunks.append)
+        self.assertEqual(b"".join(chunks), data)
 
 
 class _Prefix(Resource):
