@@ -42,15 +42,22 @@ HEAT_CELLS: Final = 1024
 """Most cells of the piece heatmap; a blob with more pieces has several per cell."""
 
 
+RATE_WINDOW: Final = 2.0
+"""Seconds at least between the two counts a peer's rate is taken from (announces can come
+close together, e.g. when a download starts, and a rate over 0.1 s says nothing)."""
+
+
 @define
 class _Peer:
     address: str
     complete: bool
     seen: float
-    #: Pieces held and the announce time of the previous count (for the rate).
+    #: Pieces held (the last announce's count).
     done: int = 0
     have: bytes | None = None
     rate: float = 0.0
+    #: The count and time the rate is measured from.
+    counted: int = 0
     counted_at: float = 0.0
 
 
@@ -89,17 +96,19 @@ class SwarmView:
             if len(torrent.peers) >= MAX_PEERS:
                 return
             peer = torrent.peers[me.peer_id] = _Peer(f"{me.ip}:{me.port}", me.complete, now)
-            peer.counted_at = now
         peer.seen = now
         peer.complete = me.complete
         progress = req.progress
         if progress is not None:
             torrent.pieces, torrent.length = progress.pieces, progress.length
             done = progress.count
-            if now > peer.counted_at and peer.have is not None:
+            if peer.have is None:
+                peer.counted, peer.counted_at = done, now
+            elif now - peer.counted_at >= RATE_WINDOW:
                 piece_bytes = torrent.length / torrent.pieces
-                peer.rate = max(0.0, (done - peer.done) * piece_bytes / (now - peer.counted_at))
-            peer.done, peer.have, peer.counted_at = done, progress.have, now
+                peer.rate = max(0.0, (done - peer.counted) * piece_bytes / (now - peer.counted_at))
+                peer.counted, peer.counted_at = done, now
+            peer.done, peer.have = done, progress.have
         elif me.complete:
             peer.have, peer.rate = None, 0.0
             if torrent.pieces:

@@ -107,6 +107,21 @@ class SwarmViewTests(SynchronousTestCase):
         self.assertEqual(snap["history"][-1], [0.0, 1000])
         self.assertIsNone(view.snapshot(InfoHash(Digest.of_bytes(b"x").hex), [], now=13.0))
 
+    def test_rate_over_a_window(self) -> None:
+        """Announces close together give no rate; the rate spans at least RATE_WINDOW."""
+        view = SwarmView()
+
+        def rate(now: float) -> int:
+            snap = view.snapshot(IH, [], now=now)
+            assert snap is not None
+            return int(snap["peers"][0]["rate"])
+
+        view.record(announce(1), now=0.0)
+        view.record(announce(1, 0, 1, 2), now=0.1)  # 3 pieces in 0.1 s: no rate yet
+        self.assertEqual(rate(0.1), 0)
+        view.record(announce(1, 0, 1, 2, 3), now=2.0)  # 4 pieces of 1000 bytes in 2 s
+        self.assertEqual(rate(2.0), 2000)
+
     def test_complete_stops_the_rate(self) -> None:
         """An agent's complete announce sets it full and its rate to zero."""
         view = SwarmView()
