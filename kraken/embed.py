@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Collection, Mapping
-from typing import Any, Final, Literal, Protocol, get_args
+from typing import Any, Final, Literal, Protocol, cast, get_args, overload
 
 from attrs import frozen
 from twisted.application.internet import StreamServerEndpointService
@@ -40,7 +40,18 @@ from twisted.web.resource import IResource, Resource, getChildForRequest
 from twisted.web.server import Request
 from zope.interface import implementer
 
-from kraken.config import CONFIG_CLASSES, AnyConfig, ConfigError, load_config, parse_config
+from kraken.config import (
+    CONFIG_CLASSES,
+    AgentConfig,
+    AnyConfig,
+    BuildIndexConfig,
+    ConfigError,
+    OriginConfig,
+    ProxyConfig,
+    TrackerConfig,
+    load_config,
+    parse_config,
+)
 from kraken.http.server import KrakenSite
 from kraken.services.parts import ClosingListener, ListenerWatch, ListenFailed
 
@@ -81,7 +92,19 @@ LISTENERS: Final[Mapping[DaemonKind, tuple[str, ...]]] = {
 ConfigSource = AnyConfig | Mapping[str, Any] | str | os.PathLike[str] | None
 
 
-def load(kind: DaemonKind, source: ConfigSource = None) -> Any:
+@overload
+def load(kind: Literal["agent"], source: ConfigSource = None) -> AgentConfig: ...
+@overload
+def load(kind: Literal["origin"], source: ConfigSource = None) -> OriginConfig: ...
+@overload
+def load(kind: Literal["tracker"], source: ConfigSource = None) -> TrackerConfig: ...
+@overload
+def load(kind: Literal["build-index"], source: ConfigSource = None) -> BuildIndexConfig: ...
+@overload
+def load(kind: Literal["proxy"], source: ConfigSource = None) -> ProxyConfig: ...
+@overload
+def load(kind: DaemonKind, source: ConfigSource = None) -> AnyConfig: ...
+def load(kind: DaemonKind, source: ConfigSource = None) -> AnyConfig:
     """
     The checked configuration of a ``kind`` daemon.
 
@@ -94,7 +117,7 @@ def load(kind: DaemonKind, source: ConfigSource = None) -> Any:
         raise ValueError(f"unknown daemon kind {kind!r}: expected one of {', '.join(KINDS)}")
     expected = CONFIG_CLASSES[kind]
     if isinstance(source, expected):
-        return source
+        return cast("AnyConfig", source)
     if isinstance(source, Mapping):
         return parse_config(kind, dict(source))
     if source is None or isinstance(source, str | os.PathLike):
@@ -295,6 +318,8 @@ def build(
     :meth:`~EmbeddedDaemon.factory` itself.  Several daemons, of one kind or of several,
     live in one reactor as long as their listen addresses and ``data_dir`` differ.
     """
+    if isinstance(mount, str):
+        raise TypeError(f"mount takes listener names, e.g. [{mount!r}], not the string {mount!r}")
     checked = load(kind, config)
     names = LISTENERS[kind]
     unknown = sorted(set(mount) - set(names))

@@ -166,6 +166,18 @@ class BuildTests(SynchronousTestCase):
         error = self.assertRaises(KeyError, daemon.address, "registry")
         self.assertIn("mounted", str(error))
 
+    def test_mount_of_a_string_is_refused(self) -> None:
+        """``mount="registry"`` (a string, not a list of names) is a TypeError saying so."""
+        error = self.assertRaises(
+            TypeError,
+            embed.build,
+            "agent",
+            daemon_config("agent", self.mktemp()),
+            reactor,
+            mount="registry",
+        )
+        self.assertIn("['registry']", str(error))
+
     def test_unknown_mount_is_refused(self) -> None:
         """Mounting a listener the kind does not have is an error naming it and the real ones."""
         error = self.assertRaises(
