@@ -324,6 +324,13 @@ class P2PBlobDownloader:
         ticker.start(self.progress_interval, now=False)
         try:
             await self.node.download(namespace, metainfo)
+            if not await self.run_blocking(self.store.has, digest):
+                # Cleanup removed the blob while the engine still held its torrent as
+                # complete (it learns of removals only once the cleanup pass is over):
+                # drop that torrent and download the blob again, once.
+                self.log.info("{digest} was evicted as it was asked for: again", digest=digest)
+                self.forget([digest])
+                await self.node.download(namespace, metainfo)
         except LocalStorageError:
             # An OSError (ENOSPC, EIO): the API answers it as such (507 for a full disk).
             self.observe("failed")

@@ -126,6 +126,25 @@ class SeedCachedTests(SynchronousTestCase):
         self.downloader.forget({self.uploaded.digest, Digest.of_bytes(b"never cached")})
         self.assertEqual(self.announces_during(70), set())
 
+    def test_blob_evicted_while_its_torrent_is_complete_is_downloaded_again(self) -> None:
+        """A pull that comes between cleanup removing the blob and the engine forgetting its
+        torrent downloads again instead of failing "finished but not in the cache"."""
+        self.successResultOf(self.downloader.seed_cached())
+        digest = self.downloaded.digest
+        self.store.delete(digest)  # the cleanup pass; forget() has not run yet
+        metainfo = self.downloaded
+
+        class Tracker:
+            def metainfo(self, namespace: str, d: Digest) -> Deferred[MetaInfo]:
+                return succeed(metainfo)
+
+        self.downloader.tracker = Tracker()  # type: ignore[assignment]
+        pull = self.downloader.download(NAMESPACE, digest)
+        self.assertNoResult(pull)  # downloading again (no peers here), not failed
+        torrent = self.node.scheduler.torrents[metainfo.infohash]
+        self.assertFalse(torrent.complete)
+        pull.addErrback(lambda _: None)  # the node stops at cleanup, failing the pull
+
     def test_restart_lists_off_the_reactor(self) -> None:
         """seed_cached lists the store through the blocking runner, not on the caller's thread."""
         calls: list[Any] = []
