@@ -162,6 +162,13 @@ class PieceDispatcher:
         self._served_at: dict[int, tuple[float, ConnId]] = {}
         #: connections with queued requests waiting for an upload slot, oldest first.
         self._upload_wait: deque[ConnId] = deque()
+        #: the origins of the blob we know of (the tracker hands out every one).
+        self._origins: frozenset[PeerID] = frozenset()
+        #: origin -> its home pieces (see :meth:`learn_origins`), as an integer.
+        self._home: dict[PeerID, int] = {}
+        self._started = now()
+        #: whether the peers were refilled when foreign pieces became allowed.
+        self._foreign_refilled = False
 
     # -- queries ---------------------------------------------------------------
 
@@ -215,12 +222,70 @@ class PieceDispatcher:
         """
         if not self.eligible(peer, index, now) or self.requested.get(index):
             return False
+        home = self._home_of(peer)
+        if home is not None and not home >> index & 1 and not self._foreign_allowed(now):
+            return False
         if not self.agent_avail[index]:
             return True
         return not any(
             not p.origin and index in p.bitfield and not self._failed_recently(p, index, now)
             for p in self.peers.values()
         )
+
+    def learn_origins(self, origins: Iterable[PeerID]) -> list[Action]:
+        """
+        Note the blob's origins (from the tracker's handout and connected origins); each
+        gets an equal, interleaved share of the pieces as its *home*: of n origins sorted
+        by peer id, the one at rank r is home to the pieces i with i mod n = r.
+
+        An origin is asked for its home pieces first, and for the others' only once
+        ``origin_spread_window`` has passed since the download began (so that an origin
+        that is down holds nothing back for long).  Every agent gets the same origins
+        from the tracker, so agents that reach different origins ask them for different
+        pieces: without it the two origins of bench.sim sent 40 % of the blob twice
+        (each origin refuses only its own repeats, ``origin_spread_window``), and the
+        last piece left the origins seconds later than it had to.
+        """
+        if not self._learn(origins):
+            return []
+        # Shares moved: an origin may now be asked for pieces that were another's.
+        return self.fill_all()
+
+    def _learn(self, origins: Iterable[PeerID]) -> bool:
+        """Add ``origins`` to the known ones and share the pieces anew; whether any was new."""
+        known = self._origins | frozenset(origins)
+        if known == self._origins:
+            return False
+        self._origins = known
+        ranked = sorted(known, key=lambda p: p.hex)
+        n = len(ranked)
+        pieces = self.metainfo.num_pieces
+        self._home = {}
+        for rank, origin in enumerate(ranked):
+            bits = bytearray((pieces + 7) // 8)
+            for i in range(rank, pieces, n):
+                bits[i >> 3] |= 1 << (i & 7)
+            self._home[origin] = int.from_bytes(bits, "little")
+        return True
+
+    def _home_of(self, peer: PeerState) -> int | None:
+        """The home pieces of an origin ``peer`` when there are several origins, else None."""
+        if not peer.origin or len(self._home) < 2:
+            return None
+        return self._home.get(peer.peer_id)
+
+    def _foreign_allowed(self, now: float) -> bool:
+        """
+        Whether an origin may be asked for pieces that are home to another origin.
+
+        Not before ``origin_spread_window`` from the start: until then the home origin
+        (usually not connected to us, but to other agents) is expected to bring them
+        into the swarm; after it, an origin that is down or slow must not hold its home
+        pieces back forever.  Asking for them at once sent 33 % of the blob twice
+        (bench.sim, 200 agents, both origins' sends counted per piece).
+        """
+        window = self.config.origin_spread_window
+        return window is None or now - self._started >= window
 
     # -- peers -----------------------------------------------------------------
 
@@ -234,6 +299,8 @@ class PieceDispatcher:
         self.peers[conn] = peer
         for i in peer.bitfield:
             self._gain(peer, i)
+        if origin and self._learn((peer_id,)):
+            return self.fill_all()
         return self._fill(peer)
 
     def remove_peer(self, conn: ConnId) -> list[Action]:
@@ -283,7 +350,14 @@ class PieceDispatcher:
             below = self.config.origin_fallback_below
             if below is not None and self._agent_requests() >= below:
                 return []
-        chosen = self._choose(self._candidate_mask(peer, now), quota, origin=peer.origin)
+        candidates = self._candidate_mask(peer, now)
+        home = self._home_of(peer)
+        if home is not None:
+            chosen = self._choose(candidates & home, quota, origin=True)
+            if len(chosen) < quota:
+                chosen += self._choose(candidates & ~home, quota - len(chosen), origin=True)
+        else:
+            chosen = self._choose(candidates, quota, origin=peer.origin)
         actions: list[Action] = []
         if chosen and not peer.pending and peer.receiving is None:
             peer.stall_clock = now
@@ -374,6 +448,9 @@ class PieceDispatcher:
             mask &= ~served
         if peer.failed:
             mask &= ~self._recent_failures(peer, now)
+        home = self._home_of(peer)
+        if home is not None and not self._foreign_allowed(now):
+            mask &= home
         return mask
 
     def _recent_failures(self, peer: PeerState, now: float) -> int:
@@ -420,6 +497,11 @@ class PieceDispatcher:
                 peer.forgiven.add(i)
                 self._mark_failed(peer, i, now)
                 actions.append(Send(peer.conn, CancelPiece(i)))
+        refill = bool(actions)
+        if not self._foreign_refilled and len(self._home) > 1 and self._foreign_allowed(now):
+            # Origins may now be asked for other origins' pieces: nothing else may come
+            # along to refill (e.g. one origin is down and the other is our only peer).
+            self._foreign_refilled = refill = True
         if actions or now >= self._next_lapse:
             # A failure that lapsed lets a peer be asked again: nothing else may come along
             # to refill (e.g. the last missing piece, refused by the only peer that has it).
@@ -432,6 +514,8 @@ class PieceDispatcher:
                 ),
                 default=math.inf,
             )
+            refill = True
+        if refill:
             actions.extend(self.fill_all())
         return actions
 

@@ -436,7 +436,7 @@ class Scheduler:
             del t.handed_out[pid]
         for peer in peers:
             t.handed_out[peer.peer_id] = now
-        actions: list[Action] = []
+        actions: list[Action] = t.dispatcher.learn_origins(p.peer_id for p in peers if p.origin)
         count = self._count(h)
         dials = self._dial_count(h)
         max_dials = self.config.max_dials_per_torrent

@@ -656,6 +656,50 @@ class DispatchTests(SynchronousTestCase):
         self.assertEqual(requests(h.s.tick(), dial.conn), [5])
 
 
+class OriginHomeTests(SynchronousTestCase):
+    """Several origins: each is asked for its own share of the pieces first."""
+
+    def test_each_origin_asked_for_its_home_pieces(self) -> None:
+        """
+        With two origins handed out, the first (by peer id) is asked only for the even
+        pieces and the second only for the odd ones, although each has every piece.
+        """
+        h = Harness(origin_pipeline_limit=8, pipeline_limit=2)
+        h.download()
+        first, second = h.s.announce_result(H, [peer(1, True), peer(2, True)], 3.0)
+        asked = requests(h.s.dial_succeeded(first.conn, h.hs(1, ALL, origin=True)))
+        self.assertEqual(sorted(asked), [0, 2, 4, 6])
+        asked = requests(h.s.dial_succeeded(second.conn, h.hs(2, ALL, origin=True)))
+        self.assertEqual(sorted(asked), [1, 3, 5, 7])
+
+    def test_other_origins_pieces_after_the_spread_window(self) -> None:
+        """
+        An origin that is down does not hold its pieces back: once origin_spread_window has
+        passed since the download began, the origin we reach is asked for them too, on the
+        tick, with nothing else happening.
+        """
+        h = Harness(origin_pipeline_limit=8, pipeline_limit=2, origin_spread_window=10.0)
+        h.download()
+        up, down = h.s.announce_result(H, [peer(1, True), peer(2, True)], 3.0)
+        h.s.dial_failed(down.conn)
+        asked = requests(h.s.dial_succeeded(up.conn, h.hs(1, ALL, origin=True)))
+        self.assertEqual(sorted(asked), [0, 2, 4, 6])
+        for index in asked:
+            self.assertEqual(requests(h.deliver(up.conn, index)), [])
+        h.t = 9.0
+        self.assertEqual(requests(h.s.tick()), [])
+        h.t = 10.0
+        self.assertEqual(sorted(requests(h.s.tick(), up.conn)), [1, 3, 5, 7])
+
+    def test_one_origin_is_asked_for_anything(self) -> None:
+        """A blob with one origin: no shares, the origin is asked for every piece at once."""
+        h = Harness(origin_pipeline_limit=8, pipeline_limit=2)
+        h.download()
+        (dial,) = h.s.announce_result(H, [peer(1, True)], 3.0)
+        asked = requests(h.s.dial_succeeded(dial.conn, h.hs(1, ALL, origin=True)))
+        self.assertEqual(sorted(asked), list(ALL))
+
+
 class LifecycleTests(SynchronousTestCase):
     """Shared downloads, TTIs, announces."""
 
