@@ -313,6 +313,23 @@ class Network:
                 os.killpg(process.pid, signal.SIGKILL)
             process.wait()
 
+    def attach_machine(self, name: str = "kraken-ui") -> str:
+        """Link this machine's own namespace to the bridge (unshaped); its address there.
+
+        For looking at the hosts from outside, e.g. a browser on the tracker's swarm page.
+        The veth's other end is in the bridge namespace, so the pair goes away with it.
+        """
+        address = str(SUBNET[-2])
+        _run(["ip", "link", "del", name], check=False)
+        _run(
+            ["ip", "link", "add", name, "type", "veth", "peer", "name", "v-machine",
+             "netns", self.bridge_ns]
+        )  # fmt: skip
+        _run(["ip", "-n", self.bridge_ns, "link", "set", "v-machine", "master", "br0", "up"])
+        _run(["ip", "addr", "add", f"{address}/{SUBNET.prefixlen}", "dev", name])
+        _run(["ip", "link", "set", name, "up"])
+        return address
+
     def close(self) -> None:
         """Stop every process started here, then remove every namespace of this prefix."""
         for process in self.processes:

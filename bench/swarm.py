@@ -30,6 +30,10 @@ shaped link).  It reports:
 - a CDF plot of completion times (PNG) in ``--out``: the last line says where, or, without
   matplotlib, that it was not drawn (the figures above are all there).
 
+``--ui`` links this machine to the swarm's bridge and prints the tracker's live swarm page
+(``http://10.77.0.10:15003/ui/``) before the download, then keeps the swarm up after it until
+Enter is pressed: open the page in a browser to watch the blob spread.
+
 Everything it made (namespaces, bridge, veths, qdiscs, processes) is removed at the end, also
 on Ctrl-C, SIGTERM or an error; ``--cleanup`` removes leftovers of a killed run by name prefix.
 """
@@ -37,6 +41,7 @@ on Ctrl-C, SIGTERM or an error; ``--cleanup`` removes leftovers of a killed run 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -564,6 +569,13 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
                 left -= n
         swarm.build()
         swarm.wait_ready()
+        if args.ui:
+            assert swarm.tracker is not None
+            network.attach_machine()
+            print(
+                f"swarm page: http://{swarm.tracker.host.address}:{TRACKER_PORT}/ui/",
+                flush=True,
+            )
         congestion = swarm.congestion_control()
         print(f"TCP congestion control in the hosts: {congestion}", flush=True)
         reference = swarm.tcp_reference() if args.tcp_reference else None
@@ -596,6 +608,9 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         segments_after = swarm.tcp_segments()
         tx_after = sum(network.tx_bytes(o.host) for o in swarm.origins)
         swarm.check_alive()
+        if args.ui:
+            with contextlib.suppress(EOFError):
+                input("download done; the swarm stays up for the page: press Enter to end ")
     finally:
         network.close()
         if not args.keep:
@@ -737,6 +752,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--out", default="bench-results", help="directory for JSON and PNG")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
+    parser.add_argument(
+        "--ui",
+        action="store_true",
+        help="link this machine to the swarm and keep it up after the download for the "
+        "tracker's swarm page (printed)",
+    )
     parser.add_argument(
         "--cleanup",
         action="store_true",
