@@ -19,7 +19,10 @@ Routes:
 - ``GET /health`` (the process answers), ``GET /readiness`` (the tracker serves its own
   requests: 200 even with every origin down, when announces still work), ``GET
   /dependencies`` (whether an origin answers, JSON), ``GET /metrics`` (Prometheus text,
-  with ``kraken_dependency_up``).
+  with ``kraken_dependency_up``);
+- ``GET /ui/``: the live swarm page (``kraken/ui``), and the JSON it polls,
+  ``GET /ui/torrents.json`` and ``GET /ui/swarm/{infohash}.json``
+  (:class:`~kraken.peers.swarm.SwarmView`, fed by announces).
 
 Bad input never reaches the store: a malformed infohash or digest is a 400,
 a bad announce body a 400 naming the field, a body over 64 KiB a 413.
