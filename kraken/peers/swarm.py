@@ -41,6 +41,9 @@ HISTORY: Final = 600
 HEAT_CELLS: Final = 1024
 """Most cells of the piece heatmap; a blob with more pieces has several per cell."""
 
+HEAT_SAMPLE: Final = 256
+"""Downloading agents whose bitfields the heatmap counts (more are sampled and scaled)."""
+
 
 RATE_WINDOW: Final = 2.0
 """Seconds at least between the two counts a peer's rate is taken from (announces can come
@@ -149,25 +152,12 @@ class SwarmView:
         pieces = torrent.pieces
         peers = self._live(torrent, now)
         origin_list = list(origins)
-        cells = min(pieces, HEAT_CELLS) if pieces else 0
-        heat: list[float] = [0] * cells
         holders: list[bytes | None] = [
             None if peer.complete else peer.have
             for peer in peers.values()
             if peer.complete or peer.have is not None
         ]
-        if cells:
-            # Each cell: the mean number of holders of its pieces (one piece a cell up to
-            # HEAT_CELLS pieces).
-            width = pieces / cells
-            counts = _holders_per_piece(pieces, holders, len(origin_list))
-            sums = [0] * cells
-            sizes = [0] * cells
-            for i, count in enumerate(counts):
-                cell = min(cells - 1, int(i / width))
-                sums[cell] += count
-                sizes[cell] += 1
-            heat = [round(total / n, 2) if n else 0 for total, n in zip(sums, sizes, strict=True)]
+        heat = _heat(pieces, holders, len(origin_list)) if pieces else []
         peer_rows = [
             {
                 "peer_id": pid.hex,
@@ -216,27 +206,37 @@ class SwarmView:
         return torrent.peers
 
 
-def _holders_per_piece(pieces: int, holders: list[bytes | None], extra: int) -> list[int]:
-    """How many of ``holders`` (bitfields; None: complete) plus ``extra`` hold each piece.
+def _heat(pieces: int, holders: list[bytes | None], extra: int) -> list[float]:
+    """Holders per piece (``extra`` and complete holders, None, hold every piece).
 
-    Counts byte values per byte position first (one pass over each bitfield's bytes), then
-    turns each position's 256 counters into eight piece counts: the cost is in bytes, not
-    in bits times peers.
+    Up to :data:`HEAT_CELLS` pieces, one cell per piece; beyond, each cell spans whole
+    bytes of the bitfield (8 k pieces) and holds the mean count of its pieces.  The work
+    is one popcount per holder and cell (of at most :data:`HEAT_SAMPLE` downloading
+    holders, evenly picked and scaled up), so a page view of a large swarm stays cheap.
     """
-    size = (pieces + 7) // 8
     full = extra + sum(1 for have in holders if have is None)
-    tables = [[0] * 256 for _ in range(size)]
-    for have in holders:
-        if have is not None:
-            for j, byte in enumerate(have[:size]):
-                tables[j][byte] += 1
-    counts = [full] * pieces
-    for j, table in enumerate(tables):
-        for byte, n in enumerate(table):
-            if n and byte:
-                for bit in range(8):
-                    if byte & (0x80 >> bit):
-                        i = j * 8 + bit
-                        if i < pieces:
-                            counts[i] += n
-    return counts
+    partial = [have for have in holders if have is not None]
+    scale = 1.0
+    if len(partial) > HEAT_SAMPLE:
+        scale = len(partial) / HEAT_SAMPLE
+        step = len(partial) / HEAT_SAMPLE
+        partial = [partial[int(i * step)] for i in range(HEAT_SAMPLE)]
+    size = (pieces + 7) // 8
+    if pieces <= HEAT_CELLS:
+        bounds = [(i, i + 1) for i in range(pieces)]
+    else:
+        per_cell = -(-size // HEAT_CELLS)  # bytes
+        bounds = [(8 * b, min(pieces, 8 * (b + per_cell))) for b in range(0, size, per_cell)]
+    heat = []
+    for first, end in bounds:
+        held = 0
+        if first % 8 == 0 and end - first >= 8:
+            lo, hi = first // 8, (end + 7) // 8
+            for have in partial:
+                held += int.from_bytes(have[lo:hi], "big").bit_count()
+        else:
+            byte, mask = first // 8, 0x80 >> (first % 8)
+            for have in partial:
+                held += bool(have[byte] & mask)
+        heat.append(round(full + scale * held / (end - first), 2))
+    return heat

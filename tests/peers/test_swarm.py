@@ -166,5 +166,28 @@ class SwarmViewTests(SynchronousTestCase):
         view.record(req, now=1.0)
         snap = view.snapshot(IH, [], now=1.0)
         assert snap is not None
+        self.assertEqual(len(snap["heat"]), 625)  # whole bytes of the bitfield: 8 pieces a cell
+        self.assertEqual(set(snap["heat"]), {0.5})
+
+    def test_heat_of_a_huge_swarm_is_bounded(self) -> None:
+        """390,000 pieces and 600 downloading agents: 1024 cells from a sample of 256 agents.
+
+        Every agent holds the first half of the pieces, so the sampled and scaled counts are
+        exact: 600 holders in the first half of the cells, none in the second.
+        """
+        view = SwarmView()
+        pieces = 48 * 1024 * 8
+        half = Bitfield.of(pieces, range(pieces // 2)).to_bytes()
+        for n in range(600):
+            req = AnnounceRequest(
+                DIGEST,
+                IH,
+                PeerInfo(PeerID.from_address("10.2.0.1", 1000 + n), "10.2.0.1", 1000 + n),
+                AnnounceProgress(pieces, pieces * 1024, half),
+            )
+            view.record(req, now=1.0)
+        snap = view.snapshot(IH, [], now=1.0)
+        assert snap is not None
         self.assertEqual(len(snap["heat"]), 1024)
-        self.assertTrue(all(0.3 <= cell <= 0.7 for cell in snap["heat"]), snap["heat"][:10])
+        self.assertEqual(snap["heat"][:512], [600.0] * 512)
+        self.assertEqual(snap["heat"][512:], [0.0] * 512)
