@@ -81,6 +81,8 @@ class SwarmView:
     """The tracker's picture of recent swarms (see the module doc)."""
 
     _torrents: OrderedDict[InfoHash, _Torrent] = field(factory=OrderedDict, init=False)
+    #: The last snapshot of each torrent and when: viewers within a second share it.
+    _shown: dict[InfoHash, tuple[float, dict[str, Any]]] = field(factory=dict, init=False)
 
     def record(self, req: AnnounceRequest, now: float) -> None:
         """Note one announce (cheap: on the announce path)."""
@@ -148,10 +150,22 @@ class SwarmView:
         """The swarm page's JSON for torrent ``h`` (None if unknown); ``origins`` hold it all."""
         torrent = self._torrents.get(h)
         if torrent is None:
+            self._shown.pop(h, None)
             return None
+        shown = self._shown.get(h)
+        if shown is not None and 0 <= now - shown[0] < 1.0:
+            return shown[1]
+        view = self._snapshot(h, torrent, list(origins), now)
+        if len(self._shown) >= MAX_TORRENTS:
+            self._shown.clear()
+        self._shown[h] = (now, view)
+        return view
+
+    def _snapshot(
+        self, h: InfoHash, torrent: _Torrent, origin_list: list[PeerInfo], now: float
+    ) -> dict[str, Any]:
         pieces = torrent.pieces
         peers = self._live(torrent, now)
-        origin_list = list(origins)
         holders: list[bytes | None] = [
             None if peer.complete else peer.have
             for peer in peers.values()

@@ -122,6 +122,17 @@ class SwarmViewTests(SynchronousTestCase):
         view.record(announce(1, 0, 1, 2, 3), now=2.0)  # 4 pieces of 1000 bytes in 2 s
         self.assertEqual(rate(2.0), 2000)
 
+    def test_viewers_share_a_snapshot_for_a_second(self) -> None:
+        """Views within a second get the same snapshot; a later one sees new announces."""
+        view = SwarmView()
+        view.record(announce(1, 0), now=0.0)
+        first = view.snapshot(IH, [], now=0.0)
+        view.record(announce(2, 0), now=0.5)
+        self.assertIs(view.snapshot(IH, [], now=0.5), first)
+        later = view.snapshot(IH, [], now=1.0)
+        assert later is not None
+        self.assertEqual(later["agents"], 2)
+
     def test_complete_stops_the_rate(self) -> None:
         """An agent's complete announce sets it full and its rate to zero."""
         view = SwarmView()
