@@ -64,7 +64,8 @@ class TrackerService(MultiService):
 
 class TrackerSite(KrakenSite):
     """
-    The tracker's ``Site``: no form parsing of POST bodies, no access-log line per good announce.
+    The tracker's ``Site``: no form parsing of POST bodies, no access-log line per good announce
+    (nor per poll of an open swarm page: one a second per viewer).
 
     The API takes JSON only, and Twisted's form parsing of a POST with a
     Content-Type parses that header through the ``email`` package (a fifth of
@@ -77,8 +78,8 @@ class TrackerSite(KrakenSite):
         super().__init__(resource, parse_forms=False, **kwargs)
 
     def log(self, request: Any) -> None:
-        """Access-log ``request`` unless it is a successful announce."""
-        if request.code == 200 and request.path.startswith(b"/announce/"):
+        """Access-log ``request`` unless it is a successful announce or swarm-page poll."""
+        if request.code == 200 and request.path.startswith((b"/announce/", b"/ui/")):
             return
         super().log(request)
 

@@ -77,6 +77,15 @@ class TrackerSiteTests(SynchronousTestCase):
         site.log(self.request(site, b"/readiness", 503))
         self.assertEqual(len(lines), 1)
 
+    def test_swarm_page_polls_not_logged(self) -> None:
+        """An open swarm page's polls (one a second) leave no line; a failed one does."""
+        site, lines = self.site()
+        for path in (b"/ui/", b"/ui/torrents.json", b"/ui/swarm/" + b"a" * 64 + b".json"):
+            site.log(self.request(site, path, 200))
+        self.assertEqual(lines, [])
+        site.log(self.request(site, b"/ui/swarm/nothex.json", 400))
+        self.assertEqual(len(lines), 1)
+
     def test_no_form_parsing(self) -> None:
         """POST bodies are not parsed as forms (the API takes JSON); tracebacks are not shown."""
         site, _ = self.site()
