@@ -552,6 +552,9 @@ class KrakenSite(Site):
     protocol = KrakenChannel  # type: ignore[assignment]
     requestFactory = KrakenRequest
     quiet_paths: ClassVar[frozenset[bytes]] = frozenset({b"/health", b"/readiness", b"/metrics"})
+    #: Path endings whose successful requests are polls, not logged either: the agent's
+    #: ``/blobs/{digest}/status`` (``kraken blob pull --agent`` asks twice a second).
+    quiet_endings: ClassVar[tuple[bytes, ...]] = (b"/status",)
 
     def __init__(
         self,
@@ -588,7 +591,9 @@ class KrakenSite(Site):
 
     def log(self, request: Any) -> None:
         """Access-log ``request``, except successful health, readiness and metrics probes."""
-        if request.code < 400 and request.path in self.quiet_paths:
+        if request.code < 400 and (
+            request.path in self.quiet_paths or request.path.endswith(self.quiet_endings)
+        ):
             return
         super().log(request)
 

@@ -86,6 +86,15 @@ class TrackerSiteTests(SynchronousTestCase):
         site.log(self.request(site, b"/ui/swarm/nothex.json", 400))
         self.assertEqual(len(lines), 1)
 
+    def test_status_polls_not_logged(self) -> None:
+        """Any KrakenSite: successful ``.../status`` polls (the agent's download status,
+        ``kraken blob pull --agent`` asks twice a second) leave no line; failed ones do."""
+        site, lines = self.site()
+        site.log(self.request(site, b"/blobs/" + b"a" * 64 + b"/status", 200))
+        self.assertEqual(lines, [])
+        site.log(self.request(site, b"/blobs/" + b"a" * 64 + b"/status", 404))
+        self.assertEqual(len(lines), 1)
+
     def test_no_form_parsing(self) -> None:
         """POST bodies are not parsed as forms (the API takes JSON); tracebacks are not shown."""
         site, _ = self.site()
