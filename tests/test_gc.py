@@ -19,8 +19,8 @@ from kraken.backends.http import HTTPBackend
 from kraken.backends.router import BackendRouter
 from kraken.backends.threads import run_inline
 from kraken.core import Digest
-from kraken.http.client import HTTPClientFactory
 from kraken.gc import GarbageCollector, GCAborted, GCState
+from kraken.http.client import HTTPClientFactory
 from tests.oci import manifest_of
 
 REPO = "test/app"

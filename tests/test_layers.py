@@ -35,6 +35,8 @@ LAYERS: list[set[str]] = [
 DEPARTURES: set[tuple[str, str]] = {
     ("kraken.buildindex.dependencies", "kraken.api.distribution"),
     ("kraken.buildindex.tags", "kraken.api.distribution"),
+    # The herd composes its members through the public embedding API (lazily, at build).
+    ("kraken.services.herd", "kraken.embed"),
 }
 
 ROOT = os.path.dirname(os.path.abspath(kraken.__file__))
