@@ -28,11 +28,11 @@ from attrs import define, evolve, field, frozen
 from twisted.internet.defer import Deferred
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
 from kraken.core import Bitfield, Digest, InfoHash, MetaInfo, PeerID, PeerInfo
 from kraken.http.client import RequestError
+from kraken.io.singleflight import SingleFlight
 from kraken.peers.announce import AnnounceProgress, AnnounceRequest, AnnounceResponse
 from kraken.protocols.peer import PeerNode
 from kraken.protocols.progress import DownloadProgress, RateWindow, torrent_progress
@@ -179,7 +179,7 @@ class P2PBlobDownloader:
     observe_seconds: Callable[[float], object] = lambda seconds: None
     #: Seconds between two progress log lines of a running download.
     progress_interval: float = PROGRESS_INTERVAL
-    _waiting: dict[Digest, list[Deferred[None]]] = field(factory=dict, init=False)
+    _waiting: SingleFlight[Digest, None] = field(factory=SingleFlight, init=False)
     _running: dict[Digest, _Running] = field(factory=dict, init=False)
     #: Torrents of blobs this agent has in its cache (seeded at start or downloaded), so
     #: that a blob cleanup removed can be forgotten once its metainfo is gone.
@@ -234,18 +234,13 @@ class P2PBlobDownloader:
 
     def download(self, namespace: str, digest: Digest) -> Deferred[None]:
         """See :meth:`IBlobDownloader.download`."""
-        waiter: Deferred[None] = Deferred()
-        waiting = self._waiting.get(digest)
-        if waiting is not None:
-            waiting.append(waiter)
-            return waiter
-        self._waiting[digest] = [waiter]
-        Deferred.fromCoroutine(self._download(namespace, digest)).addBoth(self._done, digest)
-        return waiter
+        return self._waiting.run(
+            digest, lambda: Deferred.fromCoroutine(self._download(namespace, digest))
+        )
 
     def downloading(self) -> frozenset[Digest]:
         """Digests being downloaded now."""
-        return frozenset(self._waiting)
+        return frozenset(self._running)
 
     def progress(self, digest: Digest) -> DownloadProgress | None:
         """How far the download of ``digest`` is, or None when none runs."""
@@ -272,14 +267,6 @@ class P2PBlobDownloader:
         progress = self.progress(digest)
         if progress is not None and progress.state == "downloading":
             self.log.info("{digest}: {progress}", digest=digest, progress=progress.line())
-
-    def _done(self, result: object, digest: Digest) -> None:
-        waiters = self._waiting.pop(digest, [])
-        for waiter in waiters:
-            if isinstance(result, Failure):
-                waiter.errback(result)
-            else:
-                waiter.callback(None)
 
     async def _download(self, namespace: str, digest: Digest) -> None:
         running = _Running(namespace, self.node.reactor.seconds())
