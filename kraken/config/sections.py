@@ -393,9 +393,11 @@ class SchedulerConfig:
     )
     origin_spread_window: Duration | None = setting(
         10.0,
-        doc="Origins only: a request for a piece that the origin accepted from another peer "
+        doc="Origins: a request for a piece that the origin accepted from another peer "
         "less than this long ago is answered ERROR(SENT_ELSEWHERE), so each piece leaves the "
-        "origin once and spreads among agents (tuned by `bench.sim`); null: never.",
+        "origin once and spreads among agents (tuned by `bench.sim`); null: never. Agents: "
+        "when a blob has several origins, each is asked only for its share of the pieces "
+        "until this long after the download began (docs/protocol.md); null: from the start.",
     )
     max_conns_per_address: PositiveInt | None = setting(
         2,
