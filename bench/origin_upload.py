@@ -153,14 +153,14 @@ def push(host: str, path: str, digest: str) -> None:
     from twisted.internet.threads import deferToThread
 
     from kraken.backends.threads import BlockingRunner
-    from kraken.core import Digest
-    from kraken.http.client import HTTPClientFactory
-    from kraken.protocols.origin_client import (
+    from kraken.clients.origin import (
         DEFAULT_CHUNK_SIZE,
         OriginClient,
         OriginClusterClient,
         file_chunks,
     )
+    from kraken.core import Digest
+    from kraken.http.client import HTTPClientFactory
 
     def main(reactor: Any) -> Any:
         async def go() -> None:

@@ -39,13 +39,13 @@ def serve(root: str, port: int) -> None:
 
     from kraken.api.agent import AgentAPI
     from kraken.api.registry import RegistryAPI
+    from kraken.clients.buildindex import BuildIndexClient
     from kraken.cluster import PassiveHealthFilter
     from kraken.config.sections import HTTPServerConfig
     from kraken.core import Digest
     from kraken.http.client import HTTPClientFactory
     from kraken.http.errors import render_registry_json
     from kraken.http.server import KleinRoutes, read_only
-    from kraken.protocols.buildindex_client import BuildIndexClient
     from kraken.protocols.downloader import IBlobDownloader
     from kraken.protocols.peer import threadpool_runner
     from kraken.services.parts import closing_listener, http_site

@@ -232,14 +232,14 @@ def upload(origins: list[str], namespace: str, path: str, timeout: float) -> Non
     from twisted.internet.task import deferLater, react
     from twisted.internet.threads import deferToThread
 
-    from kraken.core import Digest
-    from kraken.http.client import HTTPClientFactory, RetryPolicy
-    from kraken.protocols.origin_client import (
+    from kraken.clients.origin import (
         OriginClient,
         OriginClusterClient,
         PollPolicy,
         file_chunks,
     )
+    from kraken.core import Digest
+    from kraken.http.client import HTTPClientFactory, RetryPolicy
 
     result: dict[str, Any] = {}
 

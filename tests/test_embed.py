@@ -29,11 +29,11 @@ from twisted.web.server import Site
 from twisted.web.static import Data
 
 from kraken import embed
+from kraken.clients.origin import OriginClient, bytes_chunks
 from kraken.config import TRACKER_PORT, AgentConfig, TrackerConfig, dump_config
 from kraken.core import Digest
 from kraken.http.client import NO_RETRY, HTTPClientFactory, read_body
 from kraken.http.server import KrakenSite
-from kraken.protocols.origin_client import OriginClient, bytes_chunks
 from kraken.protocols.sendfile import _devnull
 from tests.peers.redisserver import free_port
 

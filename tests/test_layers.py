@@ -25,6 +25,7 @@ LAYERS: list[set[str]] = [
     {"http", "mirror", "certs"},
     {"tls", "cluster", "backends"},
     {"peers"},
+    {"clients"},
     {"protocols"},
     {"origin", "buildindex"},
     {"api"},

@@ -51,18 +51,18 @@ from twisted.web.resource import IResource
 from kraken.api.distribution import manifest_references
 from kraken.api.serving import serve_blob
 from kraken.buildindex.tags import InvalidTag, parse_tag
-from kraken.core import Digest
-from kraken.core.names import InvalidNamespace, check_namespace
-from kraken.http.client import HTTPStatusError
-from kraken.http.dependencies import Dependencies
-from kraken.http.errors import CORE_ERRORS, APIError, install_error_handler
-from kraken.protocols.buildindex_client import (
+from kraken.clients.buildindex import (
     BuildIndexClient,
     BuildIndexUnavailable,
     InvalidBuildIndexResponse,
     TagNotFound,
     TagRejected,
 )
+from kraken.core import Digest
+from kraken.core.names import InvalidNamespace, check_namespace
+from kraken.http.client import HTTPStatusError
+from kraken.http.dependencies import Dependencies
+from kraken.http.errors import CORE_ERRORS, APIError, install_error_handler
 from kraken.protocols.downloader import BlobUnknown, DownloadError, IBlobDownloader
 from kraken.protocols.progress import DownloadProgress
 from kraken.store import BlobInUse, BlobNotFound, BlobStore

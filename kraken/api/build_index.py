@@ -11,7 +11,7 @@ that is refused like any character outside the distribution grammar):
   referenced blob or child manifest is missing, 503 when the origin cannot be
   asked); store the tag in the backend (write-through: 503 if that fails); tell
   the other members of the cluster at once, best effort (a PUT with the
-  :data:`~kraken.protocols.buildindex_client.DUPLICATE_HEADER`, which the
+  :data:`~kraken.clients.buildindex.DUPLICATE_HEADER`, which the
   receiver stores without checks, forwarding or replication, unless it knows a
   newer write); with ``replicate=true`` queue one durable replication task per
   matching remote before answering 200.  A PUT carrying the duplicate header is
@@ -82,13 +82,13 @@ from kraken.buildindex.tags import (
     UnknownTag,
     parse_tag,
 )
+from kraken.clients.buildindex import DUPLICATE_HEADER, BuildIndexClient
 from kraken.core import Digest
 from kraken.core.address import LOOPBACK_NETWORKS, IPNetwork, in_networks, parse_ip, parse_networks
 from kraken.http.dependencies import Dependencies
 from kraken.http.errors import CORE_ERRORS, APIError, install_error_handler, render_text
 from kraken.http.request_body import json_response
 from kraken.persistedretry import QueueStopped, RetryQueue
-from kraken.protocols.buildindex_client import DUPLICATE_HEADER, BuildIndexClient
 from kraken.tls import ClientCertificate, client_certificate_status
 
 __all__ = [

@@ -94,6 +94,18 @@ from kraken.api.referrers import (
 )
 from kraken.api.serving import serve_blob
 from kraken.backends.threads import BlockingRunner
+from kraken.clients.buildindex import (
+    BuildIndexUnavailable,
+    InvalidBuildIndexResponse,
+    TagNotFound,
+    TagRejected,
+)
+from kraken.clients.origin import (
+    BlobNotFoundAtOrigin,
+    NoOriginAvailable,
+    OriginClusterClient,
+    StatInconclusive,
+)
 from kraken.core import Digest, DigestMismatch, InvalidDigest
 from kraken.http.client import HTTPStatusError, RequestError
 from kraken.http.dependencies import Dependencies
@@ -135,18 +147,6 @@ from kraken.http.server import (
     body_sink,
 )
 from kraken.io.singleflight import SingleFlight
-from kraken.protocols.buildindex_client import (
-    BuildIndexUnavailable,
-    InvalidBuildIndexResponse,
-    TagNotFound,
-    TagRejected,
-)
-from kraken.protocols.origin_client import (
-    BlobNotFoundAtOrigin,
-    NoOriginAvailable,
-    OriginClusterClient,
-    StatInconclusive,
-)
 from kraken.store import BlobExists, BlobNotFound, BlobReader, BlobStore, UploadNotFound
 
 __all__ = [
@@ -208,7 +208,7 @@ PROXY_ERRORS: Final = CORE_ERRORS.extended(
 class TagIndex(Protocol):
     """What the proxy needs of the build-index (tags are ``repo:tag``).
 
-    :class:`~kraken.protocols.buildindex_client.BuildIndexClient` provides it.
+    :class:`~kraken.clients.buildindex.BuildIndexClient` provides it.
     """
 
     def get_tag(self, tag: str) -> Deferred[Digest]:

@@ -54,6 +54,12 @@ from kraken.api.distribution import (
 )
 from kraken.api.proxy import page_args, paginate, tag_repository
 from kraken.api.referrers import FILTERS_APPLIED_HEADER, filter_referrers, referrers_tag
+from kraken.clients.buildindex import (
+    BuildIndexUnavailable,
+    InvalidBuildIndexResponse,
+    TagNotFound,
+    TagRejected,
+)
 from kraken.core import Digest, InvalidDigest
 from kraken.http.client import HTTPStatusError
 from kraken.http.errors import (
@@ -73,12 +79,6 @@ from kraken.http.errors import (
     render_registry_json,
 )
 from kraken.peers.cache import CollapsingCache
-from kraken.protocols.buildindex_client import (
-    BuildIndexUnavailable,
-    InvalidBuildIndexResponse,
-    TagNotFound,
-    TagRejected,
-)
 from kraken.protocols.downloader import BlobUnknown, DownloadError
 from kraken.store import BlobNotFound
 

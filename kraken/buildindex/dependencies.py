@@ -25,10 +25,10 @@ from attrs import frozen
 from twisted.internet.defer import Deferred, DeferredList
 
 from kraken.api.distribution import manifest_references
+from kraken.clients.origin import BlobNotFoundAtOrigin, NoOriginAvailable
 from kraken.core import Digest
 from kraken.http.client import RequestError
 from kraken.http.errors import APIError
-from kraken.protocols.origin_client import BlobNotFoundAtOrigin, NoOriginAvailable
 
 __all__ = [
     "MAX_INDEX_DEPTH",

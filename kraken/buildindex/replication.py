@@ -44,17 +44,17 @@ from zope.interface import implementer
 from kraken.backends.threads import BlockingRunner
 from kraken.buildindex.dependencies import DependencyResolver
 from kraken.buildindex.tags import TagRef, parse_tag
-from kraken.core import Digest
-from kraken.http.client import KrakenHTTPClient
-from kraken.persistedretry import ITaskExecutor, PermanentTaskFailure, Task
-from kraken.protocols.buildindex_client import BuildIndexClient, TagNotFound
-from kraken.protocols.origin_client import (
+from kraken.clients.buildindex import BuildIndexClient, TagNotFound
+from kraken.clients.origin import (
     DEFAULT_CHUNK_SIZE,
     BlobNotFoundAtOrigin,
     OriginClient,
     OriginClusterClient,
     file_chunks,
 )
+from kraken.core import Digest
+from kraken.http.client import KrakenHTTPClient
+from kraken.persistedretry import ITaskExecutor, PermanentTaskFailure, Task
 
 __all__ = [
     "REPLICATE_TAG_KIND",

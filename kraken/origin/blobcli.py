@@ -30,6 +30,14 @@ from twisted.internet.threads import deferToThread
 from twisted.web.iweb import IPolicyForHTTPS
 
 from kraken.backends.threads import BlockingRunner
+from kraken.clients.origin import (
+    DEFAULT_CHUNK_SIZE,
+    BlobNotFoundAtOrigin,
+    NoOriginAvailable,
+    OriginClient,
+    OriginClusterClient,
+    file_chunks,
+)
 from kraken.config.sections import TLSConfig
 from kraken.core import Digest
 from kraken.http.client import (
@@ -38,14 +46,6 @@ from kraken.http.client import (
     RequestError,
     collect_body,
     read_body,
-)
-from kraken.protocols.origin_client import (
-    DEFAULT_CHUNK_SIZE,
-    BlobNotFoundAtOrigin,
-    NoOriginAvailable,
-    OriginClient,
-    OriginClusterClient,
-    file_chunks,
 )
 from kraken.tls import ClusterTLS, TLSFileError
 

@@ -22,9 +22,9 @@ from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
 from twisted.logger import Logger
 
 from kraken.backends.threads import BlockingRunner
+from kraken.clients.origin import OriginClient, UploadKind
 from kraken.cluster import RendezvousRing
 from kraken.core import Digest
-from kraken.protocols.origin_client import OriginClient, UploadKind
 from kraken.store import BlobReader, BlobStore
 
 __all__ = ["Replicator"]

@@ -1,1 +1,1 @@
-"""Twisted protocols: peer wire protocol and HTTP clients of the tracker."""
+"""Twisted protocols: the peer wire protocol, its driver, and the agent's download path."""

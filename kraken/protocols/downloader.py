@@ -16,7 +16,7 @@ the namespace the store recorded for it; :meth:`P2PBlobDownloader.forget`
 drops the blobs that cleanup removed from the engine.
 
 :class:`AnnouncerAdapter` turns the engine's announce actions into
-:class:`~kraken.protocols.tracker_client.TrackerClient` announces.
+:class:`~kraken.clients.tracker.TrackerClient` announces.
 """
 
 from __future__ import annotations
@@ -30,19 +30,19 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import Interface, implementer
 
-from kraken.core import Bitfield, Digest, InfoHash, MetaInfo, PeerID, PeerInfo
-from kraken.http.client import RequestError
-from kraken.io.singleflight import SingleFlight
-from kraken.peers.announce import AnnounceProgress, AnnounceRequest, AnnounceResponse
-from kraken.protocols.peer import PeerNode
-from kraken.protocols.progress import DownloadProgress, RateWindow, torrent_progress
-from kraken.protocols.tracker_client import (
+from kraken.clients.tracker import (
     InvalidTrackerResponse,
     MetaInfoNotFound,
     MetaInfoTimeout,
     TrackerClient,
     TrackerUnavailable,
 )
+from kraken.core import Bitfield, Digest, InfoHash, MetaInfo, PeerID, PeerInfo
+from kraken.http.client import RequestError
+from kraken.io.singleflight import SingleFlight
+from kraken.peers.announce import AnnounceProgress, AnnounceRequest, AnnounceResponse
+from kraken.protocols.peer import PeerNode
+from kraken.protocols.progress import DownloadProgress, RateWindow, torrent_progress
 from kraken.store import BlobInUse, BlobNotFound, BlobStore
 from kraken.torrent.actions import Announce
 from kraken.torrent.archive import IArchive, IPieceStorage

@@ -33,6 +33,13 @@ from twisted.python.threadpool import ThreadPool
 
 from kraken.api.agent import AgentAPI, AgentMetrics
 from kraken.api.registry import RegistryAPI, parse_networks
+from kraken.clients.buildindex import BuildIndexClient
+from kraken.clients.tracker import (
+    PollPolicy,
+    TrackerClient,
+    TrackerUnavailable,
+    UnreachableReporter,
+)
 from kraken.cluster import (
     Membership,
     PassiveHealthFilter,
@@ -48,17 +55,10 @@ from kraken.http.errors import render_registry_json
 from kraken.http.server import KleinRoutes, read_only
 from kraken.metrics import runtime_metrics
 from kraken.protocols.archives import AgentArchive
-from kraken.protocols.buildindex_client import BuildIndexClient
 from kraken.protocols.downloader import AnnouncerAdapter, P2PBlobDownloader
 from kraken.protocols.peer import PeerNode, threadpool_runner
 from kraken.protocols.peer_metrics import PeerMetrics
 from kraken.protocols.progress import announce_progress
-from kraken.protocols.tracker_client import (
-    PollPolicy,
-    TrackerClient,
-    TrackerUnavailable,
-    UnreachableReporter,
-)
 from kraken.services.parts import (
     CleanupService,
     DaemonOptions,

@@ -36,6 +36,8 @@ from kraken.backends.threads import BlockingRunner
 from kraken.buildindex.dependencies import DependencyResolver, TagTypeRules
 from kraken.buildindex.replication import REPLICATE_TAG_KIND, RemoteRules, TagReplicationExecutor
 from kraken.buildindex.tags import TagStore
+from kraken.clients.buildindex import BuildIndexClient
+from kraken.clients.origin import OriginClient, OriginClusterClient
 from kraken.cluster import (
     Membership,
     PassiveHealthFilter,
@@ -48,8 +50,6 @@ from kraken.http.dependencies import Dependencies
 from kraken.http.server import KleinRoutes
 from kraken.metrics import runtime_metrics
 from kraken.persistedretry import Backoff, PrometheusQueueMetrics, RetryQueue, SQLiteTaskStore
-from kraken.protocols.buildindex_client import BuildIndexClient
-from kraken.protocols.origin_client import OriginClient, OriginClusterClient
 from kraken.services.parts import (
     LISTEN_OPTION,
     DaemonOptions,

@@ -33,6 +33,7 @@ from kraken.api.origin import ORIGIN_ERRORS, OriginAPI, OriginMetrics
 from kraken.backends.config import BackendContext, BackendsConfig
 from kraken.backends.router import BackendRouter
 from kraken.backends.threads import BlockingRunner
+from kraken.clients.origin import OriginClient
 from kraken.cluster import Membership, RendezvousRing, parse_host_port
 from kraken.config import OriginConfig
 from kraken.core import PeerID, PeerInfo
@@ -44,7 +45,6 @@ from kraken.origin.replication import Replicator
 from kraken.origin.writeback import WRITEBACK_KIND, Writeback, WritebackExecutor
 from kraken.persistedretry import Backoff, PrometheusQueueMetrics, RetryQueue, SQLiteTaskStore
 from kraken.protocols.archives import OriginArchive
-from kraken.protocols.origin_client import OriginClient
 from kraken.protocols.peer import PeerNode, make_scheduler
 from kraken.protocols.peer_metrics import PeerMetrics
 from kraken.services.parts import (

@@ -27,14 +27,14 @@ from twisted.python.threadpool import ThreadPool
 
 from kraken.api.proxy import PROXY_ERRORS, ProxyAPI, ProxyMetrics
 from kraken.backends.threads import threadpool_runner
+from kraken.clients.buildindex import BuildIndexClient
+from kraken.clients.origin import OriginClient, OriginClusterClient
 from kraken.cluster import Membership, NoHealthFilter, PassiveHealthFilter
 from kraken.config import ProxyConfig
 from kraken.http.client import NO_RETRY, HTTPClientFactory
 from kraken.http.dependencies import Dependencies
 from kraken.http.errors import render_registry_json
 from kraken.metrics import runtime_metrics
-from kraken.protocols.buildindex_client import BuildIndexClient
-from kraken.protocols.origin_client import OriginClient, OriginClusterClient
 from kraken.services.parts import (
     LISTEN_OPTION,
     CleanupService,

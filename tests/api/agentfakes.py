@@ -21,11 +21,11 @@ from zope.interface import implementer
 
 from kraken.api.agent import AgentAPI, AgentMetrics
 from kraken.api.registry import RegistryAPI, parse_networks
+from kraken.clients.buildindex import BuildIndexClient
 from kraken.cluster import PassiveHealthFilter
 from kraken.core import Digest
 from kraken.http.dependencies import Dependencies
 from kraken.http.testing import HostRoutingAgent, memory_client_factory
-from kraken.protocols.buildindex_client import BuildIndexClient
 from kraken.protocols.downloader import BlobUnknown, DownloadError, IBlobDownloader
 from kraken.protocols.peer import synchronous_runner
 from kraken.store import BlobNotFound, BlobStore

@@ -29,6 +29,8 @@ from kraken.buildindex.replication import (
     deletion_payload,
 )
 from kraken.buildindex.tags import TagStore, parse_tag
+from kraken.clients.buildindex import DUPLICATE_HEADER, BuildIndexClient
+from kraken.clients.origin import OriginClient, OriginClusterClient
 from kraken.cluster import Membership, NoHealthFilter, StaticHostList
 from kraken.cluster.health import PassiveHealthFilter
 from kraken.core import Digest
@@ -36,8 +38,6 @@ from kraken.core.address import parse_networks
 from kraken.http.dependencies import Dependencies
 from kraken.http.testing import memory_client_factory
 from kraken.persistedretry import MemoryTaskStore, RetryQueue, Task
-from kraken.protocols.buildindex_client import DUPLICATE_HEADER, BuildIndexClient
-from kraken.protocols.origin_client import OriginClient, OriginClusterClient
 from kraken.services.build_index import _backends_readiness, _origin_readiness
 from kraken.tls import ClientCertificate
 

@@ -28,13 +28,13 @@ from kraken.api.proxy import (
     tag_repository,
 )
 from kraken.backends.threads import run_inline
+from kraken.clients.buildindex import TagNotFound
+from kraken.clients.origin import OriginClient, OriginClusterClient, PollPolicy
 from kraken.core import Digest
 from kraken.http.client import HTTPClientFactory, HTTPStatusError
 from kraken.http.dependencies import Dependencies
 from kraken.http.errors import RegistryError
 from kraken.http.testing import HostRoutingAgent
-from kraken.protocols.buildindex_client import TagNotFound
-from kraken.protocols.origin_client import OriginClient, OriginClusterClient, PollPolicy
 from kraken.store import BlobStore
 from tests.oci import manifest_of
 from tests.origin.harness import BackendDown, MemoryOrigin, make_origin

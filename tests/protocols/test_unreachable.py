@@ -22,6 +22,7 @@ from twisted.web.resource import Resource
 from zope.interface import implementer
 
 from kraken.api.tracker import TrackerAPI
+from kraken.clients.tracker import TrackerClient, UnreachableReporter
 from kraken.cluster import (
     Membership,
     NoHealthFilter,
@@ -34,7 +35,6 @@ from kraken.http.testing import memory_client_factory
 from kraken.peers.origins import IOriginCluster, MetaInfoAnswer
 from kraken.peers.store import MemoryPeerStore
 from kraken.protocols.peer import PeerProtocol
-from kraken.protocols.tracker_client import TrackerClient, UnreachableReporter
 
 from .swarm import Swarm
 

@@ -21,21 +21,21 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from kraken.backends.threads import run_inline
-from kraken.config.loader import parse_config
-from kraken.core import Digest
-from kraken.http.client import HTTPClientFactory, RetryPolicy
-from kraken.persistedretry import RetryQueue
-from kraken.protocols.buildindex_client import (
+from kraken.clients.buildindex import (
     BuildIndexClient,
     BuildIndexUnavailable,
     TagNotFound,
 )
-from kraken.protocols.origin_client import (
+from kraken.clients.origin import (
     OriginClient,
     OriginClusterClient,
     PollPolicy,
     bytes_chunks,
 )
+from kraken.config.loader import parse_config
+from kraken.core import Digest
+from kraken.http.client import HTTPClientFactory, RetryPolicy
+from kraken.persistedretry import RetryQueue
 from kraken.services.build_index import (
     BuildIndexService,
     Options,

@@ -20,17 +20,17 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from kraken.backends.threads import run_inline
-from kraken.cluster import Membership
-from kraken.config.loader import parse_config
-from kraken.core import Digest
-from kraken.http.client import HTTPClientFactory, RetryPolicy
-from kraken.persistedretry import RetryQueue
-from kraken.protocols.origin_client import (
+from kraken.clients.origin import (
     OriginClient,
     OriginClusterClient,
     PollPolicy,
     bytes_chunks,
 )
+from kraken.cluster import Membership
+from kraken.config.loader import parse_config
+from kraken.core import Digest
+from kraken.http.client import HTTPClientFactory, RetryPolicy
+from kraken.persistedretry import RetryQueue
 from kraken.services.origin import Options, OriginService, build_origin, makeService
 from kraken.services.parts import ClosingListener
 from tests.peers.redisserver import free_port

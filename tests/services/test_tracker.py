@@ -18,6 +18,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 from twisted.web.test.requesthelper import DummyRequest
 
+from kraken.clients.tracker import TrackerClient
 from kraken.cluster import (
     Membership,
     NoHealthFilter,
@@ -30,7 +31,6 @@ from kraken.http.client import NO_RETRY, HTTPClientFactory
 from kraken.peers.announce import AnnounceRequest
 from kraken.peers.redis import RedisPeerStore
 from kraken.peers.store import MemoryPeerStore
-from kraken.protocols.tracker_client import TrackerClient
 from kraken.services.parts import ClosingListener
 from kraken.services.tracker import Options, TrackerService, TrackerSite, makeService
 from tests.peers.fakeorigin import FakeOrigin

@@ -34,15 +34,15 @@ from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import TestCase
 from twisted.web.server import Site
 
-from kraken.config.loader import parse_config
-from kraken.core import Digest
-from kraken.http.client import HTTPClientFactory, RetryPolicy, collect_body
-from kraken.protocols.origin_client import (
+from kraken.clients.origin import (
     OriginClient,
     OriginClusterClient,
     PollPolicy,
     bytes_chunks,
 )
+from kraken.config.loader import parse_config
+from kraken.core import Digest
+from kraken.http.client import HTTPClientFactory, RetryPolicy, collect_body
 from kraken.services.agent import AgentService, build_agent
 from kraken.services.origin import OriginService, build_origin
 from kraken.services.tracker import TrackerService, build_tracker

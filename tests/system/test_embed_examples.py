@@ -35,9 +35,9 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
 import tests
+from kraken.clients.origin import OriginClient, OriginClusterClient, bytes_chunks
 from kraken.core import Digest
 from kraken.http.client import NO_RETRY, HTTPClientFactory, KrakenHTTPClient, read_body
-from kraken.protocols.origin_client import OriginClient, OriginClusterClient, bytes_chunks
 from tests.external import require_program
 from tests.oci import OCILayout, host_arch
 from tests.peers.redisserver import free_port

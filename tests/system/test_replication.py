@@ -28,12 +28,12 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
 from kraken.api.distribution import OCI_IMAGE_MANIFEST
-from kraken.http.client import collect_body
-from kraken.protocols.buildindex_client import (
+from kraken.clients.buildindex import (
     BuildIndexClient,
     BuildIndexUnavailable,
     TagNotFound,
 )
+from kraken.http.client import collect_body
 from tests.external import missing, require_program
 from tests.oci import OCILayout
 from tests.system.clusters import (

@@ -23,9 +23,9 @@ from twisted.internet.task import deferLater
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import TestCase
 
+from kraken.clients.origin import OriginClient, OriginClusterClient, bytes_chunks
 from kraken.core import DEFAULT_PIECE_LENGTHS, MetaInfo
 from kraken.http.client import NO_RETRY, HTTPClientFactory, read_body
-from kraken.protocols.origin_client import OriginClient, OriginClusterClient, bytes_chunks
 from tests.external import require_program
 from tests.system.test_herd_clients import HerdProcess
 

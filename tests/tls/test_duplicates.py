@@ -11,11 +11,11 @@ from typing import Any
 from twisted.internet import reactor
 from twisted.trial.unittest import TestCase
 
+from kraken.clients.buildindex import DUPLICATE_HEADER
 from kraken.config.loader import parse_config
 from kraken.config.sections import TLSConfig
 from kraken.core import Digest
 from kraken.http.client import NO_RETRY, HTTPClientFactory, HTTPStatusError, read_body
-from kraken.protocols.buildindex_client import DUPLICATE_HEADER
 from kraken.services.build_index import build_build_index
 from kraken.tls import ClusterTLS
 

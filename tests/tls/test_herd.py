@@ -27,6 +27,7 @@ from twisted.internet.task import deferLater
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from kraken.clients.origin import OriginClient, bytes_chunks
 from kraken.config.sections import TLSConfig
 from kraken.core import Digest
 from kraken.http.client import (
@@ -37,7 +38,6 @@ from kraken.http.client import (
     NetworkError,
     read_body,
 )
-from kraken.protocols.origin_client import OriginClient, bytes_chunks
 from kraken.services.herd import HerdService, build_herd, herd_plan
 from kraken.tls import ClusterTLS
 from tests.external import require_program

@@ -14,10 +14,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from kraken.core import Digest
-from kraken.http.client import HTTPClientFactory, RetryPolicy
-from kraken.http.testing import HostRoutingAgent
-from kraken.protocols.origin_client import (
+from kraken.clients.origin import (
     BlobNotFoundAtOrigin,
     NoOriginAvailable,
     OriginClient,
@@ -26,6 +23,9 @@ from kraken.protocols.origin_client import (
     StatInconclusive,
     bytes_chunks,
 )
+from kraken.core import Digest
+from kraken.http.client import HTTPClientFactory, RetryPolicy
+from kraken.http.testing import HostRoutingAgent
 from tests.origin.harness import BackendDown, MemoryBackend, make_origin
 
 BLOB = bytes(range(256)) * 40

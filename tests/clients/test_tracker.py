@@ -13,6 +13,14 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
 from kraken.api.tracker import TrackerAPI
+from kraken.clients.tracker import (
+    InvalidTrackerResponse,
+    MetaInfoNotFound,
+    MetaInfoTimeout,
+    PollPolicy,
+    TrackerClient,
+    TrackerUnavailable,
+)
 from kraken.cluster import (
     Membership,
     NoHealthFilter,
@@ -26,14 +34,6 @@ from kraken.http.testing import memory_client_factory
 from kraken.peers.announce import AnnounceRequest
 from kraken.peers.origins import IOriginCluster, MetaInfoAnswer
 from kraken.peers.store import MemoryPeerStore
-from kraken.protocols.tracker_client import (
-    InvalidTrackerResponse,
-    MetaInfoNotFound,
-    MetaInfoTimeout,
-    PollPolicy,
-    TrackerClient,
-    TrackerUnavailable,
-)
 
 INFO = MetaInfo.of_bytes(b"z" * 5000, 1024)
 ORIGIN = PeerInfo(PeerID.from_address("10.1.0.1", 15001), "10.1.0.1", 15001, True, True)

@@ -38,7 +38,6 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
-from kraken.backends.threads import BlockingRunner
 from kraken.cluster.hostlist import parse_host_port
 from kraken.core import Digest, MetaInfo, PeerInfo, parse_json
 from kraken.http.client import (
@@ -49,6 +48,7 @@ from kraken.http.client import (
     collect_body,
     read_body,
 )
+from kraken.io.runner import BlockingRunner
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
