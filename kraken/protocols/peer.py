@@ -33,6 +33,7 @@ import random
 import struct
 import threading
 from collections.abc import Callable, Sequence
+from enum import Enum
 from typing import Any, Final, TypeVar
 
 from attrs import frozen
@@ -87,6 +88,17 @@ from kraken.torrent.scheduler import HandshakeRejected, Scheduler
 T = TypeVar("T")
 
 #: Runs a blocking function off the reactor thread: ``run_blocking(f, *args) -> Deferred``.
+
+
+class ConnectionState(Enum):
+    """Where a peer connection is: handshaking, opening the torrent's storage, exchanging
+    pieces, or closed."""
+
+    HANDSHAKE = "handshake"
+    OPENING = "opening"
+    ACTIVE = "active"
+    CLOSED = "closed"
+
 
 #: Seconds each side waits for the other's handshake.
 HANDSHAKE_TIMEOUT: Final = 5.0
@@ -276,8 +288,8 @@ class PeerProtocol(Int32StringReceiver):
         self.dial = dial
         self.conn: ConnId | None = dial.conn if dial is not None else None
         self.infohash: InfoHash | None = dial.infohash if dial is not None else None
-        #: "handshake", "opening" (acceptor looking the blob up), "active", "closed".
-        self.state = "handshake"
+        #: OPENING: the acceptor is looking the blob up (opening its storage).
+        self.state = ConnectionState.HANDSHAKE
         self._buffer = b""
         self._raw: bytearray | None = None
         self._raw_view: memoryview | None = None
@@ -362,7 +374,7 @@ class PeerProtocol(Int32StringReceiver):
         scratch = self.node.read_buffer()
 
         def doRead() -> Any:
-            if self.state == "closed":
+            if self.state == ConnectionState.CLOSED:
                 return twisted_read()
             view = self._raw_view
             shaped = self.node.bandwidth.ingress is not None
@@ -393,7 +405,7 @@ class PeerProtocol(Int32StringReceiver):
 
     def _handshake_timeout(self) -> None:
         self._timer = None
-        if self.dial is not None and self.state == "handshake":
+        if self.dial is not None and self.state == ConnectionState.HANDSHAKE:
             self.node.unreachable_peer(self.dial, "handshake timed out")
         self.fail("handshake timed out")
 
@@ -416,20 +428,20 @@ class PeerProtocol(Int32StringReceiver):
             self._sender.stopProducing()
             self._sender = None
         was = self.state
-        self.state = "closed"
+        self.state = ConnectionState.CLOSED
         if self.conn is not None and self.node.protocols.get(self.conn) is self:
             del self.node.protocols[self.conn]
-            if was == "active":
+            if was == ConnectionState.ACTIVE:
                 self.node.run(self.node.scheduler.conn_lost(self.conn, _why(reason)))
             else:
                 self.node.run(self.node.scheduler.dial_failed(self.conn, _why(reason)))
 
     def close(self, reason: str, abort: bool = False) -> None:
         """Close from our side (the engine already forgot this connection)."""
-        if self.state == "closed":
+        if self.state == ConnectionState.CLOSED:
             return
         self.log.debug("closing peer connection: {reason}", reason=reason)
-        self.state = "closed"
+        self.state = ConnectionState.CLOSED
         self._cancel_timer()
         self._drop_raw()
         if self.transport is not None:
@@ -440,10 +452,10 @@ class PeerProtocol(Int32StringReceiver):
 
     def fail(self, reason: str) -> None:
         """A protocol violation or a handshake failure: report to the engine and abort."""
-        if self.state == "closed":
+        if self.state == ConnectionState.CLOSED:
             return
         if self.conn is not None and self.node.protocols.get(self.conn) is self:
-            if self.state == "active":
+            if self.state == ConnectionState.ACTIVE:
                 actions = self.node.scheduler.protocol_error(self.conn, reason)
             else:
                 del self.node.protocols[self.conn]
@@ -477,7 +489,7 @@ class PeerProtocol(Int32StringReceiver):
         """
         view = memoryview(data)
         payload = 0
-        while view and self.state != "closed":
+        while view and self.state != ConnectionState.CLOSED:
             if self._raw_left:
                 self.payload_bytes = True
                 n = min(self._raw_left, len(view))
@@ -507,19 +519,23 @@ class PeerProtocol(Int32StringReceiver):
             frame = view[4 : 4 + length].tobytes()
             view = view[4 + length :]
             self.stringReceived(frame)
-        if payload and self.node.bandwidth.ingress is not None and self.state != "closed":
+        if (
+            payload
+            and self.node.bandwidth.ingress is not None
+            and self.state != ConnectionState.CLOSED
+        ):
             self._shape_ingress(payload)
 
     def _resume_reading(self) -> None:
         self._resume_call = None
         if self.node.writes_behind:
             return  # the node resumes us when its writes catch up
-        if self.state != "closed" and self.transport is not None:
+        if self.state != ConnectionState.CLOSED and self.transport is not None:
             self.raw_transport().resumeProducing()
 
     def pause_reading(self) -> None:
         """Stop reading the socket (the node's writes are behind)."""
-        if self.state == "active" and self.transport is not None:
+        if self.state == ConnectionState.ACTIVE and self.transport is not None:
             self.raw_transport().pauseProducing()
 
     def resume_reading(self) -> None:
@@ -527,7 +543,7 @@ class PeerProtocol(Int32StringReceiver):
         call = self._resume_call
         if call is not None and call.active():
             return
-        if self.state == "active" and self.transport is not None:
+        if self.state == ConnectionState.ACTIVE and self.transport is not None:
             self.raw_transport().resumeProducing()
 
     def stringReceived(self, string: bytes) -> None:
@@ -537,20 +553,20 @@ class PeerProtocol(Int32StringReceiver):
         except MalformedMessage as e:
             self.fail(str(e))
             return
-        if self.state == "handshake":
+        if self.state == ConnectionState.HANDSHAKE:
             if not isinstance(msg, Handshake):
                 self.fail(f"expected a handshake, got {type(msg).__name__}")
                 return
             self._cancel_timer()
             if self.dial is not None:
-                self.state = "active"
+                self.state = ConnectionState.ACTIVE
                 assert self.conn is not None
                 self.node.run(self.node.scheduler.dial_succeeded(self.conn, msg))
             else:
-                self.state = "opening"
+                self.state = ConnectionState.OPENING
                 self.node.incoming(self, msg)
             return
-        if self.state != "active" or self.conn is None:
+        if self.state != ConnectionState.ACTIVE or self.conn is None:
             self.fail(f"{type(msg).__name__} before the handshake completed")
             return
         if isinstance(msg, PiecePayload):
@@ -562,7 +578,7 @@ class PeerProtocol(Int32StringReceiver):
         assert self.conn is not None
         verdict, actions = self.node.scheduler.payload_start(self.conn, msg.index, msg.length)
         self.node.run(actions)
-        if verdict == PayloadVerdict.REJECT or self.state == "closed":
+        if verdict == PayloadVerdict.REJECT or self.state == ConnectionState.CLOSED:
             return
         self._raw_index = msg.index
         self._raw_left = msg.length
@@ -600,7 +616,7 @@ class PeerProtocol(Int32StringReceiver):
 
     def send_message(self, msg: Message) -> None:
         """Frame and write a control message."""
-        if self.state != "closed" and self.transport is not None:
+        if self.state != ConnectionState.CLOSED and self.transport is not None:
             self.write_frame(msg.encode())
 
     def send_piece(self, index: int) -> None:
@@ -620,13 +636,13 @@ class PeerProtocol(Int32StringReceiver):
         if isinstance(data, PieceFile):
             self._stream_file(index, data)
             return
-        if self.state == "closed":
+        if self.state == ConnectionState.CLOSED:
             return
         self._sender = _PieceSender(self, index, data)
         self._sender.start()
 
     def _stream_file(self, index: int, region: PieceFile) -> None:
-        if self.state == "closed" or self.transport is None:
+        if self.state == ConnectionState.CLOSED or self.transport is None:
             region.close()
             return
         bandwidth = self.node.bandwidth
@@ -660,14 +676,14 @@ class PeerProtocol(Int32StringReceiver):
         self.node.metrics.sent.inc(length)
         self._sender = None
         held, self._held = self._held, []
-        if held and self.state != "closed" and self.transport is not None:
+        if held and self.state != ConnectionState.CLOSED and self.transport is not None:
             self.raw_transport().writeSequence(held)
-        if self.conn is not None and self.state == "active":
+        if self.conn is not None and self.state == ConnectionState.ACTIVE:
             self.node.run(self.node.scheduler.piece_sent(self.conn, index))
 
     def piece_failed_to_send(self, index: int, reason: str) -> None:
         """Reading the piece failed."""
-        if self.conn is not None and self.state == "active":
+        if self.conn is not None and self.state == ConnectionState.ACTIVE:
             self.node.run(self.node.scheduler.send_failed(self.conn, index, reason))
 
 
@@ -825,7 +841,7 @@ class PeerNode:
             return
 
         def opened(result: _Opened | None) -> None:
-            if proto.state == "closed":
+            if proto.state == ConnectionState.CLOSED:
                 return
             if result is None or result.storage.metainfo.infohash != h:
                 proto.close(f"unknown blob {hs.digest} / torrent {h}", abort=True)
@@ -858,7 +874,7 @@ class PeerNode:
             return
         proto.conn = conn
         proto.infohash = hs.infohash
-        proto.state = "active"
+        proto.state = ConnectionState.ACTIVE
         self.protocols[conn] = proto
         proto.send_message(self.scheduler.handshake_for(hs.infohash))
         self.run(actions)

@@ -50,6 +50,7 @@ import math
 import random
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from enum import Enum
 
 from kraken.core import Bitfield, InfoHash, MetaInfo, PeerID
 from kraken.core.bitfield import mask_indices
@@ -57,13 +58,17 @@ from kraken.torrent.actions import Action, Close, ConnId, EngineConfig, Send, Se
 from kraken.torrent.messages import AnnouncePiece, CancelPiece, Error, ErrorCode, PieceRequest
 
 
-class PayloadVerdict:
+class PayloadVerdict(Enum):
     """What to do with the raw bytes following a PIECE_PAYLOAD header."""
 
-    RECEIVE = "receive"  # read the bytes into a buffer, then call payload_end
-    ACCEPT = "accept"  # verify and write the received bytes, report piece_written/failed
-    DISCARD = "discard"  # read and throw away (a duplicate or a cancelled request)
-    REJECT = "reject"  # protocol violation: the engine has closed the connection
+    RECEIVE = "receive"
+    """Read the bytes into a buffer, then call ``payload_end``."""
+    ACCEPT = "accept"
+    """Verify and write the received bytes, report ``piece_written`` or ``piece_failed``."""
+    DISCARD = "discard"
+    """Read and throw away (a duplicate or a cancelled request)."""
+    REJECT = "reject"
+    """A protocol violation: the engine has closed the connection."""
 
 
 class PeerState:
@@ -648,7 +653,9 @@ class PieceDispatcher:
 
     # -- payloads --------------------------------------------------------------
 
-    def payload_start(self, conn: ConnId, index: int, length: int) -> tuple[str, list[Action]]:
+    def payload_start(
+        self, conn: ConnId, index: int, length: int
+    ) -> tuple[PayloadVerdict, list[Action]]:
         """
         A PIECE_PAYLOAD header arrived: RECEIVE, DISCARD or REJECT its bytes.
 
@@ -682,7 +689,7 @@ class PieceDispatcher:
             self.requested[index].discard(peer.conn)
         peer.forgiven.discard(index)
 
-    def payload_end(self, conn: ConnId, index: int) -> tuple[str, list[Action]]:
+    def payload_end(self, conn: ConnId, index: int) -> tuple[PayloadVerdict, list[Action]]:
         """All bytes of a RECEIVEd payload are in: ACCEPT (verify and write) or DISCARD."""
         peer = self.peers.get(conn)
         if peer is None or peer.receiving != index:

@@ -647,7 +647,9 @@ class Scheduler:
             actions = [Close(conn, "second handshake", blacklisted=True)]
         return self._settle(actions)
 
-    def payload_start(self, conn: ConnId, index: int, length: int) -> tuple[str, list[Action]]:
+    def payload_start(
+        self, conn: ConnId, index: int, length: int
+    ) -> tuple[PayloadVerdict, list[Action]]:
         """A PIECE_PAYLOAD header: a PayloadVerdict and actions."""
         d = self._dispatcher_of(conn)
         if d is None:
@@ -657,7 +659,7 @@ class Scheduler:
             self.conns[conn].useful = True
         return verdict, self._settle(actions)
 
-    def payload_end(self, conn: ConnId, index: int) -> tuple[str, list[Action]]:
+    def payload_end(self, conn: ConnId, index: int) -> tuple[PayloadVerdict, list[Action]]:
         """The bytes of a RECEIVEd payload are in: ACCEPT (verify + write) or DISCARD."""
         d = self._dispatcher_of(conn)
         if d is None:

@@ -18,7 +18,13 @@ from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 
 from kraken.core import Bitfield, MetaInfo, PeerID, PeerInfo
-from kraken.protocols.peer import BufferPool, PeerNode, PeerProtocol, synchronous_runner
+from kraken.protocols.peer import (
+    BufferPool,
+    ConnectionState,
+    PeerNode,
+    PeerProtocol,
+    synchronous_runner,
+)
 from kraken.torrent.actions import Dial, EngineConfig
 from kraken.torrent.archive import MemoryArchive, MemoryPieceStorage
 from kraken.torrent.bandwidth import BandwidthLimiter
@@ -551,7 +557,7 @@ class HeldFramesTests(SynchronousTestCase):
         remote = Handshake(PeerID("b" * 40), meta.infohash, meta.digest, "ns", Bitfield(2))
         frame = lambda body: len(body).to_bytes(4, "big") + body  # noqa: E731
         proto.dataReceived(frame(remote.encode()))
-        self.assertEqual(proto.state, "active")
+        self.assertEqual(proto.state, ConnectionState.ACTIVE)
         transport.clear()
         proto.dataReceived(frame(PieceRequest(1).encode()))
         self.assertIsNotNone(transport.producer)  # paused mid-piece
