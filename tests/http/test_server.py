@@ -10,6 +10,7 @@ from typing import Any
 
 from klein import Klein
 from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
@@ -31,6 +32,26 @@ from kraken.http.server import (
     body_sink,
     read_only,
 )
+
+CLIENT_HELLO = b"\x16\x03\x01\x02\x00\x01"
+"""The start of a TLS ClientHello record."""
+
+
+def answer_to_tls_hello(factory: Any) -> tuple[bytes, bool]:
+    """What a listener's protocol writes to a TLS ClientHello, and whether it then closes.
+
+    For the daemons' listener tests; the connection is lost at the end, so an HTTP
+    channel's timers do not outlive the test.
+    """
+    protocol = factory.buildProtocol(None)
+    assert protocol is not None
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    try:
+        protocol.dataReceived(CLIENT_HELLO)
+        return transport.value(), transport.disconnecting
+    finally:
+        protocol.connectionLost(Failure(ConnectionDone()))
 
 
 class _NullRequest(Request):

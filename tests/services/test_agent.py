@@ -17,7 +17,7 @@ from kraken.config.loader import parse_config
 from kraken.config.sections import CleanupConfig
 from kraken.config.values import DiskLimit
 from kraken.core import Digest
-from kraken.http.plain import TLS_ANSWER
+from kraken.http.server import TLS_ANSWER
 from kraken.services.agent import (
     AgentService,
     CleanupService,
@@ -31,7 +31,7 @@ from kraken.services.agent import (
 )
 from kraken.services.parts import ClosingListener
 from kraken.store import BlobStore, CleanupPolicy, StoreCleaner
-from tests.http.test_plain import answer_to_tls_hello
+from tests.http.test_server import answer_to_tls_hello
 
 
 class _MemoryReactor(MemoryReactorClock):

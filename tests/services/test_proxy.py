@@ -12,10 +12,10 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from kraken.cluster import Membership
 from kraken.config.loader import parse_config
-from kraken.http.plain import TLS_ANSWER
+from kraken.http.server import TLS_ANSWER
 from kraken.services.parts import ClosingListener
 from kraken.services.proxy import Options, ProxyService, build_proxy, makeService
-from tests.http.test_plain import answer_to_tls_hello
+from tests.http.test_server import answer_to_tls_hello
 
 
 class OptionsTests(SynchronousTestCase):
@@ -72,7 +72,7 @@ class DependencyTests(SynchronousTestCase):
 
 
 class RefuseTLSTests(SynchronousTestCase):
-    """The proxy's registry port turns a TLS ClientHello away at once (kraken.http.plain)."""
+    """The proxy's registry port turns a TLS ClientHello away at once (kraken.http.server)."""
 
     def test_listener_refuses_tls(self) -> None:
         """The listener answers a ClientHello with a plain 400 and closes."""
