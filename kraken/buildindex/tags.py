@@ -29,6 +29,8 @@ Decisions (reference 3.2 and quirks 5 and 10, fixed):
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import ClassVar, Final
 
 from attrs import define, field, frozen
@@ -133,6 +135,20 @@ class TagStore:
         while len(self._written) > self.max_recorded:
             self._written.popitem(last=False)
 
+    @asynccontextmanager
+    async def _locked(self, name: str) -> AsyncIterator[None]:
+        """Hold the lock of tag ``name`` (writes and deletes of one tag run one at a time)."""
+        lock = self._locks.get(name)
+        if lock is None:
+            lock = self._locks[name] = DeferredLock()
+        await lock.acquire()
+        try:
+            yield
+        finally:
+            lock.release()
+            if not lock.locked and not lock.waiting:
+                self._locks.pop(name, None)
+
     async def put(self, tag: TagRef, digest: Digest, *, written_at: float | None = None) -> bool:
         """
         Store ``tag -> digest`` in the backend; True once durable.
@@ -143,11 +159,7 @@ class TagStore:
         """
         name = str(tag)
         when = self.clock.seconds() if written_at is None else written_at
-        lock = self._locks.get(name)
-        if lock is None:
-            lock = self._locks[name] = DeferredLock()
-        await lock.acquire()
-        try:
+        async with self._locked(name):
             known = self._written.get(name)
             if written_at is not None and known is not None and known > written_at:
                 self.log.info(
@@ -162,10 +174,6 @@ class TagStore:
             except Exception as e:
                 raise TagStoreUnavailable(f"cannot store tag {name}: {e}") from e
             return True
-        finally:
-            lock.release()
-            if not lock.locked and not lock.waiting:
-                self._locks.pop(name, None)
 
     async def delete(self, tag: TagRef, *, deleted_at: float | None = None) -> bool:
         """
@@ -178,11 +186,7 @@ class TagStore:
         """
         name = str(tag)
         when = self.clock.seconds() if deleted_at is None else deleted_at
-        lock = self._locks.get(name)
-        if lock is None:
-            lock = self._locks[name] = DeferredLock()
-        await lock.acquire()
-        try:
+        async with self._locked(name):
             known = self._written.get(name)
             if deleted_at is not None and known is not None and known > deleted_at:
                 return False
@@ -198,10 +202,6 @@ class TagStore:
             except Exception as e:
                 raise TagStoreUnavailable(f"cannot delete tag {name}: {e}") from e
             return True
-        finally:
-            lock.release()
-            if not lock.locked and not lock.waiting:
-                self._locks.pop(name, None)
 
     async def get(self, tag: TagRef) -> Digest:
         """The digest of ``tag``: :class:`UnknownTag`, or :class:`TagStoreUnavailable`."""
