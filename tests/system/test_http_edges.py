@@ -187,6 +187,23 @@ class PlainEdgeTests(TestCase):
         )
         return location.split(b":", 1)[1].strip().decode()
 
+    def put_chunk(self, digest: Digest, uid: str, blob: bytes) -> int:
+        """PATCH all of ``blob`` into upload ``uid`` (blocking); the status."""
+        head = (
+            f"PATCH /namespace/{NS}/blobs/{digest}/uploads/{uid} HTTP/1.1\r\nHost: x\r\n"
+            f"Content-Range: 0-{len(blob)}\r\nContent-Length: {len(blob)}\r\n"
+            "Connection: close\r\n\r\n"
+        ).encode()
+        return _status(exchange(self.herd.origin, head + blob)[0])
+
+    def commit(self, digest: Digest, uid: str) -> int:
+        """PUT the commit of upload ``uid`` (blocking); the status."""
+        head = (
+            f"PUT /namespace/{NS}/blobs/{digest}/uploads/{uid} HTTP/1.1\r\nHost: x\r\n"
+            "Content-Length: 0\r\nConnection: close\r\n\r\n"
+        ).encode()
+        return _status(exchange(self.herd.origin, head)[0])
+
     async def test_huge_patch_refused_on_its_head(self) -> None:
         """A 512 MiB PATCH whose Content-Range says 0-10 is answered on its head alone."""
         digest = Digest.of_bytes(b"0123456789")
@@ -274,48 +291,25 @@ class PlainEdgeTests(TestCase):
         digest = Digest.of_bytes(blob)
         uids = [await self.origin_upload(digest, len(blob)) for _ in range(10)]
 
-        def patch(uid: str) -> bytes:
-            head = (
-                f"PATCH /namespace/{NS}/blobs/{digest}/uploads/{uid} HTTP/1.1\r\nHost: x\r\n"
-                f"Content-Range: 0-{len(blob)}\r\nContent-Length: {len(blob)}\r\n"
-                "Connection: close\r\n\r\n"
-            ).encode()
-            return exchange(self.herd.origin, head + blob)[0]
-
-        def commit(uid: str) -> bytes:
-            head = (
-                f"PUT /namespace/{NS}/blobs/{digest}/uploads/{uid} HTTP/1.1\r\nHost: x\r\n"
-                "Content-Length: 0\r\nConnection: close\r\n\r\n"
-            ).encode()
-            return exchange(self.herd.origin, head)[0]
-
         statuses = []
         for uid in uids:
-            answer = await _thread(patch, uid)
-            if _status(answer) == 204:
-                answer = await _thread(commit, uid)
-            statuses.append(_status(answer))
+            status = await _thread(self.put_chunk, digest, uid, blob)
+            if status == 204:
+                status = await _thread(self.commit, digest, uid)
+            statuses.append(status)
         self.assertEqual(sorted(statuses), [200] + [409] * 9, statuses)
         await deferLater(reactor, 0.5)
         self.assertEqual(await _thread(_upload_sizes, self.herd.data), [])
 
     async def test_blobs_served_with_sendfile(self) -> None:
-        """The origin's and the agent's blob GETs go out with ``os.sendfile`` through the
-        daemons' own listeners (which put a connection-tracking wrapper before the socket)."""
+        """The origin's blob GET goes out with ``os.sendfile`` through the daemon's own
+        listener (which puts a connection-tracking wrapper before the socket); the agent's
+        registry serves through the same ``serve_blob`` and listener stack."""
         blob = os.urandom(3 * 1024 * 1024 + 7)
         digest = Digest.of_bytes(blob)
         uid = await self.origin_upload(digest, len(blob))
-        head = (
-            f"PATCH /namespace/{NS}/blobs/{digest}/uploads/{uid} HTTP/1.1\r\nHost: x\r\n"
-            f"Content-Range: 0-{len(blob)}\r\nContent-Length: {len(blob)}\r\n"
-            "Connection: close\r\n\r\n"
-        ).encode()
-        self.assertEqual(_status((await _thread(exchange, self.herd.origin, head + blob))[0]), 204)
-        commit = (
-            f"PUT /namespace/{NS}/blobs/{digest}/uploads/{uid} HTTP/1.1\r\nHost: x\r\n"
-            "Content-Length: 0\r\nConnection: close\r\n\r\n"
-        ).encode()
-        self.assertEqual(_status((await _thread(exchange, self.herd.origin, commit))[0]), 200)
+        self.assertEqual(await _thread(self.put_chunk, digest, uid, blob), 204)
+        self.assertEqual(await _thread(self.commit, digest, uid), 200)
         started: list[int] = []
         original = SendfileProducer.start
 
