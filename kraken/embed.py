@@ -33,6 +33,7 @@ from twisted.internet.interfaces import (
     IAddress,
     IListeningPort,
     IProtocolFactory,
+    IReactorCore,
     IStreamServerEndpoint,
 )
 from twisted.python.failure import Failure
@@ -53,6 +54,7 @@ from kraken.config import (
     parse_config,
 )
 from kraken.http.server import KrakenSite
+from kraken.io.reactor import IDaemonReactor, daemon_reactor
 from kraken.services.parts import ClosingListener, ListenerWatch, ListenFailed
 
 __all__ = [
@@ -128,7 +130,7 @@ def load(kind: DaemonKind, source: ConfigSource = None) -> AnyConfig:
     )
 
 
-def _builder(kind: DaemonKind) -> Callable[[Any, Any], MultiService]:
+def _builder(kind: DaemonKind) -> Callable[[Any, IDaemonReactor], MultiService]:
     """The function that builds ``kind``'s tree (imported only when needed)."""
     if kind == "agent":
         from kraken.services.agent import build_agent
@@ -306,7 +308,7 @@ def _ignore(_: ListenFailed) -> None:
 def build(
     kind: DaemonKind,
     config: ConfigSource,
-    reactor: Any,
+    reactor: IReactorCore,
     *,
     mount: Collection[str] = (),
 ) -> EmbeddedDaemon:
@@ -317,6 +319,9 @@ def build(
     not opened: the application serves their :meth:`~EmbeddedDaemon.resource` or
     :meth:`~EmbeddedDaemon.factory` itself.  Several daemons, of one kind or of several,
     live in one reactor as long as their listen addresses and ``data_dir`` differ.
+    ``reactor`` is typed ``IReactorCore`` so that ``twisted.internet.reactor`` passes as
+    Twisted types it; the daemon uses all of :class:`kraken.io.reactor.IDaemonReactor`,
+    which every POSIX reactor provides.
     """
     if isinstance(mount, str):
         raise TypeError(f"mount takes listener names, e.g. [{mount!r}], not the string {mount!r}")
@@ -327,7 +332,7 @@ def build(
         raise ValueError(
             f"a {kind} has no listener {', '.join(unknown)} (it has: {', '.join(names)})"
         )
-    tree = _builder(kind)(checked, reactor)
+    tree = _builder(kind)(checked, daemon_reactor(reactor))
     factories: dict[str, IProtocolFactory] = {}
     ports: dict[str, _Listening] = {}
     for name in names:

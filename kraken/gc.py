@@ -49,6 +49,7 @@ from kraken.backends.streams import download_bytes
 from kraken.buildindex.tags import MAX_TAG_OBJECT
 from kraken.core import Digest, InvalidDigest
 from kraken.http.errors import APIError
+from kraken.io.reactor import IDaemonReactor
 
 __all__ = [
     "DEFAULT_GRACE",
@@ -266,7 +267,8 @@ def _gc(args: argparse.Namespace) -> int:
         return 2
     code = 0
 
-    def main(reactor: Any) -> Deferred[None]:
+    # react() calls it with the global reactor, which provides every interface it names.
+    def main(reactor: IDaemonReactor) -> Deferred[None]:
         async def run() -> None:
             nonlocal code
             from twisted.python.threadpool import ThreadPool

@@ -43,6 +43,7 @@ from kraken.config.backends import (
 )
 from kraken.config.sections import BackendEntry
 from kraken.config.structure import setting, structure
+from kraken.io.reactor import IClientReactor, IDaemonReactor
 
 __all__ = [
     "BACKEND_BUILDERS",
@@ -56,14 +57,14 @@ __all__ = [
 class BackendContext:
     """What building a backend may need from the daemon that owns it."""
 
-    reactor: Any
-    """The reactor (backends use the interfaces they need: time, TCP, threads)."""
+    reactor: IClientReactor
+    """The reactor: the HTTP backends' clients and clocks."""
 
     run: BlockingRunner
     """Where backends run blocking calls."""
 
     @classmethod
-    def for_reactor(cls, reactor: Any) -> BackendContext:
+    def for_reactor(cls, reactor: IDaemonReactor) -> BackendContext:
         """A context that runs blocking calls in ``reactor``'s own thread pool."""
         return cls(reactor, threadpool_runner(reactor, reactor.getThreadPool()))
 

@@ -28,7 +28,7 @@ import base64
 import hashlib
 import re
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import ClassVar
 from urllib.parse import quote
 
 from attrs import define, field, frozen
@@ -376,5 +376,4 @@ def build_registry_backend(options: RegistryOptions, context: BackendContext) ->
         else None
     )
     factory = HTTPClientFactory(context.reactor, timeout=options.timeout)
-    reactor: Any = context.reactor
-    return RegistryBackend(options.address, factory.client(), reactor, credentials, factory)
+    return RegistryBackend(options.address, factory.client(), context.reactor, credentials, factory)

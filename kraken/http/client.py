@@ -54,6 +54,8 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IBodyProducer, IPolicyForHTTPS, IResponse
 from zope.interface import implementer
 
+from kraken.io.reactor import IClientReactor
+
 __all__ = [
     "DEFAULT_TIMEOUT",
     "NO_RETRY",
@@ -443,11 +445,11 @@ class HTTPClientFactory:
     ``tls`` is the client TLS policy (``IPolicyForHTTPS``) from the TLS
     configuration; when present, ``http://`` URLs become ``https://``. ``agent``
     replaces the pooled ``Agent`` (tests pass an in-memory agent; the reactor
-    then need only provide ``IReactorTime``). Call :meth:`close` when the
-    owning service stops.
+    then need only provide ``IReactorTime``, though the type asks for all a pooled
+    ``Agent`` uses). Call :meth:`close` when the owning service stops.
     """
 
-    reactor: Any  # IReactorTime; also IReactorTCP and name resolution when agent is None
+    reactor: IClientReactor
     tls: IPolicyForHTTPS | None = field(default=None, kw_only=True)
     timeout: float = field(default=DEFAULT_TIMEOUT, kw_only=True, validator=validators.gt(0))
     retry: RetryPolicy = field(factory=RetryPolicy, kw_only=True)

@@ -16,6 +16,7 @@ host "go down" for the health checker::
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import cast
 
 from attrs import frozen
 from treq.testing import RequestTraversalAgent
@@ -29,6 +30,7 @@ from twisted.web.resource import IResource
 from zope.interface import implementer
 
 from kraken.http.client import DEFAULT_TIMEOUT, HTTPClientFactory, RetryPolicy
+from kraken.io.reactor import IClientReactor
 
 __all__ = ["HostRoutingAgent", "SentRequest", "memory_client_factory"]
 
@@ -97,7 +99,9 @@ def memory_client_factory(
     ``reactor`` is typically a ``Clock``: it times timeouts and backoff.
     """
     agent = HostRoutingAgent(resources)
+    # The in-memory agent makes no connections: of the client reactor, only the clock is used.
+    client_reactor = cast(IClientReactor, reactor)
     factory = HTTPClientFactory(
-        reactor, tls=tls, timeout=timeout, retry=retry or RetryPolicy(), agent=agent
+        client_reactor, tls=tls, timeout=timeout, retry=retry or RetryPolicy(), agent=agent
     )
     return factory, agent

@@ -6,6 +6,9 @@ The I/O building blocks every daemon shares (see docs/architecture.md, "The io r
   :func:`run_inline` in tests and in-memory swarms.
 * :mod:`kraken.io.singleflight`: :class:`SingleFlight`, concurrent requests for the same key
   sharing one piece of work.
+* :mod:`kraken.io.reactor`: :class:`~kraken.io.reactor.IClientReactor` and
+  :class:`~kraken.io.reactor.IDaemonReactor`, what a part uses of its reactor when that is
+  more than one of Twisted's interfaces.
 
 Sending files (``os.sendfile`` and its threaded-read fallback) lives with its two users,
 :mod:`kraken.api.serving` (HTTP responses) and :mod:`kraken.protocols.sendfile` (peer

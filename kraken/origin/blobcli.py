@@ -47,6 +47,7 @@ from kraken.http.client import (
     collect_body,
     read_body,
 )
+from kraken.io.reactor import IClientReactor
 from kraken.tls import ClusterTLS, TLSFileError
 
 _P = ParamSpec("_P")
@@ -210,7 +211,7 @@ async def pull_through_agent(  # noqa: PLR0917 - the parts of one pull
     return size
 
 
-def _cluster(reactor: Any, target: OriginTarget) -> OriginClusterClient:
+def _cluster(reactor: IClientReactor, target: OriginTarget) -> OriginClusterClient:
     http = HTTPClientFactory(reactor, tls=target.tls)
     client = OriginClient(
         http.client(), reactor, scheme=target.scheme, chunk_size=DEFAULT_CHUNK_SIZE
@@ -222,7 +223,7 @@ def _runner(function: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) 
     return deferToThread(function, *args, **kwargs)
 
 
-async def _main(reactor: Any, args: argparse.Namespace, target: OriginTarget) -> int:
+async def _main(reactor: IClientReactor, args: argparse.Namespace, target: OriginTarget) -> int:
     cluster = _cluster(reactor, target)
     try:
         if args.blob_command == "push":
@@ -265,7 +266,7 @@ async def _main(reactor: Any, args: argparse.Namespace, target: OriginTarget) ->
 
 
 async def _pull(  # noqa: PLR0917 - one pull's parts
-    reactor: Any,
+    reactor: IClientReactor,
     args: argparse.Namespace,
     target: OriginTarget,
     cluster: OriginClusterClient,
@@ -304,7 +305,8 @@ def _blob(args: argparse.Namespace) -> int:
         print(f"kraken blob {args.blob_command}: {e}", file=sys.stderr)
         return 2
 
-    def main(reactor: Any) -> Deferred[None]:
+    # react() calls it with the global reactor, which provides every interface it names.
+    def main(reactor: IClientReactor) -> Deferred[None]:
         async def run() -> None:
             nonlocal code
             code = await _main(reactor, args, target)

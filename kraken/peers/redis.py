@@ -46,6 +46,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from kraken.core import InfoHash, InvalidPeerInfo, PeerID, PeerInfo
+from kraken.io.reactor import IClientReactor
 from kraken.peers.resp import DEFAULT_REPLY_TIMEOUT, NoScript, RespPool
 from kraken.peers.store import DEFAULT_PEER_TTL, IPeerStore, StoredPeer, is_bounded
 
@@ -153,7 +154,7 @@ class RedisPool(Service):
         self,
         host: str,
         port: int,
-        clock: Any,
+        reactor: IClientReactor,
         *,
         dbid: int = 0,
         poolsize: int = 10,
@@ -161,9 +162,9 @@ class RedisPool(Service):
         connect_timeout: float = 5.0,
         reply_timeout: float = DEFAULT_REPLY_TIMEOUT,
     ) -> None:
-        self.host, self.port, self.clock = host, port, clock
+        self.host, self.port = host, port
         self._pool = RespPool(
-            clock,
+            reactor,
             host,
             port,
             size=poolsize,

@@ -27,10 +27,12 @@ from twisted.application.internet import ClientService
 from twisted.internet.defer import Deferred, DeferredList, fail
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.error import ConnectionLost
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+
+from kraken.io.reactor import IClientReactor
 
 DEFAULT_REPLY_TIMEOUT: Final = 30.0
 
@@ -231,7 +233,7 @@ class RespPool:
 
     def __init__(
         self,
-        reactor: Any,
+        reactor: IClientReactor,
         host: str,
         port: int,
         *,
@@ -241,7 +243,7 @@ class RespPool:
         connect_timeout: float = 5.0,
         reply_timeout: float = DEFAULT_REPLY_TIMEOUT,
     ) -> None:
-        self.clock = reactor
+        self.clock: IReactorTime = reactor
         self.reply_timeout = reply_timeout
         self.handshake: list[tuple[Any, ...]] = []
         if password:

@@ -27,6 +27,7 @@ from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IReactorCore
 from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.threadpool import ThreadPool
@@ -53,6 +54,7 @@ from kraken.http.client import NO_RETRY, HTTPClientFactory, KrakenHTTPClient, re
 from kraken.http.dependencies import Dependencies
 from kraken.http.errors import render_registry_json
 from kraken.http.server import KleinRoutes, read_only
+from kraken.io.reactor import IDaemonReactor, daemon_reactor
 from kraken.metrics import runtime_metrics
 from kraken.protocols.archives import AgentArchive
 from kraken.protocols.downloader import AnnouncerAdapter, P2PBlobDownloader
@@ -73,7 +75,6 @@ from kraken.services.parts import (
     host_list_from_config,
     http_site,
     named,
-    running_reactor,
 )
 from kraken.store import BlobStore, StoreCleaner
 from kraken.tls import ClusterTLS
@@ -210,7 +211,7 @@ def _tracker_readiness(
 
 def build_agent(
     config: AgentConfig,
-    reactor: Any,
+    reactor: IDaemonReactor,
     *,
     registry_listen: str | None = None,
     server_listen: str | None = None,
@@ -344,7 +345,11 @@ def build_agent(
         cleaner = StoreCleaner(store, cache=policy, downloads=policy, uploads=None)
         services.append(
             CleanupService(
-                config.cleanup.interval, cleaner, reactor, pool, on_removed=downloader.forget
+                config.cleanup.interval,
+                cleaner,
+                reactor,
+                run_blocking,
+                on_removed=downloader.forget,
             )
         )
     # ClosingListeners: stopping closes kept-alive connections too, not only the ports.
@@ -373,9 +378,9 @@ def build_agent(
     return tree
 
 
-def makeService(options: usage.Options, reactor: Any = None) -> MultiService:
+def makeService(options: usage.Options, reactor: IReactorCore | None = None) -> MultiService:
     """The twistd entry point: an agent for the parsed ``options``."""
-    reactor = running_reactor(reactor)
+    reactor = daemon_reactor(reactor)
     tree = build_agent(
         daemon_config(options, "agent"),
         reactor,

@@ -25,6 +25,7 @@ from typing import Any
 
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorCore
 from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.threadpool import ThreadPool
@@ -48,6 +49,7 @@ from kraken.core.address import parse_networks
 from kraken.http.client import NO_RETRY, HTTPClientFactory, KrakenHTTPClient, read_body
 from kraken.http.dependencies import Dependencies
 from kraken.http.server import KleinRoutes
+from kraken.io.reactor import IDaemonReactor, daemon_reactor
 from kraken.metrics import runtime_metrics
 from kraken.persistedretry import Backoff, PrometheusQueueMetrics, RetryQueue, SQLiteTaskStore
 from kraken.services.parts import (
@@ -63,7 +65,6 @@ from kraken.services.parts import (
     http_site,
     named,
     owned_thread_pool,
-    running_reactor,
     tls_listener,
 )
 from kraken.tls import ClusterTLS
@@ -136,7 +137,7 @@ def _origin_readiness(client: KrakenHTTPClient, origins: Membership) -> Any:
 
 def build_build_index(
     config: BuildIndexConfig,
-    reactor: Any,
+    reactor: IDaemonReactor,
     listen: str | None = None,
     *,
     run: BlockingRunner | None = None,
@@ -234,11 +235,11 @@ def build_build_index(
     return tree
 
 
-def makeService(options: usage.Options, reactor: Any = None) -> MultiService:
+def makeService(options: usage.Options, reactor: IReactorCore | None = None) -> MultiService:
     """The twistd entry point: a build-index for the parsed ``options``."""
     config = daemon_config(options, "build-index")
     Logger().info("build-index data in {data_dir}", data_dir=config.data_dir)
-    reactor = running_reactor(reactor)
+    reactor = daemon_reactor(reactor)
     tree = build_build_index(config, reactor, options["listen"])
     exit_on_listen_failure(tree, reactor)
     return tree

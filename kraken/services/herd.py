@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Final
 import yaml
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.interfaces import IReactorCore
 from twisted.logger import Logger
 from twisted.python import usage
 
@@ -40,6 +41,7 @@ from kraken.certs import CA_CERT_FILE, cert_paths, ensure_certificates, export_c
 from kraken.config import load_config
 from kraken.config.loader import parse_config
 from kraken.config.structure import ConfigError
+from kraken.io.reactor import daemon_reactor
 from kraken.logs import LOG_LEVEL_HELP, apply_log_level
 from kraken.services.parts import lead_with_error, stop_and_exit
 from kraken.tls import check_tls_files
@@ -358,7 +360,7 @@ class HerdService(MultiService):
         return d.addCallbacks(lambda _: None, lambda f: f.value.subFailure)
 
 
-def build_herd(plan: HerdPlan, reactor: Any) -> HerdService:
+def build_herd(plan: HerdPlan, reactor: IReactorCore) -> HerdService:
     """
     Build every member's own service tree (as its plugin would) under one parent.
 
@@ -406,12 +408,9 @@ def build_herd(plan: HerdPlan, reactor: Any) -> HerdService:
     return herd
 
 
-def makeService(options: usage.Options, reactor: Any = None) -> MultiService:
+def makeService(options: usage.Options, reactor: IReactorCore | None = None) -> MultiService:
     """The twistd entry point: the herd for the parsed ``options``."""
-    if reactor is None:
-        from twisted.internet import reactor as global_reactor
-
-        reactor = global_reactor
+    reactor = daemon_reactor(reactor)
     plan = options.get("herd_plan") or herd_plan()
     herd = build_herd(plan, reactor)
     # A port that cannot open has been logged (one line) by its member; end the process.

@@ -25,6 +25,7 @@ from twisted.application.internet import StreamServerEndpointService, TimerServi
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IReactorCore
 from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.threadpool import ThreadPool
@@ -39,6 +40,7 @@ from kraken.config import OriginConfig
 from kraken.core import PeerID, PeerInfo
 from kraken.http.client import NO_RETRY, HTTPClientFactory
 from kraken.http.errors import render_registry_json
+from kraken.io.reactor import IDaemonReactor, daemon_reactor
 from kraken.metrics import runtime_metrics
 from kraken.origin.refresh import BackendFetcher
 from kraken.origin.replication import Replicator
@@ -63,7 +65,6 @@ from kraken.services.parts import (
     http_site,
     named,
     owned_thread_pool,
-    running_reactor,
     tls_listener,
 )
 from kraken.store import BlobStore, StoreCleaner
@@ -130,7 +131,7 @@ def _engine_config(config: OriginConfig) -> EngineConfig:
 
 def build_origin(
     config: OriginConfig,
-    reactor: Any,
+    reactor: IDaemonReactor,
     listen: str | None = None,
     *,
     run: BlockingRunner | None = None,
@@ -265,11 +266,11 @@ def build_origin(
     return tree
 
 
-def makeService(options: usage.Options, reactor: Any = None) -> MultiService:
+def makeService(options: usage.Options, reactor: IReactorCore | None = None) -> MultiService:
     """The twistd entry point: an origin for the parsed ``options``."""
     config = daemon_config(options, "origin")
     Logger().info("origin data in {data_dir}", data_dir=config.data_dir)
-    reactor = running_reactor(reactor)
+    reactor = daemon_reactor(reactor)
     tree = build_origin(config, reactor, options["listen"])
     exit_on_listen_failure(tree, reactor)
     return tree

@@ -25,9 +25,15 @@ from twisted.application.internet import StreamServerEndpointService, TimerServi
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint
+from twisted.internet.interfaces import (
+    IListeningPort,
+    IProtocolFactory,
+    IReactorCore,
+    IReactorFromThreads,
+    IReactorTime,
+    IStreamServerEndpoint,
+)
 from twisted.internet.protocol import Protocol
-from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python import usage
@@ -62,6 +68,7 @@ from kraken.core import Digest
 from kraken.http.client import KrakenHTTPClient
 from kraken.http.errors import CORE_ERRORS, ErrorMap, ErrorRenderer, render_text
 from kraken.http.server import DEFAULT_LIMITS, KrakenSite, RequestGate, ServerLimits
+from kraken.io.reactor import IClientReactor, IDaemonReactor
 from kraken.logs import LOG_LEVEL_HELP, apply_log_level
 from kraken.protocols.peer import PeerNode
 from kraken.store import CleanupPolicy, StoreCleaner
@@ -95,7 +102,6 @@ __all__ = [
     "lead_with_error",
     "named",
     "owned_thread_pool",
-    "running_reactor",
     "server_limits",
     "stop_and_exit",
     "tls_listener",
@@ -163,15 +169,6 @@ def lead_with_error(options: usage.Options, error: usage.UsageError) -> None:
 def daemon_config(options: usage.Options, daemon: str) -> Any:
     """The configuration :class:`DaemonOptions` loaded, else loaded now from ``--config``."""
     return options.get(_options_key(daemon)) or load_config(daemon, options["config"])
-
-
-def running_reactor(reactor: Any) -> Any:
-    """``reactor``, or the global reactor when it is None (twistd's ``makeService``)."""
-    if reactor is None:
-        from twisted.internet import reactor as global_reactor
-
-        return global_reactor
-    return reactor
 
 
 class OnStop(Service):
@@ -249,7 +246,7 @@ class PeerNodeService(Service):
 
 
 class CleanupService(TimerService):
-    """Runs :meth:`StoreCleaner.run_cleanup` every ``interval`` seconds in the I/O pool.
+    """Runs :meth:`StoreCleaner.run_cleanup` every ``interval`` seconds through ``run``.
 
     ``on_removed`` is called on the reactor thread with the digests of the cached
     blobs and downloads a pass removed (the agent's P2P engine forgets them).
@@ -261,16 +258,15 @@ class CleanupService(TimerService):
         self,
         interval: float,
         cleaner: StoreCleaner,
-        reactor: Any,
-        pool: ThreadPool,
+        clock: IReactorTime,
+        run: BlockingRunner,
         *,
         on_removed: Callable[[set[Digest]], object] | None = None,
     ):
         super().__init__(interval, self.run_once)  # type: ignore[no-untyped-call]
         self.cleaner = cleaner
-        self.reactor = reactor
-        self.pool = pool
-        self.clock = reactor
+        self.run = run
+        self.clock = clock
         self.on_removed = on_removed
 
     def run_once(self) -> Deferred[None]:
@@ -287,7 +283,7 @@ class CleanupService(TimerService):
                     removed = result.removed_digests(CACHE) | result.removed_digests(DOWNLOAD)
                     self.on_removed(removed)
 
-        d: Deferred[Any] = deferToThreadPool(self.reactor, self.pool, self.cleaner.run_cleanup)
+        d: Deferred[Any] = self.run(self.cleaner.run_cleanup)
         return d.addCallbacks(report, lambda f: self.log.failure("store cleanup failed", f))
 
 
@@ -311,7 +307,7 @@ def cleanup_policy(config: CleanupConfig, fs_size: int) -> CleanupPolicy | None:
     )
 
 
-def host_list_from_config(hosts: HostListConfig, reactor: Any) -> IHostList:
+def host_list_from_config(hosts: HostListConfig, reactor: IClientReactor) -> IHostList:
     """The static list of ``hosts``, or its DNS name resolved through ``reactor``."""
     if hosts.static is not None:
         return StaticHostList(hosts.static)
@@ -321,17 +317,20 @@ def host_list_from_config(hosts: HostListConfig, reactor: Any) -> IHostList:
 
 
 def active_health_filter(
-    check: ActiveHealthConfig, client: KrakenHTTPClient, reactor: Any
+    check: ActiveHealthConfig, client: KrakenHTTPClient, clock: IReactorTime
 ) -> IHealthFilter:
     """``GET /health`` through ``client`` as ``check`` says; every host healthy when it is off."""
     if not check.enabled:
         return NoHealthFilter()
     probe = HTTPHealthProbe(client, check.timeout)
-    return ActiveHealthFilter(probe, reactor, check.fails, check.passes, check.timeout)
+    return ActiveHealthFilter(probe, clock, check.fails, check.passes, check.timeout)
 
 
 def active_membership(
-    hosts: HostListConfig, check: ActiveHealthConfig, client: KrakenHTTPClient, reactor: Any
+    hosts: HostListConfig,
+    check: ActiveHealthConfig,
+    client: KrakenHTTPClient,
+    reactor: IClientReactor,
 ) -> Membership:
     """The members of ``hosts``, checked by ``client`` every ``check.interval`` (a service)."""
     return Membership(
@@ -343,7 +342,11 @@ def active_membership(
 
 
 def owned_thread_pool(
-    reactor: Any, run: BlockingRunner | None, pool: ThreadPool | None, threads: int, name: str
+    reactor: IReactorFromThreads,
+    run: BlockingRunner | None,
+    pool: ThreadPool | None,
+    threads: int,
+    name: str,
 ) -> tuple[BlockingRunner, ThreadPool | None]:
     """
     The runner of blocking calls, and the pool the tree must start and join (if any).
@@ -572,7 +575,7 @@ def _walk(service: Any) -> Iterator[Any]:
         yield from _walk(child)
 
 
-def stop_and_exit(reactor: Any) -> None:
+def stop_and_exit(reactor: IReactorCore) -> None:
     """Stop ``reactor`` (the services stop as usual), then end the process with status 1."""
 
     def exit_now() -> None:
@@ -584,7 +587,7 @@ def stop_and_exit(reactor: Any) -> None:
     reactor.callWhenRunning(reactor.stop)
 
 
-def exit_on_listen_failure(tree: MultiService, reactor: Any) -> ListenerWatch:
+def exit_on_listen_failure(tree: MultiService, reactor: IReactorCore) -> ListenerWatch:
     """A :class:`ListenerWatch` of ``tree`` that stops ``reactor`` and exits with status 1
     when a listener cannot start (twistd has no exit status of its own for that)."""
     return ListenerWatch(tree, lambda error: stop_and_exit(reactor))
@@ -626,14 +629,16 @@ def _max_connections(factory: Any) -> int | None:
     return limits.max_connections if isinstance(limits, ServerLimits) else None
 
 
-def closing_listener(reactor: Any, description: str, factory: Any) -> ClosingListener:
+def closing_listener(reactor: IDaemonReactor, description: str, factory: Any) -> ClosingListener:
     """A :class:`ClosingListener` of ``factory`` on the endpoint ``description`` (plain);
     a :class:`~kraken.http.server.KrakenSite`'s ``max_connections`` caps it."""
     endpoint = serverFromString(reactor, description)  # type: ignore[no-untyped-call]
     return ClosingListener(endpoint, factory, _max_connections(factory))
 
 
-def tls_listener(reactor: Any, tls: ClusterTLS, description: str, factory: Any) -> ClosingListener:
+def tls_listener(
+    reactor: IDaemonReactor, tls: ClusterTLS, description: str, factory: Any
+) -> ClosingListener:
     """A :class:`ClosingListener` on the endpoint ``description``, under TLS when ``tls`` serves."""
     endpoint = serverFromString(reactor, description)  # type: ignore[no-untyped-call]
     endpoint = tls.server_endpoint(endpoint, reactor)
@@ -667,7 +672,7 @@ def server_limits(http: HTTPServerConfig, max_body: int = DEFAULT_LIMITS.max_bod
 
 def http_site(
     resource: Any,
-    reactor: Any,
+    clock: IReactorTime,
     http: HTTPServerConfig,
     *,
     gate: RequestGate | None = None,
@@ -678,7 +683,7 @@ def http_site(
     """A daemon's :class:`~kraken.http.server.KrakenSite` with the limits of its ``http:``."""
     return KrakenSite(
         resource,
-        clock=reactor,
+        clock=clock,
         gate=gate,
         limits=server_limits(http),
         errors=errors,

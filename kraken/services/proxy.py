@@ -17,11 +17,12 @@ origins at 127.0.0.1:15002, the build-index at 127.0.0.1:15004, data under
 from __future__ import annotations
 
 import os
-from typing import Any, Final
+from typing import Final
 
 from twisted.application.internet import TimerService
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.interfaces import IReactorCore
 from twisted.python import usage
 from twisted.python.threadpool import ThreadPool
 
@@ -34,6 +35,7 @@ from kraken.config import ProxyConfig
 from kraken.http.client import NO_RETRY, HTTPClientFactory
 from kraken.http.dependencies import Dependencies
 from kraken.http.errors import render_registry_json
+from kraken.io.reactor import IDaemonReactor, daemon_reactor
 from kraken.metrics import runtime_metrics
 from kraken.services.parts import (
     LISTEN_OPTION,
@@ -50,7 +52,6 @@ from kraken.services.parts import (
     host_list_from_config,
     http_site,
     named,
-    running_reactor,
     tls_listener,
 )
 from kraken.store import BlobStore, StoreCleaner
@@ -95,7 +96,11 @@ def _origin_readiness(origins: Membership) -> Deferred[None]:
 
 
 def build_proxy(
-    config: ProxyConfig, reactor: Any, listen: str | None = None, *, io_threads: int = IO_THREADS
+    config: ProxyConfig,
+    reactor: IDaemonReactor,
+    listen: str | None = None,
+    *,
+    io_threads: int = IO_THREADS,
 ) -> ProxyService:
     """The proxy's service tree for ``config`` (``listen`` overrides ``server.listen``)."""
     pool = ThreadPool(2, io_threads, "kraken-proxy-io")
@@ -155,7 +160,7 @@ def build_proxy(
     if policy is not None:
         # Uploads are expired by the API, which knows which ones are in use.
         cleaner = StoreCleaner(store, cache=policy, downloads=policy, uploads=None)
-        services.append(CleanupService(config.cleanup.interval, cleaner, reactor, pool))
+        services.append(CleanupService(config.cleanup.interval, cleaner, reactor, run))
     site = http_site(
         tls.guard(api.resource(), registry=True),
         reactor,
@@ -178,10 +183,10 @@ def build_proxy(
     return tree
 
 
-def makeService(options: usage.Options, reactor: Any = None) -> MultiService:
+def makeService(options: usage.Options, reactor: IReactorCore | None = None) -> MultiService:
     """The twistd entry point: a proxy for the parsed ``options``."""
     config = daemon_config(options, "proxy")
-    reactor = running_reactor(reactor)
+    reactor = daemon_reactor(reactor)
     tree = build_proxy(config, reactor, options["listen"])
     exit_on_listen_failure(tree, reactor)
     return tree

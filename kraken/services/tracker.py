@@ -14,6 +14,7 @@ from typing import Any
 
 from twisted.application.internet import TimerService
 from twisted.application.service import MultiService, Service
+from twisted.internet.interfaces import IReactorCore
 from twisted.python import usage
 
 from kraken.api.tracker import TrackerAPI
@@ -22,6 +23,7 @@ from kraken.config import TrackerConfig
 from kraken.core.address import parse_networks
 from kraken.http.client import NO_RETRY, HTTPClientFactory
 from kraken.http.server import KrakenSite
+from kraken.io.reactor import IDaemonReactor, daemon_reactor
 from kraken.metrics import runtime_metrics
 from kraken.peers.admission import AdmissionPolicy
 from kraken.peers.origins import HTTPOriginCluster
@@ -36,7 +38,6 @@ from kraken.services.parts import (
     exit_on_listen_failure,
     head_checks,
     named,
-    running_reactor,
     server_limits,
     tls_listener,
 )
@@ -91,7 +92,9 @@ def _read_password(path: str | None) -> str | None:
         return f.read().strip() or None
 
 
-def build_tracker(config: TrackerConfig, reactor: Any, listen: str | None = None) -> TrackerService:
+def build_tracker(
+    config: TrackerConfig, reactor: IDaemonReactor, listen: str | None = None
+) -> TrackerService:
     """The tracker's service tree for ``config`` (``listen`` overrides ``server.listen``)."""
     tls = ClusterTLS.from_config(config.tls)  # blocking, at start-up only
     http = HTTPClientFactory(
@@ -167,10 +170,10 @@ def build_tracker(config: TrackerConfig, reactor: Any, listen: str | None = None
     return tree
 
 
-def makeService(options: usage.Options, reactor: Any = None) -> MultiService:
+def makeService(options: usage.Options, reactor: IReactorCore | None = None) -> MultiService:
     """The twistd entry point: a tracker for the parsed ``options``."""
     config = daemon_config(options, "tracker")
-    reactor = running_reactor(reactor)
+    reactor = daemon_reactor(reactor)
     tree = build_tracker(config, reactor, options["listen"])
     exit_on_listen_failure(tree, reactor)
     return tree

@@ -10,7 +10,6 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python import usage
-from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from kraken.config.loader import parse_config
@@ -18,6 +17,7 @@ from kraken.config.sections import CleanupConfig
 from kraken.config.values import DiskLimit
 from kraken.core import Digest
 from kraken.http.server import TLS_ANSWER
+from kraken.io import run_inline
 from kraken.services.agent import (
     AgentService,
     CleanupService,
@@ -126,27 +126,6 @@ class OptionsTests(SynchronousTestCase):
         self.assertIn("nope", str(e.exception))
 
 
-class _InlinePool:
-    """A thread pool that runs work at once on the calling thread."""
-
-    def callInThreadWithCallback(self, on_result: Any, f: Any, *args: Any, **kw: Any) -> None:
-        """Run ``f`` and report its outcome."""
-        try:
-            result = f(*args, **kw)
-        except BaseException:
-            on_result(False, Failure())
-        else:
-            on_result(True, result)
-
-
-class _InlineReactor(Clock):
-    """A Clock whose callFromThread runs the call at once."""
-
-    def callFromThread(self, f: Any, *args: Any, **kw: Any) -> None:
-        """Run ``f`` now."""
-        f(*args, **kw)
-
-
 class CacheAndEngineTests(SynchronousTestCase):
     """The engine learns of the cache at start and forgets what cleanup removes."""
 
@@ -163,7 +142,7 @@ class CacheAndEngineTests(SynchronousTestCase):
 
     def test_cleanup_reports_removed_digests(self) -> None:
         """A cleanup pass hands the digests it removed from the cache to on_removed."""
-        reactor = _InlineReactor()
+        reactor = Clock()
         store = BlobStore(self.mktemp(), reactor)
         old = store.put_bytes(b"old layer").digest
         reactor.advance(120)
@@ -175,7 +154,7 @@ class CacheAndEngineTests(SynchronousTestCase):
             60,
             cleaner,
             reactor,
-            _InlinePool(),
+            run_inline,
             on_removed=removed.append,  # type: ignore[arg-type]
         )
         self.successResultOf(cleanup.run_once())
