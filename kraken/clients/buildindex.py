@@ -37,7 +37,7 @@ from twisted.logger import Logger
 
 from kraken.cluster.health import PassiveHealthFilter
 from kraken.core import Digest, InvalidDigest, parse_json
-from kraken.http.client import KrakenHTTPClient, NetworkError, TreqResponse, read_body
+from kraken.http.client import KrakenHTTPClient, TreqResponse, read_body
 
 __all__ = [
     "DEFAULT_BUILD_INDEX_TIMEOUT",
@@ -133,17 +133,13 @@ class BuildIndexClient:
     async def _first_answer(
         self, what: str, send: Callable[[str], Deferred[TreqResponse]]
     ) -> tuple[str, TreqResponse]:
-        errors: list[str] = []
-        for host in self.hosts_in_order()[: self.max_attempts]:
-            try:
-                return host, await send(host)
-            except NetworkError as e:
-                self.health.failed(host)
-                errors.append(str(e))
-        raise BuildIndexUnavailable(
-            f"no build-index answered for {what}: "
-            + ("; ".join(errors) or "no build-index is configured")
-        )
+        def nobody(errors: str) -> BuildIndexUnavailable:
+            return BuildIndexUnavailable(
+                f"no build-index answered for {what}: {errors or 'no build-index is configured'}"
+            )
+
+        hosts = self.hosts_in_order()[: self.max_attempts]
+        return await self.health.first_answer(hosts, send, nobody)
 
     async def _get_tag(self, tag: str) -> Digest:
         path = f"/tags/{quote(tag, safe='')}"

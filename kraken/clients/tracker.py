@@ -37,7 +37,7 @@ from kraken.cluster.ring import RendezvousRing
 from kraken.core import Digest, InvalidMetaInfo, MetaInfo, parse_json
 from kraken.core.digest import InfoHash
 from kraken.core.peer import PeerID, PeerInfo
-from kraken.http.client import KrakenHTTPClient, NetworkError, TreqResponse, read_body
+from kraken.http.client import KrakenHTTPClient, TreqResponse, read_body
 from kraken.peers.announce import (
     MAX_REPORTED,
     AnnounceRequest,
@@ -119,31 +119,32 @@ class TrackerClient:
     async def _first_answer(
         self, digest: Digest, send: Callable[[str], Deferred[TreqResponse]]
     ) -> tuple[str, TreqResponse]:
-        errors: list[str] = []
-        for tracker in self.trackers_for(digest):
-            try:
-                return tracker, await send(tracker)
-            except NetworkError as e:
-                self.health.failed(tracker)
-                errors.append(str(e))
-        raise TrackerUnavailable(
-            f"no tracker answered for {digest}: " + ("; ".join(errors) or "the ring is empty")
-        )
+        def nobody(errors: str) -> TrackerUnavailable:
+            return TrackerUnavailable(
+                f"no tracker answered for {digest}: {errors or 'the ring is empty'}"
+            )
 
-    async def _announce(self, request: AnnounceRequest) -> AnnounceResponse:
-        body = request.to_dict()
-        data = json.dumps(body, separators=(",", ":")).encode()
+        return await self.health.first_answer(self.trackers_for(digest), send, nobody)
+
+    async def _post(
+        self, route: str, request: AnnounceRequest | ReportRequest
+    ) -> tuple[str, TreqResponse]:
+        """POST ``request`` as JSON to ``/{route}/{infohash}`` of the first tracker to answer."""
+        data = json.dumps(request.to_dict(), separators=(",", ":")).encode()
 
         def send(tracker: str) -> Deferred[TreqResponse]:
             return self.client.post(
-                f"{self.scheme}://{tracker}/announce/{request.infohash}",
+                f"{self.scheme}://{tracker}/{route}/{request.infohash}",
                 data=data,
                 headers={"Content-Type": "application/json"},
                 timeout=self.timeout,
                 retry=False,
             )
 
-        tracker, response = await self._first_answer(request.digest, send)
+        return await self._first_answer(request.digest, send)
+
+    async def _announce(self, request: AnnounceRequest) -> AnnounceResponse:
+        tracker, response = await self._post("announce", request)
         raw = await read_body(response, MAX_ANNOUNCE_RESPONSE)
         try:
             answer = AnnounceResponse.from_dict(parse_json(raw, "announce answer"))
@@ -165,18 +166,7 @@ class TrackerClient:
         return Deferred.fromCoroutine(self._announce(request))
 
     async def _report(self, request: ReportRequest) -> list[str]:
-        data = json.dumps(request.to_dict(), separators=(",", ":")).encode()
-
-        def send(tracker: str) -> Deferred[TreqResponse]:
-            return self.client.post(
-                f"{self.scheme}://{tracker}/report/{request.infohash}",
-                data=data,
-                headers={"Content-Type": "application/json"},
-                timeout=self.timeout,
-                retry=False,
-            )
-
-        tracker, response = await self._first_answer(request.digest, send)
+        tracker, response = await self._post("report", request)
         raw = await read_body(response, MAX_REPORT_RESPONSE)
         try:
             held = json.loads(raw)["quarantined"]

@@ -18,7 +18,8 @@ Numbers follow the Go Kraken (reference/kraken-p2p.md section 5.3).
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TypeVar
 
 from attrs import define, field, frozen
 from twisted.internet.defer import CancelledError, Deferred, gatherResults, maybeDeferred, succeed
@@ -28,7 +29,7 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import IResponse
 from zope.interface import Interface, implementer
 
-from kraken.http.client import HTTPStatusError, KrakenHTTPClient, read_body
+from kraken.http.client import HTTPStatusError, KrakenHTTPClient, NetworkError, read_body
 
 #: Checks one ``host:port``: the Deferred fires (with anything) if the host
 #: is healthy and fails otherwise.
@@ -38,6 +39,8 @@ DEFAULT_FAILS = 3
 DEFAULT_PASSES = 2
 DEFAULT_PROBE_TIMEOUT = 3.0
 DEFAULT_FAIL_TIMEOUT = 300.0
+
+_T = TypeVar("_T")
 
 
 class UnhealthyResponse(Exception):
@@ -213,6 +216,29 @@ class PassiveHealthFilter:
     def run(self, hosts: frozenset[str]) -> Deferred[frozenset[str]]:
         """:meth:`healthy`, as a Deferred."""
         return succeed(self.healthy(hosts))
+
+    async def first_answer(
+        self,
+        hosts: Iterable[str],
+        send: Callable[[str], Awaitable[_T]],
+        nobody: Callable[[str], Exception],
+    ) -> tuple[str, _T]:
+        """
+        The first of ``hosts``, in order, that ``send`` reaches, and its answer.
+
+        A :class:`~kraken.http.client.NetworkError` is recorded with :meth:`failed` and
+        the next host tried; any other failure (an HTTP status refused) is the answer's.
+        When no host answers, raises ``nobody(reasons)``: the network errors joined by
+        ``"; "``, empty when ``hosts`` was.
+        """
+        errors: list[str] = []
+        for host in hosts:
+            try:
+                return host, await send(host)
+            except NetworkError as e:
+                self.failed(host)
+                errors.append(str(e))
+        raise nobody("; ".join(errors))
 
 
 @frozen

@@ -6,7 +6,7 @@ from collections.abc import Collection
 from typing import TYPE_CHECKING
 
 from attrs import define, field
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
@@ -22,6 +22,7 @@ from kraken.cluster.health import (
     PassiveHealthFilter,
     UnhealthyResponse,
 )
+from kraken.http.client import NetworkError
 from kraken.http.testing import memory_client_factory
 
 if TYPE_CHECKING:
@@ -269,6 +270,56 @@ class PassiveHealthFilterTests(HealthFilterTestsMixin, SynchronousTestCase):
         self.assertEqual(self.filter.healthy(HOSTS), HOSTS)
         self.assertRaises(ValueError, PassiveHealthFilter, self.clock, fails=0)
         self.assertRaises(ValueError, PassiveHealthFilter, self.clock, fail_timeout=0)
+
+    def test_first_answer_skips_network_errors(self) -> None:
+        """first_answer tries hosts in order past network errors, which it records; the
+        first host that answers, and its answer, come back."""
+        self.filter = PassiveHealthFilter(self.clock, fails=1)
+        tried: list[str] = []
+
+        def send(host: str) -> Deferred[str]:
+            tried.append(host)
+            if host == "a:1":
+                return fail(NetworkError(f"http://{host}/", "refused"))
+            return succeed(f"answer of {host}")
+
+        answer = self.filter.first_answer(["a:1", "b:1", "c:1"], send, RuntimeError)
+        self.assertEqual(
+            self.successResultOf(Deferred.fromCoroutine(answer)), ("b:1", "answer of b:1")
+        )
+        self.assertEqual(tried, ["a:1", "b:1"])
+        self.assertEqual(self.filter.healthy(HOSTS), HOSTS - {"a:1"})
+
+    def test_first_answer_keeps_other_failures(self) -> None:
+        """A failure that is not a network error (an HTTP status) is the answer: no other
+        host is tried and the host stays healthy."""
+        tried: list[str] = []
+
+        def send(host: str) -> Deferred[str]:
+            tried.append(host)
+            return fail(ValueError(host))
+
+        answer = self.filter.first_answer(["a:1", "b:1"], send, RuntimeError)
+        self.failureResultOf(Deferred.fromCoroutine(answer), ValueError)
+        self.assertEqual(tried, ["a:1"])
+        self.assertEqual(self.filter.healthy(HOSTS), HOSTS)
+
+    def test_first_answer_nobody(self) -> None:
+        """When no host answers, ``nobody`` makes the error from the network errors
+        (an empty string for no hosts)."""
+
+        def send(host: str) -> Deferred[str]:
+            return fail(NetworkError(f"http://{host}/", "reset"))
+
+        answer = self.filter.first_answer(["a:1", "b:1"], send, RuntimeError)
+        failure = self.failureResultOf(Deferred.fromCoroutine(answer), RuntimeError)
+        self.assertEqual(
+            str(failure.value),
+            "GET http://a:1/: network error: reset; GET http://b:1/: network error: reset",
+        )
+        nobody = self.filter.first_answer([], send, RuntimeError)
+        failure = self.failureResultOf(Deferred.fromCoroutine(nobody), RuntimeError)
+        self.assertEqual(str(failure.value), "")
 
 
 class HealthResource(Resource):
