@@ -28,7 +28,8 @@ from __future__ import annotations
 
 import base64
 import binascii
-from typing import Any, Final
+from collections.abc import Callable
+from typing import Any, Final, TypeVar
 
 from attrs import frozen
 
@@ -41,6 +42,8 @@ class InvalidAnnounce(ValueError):
 
 #: Most pieces a progress report may describe (a 100 TB blob in 32 MiB pieces).
 MAX_PROGRESS_PIECES: Final = 1 << 22
+
+_H = TypeVar("_H", Digest, InfoHash)
 
 
 @frozen
@@ -90,6 +93,17 @@ class AnnounceProgress:
         return cls(pieces, length, raw)
 
 
+def _hash_field(obj: dict[str, Any], key: str, parse: Callable[[str], _H]) -> _H:
+    """``obj[key]``, a string, parsed by ``parse`` (a digest or an infohash)."""
+    raw = obj[key]
+    if not isinstance(raw, str):
+        raise InvalidAnnounce(f"{key}: expected a string, got {raw!r}")
+    try:
+        return parse(raw)
+    except InvalidDigest as e:
+        raise InvalidAnnounce(f"{key}: {e}") from None
+
+
 @frozen
 class AnnounceRequest:
     """An agent's announce of one torrent."""
@@ -121,23 +135,11 @@ class AnnounceRequest:
         for key in ("digest", "infohash", "peer"):
             if key not in obj:
                 raise InvalidAnnounce(f"{key}: missing")
-        raw_digest = obj["digest"]
-        if not isinstance(raw_digest, str):
-            raise InvalidAnnounce(f"digest: expected a string, got {raw_digest!r}")
-        try:
-            digest = Digest.parse(raw_digest)
-        except InvalidDigest as e:
-            raise InvalidAnnounce(f"digest: {e}") from None
+        digest = _hash_field(obj, "digest", Digest.parse)
         name = obj.get("name", digest.hex)
         if name != digest.hex:
             raise InvalidAnnounce(f"name: {name!r} is not the hex of digest {digest}")
-        raw_ih = obj["infohash"]
-        if not isinstance(raw_ih, str):
-            raise InvalidAnnounce(f"infohash: expected a string, got {raw_ih!r}")
-        try:
-            ih = InfoHash.parse(raw_ih)
-        except InvalidDigest as e:
-            raise InvalidAnnounce(f"infohash: {e}") from None
+        ih = _hash_field(obj, "infohash", InfoHash.parse)
         if infohash is not None and ih != infohash:
             raise InvalidAnnounce(f"infohash: {ih} in the body is not {infohash} of the URL")
         try:

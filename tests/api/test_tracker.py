@@ -353,6 +353,14 @@ class BadAnnounceTests(TrackerAPITestCase):
         """A body infohash different from the URL's is a 400 naming infohash."""
         self.assertRejected(announce_body(agent(1)), 400, "infohash", ih="c" * 64)
 
+    def test_bad_infohash_in_body(self) -> None:
+        """A body infohash that is not a string, or not an infohash, is a 400 naming it,
+        as a bad digest is (one parser reads both)."""
+        for bad in (42, "sha256:" + IH.hex, "xyz"):
+            body = announce_body(agent(1))
+            body["infohash"] = bad
+            self.assertRejected(body, 400, "infohash: ")
+
     def test_bad_json(self) -> None:
         """A body that is not JSON, or not an object, is a 400."""
         self.assertRejected(b"{not json", 400, "JSON")
