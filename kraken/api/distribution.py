@@ -26,7 +26,7 @@ from typing import Any, Final
 from attrs import frozen
 
 from kraken.core import Digest, InvalidDigest, InvalidJSON, parse_json
-from kraken.http.errors import MANIFEST_INVALID, NAME_INVALID, RegistryError
+from kraken.http.errors import MANIFEST_INVALID, MANIFEST_UNKNOWN, NAME_INVALID, RegistryError
 
 __all__ = [
     "API_VERSION_HEADER",
@@ -48,6 +48,7 @@ __all__ = [
     "parse_manifest",
     "parse_reference",
     "parse_v2_path",
+    "stored_reference",
 ]
 
 DOCKER_MANIFEST_V2: Final = "application/vnd.docker.distribution.manifest.v2+json"
@@ -105,6 +106,18 @@ def parse_reference(reference: str) -> Digest | str:
     if ":" in reference:
         return Digest.parse(reference)
     return check_tag(reference)
+
+
+def stored_reference(name: str, reference: str) -> Digest | str:
+    """:func:`parse_reference` for reading or deleting the manifest of repository ``name``:
+    a malformed reference is ``MANIFEST_UNKNOWN`` (404), as the spec answers for any
+    manifest that does not exist."""
+    try:
+        return parse_reference(reference)
+    except (RegistryError, InvalidDigest):
+        raise RegistryError(
+            MANIFEST_UNKNOWN, f"manifest unknown: {name}:{reference[:200]}"
+        ) from None
 
 
 @frozen

@@ -81,6 +81,7 @@ from kraken.api.distribution import (
     parse_manifest,
     parse_reference,
     parse_v2_path,
+    stored_reference,
 )
 from kraken.api.referrers import (
     FILTERS_APPLIED_HEADER,
@@ -921,13 +922,7 @@ class ProxyAPI:
         raise AssertionError("unreachable")
 
     async def _get_manifest(self, request: IRequest, name: str, reference: str) -> None:
-        try:
-            parse_reference(reference)
-        except (RegistryError, InvalidDigest):
-            # The spec: a manifest that does not exist is 404, whatever the reference.
-            raise RegistryError(
-                MANIFEST_UNKNOWN, f"manifest unknown: {name}:{reference[:200]}"
-            ) from None
+        stored_reference(name, reference)
         digest = await self._resolve(name, reference)
         data = await self._manifest_bytes(name, digest)
         _set(request, "Content-Type", manifest_media_type(data))
@@ -1071,12 +1066,7 @@ class ProxyAPI:
         either way; 404 ``MANIFEST_UNKNOWN`` when there was nothing to delete.  The bytes
         stay at the origins until the garbage collector proves nothing references them.
         """
-        try:
-            ref = parse_reference(reference)
-        except (RegistryError, InvalidDigest):
-            raise RegistryError(
-                MANIFEST_UNKNOWN, f"manifest unknown: {name}:{reference[:200]}"
-            ) from None
+        ref = stored_reference(name, reference)
         if not isinstance(ref, Digest):
             try:
                 await self.tags.delete_tag(f"{name}:{ref}", replicate=True)

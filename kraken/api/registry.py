@@ -49,8 +49,8 @@ from kraken.api.distribution import (
     OCI_IMAGE_INDEX,
     is_tag,
     manifest_media_type,
-    parse_reference,
     parse_v2_path,
+    stored_reference,
 )
 from kraken.api.proxy import page_args, paginate, tag_repository
 from kraken.api.referrers import FILTERS_APPLIED_HEADER, filter_referrers, referrers_tag
@@ -199,12 +199,7 @@ class RegistryAPI:
         return self._tags.get(key, lambda: self.server.tags.get_tag(key))
 
     async def _manifest(self, request: IRequest, name: str, reference: str) -> None:
-        try:
-            ref = parse_reference(reference)
-        except (APIError, InvalidDigest):
-            raise RegistryError(
-                MANIFEST_UNKNOWN, f"manifest unknown: {name}:{reference[:200]}"
-            ) from None
+        ref = stored_reference(name, reference)
         data, digest = await self._manifest_bytes(name, ref)
         media_type = manifest_media_type(data)
         request.setHeader(b"Content-Type", media_type.encode("ascii"))  # type: ignore[no-untyped-call]
