@@ -34,7 +34,7 @@ from kraken.config import TRACKER_PORT, AgentConfig, TrackerConfig, dump_config
 from kraken.core import Digest
 from kraken.http.client import NO_RETRY, HTTPClientFactory, read_body
 from kraken.http.server import KrakenSite
-from kraken.protocols.sendfile import _devnull
+from kraken.io.sendfile import _devnull
 from tests.peers.redisserver import free_port
 
 

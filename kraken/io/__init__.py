@@ -10,9 +10,14 @@ The I/O building blocks every daemon shares (see docs/architecture.md, "The io r
   :class:`~kraken.io.reactor.IDaemonReactor`, what a part uses of its reactor when that is
   more than one of Twisted's interfaces.
 
-Sending files (``os.sendfile`` and its threaded-read fallback) lives with its two users,
-:mod:`kraken.api.serving` (HTTP responses) and :mod:`kraken.protocols.sendfile` (peer
-pieces); ranges with :mod:`kraken.http.ranges`; names with :mod:`kraken.core.names`.
+* :mod:`kraken.io.sendfile`: sending a region of an open file to a connection, the same way
+  for HTTP blob responses (:mod:`kraken.api.serving`) and peer pieces
+  (:mod:`kraken.protocols.peer`): :class:`~kraken.io.sendfile.SendfileProducer`
+  (``os.sendfile`` on plain TCP) and its threaded-read fallback
+  :class:`~kraken.io.sendfile.ThreadedReadProducer` (TLS, in-memory transports).  Not
+  imported here, so that ``import kraken.io`` does not load the TLS layer.
+
+Ranges live with :mod:`kraken.http.ranges`; names with :mod:`kraken.core.names`.
 """
 
 from kraken.io.runner import BlockingRunner, run_inline, threadpool_runner

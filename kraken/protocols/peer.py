@@ -11,7 +11,7 @@ of one torrent hash in parallel and are written one at a time); the reactor
 thread only copies bytes between the socket and buffers.  Sending a piece
 that the storage can give as a file region
 (:class:`~kraken.torrent.archive.IPieceFiles`) on a plain TCP connection uses
-``os.sendfile`` (:class:`~kraken.protocols.sendfile.FileSender`): a worker
+``os.sendfile`` (:class:`~kraken.io.sendfile.SendfileProducer`): a worker
 thread opens the region and reads it into the page cache, then the reactor
 thread only moves pages from the cache to the socket in bounded non-blocking
 calls.  Otherwise the piece is read in a thread and written by a
@@ -52,8 +52,8 @@ from zope.interface import implementer
 
 from kraken.core import Digest, InfoHash, MetaInfo, PeerInfo
 from kraken.io.runner import BlockingRunner, run_inline, threadpool_runner
+from kraken.io.sendfile import SendfileProducer, sendfile_socket, sendfile_transport, warm
 from kraken.protocols.peer_metrics import PeerMetrics
-from kraken.protocols.sendfile import FileSender, sendfile_socket, warm
 from kraken.torrent.actions import (
     Action,
     Announce,
@@ -299,7 +299,7 @@ class PeerProtocol(Int32StringReceiver):
         self._timer: IDelayedCall | None = None
         #: Pending resume after an ingress-limit pause (one at a time).
         self._resume_call: IDelayedCall | None = None
-        self._sender: _PieceSender | FileSender | None = None
+        self._sender: _PieceSender | SendfileProducer | None = None
         #: control frames written while a piece streams, sent after it.
         self._held: list[bytes] = []
         #: fires when the connection is gone (PeerNode.stop waits for it).
@@ -625,7 +625,7 @@ class PeerProtocol(Int32StringReceiver):
         if storage is None:
             self.piece_failed_to_send(index, "torrent not open")
             return
-        zero_copy = sendfile_socket(self.raw_transport()) is not None
+        zero_copy = sendfile_transport(self.raw_transport()) is not None
         d = self.node.run_blocking(_prepare_send, storage, index, zero_copy)
         d.addCallbacks(
             lambda data: self._stream(index, data),
@@ -647,7 +647,7 @@ class PeerProtocol(Int32StringReceiver):
             return
         bandwidth = self.node.bandwidth
         self.write_frame_now(PiecePayload(index, region.length).encode())
-        sender = FileSender(
+        sender = SendfileProducer(
             self.raw_transport(),
             region.fd,
             region.offset,

@@ -12,8 +12,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from kraken.api.agent import read_manifest
 from kraken.api.distribution import DOCKER_MANIFEST_V2, OCI_IMAGE_INDEX
-from kraken.api.serving import ThreadedReadProducer
 from kraken.core import Digest
+from kraken.io.sendfile import ThreadedReadProducer
 from kraken.protocols.progress import DownloadProgress
 from kraken.store import BlobInUse
 from tests.api.agentfakes import AgentApis, make_agent_apis

@@ -3,7 +3,7 @@ The parts of Twisted's TCP transport the peer driver relies on beyond the public
 
 ``PeerProtocol._install_recv_into`` (kraken/protocols/peer.py) replaces ``doRead`` on one
 live ``twisted.internet.tcp.Connection`` to receive piece payloads with ``recv_into``
-straight into the piece buffer, and ``kraken.protocols.sendfile`` sends from the socket
+straight into the piece buffer, and ``kraken.io.sendfile`` sends from the socket
 that ``getHandle()`` returns.  That is a measured win (docs/benchmarks.md) that depends on
 how the reactor drives a transport:
 

@@ -26,8 +26,8 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
 import tests
-from kraken.api.serving import SendfileProducer
 from kraken.core import Digest
+from kraken.io.sendfile import SendfileProducer
 from kraken.services.herd import HerdService, build_herd, herd_plan
 from tests.external import require_program
 from tests.system.clusters import free_block
