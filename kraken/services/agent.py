@@ -54,7 +54,7 @@ from kraken.http.client import NO_RETRY, HTTPClientFactory, KrakenHTTPClient, re
 from kraken.http.dependencies import Dependencies
 from kraken.http.errors import render_registry_json
 from kraken.http.server import KleinRoutes, read_only
-from kraken.io.reactor import IDaemonReactor, daemon_reactor
+from kraken.io.reactor import IDaemonReactor
 from kraken.metrics import runtime_metrics
 from kraken.protocols.archives import AgentArchive
 from kraken.protocols.downloader import AnnouncerAdapter, P2PBlobDownloader
@@ -70,11 +70,11 @@ from kraken.services.parts import (
     cleanup_policy,
     closing_listener,
     daemon_config,
-    exit_on_listen_failure,
     filesystem_size,
     host_list_from_config,
     http_site,
     named,
+    twistd_tree,
 )
 from kraken.store import BlobStore, StoreCleaner
 from kraken.tls import ClusterTLS
@@ -380,13 +380,15 @@ def build_agent(
 
 def makeService(options: usage.Options, reactor: IReactorCore | None = None) -> MultiService:
     """The twistd entry point: an agent for the parsed ``options``."""
-    reactor = daemon_reactor(reactor)
-    tree = build_agent(
-        daemon_config(options, "agent"),
-        reactor,
-        registry_listen=options["registry-listen"],
-        server_listen=options["server-listen"],
-        peer_listen=options["peer-listen"],
-    )
-    exit_on_listen_failure(tree, reactor)
-    return tree
+    config = daemon_config(options, "agent")
+
+    def build(running: IDaemonReactor) -> AgentService:
+        return build_agent(
+            config,
+            running,
+            registry_listen=options["registry-listen"],
+            server_listen=options["server-listen"],
+            peer_listen=options["peer-listen"],
+        )
+
+    return twistd_tree(reactor, build)

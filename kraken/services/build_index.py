@@ -49,9 +49,9 @@ from kraken.core.address import parse_networks
 from kraken.http.client import NO_RETRY, HTTPClientFactory, KrakenHTTPClient, read_body
 from kraken.http.dependencies import Dependencies
 from kraken.http.server import KleinRoutes
-from kraken.io.reactor import IDaemonReactor, daemon_reactor
+from kraken.io.reactor import IDaemonReactor
 from kraken.metrics import runtime_metrics
-from kraken.persistedretry import Backoff, PrometheusQueueMetrics, RetryQueue, SQLiteTaskStore
+from kraken.persistedretry import PrometheusQueueMetrics, RetryQueue
 from kraken.services.parts import (
     LISTEN_OPTION,
     DaemonOptions,
@@ -60,12 +60,13 @@ from kraken.services.parts import (
     active_membership,
     advertised_address,
     daemon_config,
-    exit_on_listen_failure,
     head_checks,
     http_site,
     named,
     owned_thread_pool,
+    retry_queue,
     tls_listener,
+    twistd_tree,
 )
 from kraken.tls import ClusterTLS
 
@@ -175,18 +176,13 @@ def build_build_index(
     executor = TagReplicationExecutor(
         rules, resolver, ring, http.client(), reactor, run, os.path.join(data_dir, "spool")
     )
-    tr = config.tag_replication
-    queue = RetryQueue(
-        SQLiteTaskStore(os.path.join(data_dir, "replication.db"), reactor),
-        {REPLICATE_TAG_KIND: executor},
+    queue = retry_queue(
+        config.tag_replication,
+        os.path.join(data_dir, "replication.db"),
+        REPLICATE_TAG_KIND,
+        executor,
         reactor,
-        max_in_flight=tr.workers,
-        backoff=Backoff(
-            initial=tr.retry_interval,
-            multiplier=tr.retry_multiplier,
-            maximum=max(tr.max_retry_interval, tr.retry_interval),
-        ),
-        metrics=PrometheusQueueMetrics("build_index_replication", metrics.registry),
+        PrometheusQueueMetrics("build_index_replication", metrics.registry),
     )
     peers = BuildIndexClient(
         http.client(retry=NO_RETRY), lambda: cluster.members, PassiveHealthFilter(reactor)
@@ -239,7 +235,6 @@ def makeService(options: usage.Options, reactor: IReactorCore | None = None) -> 
     """The twistd entry point: a build-index for the parsed ``options``."""
     config = daemon_config(options, "build-index")
     Logger().info("build-index data in {data_dir}", data_dir=config.data_dir)
-    reactor = daemon_reactor(reactor)
-    tree = build_build_index(config, reactor, options["listen"])
-    exit_on_listen_failure(tree, reactor)
-    return tree
+    return twistd_tree(
+        reactor, lambda running: build_build_index(config, running, options["listen"])
+    )

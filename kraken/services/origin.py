@@ -40,12 +40,12 @@ from kraken.config import OriginConfig
 from kraken.core import PeerID, PeerInfo
 from kraken.http.client import NO_RETRY, HTTPClientFactory
 from kraken.http.errors import render_registry_json
-from kraken.io.reactor import IDaemonReactor, daemon_reactor
+from kraken.io.reactor import IDaemonReactor
 from kraken.metrics import runtime_metrics
 from kraken.origin.refresh import BackendFetcher
 from kraken.origin.replication import Replicator
 from kraken.origin.writeback import WRITEBACK_KIND, Writeback, WritebackExecutor
-from kraken.persistedretry import Backoff, PrometheusQueueMetrics, RetryQueue, SQLiteTaskStore
+from kraken.persistedretry import PrometheusQueueMetrics, RetryQueue
 from kraken.protocols.archives import OriginArchive
 from kraken.protocols.peer import PeerNode, make_scheduler
 from kraken.protocols.peer_metrics import PeerMetrics
@@ -59,13 +59,14 @@ from kraken.services.parts import (
     advertised_address,
     cleanup_policy,
     daemon_config,
-    exit_on_listen_failure,
     filesystem_size,
     head_checks,
     http_site,
     named,
     owned_thread_pool,
+    retry_queue,
     tls_listener,
+    twistd_tree,
 )
 from kraken.store import BlobStore, StoreCleaner
 from kraken.tls import ClusterTLS
@@ -163,18 +164,13 @@ def build_origin(
 
     metrics = OriginMetrics()
     executor = WritebackExecutor(store, backends, run)
-    wb = config.writeback
-    queue = RetryQueue(
-        SQLiteTaskStore(os.path.join(data_dir, "writeback.db"), reactor),
-        {WRITEBACK_KIND: executor},
+    queue = retry_queue(
+        config.writeback,
+        os.path.join(data_dir, "writeback.db"),
+        WRITEBACK_KIND,
+        executor,
         reactor,
-        max_in_flight=wb.workers,
-        backoff=Backoff(
-            initial=wb.retry_interval,
-            multiplier=wb.retry_multiplier,
-            maximum=max(wb.max_retry_interval, wb.retry_interval),
-        ),
-        metrics=PrometheusQueueMetrics("origin_writeback", metrics.registry),
+        PrometheusQueueMetrics("origin_writeback", metrics.registry),
     )
     executor.queue = queue
     writeback = Writeback(queue)
@@ -270,7 +266,4 @@ def makeService(options: usage.Options, reactor: IReactorCore | None = None) -> 
     """The twistd entry point: an origin for the parsed ``options``."""
     config = daemon_config(options, "origin")
     Logger().info("origin data in {data_dir}", data_dir=config.data_dir)
-    reactor = daemon_reactor(reactor)
-    tree = build_origin(config, reactor, options["listen"])
-    exit_on_listen_failure(tree, reactor)
-    return tree
+    return twistd_tree(reactor, lambda running: build_origin(config, running, options["listen"]))

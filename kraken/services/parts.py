@@ -61,6 +61,7 @@ from kraken.config.sections import (
     CleanupConfig,
     HostListConfig,
     HTTPServerConfig,
+    RetryQueueConfig,
 )
 from kraken.config.structure import ConfigError
 from kraken.config.values import parse_endpoint
@@ -68,8 +69,15 @@ from kraken.core import Digest
 from kraken.http.client import KrakenHTTPClient
 from kraken.http.errors import CORE_ERRORS, ErrorMap, ErrorRenderer, render_text
 from kraken.http.server import DEFAULT_LIMITS, KrakenSite, RequestGate, ServerLimits
-from kraken.io.reactor import IClientReactor, IDaemonReactor
+from kraken.io.reactor import IClientReactor, IDaemonReactor, daemon_reactor
 from kraken.logs import LOG_LEVEL_HELP, apply_log_level
+from kraken.persistedretry import (
+    Backoff,
+    IQueueMetrics,
+    ITaskExecutor,
+    RetryQueue,
+    SQLiteTaskStore,
+)
 from kraken.protocols.peer import PeerNode
 from kraken.store import CleanupPolicy, StoreCleaner
 from kraken.store.layout import CACHE, DOWNLOAD
@@ -102,9 +110,11 @@ __all__ = [
     "lead_with_error",
     "named",
     "owned_thread_pool",
+    "retry_queue",
     "server_limits",
     "stop_and_exit",
     "tls_listener",
+    "twistd_tree",
 ]
 
 _S = TypeVar("_S", bound=Service)
@@ -285,6 +295,30 @@ class CleanupService(TimerService):
 
         d: Deferred[Any] = self.run(self.cleaner.run_cleanup)
         return d.addCallbacks(report, lambda f: self.log.failure("store cleanup failed", f))
+
+
+def retry_queue(  # noqa: PLR0917 - the queue's parts
+    config: RetryQueueConfig,
+    path: str,
+    kind: str,
+    executor: ITaskExecutor,
+    reactor: IDaemonReactor,
+    metrics: IQueueMetrics,
+) -> RetryQueue:
+    """A durable queue of ``kind`` tasks in the SQLite file ``path``, run by ``executor``
+    with the workers and retry backoff of ``config``."""
+    return RetryQueue(
+        SQLiteTaskStore(path, reactor),
+        {kind: executor},
+        reactor,
+        max_in_flight=config.workers,
+        backoff=Backoff(
+            initial=config.retry_interval,
+            multiplier=config.retry_multiplier,
+            maximum=max(config.max_retry_interval, config.retry_interval),
+        ),
+        metrics=metrics,
+    )
 
 
 def filesystem_size(path: str) -> int:
@@ -591,6 +625,17 @@ def exit_on_listen_failure(tree: MultiService, reactor: IReactorCore) -> Listene
     """A :class:`ListenerWatch` of ``tree`` that stops ``reactor`` and exits with status 1
     when a listener cannot start (twistd has no exit status of its own for that)."""
     return ListenerWatch(tree, lambda error: stop_and_exit(reactor))
+
+
+def twistd_tree(
+    reactor: IReactorCore | None, build: Callable[[IDaemonReactor], MultiService]
+) -> MultiService:
+    """What a daemon's ``makeService`` answers: the tree ``build`` makes in ``reactor`` (the
+    global one when None), which ends the process when a listener cannot start."""
+    running = daemon_reactor(reactor)
+    tree = build(running)
+    exit_on_listen_failure(tree, running)
+    return tree
 
 
 class ClosingListener(StreamServerEndpointService):

@@ -35,7 +35,7 @@ from kraken.config import ProxyConfig
 from kraken.http.client import NO_RETRY, HTTPClientFactory
 from kraken.http.dependencies import Dependencies
 from kraken.http.errors import render_registry_json
-from kraken.io.reactor import IDaemonReactor, daemon_reactor
+from kraken.io.reactor import IDaemonReactor
 from kraken.metrics import runtime_metrics
 from kraken.services.parts import (
     LISTEN_OPTION,
@@ -46,13 +46,13 @@ from kraken.services.parts import (
     active_membership,
     cleanup_policy,
     daemon_config,
-    exit_on_listen_failure,
     filesystem_size,
     head_checks,
     host_list_from_config,
     http_site,
     named,
     tls_listener,
+    twistd_tree,
 )
 from kraken.store import BlobStore, StoreCleaner
 from kraken.tls import ClusterTLS
@@ -186,7 +186,4 @@ def build_proxy(
 def makeService(options: usage.Options, reactor: IReactorCore | None = None) -> MultiService:
     """The twistd entry point: a proxy for the parsed ``options``."""
     config = daemon_config(options, "proxy")
-    reactor = daemon_reactor(reactor)
-    tree = build_proxy(config, reactor, options["listen"])
-    exit_on_listen_failure(tree, reactor)
-    return tree
+    return twistd_tree(reactor, lambda running: build_proxy(config, running, options["listen"]))

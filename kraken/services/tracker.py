@@ -23,7 +23,7 @@ from kraken.config import TrackerConfig
 from kraken.core.address import parse_networks
 from kraken.http.client import NO_RETRY, HTTPClientFactory
 from kraken.http.server import KrakenSite
-from kraken.io.reactor import IDaemonReactor, daemon_reactor
+from kraken.io.reactor import IDaemonReactor
 from kraken.metrics import runtime_metrics
 from kraken.peers.admission import AdmissionPolicy
 from kraken.peers.origins import HTTPOriginCluster
@@ -35,11 +35,11 @@ from kraken.services.parts import (
     OnStop,
     active_membership,
     daemon_config,
-    exit_on_listen_failure,
     head_checks,
     named,
     server_limits,
     tls_listener,
+    twistd_tree,
 )
 from kraken.tls import ClusterTLS
 
@@ -173,7 +173,4 @@ def build_tracker(
 def makeService(options: usage.Options, reactor: IReactorCore | None = None) -> MultiService:
     """The twistd entry point: a tracker for the parsed ``options``."""
     config = daemon_config(options, "tracker")
-    reactor = daemon_reactor(reactor)
-    tree = build_tracker(config, reactor, options["listen"])
-    exit_on_listen_failure(tree, reactor)
-    return tree
+    return twistd_tree(reactor, lambda running: build_tracker(config, running, options["listen"]))
