@@ -51,6 +51,7 @@ from kraken.protocols.peer import PeerNode, make_scheduler
 from kraken.protocols.peer_metrics import PeerMetrics
 from kraken.services.parts import (
     LISTEN_OPTION,
+    CleanupService,
     DaemonOptions,
     OnStop,
     PeerNodeService,
@@ -226,9 +227,7 @@ def build_origin(
     policy = cleanup_policy(config.cleanup, filesystem_size(data_dir))
     if policy is not None:
         cleaner = StoreCleaner(store, cache=policy)
-        sweeper = TimerService(config.cleanup.interval, run, cleaner.run_cleanup)  # type: ignore[no-untyped-call]
-        sweeper.clock = reactor
-        services.append(sweeper)
+        services.append(CleanupService(config.cleanup.interval, cleaner, reactor, run))
     services.append(PeerNodeService(node))
     peer_endpoint = tls.peer_endpoint(
         serverFromString(reactor, config.peer.listen),  # type: ignore[no-untyped-call]

@@ -32,7 +32,7 @@ from kraken.core import Digest
 from kraken.http.client import HTTPClientFactory, RetryPolicy
 from kraken.persistedretry import RetryQueue
 from kraken.services.origin import Options, OriginService, build_origin, makeService
-from kraken.services.parts import ClosingListener
+from kraken.services.parts import CleanupService, ClosingListener
 from tests.peers.redisserver import free_port
 
 NS = "library/test"
@@ -42,7 +42,8 @@ class OptionsTests(SynchronousTestCase):
     """Command line and service tree, without sockets."""
 
     def test_defaults(self) -> None:
-        """With no config the origin builds its tree: queue, ring, cleanup, peer and API ports."""
+        """With no config the origin builds its tree: queue, ring, cleanup (the agent's and
+        proxy's CleanupService), peer and API ports."""
         cwd = os.getcwd()
         os.makedirs(self.mktemp())
         options = Options()
@@ -52,6 +53,7 @@ class OptionsTests(SynchronousTestCase):
         kinds = [type(s) for s in service]
         self.assertIn(RetryQueue, kinds)
         self.assertIn(Membership, kinds)
+        self.assertIn(CleanupService, kinds)
         listeners = [s for s in service if isinstance(s, StreamServerEndpointService)]
         self.assertEqual(len(listeners), 2)  # peer and HTTP
         self.assertIn(ClosingListener, kinds)  # the HTTP one closes its connections on stop

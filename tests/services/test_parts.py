@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from twisted.internet.task import Clock
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
 from kraken.config.loader import parse_config
+from kraken.io import run_inline
 from kraken.services import agent, build_index, origin, proxy, tracker
-from kraken.services.parts import DaemonOptions
+from kraken.services.parts import CleanupService, DaemonOptions
 
 DAEMON_OPTIONS: list[type[DaemonOptions]] = [
     agent.Options,
@@ -40,3 +42,32 @@ class DaemonOptionsTests(SynchronousTestCase):
                 parsed.parseOptions([])
                 key = options.daemon.replace("-", "_") + "_config"
                 self.assertEqual(parsed[key], parse_config(options.daemon, None))
+
+
+class _FailingCleaner:
+    """A store cleaner whose every pass fails."""
+
+    def __init__(self) -> None:
+        self.passes = 0
+
+    def run_cleanup(self) -> None:
+        """Count the pass, then fail."""
+        self.passes += 1
+        raise OSError("disk gone")
+
+
+class CleanupServiceTests(SynchronousTestCase):
+    """The store cleanup every daemon with a cache runs on a timer."""
+
+    def test_failed_pass_is_logged_and_the_next_runs(self) -> None:
+        """A pass that fails is logged and the timer goes on (a bare TimerService stops
+        at the first failure of its call)."""
+        clock = Clock()
+        cleaner = _FailingCleaner()
+        service = CleanupService(60, cleaner, clock, run_inline)  # type: ignore[arg-type]
+        service.startService()
+        self.addCleanup(service.stopService)
+        clock.advance(60)
+        clock.advance(60)
+        self.assertEqual(cleaner.passes, 3)  # at start, then every 60 s
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 3)
