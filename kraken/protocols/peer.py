@@ -53,6 +53,7 @@ from zope.interface import implementer
 from kraken.core import Digest, InfoHash, MetaInfo, PeerInfo
 from kraken.io.runner import BlockingRunner, run_inline, threadpool_runner
 from kraken.io.sendfile import SendfileProducer, sendfile_socket, sendfile_transport, warm
+from kraken.io.singleflight import SingleFlight
 from kraken.protocols.peer_metrics import PeerMetrics
 from kraken.torrent.actions import (
     Action,
@@ -735,7 +736,11 @@ class PeerNode:
         #: every connected protocol, engaged or not (for a clean stop).
         self.live: set[PeerProtocol] = set()
         self.storages: dict[InfoHash, IPieceStorage] = {}
-        self._creating: dict[InfoHash, list[Deferred[IPieceStorage]]] = {}
+        #: downloads whose storage is being opened; every caller waits on the new torrent
+        #: before its first actions run (they may finish or drop it at once).
+        self._creating: SingleFlight[InfoHash, list[Action]] = SingleFlight(
+            after=lambda h, actions: self.run(actions)
+        )
         self._ticker: LoopingCall | None = None
         self.metrics = metrics or PeerMetrics()
         self.metrics.watch(self)
@@ -793,28 +798,19 @@ class PeerNode:
         if self.scheduler.has_torrent(h):
             self._wait(h, result)
             return result
-        waiting = self._creating.get(h)
-        if waiting is not None:
-            waiting.append(result)
-            return result
-        self._creating[h] = [result]
 
-        def created(opened: _Opened) -> None:
+        def create() -> Deferred[list[Action]]:
+            d = self.run_blocking(lambda: _open_storage(self.archive.create(namespace, metainfo)))
+            return d.addCallback(created)
+
+        def created(opened: _Opened) -> list[Action]:
             self.storages[h] = opened.storage
-            waiters = self._creating.pop(h)
-            actions = self.scheduler.add_torrent(
+            return self.scheduler.add_torrent(
                 metainfo, namespace, opened.have, complete=opened.complete
             )
-            for w in waiters:
-                self._wait(h, w)
-            self.run(actions)
 
-        def failed(f: Failure) -> None:
-            for w in self._creating.pop(h):
-                w.errback(f)
-
-        d = self.run_blocking(lambda: _open_storage(self.archive.create(namespace, metainfo)))
-        d.addCallbacks(created, failed)
+        joined = self._creating.run(h, create, then=lambda _: self._wait(h, result))
+        joined.addErrback(result.errback)
         return result
 
     def _wait(self, h: InfoHash, result: Deferred[IPieceStorage]) -> None:

@@ -59,3 +59,31 @@ class SingleFlightTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(flight.run("k", lambda: 3)), 3)
         self.assertEqual(self.successResultOf(flight.run("k", lambda: succeed(4))), 4)
         self.assertEqual(len(flight), 0)
+
+    def test_then_and_after_order(self) -> None:
+        """
+        Each caller's ``then`` runs when the result arrives, in joining order, even for work
+        that finishes at once; the flight's ``after`` runs once, after all of them, and not
+        for a failure.
+        """
+        events: list[str] = []
+        flight: SingleFlight[str, int] = SingleFlight(
+            after=lambda key, value: events.append(f"after {key} {value}")
+        )
+        run: Deferred[int] = Deferred()
+        first = flight.run("k", lambda: run, then=lambda v: events.append(f"first {v}"))
+        second = flight.run("k", lambda: run, then=lambda v: events.append(f"second {v}"))
+        plain = flight.run("k", lambda: run)
+        run.callback(5)
+        self.assertEqual(events, ["first 5", "second 5", "after k 5"])
+        self.assertIsNone(self.successResultOf(first))
+        self.assertIsNone(self.successResultOf(second))
+        self.assertEqual(self.successResultOf(plain), 5)
+        events.clear()
+        at_once = flight.run("n", lambda: 6, then=lambda v: events.append(f"at once {v}"))
+        self.assertEqual(events, ["at once 6", "after n 6"])
+        self.successResultOf(at_once)
+        events.clear()
+        failing = flight.run("f", lambda: 1 // 0, then=lambda v: events.append("then"))
+        self.failureResultOf(failing, ZeroDivisionError)
+        self.assertEqual(events, [])

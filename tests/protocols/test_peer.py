@@ -18,6 +18,7 @@ from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 
 from kraken.core import Bitfield, MetaInfo, PeerID, PeerInfo
+from kraken.io import run_inline
 from kraken.protocols.peer import (
     BufferPool,
     ConnectionState,
@@ -35,7 +36,7 @@ from kraken.torrent.messages import (
     PiecePayload,
     PieceRequest,
 )
-from kraken.torrent.scheduler import LocalStorageError, Scheduler
+from kraken.torrent.scheduler import DownloadFailed, LocalStorageError, Scheduler
 
 from .swarm import Swarm, SwarmNode
 
@@ -571,6 +572,80 @@ class HeldFramesTests(SynchronousTestCase):
         self.assertEqual(
             transport.value(), header + data[2 * MiB :] + frame(AnnouncePiece(0).encode())
         )
+
+
+class _UncommittableStorage(MemoryPieceStorage):
+    """Every piece stored, but the commit fails (the disk went away)."""
+
+    def commit(self) -> None:
+        """Fail."""
+        raise OSError(EIO, "disk gone")
+
+
+class _HoldFirstCall:
+    """A run_blocking that holds its first call (opening the storage) and runs the rest now."""
+
+    def __init__(self) -> None:
+        self.held: list[tuple[Deferred[Any], Any]] = []
+
+    def __call__(self, f: Any, *args: Any, **kwargs: Any) -> Deferred[Any]:
+        if self.held:
+            return run_inline(f, *args, **kwargs)
+        d: Deferred[Any] = Deferred()
+        self.held.append((d, lambda: f(*args, **kwargs)))
+        return d
+
+    def release(self) -> None:
+        """Run the held call and fire its Deferred."""
+        d, call = self.held[0]
+        d.callback(call())
+
+
+class DownloadJoinTests(SynchronousTestCase):
+    """Downloads of one blob that meet while its storage opens share the opening."""
+
+    def join(self, storage: MemoryPieceStorage) -> tuple[PeerNode, list[Deferred[Any]]]:
+        """Two downloads of ``storage``'s blob, the second while the first opens it."""
+        clock = Clock()
+        archive = MemoryArchive()
+        archive.torrents[storage.metainfo.digest] = storage
+        scheduler = Scheduler(PeerID("1" * 40), clock.seconds, random.Random(0), EngineConfig())
+        runner = _HoldFirstCall()
+        node = PeerNode(clock, scheduler, archive, runner)
+        downloads = [node.download("ns", storage.metainfo) for _ in range(2)]
+        self.assertEqual(len(runner.held), 1)  # one opening for both
+        runner.release()
+        return node, downloads
+
+    def stored(self, cls: type[MemoryPieceStorage]) -> MemoryPieceStorage:
+        """A ``cls`` storage holding every piece of a blob, not committed yet."""
+        data, meta = blob(1 * MiB, 5)
+        storage = cls(meta)
+        for i in range(meta.num_pieces):
+            storage.write_piece(i, data[meta.piece_offset(i) : meta.piece_offset(i) + 256 * KiB])
+        return storage
+
+    def test_both_wait_before_the_torrent_acts(self) -> None:
+        """
+        Both downloads wait on the new torrent before its first actions run: here the
+        commit of a storage that already holds every piece, failing at once, drops the
+        torrent, and both downloads fail with it (a download registered after the actions
+        ran would find no torrent).
+        """
+        storage = self.stored(_UncommittableStorage)
+        node, downloads = self.join(storage)
+        for d in downloads:
+            failure = self.failureResultOf(d, DownloadFailed)
+            self.assertIn("disk gone", str(failure.value))
+        self.assertFalse(node.scheduler.has_torrent(storage.metainfo.infohash))
+
+    def test_both_get_the_storage(self) -> None:
+        """The same two downloads of a storage whose commit succeeds both get the storage."""
+        storage = self.stored(MemoryPieceStorage)
+        _, downloads = self.join(storage)
+        for d in downloads:
+            self.assertIs(self.successResultOf(d), storage)
+        self.assertTrue(storage.complete())
 
 
 class BufferPoolTests(SynchronousTestCase):
