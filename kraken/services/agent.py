@@ -75,6 +75,7 @@ from kraken.services.parts import (
     http_site,
     named,
     twistd_tree,
+    with_children,
 )
 from kraken.store import BlobStore, StoreCleaner
 from kraken.tls import ClusterTLS
@@ -372,10 +373,7 @@ def build_agent(
     services.append(tls.expiry_monitor(reactor, metrics.registry))
     services.append(runtime_metrics(reactor, metrics.registry))
 
-    tree = AgentService(api, registry, store, node, downloader, cleaner)
-    for service in services:
-        service.setServiceParent(tree)  # type: ignore[no-untyped-call]
-    return tree
+    return with_children(AgentService(api, registry, store, node, downloader, cleaner), services)
 
 
 def makeService(options: usage.Options, reactor: IReactorCore | None = None) -> MultiService:

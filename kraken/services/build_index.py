@@ -67,6 +67,7 @@ from kraken.services.parts import (
     retry_queue,
     tls_listener,
     twistd_tree,
+    with_children,
 )
 from kraken.tls import ClusterTLS
 
@@ -226,9 +227,7 @@ def build_build_index(
     ]
     if api.dependencies is not None:
         services.append(api.dependencies.service())
-    for service in services:
-        service.setServiceParent(tree)  # type: ignore[no-untyped-call]
-    return tree
+    return with_children(tree, services)
 
 
 def makeService(options: usage.Options, reactor: IReactorCore | None = None) -> MultiService:

@@ -68,6 +68,7 @@ from kraken.services.parts import (
     retry_queue,
     tls_listener,
     twistd_tree,
+    with_children,
 )
 from kraken.store import BlobStore, StoreCleaner
 from kraken.tls import ClusterTLS
@@ -255,10 +256,9 @@ def build_origin(
     services.append(OnStop(http.close))
     services.append(OnStop(backends.close))
 
-    tree = OriginService(api, store, queue, membership, node, backends, pool)
-    for service in services:
-        service.setServiceParent(tree)  # type: ignore[no-untyped-call]
-    return tree
+    return with_children(
+        OriginService(api, store, queue, membership, node, backends, pool), services
+    )
 
 
 def makeService(options: usage.Options, reactor: IReactorCore | None = None) -> MultiService:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, ClassVar, Final, TypeVar
 
 from twisted.application.internet import StreamServerEndpointService, TimerService
@@ -115,9 +115,11 @@ __all__ = [
     "stop_and_exit",
     "tls_listener",
     "twistd_tree",
+    "with_children",
 ]
 
 _S = TypeVar("_S", bound=Service)
+_T = TypeVar("_T", bound=MultiService)
 
 #: The ``--listen`` option of the daemons that serve one HTTP API.
 LISTEN_OPTION = ["listen", None, None, "Override server.listen (a Twisted server endpoint string)."]
@@ -688,6 +690,14 @@ def tls_listener(
     endpoint = serverFromString(reactor, description)  # type: ignore[no-untyped-call]
     endpoint = tls.server_endpoint(endpoint, reactor)
     return ClosingListener(endpoint, factory, _max_connections(factory))
+
+
+def with_children(tree: _T, services: Iterable[Service]) -> _T:
+    """``tree`` with ``services`` parented to it, in order: they start in that order and
+    stop in the reverse one."""
+    for service in services:
+        service.setServiceParent(tree)  # type: ignore[no-untyped-call]
+    return tree
 
 
 def named(name: str, service: _S) -> _S:

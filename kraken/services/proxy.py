@@ -53,6 +53,7 @@ from kraken.services.parts import (
     named,
     tls_listener,
     twistd_tree,
+    with_children,
 )
 from kraken.store import BlobStore, StoreCleaner
 from kraken.tls import ClusterTLS
@@ -177,10 +178,7 @@ def build_proxy(
     )
     services.append(OnStop(http.close))
 
-    tree = ProxyService(api, store, origin_members)
-    for service in services:
-        service.setServiceParent(tree)  # type: ignore[no-untyped-call]
-    return tree
+    return with_children(ProxyService(api, store, origin_members), services)
 
 
 def makeService(options: usage.Options, reactor: IReactorCore | None = None) -> MultiService:

@@ -40,6 +40,7 @@ from kraken.services.parts import (
     server_limits,
     tls_listener,
     twistd_tree,
+    with_children,
 )
 from kraken.tls import ClusterTLS
 
@@ -164,10 +165,7 @@ def build_tracker(
     services.append(runtime_metrics(reactor, api.metrics.registry))
     services.append(api.dependencies.service())
 
-    tree = TrackerService(api, store)
-    for service in services:
-        service.setServiceParent(tree)  # type: ignore[no-untyped-call]
-    return tree
+    return with_children(TrackerService(api, store), services)
 
 
 def makeService(options: usage.Options, reactor: IReactorCore | None = None) -> MultiService:
