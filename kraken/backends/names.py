@@ -153,6 +153,17 @@ def check_list_arguments(prefix: object, limit: object) -> None:
     check_limit(limit)
 
 
+def name_error(namespace: object, name: object) -> InvalidName | None:
+    """What :func:`check_namespace` and then :func:`parse_name` raise, or None when both
+    are valid: the answer of a backend that stores nothing under any name."""
+    try:
+        check_namespace(namespace)
+        parse_name(name)
+    except InvalidName as e:
+        return e
+    return None
+
+
 def unsupported_list(kind: str, prefix: object, limit: object) -> Deferred[ListResult]:
     """
     :meth:`IBackend.list` of a backend that cannot list (``kind``): fails with

@@ -21,7 +21,7 @@ from kraken.backends.interface import (
     ListResult,
     UploadSource,
 )
-from kraken.backends.names import check_list_arguments, check_namespace, parse_name
+from kraken.backends.names import check_list_arguments, name_error
 
 NOOP_NAMESPACE = "__noop__"
 
@@ -36,12 +36,8 @@ class NoopBackend:
 
     def upload(self, namespace: str, name: str, source: UploadSource) -> Deferred[None]:
         """Discard ``source`` and succeed (unless the name is invalid)."""
-        try:
-            check_namespace(namespace)
-            parse_name(name)
-        except InvalidName:
-            return fail()
-        return succeed(None)
+        error = name_error(namespace, name)
+        return succeed(None) if error is None else fail(error)
 
     def download(self, namespace: str, name: str, consumer: IConsumer) -> Deferred[int]:
         """Fail with :class:`BlobNotFound` (or :class:`InvalidName`) without writing."""
@@ -70,9 +66,4 @@ class NoopBackend:
 
 
 def _not_found(namespace: str, name: str) -> Exception:
-    try:
-        check_namespace(namespace)
-        parse_name(name)
-    except InvalidName as e:
-        return e
-    return BlobNotFound(namespace, name)
+    return name_error(namespace, name) or BlobNotFound(namespace, name)

@@ -60,6 +60,7 @@ from kraken.backends.names import (
     BlobName,
     TagName,
     check_namespace,
+    name_error,
     parse_name,
     unsupported_list,
 )
@@ -309,21 +310,11 @@ class RegistryBackend:
 
     def upload(self, namespace: str, name: str, source: UploadSource) -> Deferred[None]:
         """Fail with :class:`OperationNotSupported` (or :class:`InvalidName`)."""
-        try:
-            check_namespace(namespace)
-            parse_name(name)
-        except InvalidName:
-            return fail()
-        return fail(OperationNotSupported(self.kind, "upload"))
+        return fail(name_error(namespace, name) or OperationNotSupported(self.kind, "upload"))
 
     def delete(self, namespace: str, name: str) -> Deferred[None]:
         """Fail with :class:`OperationNotSupported` (or :class:`InvalidName`)."""
-        try:
-            check_namespace(namespace)
-            parse_name(name)
-        except InvalidName:
-            return fail()
-        return fail(OperationNotSupported(self.kind, "delete"))
+        return fail(name_error(namespace, name) or OperationNotSupported(self.kind, "delete"))
 
     def list(
         self,

@@ -17,6 +17,7 @@ from kraken.backends.names import (
     check_list_arguments,
     check_namespace,
     check_prefix,
+    name_error,
     parse_name,
 )
 from tests.backends.base import BAD_NAMES, BAD_NAMESPACES, BAD_PREFIXES
@@ -156,3 +157,19 @@ class ListArgumentsTests(SynchronousTestCase):
             self.assertRaises(InvalidName, check_list_arguments, prefix, 10)
         for limit in [0, 1001, True, "3"]:
             self.assertRaises(InvalidName, check_list_arguments, "", limit)
+
+
+class NameErrorTests(SynchronousTestCase):
+    """name_error answers, without raising, what checking a namespace and a name raises."""
+
+    def test_valid_names(self) -> None:
+        """A valid namespace and name: None."""
+        self.assertIsNone(name_error("library/alpine", "ab" * 32))
+        self.assertIsNone(name_error("library/alpine", "library/alpine:3.19"))
+
+    def test_bad_names(self) -> None:
+        """A bad namespace, or a bad name: the InvalidName the checks raise."""
+        for namespace in BAD_NAMESPACES:
+            self.assertIsInstance(name_error(namespace, "ab" * 32), InvalidName)
+        for name in BAD_NAMES:
+            self.assertIsInstance(name_error("library/alpine", name), InvalidName)
