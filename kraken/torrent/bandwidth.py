@@ -8,7 +8,7 @@ the delay; this never reserves a whole piece up front (the Go limiter does,
 which stalls every other connection behind a big piece).
 
 A chunk is about :data:`CHUNK_SECONDS` of the bucket's rate, between
-:data:`MIN_CHUNK` and :data:`MAX_CHUNK` bytes (:meth:`TokenBucket.chunk`):
+:data:`MIN_CHUNK` and :data:`MAX_CHUNK` bytes (:attr:`TokenBucket.chunk`):
 small enough to shape a slow link smoothly, large enough that a fast one is not
 moved in thousands of system calls and limiter trips a second (the agents'
 default 300 MiB/s in 64 KiB steps: ``bench.pair --agent-limits``, downloader
@@ -39,19 +39,18 @@ class TokenBucket:
     burst: float = field(default=0.0)
     _tokens: float = field(init=False, default=0.0)
     _stamp: float = field(init=False, default=0.0)
+    #: Bytes to move per :meth:`reserve`: ~10 ms of the rate, within the bounds above
+    #: (worked out once: the driver asks for it on every socket read and write).
+    chunk: int = field(init=False, default=0)
 
     def __attrs_post_init__(self) -> None:
         if self.rate <= 0:
             raise ValueError(f"bandwidth rate {self.rate} must be positive")
+        self.chunk = int(min(MAX_CHUNK, max(MIN_CHUNK, self.rate * CHUNK_SECONDS)))
         if self.burst <= 0:
             self.burst = max(self.rate, float(self.chunk))
         self._tokens = self.burst
         self._stamp = self.now()
-
-    @property
-    def chunk(self) -> int:
-        """Bytes to move per :meth:`reserve`: ~10 ms of the rate, within the bounds above."""
-        return int(min(MAX_CHUNK, max(MIN_CHUNK, self.rate * CHUNK_SECONDS)))
 
     def _refill(self) -> None:
         t = self.now()

@@ -26,7 +26,7 @@ from kraken.protocols.peer import (
     PeerProtocol,
     synchronous_runner,
 )
-from kraken.torrent.actions import Dial, EngineConfig
+from kraken.torrent.actions import Close, Dial, EngineConfig, Send
 from kraken.torrent.archive import MemoryArchive, MemoryPieceStorage
 from kraken.torrent.bandwidth import BandwidthLimiter
 from kraken.torrent.messages import (
@@ -519,6 +519,59 @@ class BadInputTests(OneConnection):
         self.assertEqual(self.archive.torrents[self.meta.digest].writes, 1)
         self.assertFalse(self.transport.disconnecting)
         self.assertIn(index, self.scheduler.torrents[self.meta.infohash].dispatcher.have)
+
+
+class CountingTransport(StringTransport):
+    """A StringTransport that remembers each write."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        """Record, then buffer."""
+        self.writes.append(bytes(data))
+        super().write(data)
+
+
+class CorkTests(OneConnection):
+    """The frames one run of the engine's actions sends a connection leave in one write."""
+
+    def test_one_write_per_run(self) -> None:
+        """Two announces and a request in one ``run``: one write, frames in order."""
+        self.handshake()
+        conn = self.proto.conn
+        assert conn is not None
+        transport = CountingTransport()
+        self.proto.transport = transport
+        self.node.run(
+            [
+                Send(conn, AnnouncePiece(1)),
+                Send(conn, AnnouncePiece(2)),
+                Send(conn, PieceRequest(3)),
+            ]
+        )
+        self.assertEqual(
+            transport.writes,
+            [
+                self.frame(AnnouncePiece(1).encode())
+                + self.frame(AnnouncePiece(2).encode())
+                + self.frame(PieceRequest(3).encode())
+            ],
+        )
+        # Outside a run a frame is written at once.
+        self.proto.send_message(AnnouncePiece(4))
+        self.assertEqual(transport.writes[-1], self.frame(AnnouncePiece(4).encode()))
+
+    def test_close_sends_what_the_run_held(self) -> None:
+        """A graceful close in the same run still sends the frames before it."""
+        self.handshake()
+        conn = self.proto.conn
+        assert conn is not None
+        self.transport.clear()
+        self.node.run([Send(conn, AnnouncePiece(1)), Close(conn, "done")])
+        self.assertEqual(self.transport.value(), self.frame(AnnouncePiece(1).encode()))
+        self.assertTrue(self.transport.disconnecting)
 
 
 class PausingTransport(StringTransport):

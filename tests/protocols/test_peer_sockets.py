@@ -12,9 +12,10 @@ from typing import Any
 from cryptography import x509
 from OpenSSL import crypto
 from twisted.internet import reactor
-from twisted.internet.defer import gatherResults, inlineCallbacks, succeed
+from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, connectProtocol
 from twisted.internet.interfaces import ISSLTransport
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.ssl import CertificateOptions, TLSVersion
 from twisted.internet.task import deferLater
 from twisted.protocols.basic import Int32StringReceiver
@@ -26,7 +27,7 @@ from kraken.certs import CA_CERT_FILE, cert_paths, ensure_certificates
 from kraken.config.sections import TLSConfig
 from kraken.core import Bitfield, PeerID, PeerInfo, PieceLengthTable
 from kraken.protocols.archives import AgentArchive, OriginArchive
-from kraken.protocols.peer import PeerNode, threadpool_runner
+from kraken.protocols.peer import PeerNode, PeerProtocol, threadpool_runner
 from kraken.store import BlobStore
 from kraken.tls import ClusterTLS, TLSServerEndpoint
 from kraken.torrent.actions import Announce, EngineConfig
@@ -99,6 +100,43 @@ class RealSocketTests(TestCase):
     """One reactor, real TCP, real thread pool, real BlobStores."""
 
     timeout = 60
+
+    @inlineCallbacks
+    def test_frames_go_straight_to_an_idle_socket(self) -> Any:
+        """
+        A control frame on an idle connection is written to the socket at once (no queue,
+        no writer registration until the reactor's next turn); one written behind queued
+        bytes waits its turn, so the order of bytes holds.
+        """
+        node = PeerNode(
+            reactor,
+            Scheduler(PeerID("8" * 40), reactor.seconds, random.Random(0), EngineConfig()),
+            AgentArchive(BlobStore(self.mktemp(), reactor)),
+            lambda f, *a, **kw: succeed(f(*a, **kw)),
+        )
+        received = bytearray()
+        done = Deferred()
+
+        class Sink(Protocol):
+            def dataReceived(self, data: bytes) -> None:
+                received.extend(data)
+                if len(received) >= 12 + 8:
+                    done.callback(None)
+
+        port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+            Factory.forProtocol(Sink)
+        )
+        self.addCleanup(port.stopListening)
+        proto = PeerProtocol(node)
+        yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port), proto)
+        self.addCleanup(proto.transport.abortConnection)
+        proto.write_frame(b"12345678")
+        self.assertEqual(proto.transport.dataBuffer, b"")
+        self.assertEqual(proto.transport._tempDataBuffer, [])
+        proto.transport.write(b"queued")  # bytes the transport holds ...
+        proto.write_frame(b"abcdef"[:2])  # ... go before this frame
+        yield done
+        self.assertEqual(bytes(received), b"\0\0\0\x0812345678" + b"queued" + b"\0\0\0\x02ab")
 
     def test_origin_and_five_agents(self) -> Any:
         """5 agents download 8 MiB from an origin store over TCP; no piece I/O on the reactor."""
@@ -240,6 +278,11 @@ class RealSocketTests(TestCase):
         self.assertTrue(seen)
         main = threading.main_thread()
         self.assertFalse([t for t in seen if t is main], "piece I/O on the reactor thread")
+        # Payloads raise SO_RCVLOWAT while they stream in; between them it is back at 1,
+        # or a control frame shorter than the mark would wait in the socket.
+        socks = [p._sock for node, _ in agents for p in node.live if p._sock is not None]
+        for sock in socks:
+            self.assertEqual(sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT), 1)
 
 
 class _Squatter(Int32StringReceiver):

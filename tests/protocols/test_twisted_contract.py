@@ -12,7 +12,11 @@ how the reactor drives a transport:
 * ``doRead`` returning ``None`` means "keep reading", ``CONNECTION_DONE`` or
   ``CONNECTION_LOST`` makes the reactor drop the connection with that reason;
 * ``transport.protocol`` is the protocol that receives ``dataReceived``;
-* ``getHandle()`` is the connected, non-blocking ``socket.socket``.
+* ``getHandle()`` is the connected, non-blocking ``socket.socket``;
+* ``PeerProtocol._write`` sends a frame straight to that socket when the transport
+  holds nothing: nothing is queued when ``_tempDataBuffer`` is empty and ``offset``
+  has reached the end of ``dataBuffer``; ``producer``, ``connected`` and
+  ``disconnecting`` say whether anyone else writes or the connection is ending.
 
 These tests check each point with real sockets, so that a Twisted upgrade that changes
 one of them fails here rather than in a swarm.  setup.cfg pins Twisted below the next
@@ -105,6 +109,29 @@ class TransportContractTests(TestCase):
         assert server.reason is not None
         self.assertTrue(server.reason.check(ConnectionDone))
         self.assertEqual(calls[-1], 0)
+
+    async def test_write_queue_attributes(self) -> None:
+        """Queued bytes show in ``_tempDataBuffer`` / ``dataBuffer`` and ``offset`` until
+        sent; an idle transport has neither, no producer, and is connected."""
+        server, client = await self.connect()
+        transport: Any = client.transport
+        self.assertIsInstance(transport, tcp.Connection)
+        self.assertEqual((transport._tempDataBuffer, transport.dataBuffer), ([], b""))
+        self.assertEqual(transport.offset, 0)
+        self.assertIsNone(transport.producer)
+        self.assertTrue(transport.connected)
+        self.assertFalse(transport.disconnecting)
+        transport.write(b"queued")
+        self.assertEqual(transport._tempDataBuffer, [b"queued"])
+        for _ in range(200):
+            if server.received:
+                break
+            await _later(0.01)
+        self.assertEqual(b"".join(server.received), b"queued")
+        self.assertEqual(transport._tempDataBuffer, [])
+        self.assertEqual(len(transport.dataBuffer), transport.offset)
+        transport.loseConnection()
+        self.assertTrue(transport.disconnecting)
 
 
 def _later(seconds: float) -> Deferred[None]:
