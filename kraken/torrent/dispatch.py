@@ -718,8 +718,12 @@ class PieceDispatcher:
             del other_peer.pending[index]
             other_peer.forgiven.add(index)
             actions.append(Send(other, CancelPiece(index)))
+        # A peer that has the piece already (its handshake bitfield or its own
+        # announce said so) gains nothing from hearing we have it too.
+        announce = AnnouncePiece(index)
         for p in self.peers.values():
-            actions.append(Send(p.conn, AnnouncePiece(index)))
+            if index not in p.bitfield:
+                actions.append(Send(p.conn, announce))
         actions.extend(self.fill_all())
         return actions
 

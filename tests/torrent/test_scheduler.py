@@ -533,6 +533,21 @@ class DispatchTests(SynchronousTestCase):
         self.assertEqual(c.request_timeout(256 * 1024), 4.0)
         self.assertEqual(c.request_timeout(8 * 1024 * 1024), 32.0)
 
+    def test_announce_only_to_peers_lacking_the_piece(self) -> None:
+        """A written piece is announced to each peer that lacks it, as far as we know."""
+        h = Harness()
+        h.download(have=())
+        a, actions = h.connect(1, ALL)
+        index = requests(actions, a)[0]
+        b, _ = h.connect(2, [index])  # had it at the handshake
+        c, _ = h.connect(3, [])  # lacks it
+        d, _ = h.connect(4, [])
+        h.s.message(d, AnnouncePiece(index))  # got it since
+        sent = [(x.conn, x.message) for x in h.deliver(a, index) if isinstance(x, Send)]
+        self.assertIn((c, AnnouncePiece(index)), sent)
+        for has_it in (a, b, d):
+            self.assertNotIn((has_it, AnnouncePiece(index)), sent)
+
     def test_endgame_duplicates_and_cancels(self) -> None:
         """With <= 3 pieces missing a piece goes to several peers; the losers get CANCEL."""
         h = Harness()
@@ -542,7 +557,8 @@ class DispatchTests(SynchronousTestCase):
         self.assertEqual(requests(actions + actions2), [7, 7])
         done = h.deliver(a, 7)
         self.assertIn(Send(b, CancelPiece(7)), done)
-        self.assertIn(Send(b, AnnouncePiece(7)), done)
+        # b has every piece: it is not told that we have one now.
+        self.assertNotIn(Send(b, AnnouncePiece(7)), done)
         # b's copy arriving after the cancel is read and dropped, not a violation.
         verdict, _ = h.s.payload_start(b, 7, 1024)
         self.assertEqual(verdict, PayloadVerdict.DISCARD)
