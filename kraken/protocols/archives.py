@@ -11,6 +11,8 @@ driver calls them through its thread pool.  They live here rather than in
 from __future__ import annotations
 
 import contextlib
+import functools
+import os
 
 from zope.interface import implementer
 
@@ -52,20 +54,25 @@ class StorePieceStorage:
 
     def open_piece(self, index: int) -> PieceFile | None:
         """
-        A cached blob's piece as a region of its data file (for ``sendfile``), else None.
+        A piece as a region of a data file (for ``sendfile``), else None.
 
-        Holds a store reader (the blob cannot be deleted) until the PieceFile
-        is closed.  A download in progress answers None: read_piece checks
-        the piece's status byte.
+        A cached blob's piece holds a store reader (the blob cannot be deleted)
+        until the PieceFile is closed; a download's piece, once its status byte
+        says it is there, is a region of the download's data file.  None when
+        the piece is missing (read_piece then says why).
         """
         meta = self.metainfo
         if not 0 <= index < meta.num_pieces:
             raise PieceUnavailable(f"piece {index} of {meta.digest} does not exist")
+        offset, size = meta.piece_offset(index), meta.piece_size(index)
         try:
             reader = self.store.open_reader(meta.digest)
         except BlobNotFound:
-            return None
-        return PieceFile(reader.fd, meta.piece_offset(index), meta.piece_size(index), reader.close)
+            fd = None if self.read_only else self.store.open_download_piece(meta.digest, index)
+            if fd is None:
+                return None
+            return PieceFile(fd, offset, size, functools.partial(os.close, fd))
+        return PieceFile(reader.fd, offset, size, reader.close)
 
     def write_piece(self, index: int, data: bytes | bytearray | memoryview) -> None:
         """``pwrite`` of a verified piece and its status byte."""

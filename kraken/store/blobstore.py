@@ -750,6 +750,25 @@ class BlobStore:
             return piece
         raise BlobNotFound(digest, "the cache or the downloads")
 
+    def open_download_piece(self, digest: Digest, index: int) -> int | None:
+        """
+        A read-only descriptor of a download's data file if it has piece ``index``, else None.
+
+        For ``sendfile`` of a piece an agent has while it still downloads the
+        rest; the caller closes it.  The piece's bytes stay valid after the
+        download completes or is removed (the descriptor holds the file).
+        Records an access (throttled), as :meth:`read_piece` does.
+        """
+        paths = self.layout.download(digest)
+        if not self._marked(paths, index):
+            return None
+        try:
+            fd = os.open(paths.data, os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+        self._record_access(DOWNLOAD, digest)
+        return fd
+
     @staticmethod
     def _marked(paths: EntryPaths, index: int) -> bool | None:
         """Whether a download has piece ``index``; None if there is no such download."""

@@ -87,6 +87,25 @@ class DownloadTests(StoreTestCase):
         self.assertEqual(self.store.read_piece(self.digest, 10), self.pieces[10])
         self.assertEqual(self.store.read_piece(self.digest, 0), self.pieces[0])
 
+    def test_open_download_piece(self) -> None:
+        """A download's present piece opens as a descriptor of its data file (for sendfile),
+        which keeps the bytes through completion; a missing piece or an unknown blob gives
+        None."""
+        self.assertIsNone(self.store.open_download_piece(self.digest, 3))
+        self.store.create_download(self.metainfo)
+        self.assertIsNone(self.store.open_download_piece(self.digest, 3))
+        self.store.write_piece(self.digest, 3, self.pieces[3])
+        fd = self.store.open_download_piece(self.digest, 3)
+        assert fd is not None
+        try:
+            for i, piece in enumerate(self.pieces):
+                self.store.write_piece(self.digest, i, piece)
+            self.store.complete_download(self.digest)
+            offset = self.metainfo.piece_offset(3)
+            self.assertEqual(os.pread(fd, 1000, offset), self.pieces[3])
+        finally:
+            os.close(fd)
+
     def test_write_piece_twice(self) -> None:
         """Writing a piece already present returns False."""
         self.store.create_download(self.metainfo)
