@@ -176,7 +176,8 @@ class CommandTests(SynchronousTestCase):
 
     def run_gc(self, *args: str) -> tuple[int, str, str]:
         """Run ``python -m kraken.cli gc ...``; (exit code, stdout, stderr)."""
-        checkout = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        # tests/test_gc.py -> the checkout, so the child runs this tree's kraken.
+        checkout = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         env = {**os.environ, "PYTHONPATH": checkout}
         done = subprocess.run(
             [sys.executable, "-m", "kraken.cli", "gc", *args],
