@@ -28,7 +28,6 @@ protocols for a listening port; :func:`threadpool_runner` and
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
 import random
 import socket
@@ -117,7 +116,7 @@ MAX_UNWRITTEN: Final = 64 * 1024 * 1024
 _HEADER = struct.Struct(">I")
 #: While a piece payload streams in, the socket wakes the reactor only once this many
 #: bytes (or the payload's rest) are buffered (``SO_RCVLOWAT``).
-PAYLOAD_RCVLOWAT: Final = 64 * 1024
+PAYLOAD_RCVLOWAT: Final = 128 * 1024
 
 
 #: ``run_blocking`` that runs in the calling thread (tests and in-memory swarms).
@@ -314,6 +313,8 @@ class PeerProtocol(Int32StringReceiver):
         self._sock: Any = None
         #: the socket's ``SO_RCVLOWAT`` as last set.
         self._lowat = 1
+        #: the highest mark this socket's receive buffer allows (see _set_lowat).
+        self._lowat_cap = PAYLOAD_RCVLOWAT
         #: fires when the connection is gone (PeerNode.stop waits for it).
         self.lost: Deferred[None] = Deferred()
         #: payload bytes arrived since the node's last tick (the engine's stall clock).
@@ -454,7 +455,7 @@ class PeerProtocol(Int32StringReceiver):
                 if not self._raw_left:
                     self._payload_done()
                 result = None
-            lowat = min(self._raw_left, PAYLOAD_RCVLOWAT) or 1
+            lowat = min(self._raw_left, self._lowat_cap) or 1
             if lowat != self._lowat:
                 self._set_lowat(sock, lowat)
             return result
@@ -466,17 +467,26 @@ class PeerProtocol(Int32StringReceiver):
         Wake the reactor for this socket only once ``lowat`` bytes are buffered.
 
         While a payload streams in at a shaped rate, each wake-up would otherwise
-        read a few segments (bench.swarm: ~11 KB per ``recv`` on average); at 64 KiB
-        the agent reads a 256 KiB piece in about four calls.  The mark never exceeds
-        the payload's rest, and it is back at 1 when the payload ends, so a frame is
-        never left waiting in the socket.  64 KiB is within the receive buffer the
-        kernel starts a connection with, so setting it does not clamp the window.
+        read a few segments (bench.swarm: ~11 KB per ``recv`` on average); with the
+        mark at 128 KiB the agent reads a 256 KiB piece in two or three calls.  The
+        mark never exceeds the payload's rest, and it is back at 1 when the payload
+        ends, so a frame is never left waiting in the socket.  Nor does it exceed a
+        half of the socket's receive buffer: Linux grows the buffer to hold a
+        higher mark and clamps the receive window to the mark while doing so.
         """
         if self.state == ConnectionState.CLOSED:
             return
+        try:
+            if lowat > 1 and self._lowat == 1:
+                # A payload begins: how high may the mark go on this socket now?
+                rcvbuf = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+                self._lowat_cap = max(1, min(PAYLOAD_RCVLOWAT, rcvbuf // 2))
+            lowat = min(lowat, self._lowat_cap)
+            if lowat != self._lowat:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, lowat)
+        except OSError:
+            return
         self._lowat = lowat
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, lowat)
 
     def _handshake_timeout(self) -> None:
         self._timer = None
