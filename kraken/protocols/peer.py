@@ -42,7 +42,7 @@ from twisted.internet import defer
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, wrapClientTLS
-from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTCP, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.main import CONNECTION_DONE, CONNECTION_LOST
 from twisted.internet.protocol import Factory
 from twisted.internet.task import LoopingCall
@@ -52,6 +52,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from kraken.core import Digest, InfoHash, MetaInfo, PeerInfo
+from kraken.io.reactor import IClientReactor
 from kraken.io.runner import BlockingRunner, run_inline, threadpool_runner
 from kraken.io.sendfile import SendfileProducer, sendfile_socket, sendfile_transport, warm
 from kraken.io.singleflight import SingleFlight
@@ -782,7 +783,7 @@ class PeerNode:
 
     def __init__(
         self,
-        reactor: Any,
+        reactor: IClientReactor,
         scheduler: Scheduler,
         archive: IArchive,
         run_blocking: BlockingRunner,
@@ -1038,9 +1039,8 @@ class PeerNode:
             self.unreachable(t.metainfo.digest, dial.infohash, dial.peer, reason)
 
     def _tcp_connector(self, peer: PeerInfo, proto: PeerProtocol) -> Deferred[Any]:
-        reactor: IReactorTCP = self.reactor
         endpoint: Any = TCP4ClientEndpoint(
-            reactor, peer.ip, peer.port, timeout=self.handshake_timeout
+            self.reactor, peer.ip, peer.port, timeout=self.handshake_timeout
         )
         if self.tls is not None:
             endpoint = wrapClientTLS(self.tls, endpoint)
