@@ -366,12 +366,16 @@ class OriginClusterClient:
     """
     The origin ring as one service: ``hosts()`` lists origins to ask for locations.
 
-    Pass ``Membership.usable`` (health-filtered) or a fixed list's ``lambda: hosts``.
+    Pass ``Membership.usable`` (health-filtered) or a fixed list's ``lambda: hosts``, and
+    with a membership its ``refresh`` as ``refresh``: a daemon answers its readiness probe
+    before its membership's first health checks are done, and a request in that window
+    waits for them instead of failing with "no origins".
     """
 
     client: OriginClient
     hosts: Callable[[], Collection[str]]
     rng: random.Random = field(factory=random.Random)
+    refresh: Callable[[], Deferred[None]] | None = None
 
     log: ClassVar[Logger] = Logger()
 
@@ -381,6 +385,9 @@ class OriginClusterClient:
 
     async def _locations(self, digest: Digest) -> list[str]:
         hosts = list(self.hosts())
+        if not hosts and self.refresh is not None:
+            await self.refresh()
+            hosts = list(self.hosts())
         self.rng.shuffle(hosts)
         errors: list[str] = []
         for host in hosts[:LOCATION_ATTEMPTS]:

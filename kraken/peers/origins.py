@@ -113,7 +113,13 @@ class HTTPOriginCluster:
 
     async def _fetch(self, digest: Digest) -> list[str]:
         errors: list[str] = []
-        for host in self._candidates():
+        hosts = self._candidates()
+        if not hosts:
+            # The tracker answers its readiness probe before the membership's first health
+            # checks are done: a request in that window waits for them.
+            await self.membership.refresh()
+            hosts = self._candidates()
+        for host in hosts:
             try:
                 response = await self.client.get(self._url(host, f"/blobs/{digest}/locations"))
                 await read_body(response, MAX_SMALL_BODY)

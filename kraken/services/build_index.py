@@ -168,7 +168,9 @@ def build_build_index(
     )
     self_address = advertised_address(config.server, listen)
 
-    ring = OriginClusterClient(OriginClient(http.client(), reactor), origins.usable)
+    ring = OriginClusterClient(
+        OriginClient(http.client(), reactor), origins.usable, refresh=origins.refresh
+    )
     resolver = DependencyResolver(
         ring, TagTypeRules.of([(rule.namespace, rule.type) for rule in config.tag_types])
     )

@@ -118,6 +118,7 @@ def build_proxy(
     origins = OriginClusterClient(
         OriginClient(http.client(), reactor, chunk_size=config.origin.upload_chunk_size),
         origin_members.usable,
+        refresh=origin_members.refresh,
     )
     bi_members = Membership(
         host_list_from_config(config.build_index.hosts, reactor),

@@ -10,7 +10,7 @@ import random
 from collections.abc import MutableSequence
 from typing import Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -125,6 +125,26 @@ class OriginClusterClientTests(RingTestCase):
         cluster = OriginClusterClient(self.client, lambda: [m for m in MEMBERS if m != owner])
         self.successResultOf(cluster.download_blob(NS, DIGEST, chunks.append))
         self.assertEqual(b"".join(chunks), BLOB)
+
+    def test_no_members_yet_waits_for_the_refresh(self) -> None:
+        """Before the membership's first refresh there are no hosts: the client waits for it."""
+        known: list[str] = []
+        refreshed: list[bool] = []
+
+        def refresh() -> Deferred[None]:
+            refreshed.append(True)
+            known.extend(MEMBERS)
+            return succeed(None)
+
+        cluster = OriginClusterClient(self.client, lambda: list(known), refresh=refresh)
+        found = self.successResultOf(cluster.locations(DIGEST))
+        self.assertEqual(sorted(found), sorted(MEMBERS))
+        self.assertEqual(refreshed, [True])
+        self.successResultOf(cluster.locations(DIGEST))
+        self.assertEqual(refreshed, [True])  # hosts known: no second refresh
+        # Still none after the refresh: the same clear error as before.
+        empty = OriginClusterClient(self.client, lambda: [], refresh=lambda: succeed(None))
+        self.failureResultOf(empty.locations(DIGEST), NoOriginAvailable)
 
     def test_no_origin(self) -> None:
         """With every origin down the client says so."""

@@ -47,6 +47,20 @@ class OriginClusterTests(SynchronousTestCase):
         """Requests of ``kind`` served by all fake origins."""
         return sum(o.calls[kind] for o in self.o)
 
+    def test_before_the_first_refresh(self) -> None:
+        """A lookup before the membership's first refresh waits for it instead of failing."""
+        factory, _ = memory_client_factory(
+            {o.address: o.resource() for o in self.o}, self.clock, retry=NO_RETRY
+        )
+        fresh = Membership(
+            StaticHostList([o.address for o in self.o]), NoHealthFilter(), self.clock
+        )
+        cluster = HTTPOriginCluster(factory.client(), fresh, self.clock)
+        self.assertEqual(
+            self.successResultOf(cluster.locations(INFO.digest)),
+            [self.o[0].address, self.o[1].address],
+        )
+
     def test_interface(self) -> None:
         """HTTPOriginCluster provides IOriginCluster."""
         self.assertTrue(verifyObject(IOriginCluster, self.cluster))
