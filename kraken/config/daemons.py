@@ -435,7 +435,9 @@ class BuildIndexConfig:
         DuplicatesConfig, doc="Who may send tag duplicates, and how far ahead their times may be."
     )
     writeback: RetryQueueConfig = section(
-        RetryQueueConfig, doc="Durable queue writing tags to the backend."
+        RetryQueueConfig,
+        doc="Not used: the build-index writes a tag to its backend before it answers the "
+        "PUT; accepted so that existing files still load.",
     )
     tag_replication: RetryQueueConfig = section(
         RetryQueueConfig, doc="Durable queue replicating tags to remotes."

@@ -449,7 +449,11 @@ class RetryQueueConfig:
     """A durable retry queue (persistedretry, SQLite under the daemon's data_dir)."""
 
     workers: PositiveInt = setting(4, doc="Tasks run at the same time.")
-    poll_interval: Duration = setting(15.0, doc="How often failed tasks are looked at.")
+    poll_interval: Duration = setting(
+        15.0,
+        doc="Not used: each failed task is retried on its own timer (the retry settings); "
+        "accepted so that existing files still load.",
+    )
     retry_interval: Duration = setting(30.0, doc="Wait before the first retry of a failed task.")
     retry_multiplier: Multiplier = setting(2.0, doc="Each retry waits this much longer.")
     max_retry_interval: Duration = setting(1800.0, doc="Longest wait between retries.")
