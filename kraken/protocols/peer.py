@@ -339,7 +339,7 @@ class PeerProtocol(Int32StringReceiver):
         """Write the frames held during the node's run (in one call)."""
         out, self._out = self._out, []
         if out and self.state != ConnectionState.CLOSED and self.transport is not None:
-            self._write(out[0] if len(out) == 1 else b"".join(out))
+            self._write(b"".join(out))
 
     def _write(self, data: bytes) -> None:
         """
@@ -469,7 +469,7 @@ class PeerProtocol(Int32StringReceiver):
 
         While a payload streams in at a shaped rate, each wake-up would otherwise
         read a few segments (bench.swarm: ~11 KB per ``recv`` on average); with the
-        mark at 128 KiB the agent reads a 256 KiB piece in two or three calls.  The
+        mark at 64-128 KiB the agent reads a 256 KiB piece in two to four calls.  The
         mark never exceeds the payload's rest, and it is back at 1 when the payload
         ends, so a frame is never left waiting in the socket.  Nor does it exceed a
         half of the socket's receive buffer: Linux grows the buffer to hold a
