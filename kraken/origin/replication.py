@@ -10,6 +10,7 @@ Two flavours, as in the Go origin (reference/kraken-p2p.md 5.4):
   that the blob reaches the backend even if the owner dies before writing it back.
 
 Failures are logged, never raised: replicas heal on demand from the backend anyway.
+A push cancelled because the origin stops is not a failure: it ends quietly, its reader closed.
 Chunks are read from the store's cache file in a thread, one at a time.
 """
 
@@ -18,8 +19,9 @@ from __future__ import annotations
 from typing import ClassVar
 
 from attrs import define
-from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, ensureDeferred
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from kraken.backends.threads import BlockingRunner
 from kraken.clients.origin import OriginClient, UploadKind
@@ -66,11 +68,30 @@ class Replicator:
         ]
         return DeferredList(pushes, consumeErrors=True).addCallback(lambda _: None)
 
+    def _open(self, digest: Digest) -> Deferred[BlobReader]:
+        """``open_reader`` in a thread; a reader that opens after a cancel is closed, not kept."""
+        opened: Deferred[BlobReader] = Deferred()
+
+        def arrived(result: BlobReader | Failure) -> None:
+            if opened.called:  # cancelled while the thread opened it
+                if isinstance(result, BlobReader):
+                    self.blocking(result.close)
+            elif isinstance(result, Failure):
+                opened.errback(result)
+            else:
+                opened.callback(result)
+
+        self.blocking(self.store.open_reader, digest).addBoth(arrived)
+        return opened
+
     async def _push(
         self, host: str, namespace: str, digest: Digest, kind: UploadKind, delay: float
     ) -> None:
         try:
-            reader: BlobReader = await self.blocking(self.store.open_reader, digest)
+            reader = await self._open(digest)
+        except CancelledError:
+            self.log.info("replication of {digest} to {host} stopped", digest=digest, host=host)
+            return
         except Exception:
             self.log.failure("cannot replicate {digest}: not readable", digest=digest)
             return
@@ -88,6 +109,8 @@ class Replicator:
                 host=host,
                 what="copied" if stored else "it had it",
             )
+        except CancelledError:
+            self.log.info("replication of {digest} to {host} stopped", digest=digest, host=host)
         except Exception as e:
             self.log.warn(
                 "replicating {digest} to {host} failed: {error}",
