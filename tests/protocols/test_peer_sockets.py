@@ -28,7 +28,7 @@ from kraken.config.sections import TLSConfig
 from kraken.core import Bitfield, PeerID, PeerInfo, PieceLengthTable
 from kraken.io.runner import run_inline
 from kraken.protocols.archives import AgentArchive, OriginArchive
-from kraken.protocols.peer import PeerNode, PeerProtocol, threadpool_runner
+from kraken.protocols.peer import ConnectionState, PeerNode, PeerProtocol, threadpool_runner
 from kraken.store import BlobStore
 from kraken.tls import ClusterTLS, TLSServerEndpoint
 from kraken.torrent.actions import Announce, EngineConfig
@@ -279,8 +279,15 @@ class RealSocketTests(TestCase):
         self.assertFalse([t for t in seen if t is main], "piece I/O on the reactor thread")
         # Payloads raise SO_RCVLOWAT while they stream in; between them it is back at 1,
         # or a control frame shorter than the mark would wait in the socket.  (An endgame
-        # duplicate may still be arriving on a connection: it keeps its mark until done.)
-        idle = [p for node, _ in agents for p in node.live if p._sock and not p._raw_left]
+        # duplicate may still be arriving on a connection: it keeps its mark until done.
+        # A connection the engine closed as its last payload ended no longer reads, and
+        # may still be flushing: its mark does not matter.)
+        idle = [
+            p
+            for node, _ in agents
+            for p in node.live
+            if p._sock and not p._raw_left and p.state != ConnectionState.CLOSED
+        ]
         for proto in idle:
             self.assertEqual(proto._sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT), 1)
 
