@@ -152,7 +152,6 @@ def push(host: str, path: str, digest: str) -> None:
     from twisted.internet.task import react
     from twisted.internet.threads import deferToThread
 
-    from kraken.backends.threads import BlockingRunner
     from kraken.clients.origin import (
         DEFAULT_CHUNK_SIZE,
         OriginClient,
@@ -161,6 +160,7 @@ def push(host: str, path: str, digest: str) -> None:
     )
     from kraken.core import Digest
     from kraken.http.client import HTTPClientFactory
+    from kraken.io.runner import BlockingRunner
 
     def main(reactor: Any) -> Any:
         async def go() -> None:

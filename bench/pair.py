@@ -85,7 +85,8 @@ def _node(peer_id_hex: str, archive: Any, origin: bool, **config: Any) -> Any:
     from twisted.python.threadpool import ThreadPool
 
     from kraken.core import PeerID
-    from kraken.protocols.peer import PeerNode, threadpool_runner
+    from kraken.io.runner import threadpool_runner
+    from kraken.protocols.peer import PeerNode
     from kraken.torrent.actions import EngineConfig
     from kraken.torrent.scheduler import Scheduler
 

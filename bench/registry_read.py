@@ -46,8 +46,8 @@ def serve(root: str, port: int) -> None:
     from kraken.http.client import HTTPClientFactory
     from kraken.http.errors import render_registry_json
     from kraken.http.server import KleinRoutes, read_only
+    from kraken.io.runner import threadpool_runner
     from kraken.protocols.downloader import IBlobDownloader
-    from kraken.protocols.peer import threadpool_runner
     from kraken.services.parts import closing_listener, http_site
     from kraken.store import BlobStore
 

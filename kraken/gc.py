@@ -251,8 +251,8 @@ def _gc(args: argparse.Namespace) -> int:
     from twisted.internet.task import react
 
     from kraken.backends.config import BackendContext, BackendsConfig
-    from kraken.backends.threads import threadpool_runner
     from kraken.config import ConfigError, load_config
+    from kraken.io.runner import threadpool_runner
 
     try:
         config = load_config("origin", args.config)

@@ -17,10 +17,10 @@ from kraken.api.referrers import add_referrer, referrer_descriptor, referrers_ta
 from kraken.backends.config import BackendContext, BackendsConfig
 from kraken.backends.http import HTTPBackend
 from kraken.backends.router import BackendRouter
-from kraken.backends.threads import run_inline
 from kraken.core import Digest
 from kraken.gc import GarbageCollector, GCAborted, GCState
 from kraken.http.client import HTTPClientFactory
+from kraken.io.runner import run_inline
 from tests.oci import manifest_of
 
 REPO = "test/app"

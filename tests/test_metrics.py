@@ -11,8 +11,8 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
-from kraken.backends.threads import run_inline
 from kraken.config.loader import parse_config
+from kraken.io.runner import run_inline
 from kraken.metrics import ReactorLagMonitor, runtime_metrics
 from kraken.services.agent import build_agent
 from kraken.services.build_index import build_build_index

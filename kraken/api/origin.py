@@ -24,7 +24,7 @@ Routes (``{ns}`` is percent-decoded once and checked; ``{d}`` is ``sha256:<hex>`
 Errors are registry v2 JSON bodies.  Request bodies arrive buffered by twisted.web
 (``request.content``, a temporary file past 100 KB); they are copied into the store's
 upload file in a thread, chunk by chunk.  Hashing, reading and writing blobs all go
-through the injected :class:`~kraken.backends.threads.BlockingRunner`.
+through the injected :class:`~kraken.io.runner.BlockingRunner`.
 """
 
 from __future__ import annotations
@@ -49,7 +49,6 @@ from kraken.api.serving import serve_blob
 from kraken.backends.interface import BlobNotFound as BackendBlobNotFound
 from kraken.backends.interface import InvalidName, NamespaceNotFound
 from kraken.backends.router import BackendRouter
-from kraken.backends.threads import BlockingRunner
 from kraken.cluster import EmptyRing, RendezvousRing
 from kraken.core import (
     DEFAULT_PIECE_LENGTHS,
@@ -79,6 +78,7 @@ from kraken.http.errors import (
 from kraken.http.headers import header, set_header, set_status
 from kraken.http.request_body import json_response, read_json
 from kraken.http.server import BodyPlan, KleinRoutes, RequestHead, StreamingSink, body_sink
+from kraken.io.runner import BlockingRunner
 from kraken.origin.refresh import BackendFetcher, BlobTooLarge, FetchersBusy, FetchFailed
 from kraken.origin.replication import Replicator
 from kraken.origin.writeback import Writeback

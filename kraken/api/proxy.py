@@ -94,7 +94,6 @@ from kraken.api.referrers import (
     subject_of,
 )
 from kraken.api.serving import serve_blob
-from kraken.backends.threads import BlockingRunner
 from kraken.clients.buildindex import (
     BuildIndexUnavailable,
     InvalidBuildIndexResponse,
@@ -147,6 +146,7 @@ from kraken.http.server import (
     StreamingSink,
     body_sink,
 )
+from kraken.io.runner import BlockingRunner
 from kraken.io.singleflight import SingleFlight
 from kraken.store import BlobExists, BlobNotFound, BlobReader, BlobStore, UploadNotFound
 

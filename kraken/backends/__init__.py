@@ -6,8 +6,9 @@ Storage backends behind :class:`IBackend`, and namespace routing.
 - :mod:`kraken.backends.fs`, :mod:`kraken.backends.noop`: implementations.
 - :mod:`kraken.backends.router`: namespace regex -> backend.
 - :mod:`kraken.backends.streams`: producers/consumers to move bytes off the reactor thread.
-- :mod:`kraken.backends.threads`: how blocking calls are run (thread pool, or inline in tests).
 - :mod:`kraken.backends.config`: config values and building backends from them.
+
+Blocking calls run through the :class:`~kraken.io.runner.BlockingRunner` each backend is given.
 """
 
 from kraken.backends.interface import (

@@ -31,7 +31,6 @@ from kraken.backends.fs import FilesystemBackend
 from kraken.backends.interface import IBackend
 from kraken.backends.noop import NoopBackend
 from kraken.backends.router import BackendRouter
-from kraken.backends.threads import BlockingRunner, threadpool_runner
 from kraken.config.backends import (
     DEFAULT_FS_ROOT,
     BackendChoice,
@@ -44,6 +43,7 @@ from kraken.config.backends import (
 from kraken.config.sections import BackendEntry
 from kraken.config.structure import setting, structure
 from kraken.io.reactor import IClientReactor, IDaemonReactor
+from kraken.io.runner import BlockingRunner, threadpool_runner
 
 __all__ = [
     "BACKEND_BUILDERS",

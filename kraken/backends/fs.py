@@ -53,8 +53,8 @@ from kraken.backends.names import (
     parse_name,
 )
 from kraken.backends.streams import DEFAULT_CHUNK_SIZE, FileSender
-from kraken.backends.threads import BlockingRunner
 from kraken.core.names import is_segment
+from kraken.io.runner import BlockingRunner
 
 BLOBS_DIR = "blobs"
 TAGS_DIR = "tags"

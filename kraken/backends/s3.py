@@ -2,7 +2,7 @@
 The S3 backend: objects in a bucket of any S3-compatible service (AWS, MinIO, Ceph, moto).
 
 Every boto3 call (building the client included, since that reads model files and credential
-files) runs through the :class:`~kraken.backends.threads.BlockingRunner` given to the backend,
+files) runs through the :class:`~kraken.io.runner.BlockingRunner` given to the backend,
 never on the reactor thread.
 
 Keys
@@ -57,7 +57,6 @@ from kraken.backends.names import (
     parse_name,
 )
 from kraken.backends.streams import DEFAULT_CHUNK_SIZE, FileSender
-from kraken.backends.threads import BlockingRunner
 from kraken.config.backends import (
     DEFAULT_S3_CONCURRENCY,
     DEFAULT_S3_PART_SIZE,
@@ -65,6 +64,7 @@ from kraken.config.backends import (
     S3Options,
 )
 from kraken.core.names import is_segment
+from kraken.io.runner import BlockingRunner
 
 #: Size of each part of a multipart upload, and the size above which uploads are multipart.
 DEFAULT_PART_SIZE = DEFAULT_S3_PART_SIZE

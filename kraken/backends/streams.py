@@ -28,7 +28,7 @@ from twisted.internet.interfaces import IConsumer, IProducer, IPushProducer
 from zope.interface import implementer
 
 from kraken.backends.interface import BackendError, IBackend, TransferStopped
-from kraken.backends.threads import BlockingRunner
+from kraken.io.runner import BlockingRunner
 
 #: Bytes read per call when streaming a file.
 DEFAULT_CHUNK_SIZE = 1 << 20

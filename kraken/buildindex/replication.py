@@ -41,7 +41,6 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from kraken.backends.threads import BlockingRunner
 from kraken.buildindex.dependencies import DependencyResolver
 from kraken.buildindex.tags import TagRef, parse_tag
 from kraken.clients.buildindex import BuildIndexClient, TagNotFound
@@ -54,6 +53,7 @@ from kraken.clients.origin import (
 )
 from kraken.core import Digest
 from kraken.http.client import KrakenHTTPClient
+from kraken.io.runner import BlockingRunner
 from kraken.persistedretry import ITaskExecutor, PermanentTaskFailure, Task
 
 __all__ = [

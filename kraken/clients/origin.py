@@ -20,7 +20,7 @@ Go ``blobclient`` (reference/kraken-components.md 2.2):
 
 Chunks are read through a ``read_chunk(offset, length) -> Deferred[bytes]`` function, so
 the caller decides where blocking reads happen (:func:`file_chunks` reads a local file in a
-thread through a :class:`~kraken.backends.threads.BlockingRunner`).
+thread through a :class:`~kraken.io.runner.BlockingRunner`).
 """
 
 from __future__ import annotations

@@ -29,7 +29,6 @@ from twisted.internet.task import LoopingCall, react
 from twisted.internet.threads import deferToThread
 from twisted.web.iweb import IPolicyForHTTPS
 
-from kraken.backends.threads import BlockingRunner
 from kraken.clients.origin import (
     DEFAULT_CHUNK_SIZE,
     BlobNotFoundAtOrigin,
@@ -48,6 +47,7 @@ from kraken.http.client import (
     read_body,
 )
 from kraken.io.reactor import IClientReactor
+from kraken.io.runner import BlockingRunner
 from kraken.tls import ClusterTLS, TLSFileError
 
 _P = ParamSpec("_P")

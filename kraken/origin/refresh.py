@@ -25,8 +25,8 @@ from twisted.python.failure import Failure
 from kraken.backends.interface import IBackend
 from kraken.backends.router import BackendRouter
 from kraken.backends.streams import ThreadedFileWriter
-from kraken.backends.threads import BlockingRunner
 from kraken.core import DEFAULT_PIECE_LENGTHS, Digest, PieceLengthTable
+from kraken.io.runner import BlockingRunner
 from kraken.store import BlobExists, BlobStore
 
 __all__ = ["BackendFetcher", "BlobTooLarge", "FetchFailed", "FetchersBusy"]

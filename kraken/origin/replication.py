@@ -23,10 +23,10 @@ from twisted.internet.defer import CancelledError, Deferred, DeferredList, ensur
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from kraken.backends.threads import BlockingRunner
 from kraken.clients.origin import OriginClient, UploadKind
 from kraken.cluster import RendezvousRing
 from kraken.core import Digest
+from kraken.io.runner import BlockingRunner
 from kraken.store import BlobReader, BlobStore
 
 __all__ = ["Replicator"]

@@ -25,8 +25,8 @@ from zope.interface import implementer
 from kraken.backends.interface import BlobNotFound as BackendBlobNotFound
 from kraken.backends.interface import InvalidName, NamespaceNotFound
 from kraken.backends.router import BackendRouter
-from kraken.backends.threads import BlockingRunner
 from kraken.core import Digest, InvalidDigest
+from kraken.io.runner import BlockingRunner
 from kraken.persistedretry import ITaskExecutor, PermanentTaskFailure, RetryQueue, Task
 from kraken.store import BlobNotFound, BlobStore
 

@@ -22,8 +22,7 @@ written while a piece is streaming are held and sent after it (they would
 otherwise land in the middle of the raw payload).
 
 :class:`PeerNode` performs the engine's actions; :class:`PeerFactory` builds
-protocols for a listening port; :func:`threadpool_runner` and
-:func:`synchronous_runner` make ``run_blocking`` functions.
+protocols for a listening port; ``run_blocking`` is a :mod:`kraken.io.runner` runner.
 """
 
 from __future__ import annotations
@@ -53,7 +52,7 @@ from zope.interface import implementer
 
 from kraken.core import Digest, InfoHash, MetaInfo, PeerInfo
 from kraken.io.reactor import IClientReactor
-from kraken.io.runner import BlockingRunner, run_inline, threadpool_runner
+from kraken.io.runner import BlockingRunner
 from kraken.io.sendfile import SendfileProducer, sendfile_socket, sendfile_transport, warm
 from kraken.io.singleflight import SingleFlight
 from kraken.protocols.peer_metrics import PeerMetrics
@@ -121,7 +120,6 @@ PAYLOAD_RCVLOWAT: Final = 128 * 1024
 
 
 #: ``run_blocking`` that runs in the calling thread (tests and in-memory swarms).
-synchronous_runner = run_inline
 
 
 #: Opens a TCP connection of ``protocol`` to ``peer``; fires when connected.
@@ -1152,6 +1150,4 @@ __all__ = [
     "PeerProtocol",
     "address_key",
     "make_scheduler",
-    "synchronous_runner",
-    "threadpool_runner",
 ]

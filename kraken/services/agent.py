@@ -55,10 +55,11 @@ from kraken.http.dependencies import Dependencies
 from kraken.http.errors import render_registry_json
 from kraken.http.server import KleinRoutes, read_only
 from kraken.io.reactor import IDaemonReactor
+from kraken.io.runner import threadpool_runner
 from kraken.metrics import runtime_metrics
 from kraken.protocols.archives import AgentArchive
 from kraken.protocols.downloader import AnnouncerAdapter, P2PBlobDownloader
-from kraken.protocols.peer import PeerNode, threadpool_runner
+from kraken.protocols.peer import PeerNode
 from kraken.protocols.peer_metrics import PeerMetrics
 from kraken.protocols.progress import announce_progress
 from kraken.services.parts import (

@@ -33,7 +33,6 @@ from twisted.python.threadpool import ThreadPool
 from kraken.api.build_index import BuildIndexAPI, BuildIndexMetrics
 from kraken.backends.config import BackendContext, BackendsConfig
 from kraken.backends.router import BackendRouter
-from kraken.backends.threads import BlockingRunner
 from kraken.buildindex.dependencies import DependencyResolver, TagTypeRules
 from kraken.buildindex.replication import REPLICATE_TAG_KIND, RemoteRules, TagReplicationExecutor
 from kraken.buildindex.tags import TagStore
@@ -50,6 +49,7 @@ from kraken.http.client import NO_RETRY, HTTPClientFactory, KrakenHTTPClient, re
 from kraken.http.dependencies import Dependencies
 from kraken.http.server import KleinRoutes
 from kraken.io.reactor import IDaemonReactor
+from kraken.io.runner import BlockingRunner
 from kraken.metrics import runtime_metrics
 from kraken.persistedretry import PrometheusQueueMetrics, RetryQueue
 from kraken.services.parts import (

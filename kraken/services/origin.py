@@ -33,7 +33,6 @@ from twisted.python.threadpool import ThreadPool
 from kraken.api.origin import ORIGIN_ERRORS, OriginAPI, OriginMetrics
 from kraken.backends.config import BackendContext, BackendsConfig
 from kraken.backends.router import BackendRouter
-from kraken.backends.threads import BlockingRunner
 from kraken.clients.origin import OriginClient
 from kraken.cluster import Membership, RendezvousRing, parse_host_port
 from kraken.config import OriginConfig
@@ -41,6 +40,7 @@ from kraken.core import PeerID, PeerInfo
 from kraken.http.client import NO_RETRY, HTTPClientFactory
 from kraken.http.errors import render_registry_json
 from kraken.io.reactor import IDaemonReactor
+from kraken.io.runner import BlockingRunner
 from kraken.metrics import runtime_metrics
 from kraken.origin.refresh import BackendFetcher
 from kraken.origin.replication import Replicator

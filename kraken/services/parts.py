@@ -41,7 +41,6 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
-from kraken.backends.threads import BlockingRunner, threadpool_runner
 from kraken.cluster import (
     ActiveHealthFilter,
     DNSHostList,
@@ -70,6 +69,7 @@ from kraken.http.client import KrakenHTTPClient
 from kraken.http.errors import CORE_ERRORS, ErrorMap, ErrorRenderer, render_text
 from kraken.http.server import DEFAULT_LIMITS, KrakenSite, RequestGate, ServerLimits
 from kraken.io.reactor import IClientReactor, IDaemonReactor, daemon_reactor
+from kraken.io.runner import BlockingRunner, threadpool_runner
 from kraken.logs import LOG_LEVEL_HELP, apply_log_level
 from kraken.persistedretry import (
     Backoff,

@@ -27,7 +27,6 @@ from twisted.python import usage
 from twisted.python.threadpool import ThreadPool
 
 from kraken.api.proxy import PROXY_ERRORS, ProxyAPI, ProxyMetrics
-from kraken.backends.threads import threadpool_runner
 from kraken.clients.buildindex import BuildIndexClient
 from kraken.clients.origin import OriginClient, OriginClusterClient
 from kraken.cluster import Membership, NoHealthFilter, PassiveHealthFilter
@@ -36,6 +35,7 @@ from kraken.http.client import NO_RETRY, HTTPClientFactory
 from kraken.http.dependencies import Dependencies
 from kraken.http.errors import render_registry_json
 from kraken.io.reactor import IDaemonReactor
+from kraken.io.runner import threadpool_runner
 from kraken.metrics import runtime_metrics
 from kraken.services.parts import (
     LISTEN_OPTION,

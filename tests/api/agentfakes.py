@@ -26,8 +26,8 @@ from kraken.cluster import PassiveHealthFilter
 from kraken.core import Digest
 from kraken.http.dependencies import Dependencies
 from kraken.http.testing import HostRoutingAgent, memory_client_factory
+from kraken.io.runner import run_inline
 from kraken.protocols.downloader import BlobUnknown, DownloadError, IBlobDownloader
-from kraken.protocols.peer import synchronous_runner
 from kraken.store import BlobNotFound, BlobStore
 
 
@@ -156,7 +156,7 @@ def make_agent_apis(root: str, *, allowed: tuple[str, ...] | None = ("127.0.0.0/
     metrics = AgentMetrics()
     dependencies = Dependencies((("build-index", client.readiness),), metrics.registry, clock)
     api = AgentAPI(
-        store, downloader, client, synchronous_runner, dependencies=dependencies, metrics=metrics
+        store, downloader, client, run_inline, dependencies=dependencies, metrics=metrics
     )
     registry = RegistryAPI(
         api, clock, allowed_networks=None if allowed is None else parse_networks(allowed)

@@ -20,7 +20,6 @@ from twisted.web.server import Request
 from kraken.api import build_index as build_index_api
 from kraken.api.build_index import BuildIndexAPI
 from kraken.backends.config import BackendContext, BackendsConfig
-from kraken.backends.threads import run_inline
 from kraken.buildindex.dependencies import DependencyResolver, TagTypeRules
 from kraken.buildindex.replication import (
     REPLICATE_TAG_KIND,
@@ -37,6 +36,7 @@ from kraken.core import Digest
 from kraken.core.address import parse_networks
 from kraken.http.dependencies import Dependencies
 from kraken.http.testing import memory_client_factory
+from kraken.io.runner import run_inline
 from kraken.persistedretry import MemoryTaskStore, RetryQueue, Task
 from kraken.services.build_index import _backends_readiness, _origin_readiness
 from kraken.tls import ClientCertificate

@@ -27,7 +27,6 @@ from kraken.api.proxy import (
     parse_image_reference,
     tag_repository,
 )
-from kraken.backends.threads import run_inline
 from kraken.clients.buildindex import TagNotFound
 from kraken.clients.origin import OriginClient, OriginClusterClient, PollPolicy
 from kraken.core import Digest
@@ -35,6 +34,7 @@ from kraken.http.client import HTTPClientFactory, HTTPStatusError
 from kraken.http.dependencies import Dependencies
 from kraken.http.errors import RegistryError
 from kraken.http.testing import HostRoutingAgent
+from kraken.io.runner import run_inline
 from kraken.store import BlobStore
 from tests.oci import manifest_of
 from tests.origin.harness import BackendDown, MemoryOrigin, make_origin

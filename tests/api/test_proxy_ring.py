@@ -26,11 +26,11 @@ from twisted.web.iweb import IBodyProducer, IResponse
 from kraken.api.distribution import DOCKER_MANIFEST_V2
 from kraken.api.proxy import ProxyAPI
 from kraken.backends.interface import UploadSource
-from kraken.backends.threads import run_inline
 from kraken.clients.origin import OriginClient, OriginClusterClient
 from kraken.core import Digest
 from kraken.http.client import HTTPClientFactory, RetryPolicy
 from kraken.http.testing import HostRoutingAgent
+from kraken.io.runner import run_inline
 from kraken.store import BlobStore
 from tests.api.test_proxy import MemoryTags, layer
 from tests.oci import manifest_of

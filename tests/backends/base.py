@@ -34,8 +34,8 @@ from kraken.backends.interface import (
     UploadSource,
 )
 from kraken.backends.streams import BytesConsumer, download_bytes, download_to_path
-from kraken.backends.threads import run_inline
 from kraken.core import Digest
+from kraken.io.runner import run_inline
 
 _T = TypeVar("_T", bound="BackendTests")
 

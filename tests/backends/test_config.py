@@ -12,9 +12,9 @@ from kraken.backends.config import DEFAULT_FS_ROOT, BackendContext, BackendsConf
 from kraken.backends.fs import FilesystemBackend
 from kraken.backends.interface import NamespaceNotFound
 from kraken.backends.noop import NoopBackend
-from kraken.backends.threads import run_inline
 from kraken.config import BackendEntry, ConfigError
 from kraken.config.backends import BackendChoice, FilesystemOptions, NoopOptions
+from kraken.io.runner import run_inline
 
 
 def entry(namespace: str, **kind: Any) -> BackendEntry:

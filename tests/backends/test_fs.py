@@ -14,7 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from kraken.backends.fs import FilesystemBackend
 from kraken.backends.interface import BlobNotFound, IBackend, TransferStopped
 from kraken.backends.streams import BytesConsumer, download_to_path
-from kraken.backends.threads import BlockingRunner, run_inline, threadpool_runner
+from kraken.io.runner import BlockingRunner, run_inline, threadpool_runner
 from tests.backends.base import (
     BAD_NAMES,
     NAMESPACE,

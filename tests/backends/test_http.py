@@ -32,10 +32,10 @@ from kraken.backends.interface import (
     TransferStopped,
 )
 from kraken.backends.streams import BytesConsumer, download_to_path
-from kraken.backends.threads import run_inline
 from kraken.config import ConfigError
 from kraken.config.backends import HTTPOptions
 from kraken.http.client import HTTPClientFactory, HTTPStatusError, RequestTimeout, RetryPolicy
+from kraken.io.runner import run_inline
 from tests.backends.base import NAMESPACE, BackendTests, RunAsynchronously, backend_test, blob_name
 from tests.backends.test_s3 import PauseEveryWriteConsumer, StopAfterFirstWriteConsumer
 

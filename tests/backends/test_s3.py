@@ -24,8 +24,8 @@ from kraken.backends.s3 import (
     s3_client_factory,
 )
 from kraken.backends.streams import BytesConsumer
-from kraken.backends.threads import BlockingRunner, run_inline, threadpool_runner
 from kraken.config import ConfigError
+from kraken.io.runner import BlockingRunner, run_inline, threadpool_runner
 from tests.backends.base import NAMESPACE, ReadWriteBackendTests, RunAsynchronously, blob_name
 from tests.backends.servers import MotoServer, moto_server
 

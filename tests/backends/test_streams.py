@@ -23,7 +23,7 @@ from kraken.backends.streams import (
     download_bytes,
     download_to_path,
 )
-from kraken.backends.threads import run_inline
+from kraken.io.runner import run_inline
 from tests.backends.base import NAMESPACE, blob_name, read_file
 
 

@@ -19,7 +19,6 @@ from twisted.web.http import HTTPChannel, Request
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IRequest
 
-from kraken.backends.threads import run_inline
 from kraken.http.errors import APIError
 from kraken.http.server import (
     TLS_ANSWER,
@@ -32,6 +31,7 @@ from kraken.http.server import (
     body_sink,
     read_only,
 )
+from kraken.io.runner import run_inline
 
 CLIENT_HELLO = b"\x16\x03\x01\x02\x00\x01"
 """The start of a TLS ClientHello record."""

@@ -19,11 +19,11 @@ from zope.interface import implementer
 from kraken.api.origin import OriginAPI
 from kraken.backends.interface import BlobInfo, BlobNotFound, IBackend, ListResult, UploadSource
 from kraken.backends.router import BackendRouter
-from kraken.backends.threads import run_inline
 from kraken.clients.origin import OriginClient
 from kraken.cluster import Membership, NoHealthFilter, RendezvousRing, StaticHostList
 from kraken.core import PeerID, PeerInfo, PieceLengthTable
 from kraken.http.testing import HostRoutingAgent, memory_client_factory
+from kraken.io.runner import run_inline
 from kraken.origin.refresh import BackendFetcher
 from kraken.origin.replication import Replicator
 from kraken.origin.writeback import WRITEBACK_KIND, Writeback, WritebackExecutor

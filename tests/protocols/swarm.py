@@ -10,7 +10,8 @@ from twisted.internet.task import Clock
 from twisted.test import iosim
 
 from kraken.core import MetaInfo, PeerID, PeerInfo
-from kraken.protocols.peer import PeerNode, PeerProtocol, synchronous_runner
+from kraken.io.runner import run_inline
+from kraken.protocols.peer import PeerNode, PeerProtocol
 from kraken.torrent.actions import Announce, EngineConfig
 from kraken.torrent.archive import MemoryArchive
 from kraken.torrent.scheduler import Scheduler
@@ -66,7 +67,7 @@ class Swarm:
         self.nodes: dict[int, SwarmNode] = {}
         self.pumps: list[iosim.IOPump] = []
         self.announced: dict[Any, list[int]] = {}
-        self.runner = synchronous_runner
+        self.runner = run_inline
         #: ports whose dials fail (unreachable hosts)
         self.unreachable: set[int] = set()
         self._port = 20000

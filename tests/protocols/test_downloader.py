@@ -18,6 +18,7 @@ from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from kraken.core import Bitfield, Digest, InfoHash, MetaInfo, PeerID, PeerInfo
+from kraken.io.runner import run_inline
 from kraken.peers.announce import AnnounceRequest, AnnounceResponse
 from kraken.protocols.archives import AgentArchive
 from kraken.protocols.downloader import (
@@ -25,7 +26,7 @@ from kraken.protocols.downloader import (
     P2PBlobDownloader,
     list_cached_torrents,
 )
-from kraken.protocols.peer import PeerNode, synchronous_runner
+from kraken.protocols.peer import PeerNode
 from kraken.protocols.progress import announce_progress
 from kraken.store import BlobStore
 from kraken.torrent.actions import Announce
@@ -62,7 +63,7 @@ class SeedCachedTests(SynchronousTestCase):
             self.clock,
             scheduler,
             AgentArchive(self.store),
-            synchronous_runner,
+            run_inline,
             announcer=self.announce,
         )
         self.node.start()
@@ -71,7 +72,7 @@ class SeedCachedTests(SynchronousTestCase):
             self.store,
             self.node,
             None,  # type: ignore[arg-type]  # seeding never asks the tracker for metainfo
-            synchronous_runner,
+            run_inline,
         )
 
     def announce(self, action: Announce) -> Deferred[tuple[list[PeerInfo], float]]:
@@ -151,7 +152,7 @@ class SeedCachedTests(SynchronousTestCase):
 
         def runner(f: Any, *args: Any) -> Deferred[Any]:
             calls.append(f)
-            return synchronous_runner(f, *args)
+            return run_inline(f, *args)
 
         self.downloader.run_blocking = runner
         self.successResultOf(self.downloader.seed_cached())
@@ -197,7 +198,7 @@ class FullDiskTests(SynchronousTestCase):
         store = BlobStore(self.mktemp(), swarm.clock)
         agent = swarm.add(archive=AgentArchive(store))
         swarm.register(agent, meta)
-        downloader = P2PBlobDownloader(store, agent.node, _Tracker(meta), synchronous_runner)  # type: ignore[arg-type]
+        downloader = P2PBlobDownloader(store, agent.node, _Tracker(meta), run_inline)  # type: ignore[arg-type]
         write = store.write_piece
         space = [6]
 
@@ -243,7 +244,7 @@ class ProgressTests(SynchronousTestCase):
         store = BlobStore(self.mktemp(), swarm.clock)
         agent = swarm.add(archive=AgentArchive(store))
         swarm.register(agent, meta)
-        downloader = P2PBlobDownloader(store, agent.node, _Tracker(meta), synchronous_runner)  # type: ignore[arg-type]
+        downloader = P2PBlobDownloader(store, agent.node, _Tracker(meta), run_inline)  # type: ignore[arg-type]
         self.assertIsNone(downloader.progress(meta.digest))
         results: list[Any] = []
         swarm.clock.advance(1.0)  # so that a rate is time over bytes

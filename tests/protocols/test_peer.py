@@ -24,7 +24,6 @@ from kraken.protocols.peer import (
     ConnectionState,
     PeerNode,
     PeerProtocol,
-    synchronous_runner,
 )
 from kraken.torrent.actions import Close, Dial, EngineConfig, Send
 from kraken.torrent.archive import MemoryArchive, MemoryPieceStorage
@@ -145,7 +144,7 @@ class SwarmTests(SynchronousTestCase):
         stall = swarm.add(origin=True)
         stall.archive.seed(meta, data)
         stall.node.run_blocking = lambda f, *a: (
-            Deferred() if f.__name__ == "read_piece" else (synchronous_runner(f, *a))
+            Deferred() if f.__name__ == "read_piece" else (run_inline(f, *a))
         )
         good = swarm.add(origin=True)
         good.archive.seed(meta, data)
@@ -402,7 +401,7 @@ class OneConnection(SynchronousTestCase):
         self.scheduler = Scheduler(
             PeerID("e" * 40), self.clock.seconds, random.Random(0), EngineConfig()
         )
-        self.node = PeerNode(self.clock, self.scheduler, self.archive, synchronous_runner)
+        self.node = PeerNode(self.clock, self.scheduler, self.archive, run_inline)
         self.node.download("ns", self.meta)
         self.remote = PeerID("1" * 40)
         (dial,) = self.scheduler.announce_result(
@@ -604,7 +603,7 @@ class HeldFramesTests(SynchronousTestCase):
             random.Random(0),
             EngineConfig(origin=True, announce=False),
         )
-        node = PeerNode(clock, scheduler, archive, synchronous_runner)
+        node = PeerNode(clock, scheduler, archive, run_inline)
         proto = PeerProtocol(node)
         transport = PausingTransport(64 * KiB)
         proto.makeConnection(transport)
@@ -754,7 +753,7 @@ class HeldWrites:
             d: Deferred[Any] = Deferred()
             self.held.append((f, args, d))
             return d
-        return synchronous_runner(f, *args)
+        return run_inline(f, *args)
 
     def release(self) -> None:
         """Run the held writes."""

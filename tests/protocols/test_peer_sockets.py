@@ -26,9 +26,9 @@ from zope.interface import implementer
 from kraken.certs import CA_CERT_FILE, cert_paths, ensure_certificates
 from kraken.config.sections import TLSConfig
 from kraken.core import Bitfield, PeerID, PeerInfo, PieceLengthTable
-from kraken.io.runner import run_inline
+from kraken.io.runner import run_inline, threadpool_runner
 from kraken.protocols.archives import AgentArchive, OriginArchive
-from kraken.protocols.peer import ConnectionState, PeerNode, PeerProtocol, threadpool_runner
+from kraken.protocols.peer import ConnectionState, PeerNode, PeerProtocol
 from kraken.store import BlobStore
 from kraken.tls import ClusterTLS, TLSServerEndpoint
 from kraken.torrent.actions import Announce, EngineConfig

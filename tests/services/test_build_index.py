@@ -20,7 +20,6 @@ from twisted.internet.task import deferLater
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from kraken.backends.threads import run_inline
 from kraken.clients.buildindex import (
     BuildIndexClient,
     BuildIndexUnavailable,
@@ -35,6 +34,7 @@ from kraken.clients.origin import (
 from kraken.config.loader import parse_config
 from kraken.core import Digest
 from kraken.http.client import HTTPClientFactory, RetryPolicy
+from kraken.io.runner import run_inline
 from kraken.persistedretry import RetryQueue
 from kraken.services.build_index import (
     BuildIndexService,

@@ -19,7 +19,6 @@ from twisted.internet.task import deferLater
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from kraken.backends.threads import run_inline
 from kraken.clients.origin import (
     OriginClient,
     OriginClusterClient,
@@ -30,6 +29,7 @@ from kraken.cluster import Membership
 from kraken.config.loader import parse_config
 from kraken.core import Digest
 from kraken.http.client import HTTPClientFactory, RetryPolicy
+from kraken.io.runner import run_inline
 from kraken.persistedretry import RetryQueue
 from kraken.services.origin import Options, OriginService, build_origin, makeService
 from kraken.services.parts import CleanupService, ClosingListener
