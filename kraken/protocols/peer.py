@@ -469,9 +469,11 @@ class PeerProtocol(Int32StringReceiver):
         read a few segments (bench.swarm: ~11 KB per ``recv`` on average); with the
         mark at 64-128 KiB the agent reads a 256 KiB piece in two to four calls.  The
         mark never exceeds the payload's rest, and it is back at 1 when the payload
-        ends, so a frame is never left waiting in the socket.  Nor does it exceed a
-        half of the socket's receive buffer: Linux grows the buffer to hold a
-        higher mark and clamps the receive window to the mark while doing so.
+        ends, so a frame is never left waiting in the socket (unless the engine closed
+        the connection as the payload ended: a closing connection reads no more).
+        Nor does it exceed a half of the socket's receive buffer: Linux grows the
+        buffer to hold a higher mark and clamps the receive window to the mark while
+        doing so.
         """
         if self.state == ConnectionState.CLOSED:
             return

@@ -35,7 +35,7 @@ class HeldRunner:
         return d
 
     def release(self) -> None:
-        """Run every held call now, in order, and fire its Deferred."""
+        """Run every held call now, in order, and fire its Deferred (also calls held meanwhile)."""
         while self.held:
             function, args, d = self.held.pop(0)
             d.callback(function(*args))
@@ -72,8 +72,7 @@ class CancelledPushTests(SynchronousTestCase):
         d = self.replicator(runner, UploadNeverEnds()).duplicate("ns", self.digest)
         d.cancel()
         self.successResultOf(d)
-        runner.release()  # the thread's open_reader finishes after the cancel
-        runner.release()  # ... and its close
+        runner.release()  # the thread's open_reader finishes after the cancel, then its close
         self.assertEqual(self.store.open_readers(self.digest), 0)
         self.assertEqual(self.flushLoggedErrors(), [])
 
